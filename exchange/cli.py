@@ -1,0 +1,154 @@
+"""The `exchange` command line: serve, migrate, operator tokens (and more, per package)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exchange.config import ConfigError, Settings
+from exchange.db import DatabaseUnavailable, OpenDatabase, create_engine, migrate, open_database
+from exchange.embedded import EmbeddedPostgresError
+from exchange.logs import configure_logging
+from exchange.operators import create_operator_token, list_operator_tokens, revoke_operator_token
+
+__all__ = ["main", "run_with_engine", "settings_or_exit", "using_database"]
+
+T = TypeVar("T")
+console = Console()
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@contextmanager
+def using_database(settings: Settings, *, migrated: bool = True) -> Iterator[OpenDatabase]:
+    """Open the configured or embedded database (migrated), or exit with a clear message."""
+    try:
+        database = open_database(settings)
+    except (DatabaseUnavailable, EmbeddedPostgresError) as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        if migrated:
+            migrate(database.url)
+        yield database
+    finally:
+        database.close()
+
+
+def run_with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """Run one async job against the database, with a small pool, then dispose it."""
+    with using_database(settings) as database:
+
+        async def runner() -> T:
+            engine = create_engine(database.url, pool_size=4)
+            try:
+                return await work(engine)
+            finally:
+                await engine.dispose()
+
+        return asyncio.run(runner())
+
+
+@click.group()
+@click.version_option(package_name="coalition-exchange")
+def main() -> None:
+    """The coalition points exchange."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Server processes (each with its own database pool).")  # fmt: skip
+def serve(host: str, port: int, workers: int) -> None:
+    """Start the API (and the embedded PostgreSQL when EXCHANGE_DATABASE_URL is unset)."""
+    settings = settings_or_exit()
+    configure_logging(settings.log_level, settings.log_format)
+    import uvicorn  # noqa: PLC0415 - only the server needs it
+
+    # uvicorn re-raises SIGTERM once it has shut down; make that a normal exit so the
+    # embedded PostgreSQL is left (and stopped if we were its last user) on the way out.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    with using_database(settings) as database:
+        # Worker processes read their settings from the environment: hand them the URL.
+        os.environ["EXCHANGE_DATABASE_URL"] = database.url
+        uvicorn.run(
+            "exchange.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+        )
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+@main.command("migrate")
+def migrate_command() -> None:
+    """Apply database migrations up to the latest revision."""
+    settings = settings_or_exit()
+    configure_logging(settings.log_level, "console")
+    with using_database(settings, migrated=False) as database:
+        migrate(database.url)
+    console.print("Database schema is up to date.")
+
+
+@main.group()
+def tokens() -> None:
+    """Operator bearer tokens (admin, finance)."""
+
+
+@tokens.command("create")
+@click.option("--role", type=click.Choice(["admin", "finance"]), required=True)
+@click.option("--name", default="operator", show_default=True, help="Who the token is for.")
+def tokens_create(role: Any, name: str) -> None:
+    """Create a token and print it once (only its hash is stored)."""
+    token_id, token = run_with_engine(
+        settings_or_exit(), lambda engine: create_operator_token(engine, role, name)
+    )
+    click.echo(token)
+    click.echo(f"token id {token_id} ({role}, {name}): store the token now; it is not shown again.",
+               err=True)  # fmt: skip
+
+
+@tokens.command("list")
+def tokens_list() -> None:
+    """List tokens (ids, names, roles, state; never the tokens themselves)."""
+    rows = run_with_engine(settings_or_exit(), list_operator_tokens)
+    table = Table("token id", "name", "role", "created", "state")
+    for row in rows:
+        state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+        table.add_row(row.token_id, row.name, row.role, f"{row.created_at:%Y-%m-%d %H:%M}", state)
+    console.print(table)
+
+
+@tokens.command("revoke")
+@click.argument("token_id")
+def tokens_revoke(token_id: str) -> None:
+    """Revoke a token by its id; it stops working at once."""
+    from exchange.errors import NotFound  # noqa: PLC0415
+
+    try:
+        run_with_engine(settings_or_exit(), lambda engine: revoke_operator_token(engine, token_id))
+    except NotFound as exc:
+        raise click.ClickException(exc.detail) from None
+    console.print(f"Revoked {token_id}.")

@@ -1,0 +1,290 @@
+"""Settings: every `EXCHANGE_*` environment variable, validated once at start-up.
+
+A bad value stops start-up with a `ConfigError` naming the variable and what it
+accepts; nothing reads `os.environ` after `Settings.from_env()`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Literal, get_args
+from urllib.parse import urlsplit
+
+__all__ = ["VARIABLES", "ConfigError", "Settings", "SettlementCycle", "Variable"]
+
+SettlementCycle = Literal["daily", "weekly", "monthly"]
+LogFormat = Literal["json", "console"]
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """One environment variable: its field, default (as text) and documentation."""
+
+    name: str
+    field: str
+    default: str
+    accepts: str
+    description: str
+
+
+def _positive_int(value: str, *, low: int = 1, high: int = 10**9) -> int:
+    number = int(value)
+    if not low <= number <= high:
+        raise ValueError(f"must be between {low} and {high}")
+    return number
+
+
+def _boolean(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _choice(options: tuple[str, ...]) -> Any:
+    def parse(value: str) -> str:
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def _database_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in {"postgresql", "postgres", "postgresql+asyncpg"}:
+        raise ValueError("must be a postgresql:// URL")
+    return value
+
+
+def _public_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL such as https://api.example.com")
+    return value.rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The exchange's configuration. Build it with `Settings.from_env()` or directly in tests."""
+
+    database_url: str | None = None
+    data_dir: Path = Path(".exchange-data")
+    public_url: str = "http://127.0.0.1:8000"
+    points_ttl_days: int = 1095
+    settlement_cycle: SettlementCycle = "daily"
+    scheduler_enabled: bool = True
+    scheduler_interval_s: int = 60
+    db_pool_size: int = 10
+    db_pool_timeout_s: int = 10
+    log_level: str = "INFO"
+    log_format: LogFormat = "json"
+    partner_rate_per_s: int = 500
+    partner_burst: int = 1000
+    operator_rate_per_s: int = 50
+    operator_burst: int = 100
+    member_rate_per_s: int = 20
+    member_burst: int = 40
+    group_commit_max: int = 64
+
+    @property
+    def authority(self) -> str:
+        """The `@authority` partners sign: host[:port], port only when not the scheme default."""
+        parts = urlsplit(self.public_url)
+        host = (parts.hostname or "").lower()
+        default_port = 443 if parts.scheme == "https" else 80
+        if parts.port is None or parts.port == default_port:
+            return host
+        return f"{host}:{parts.port}"
+
+    def with_changes(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every `EXCHANGE_*` variable; raise ConfigError on the first bad one."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for variable in VARIABLES:
+            raw = env.get(variable.name)
+            if raw is None or raw == "":
+                continue
+            try:
+                values[variable.field] = _PARSERS[variable.field](raw)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"{variable.name}={raw!r} is not valid: {exc}. Accepts {variable.accepts}."
+                ) from None
+        known = {variable.name for variable in VARIABLES}
+        unknown = sorted(name for name in env if name.startswith("EXCHANGE_") and name not in known)
+        if unknown:
+            raise ConfigError(
+                f"Unknown setting {unknown[0]}. Known settings: {', '.join(sorted(known))}."
+            )
+        return cls(**values)
+
+
+_PARSERS: dict[str, Any] = {
+    "database_url": _database_url,
+    "data_dir": Path,
+    "public_url": _public_url,
+    "points_ttl_days": lambda v: _positive_int(v, high=36500),
+    "settlement_cycle": _choice(get_args(SettlementCycle)),
+    "scheduler_enabled": _boolean,
+    "scheduler_interval_s": lambda v: _positive_int(v, high=86400),
+    "db_pool_size": lambda v: _positive_int(v, high=1000),
+    "db_pool_timeout_s": lambda v: _positive_int(v, high=3600),
+    "log_level": _choice(("DEBUG", "INFO", "WARNING", "ERROR")),
+    "log_format": _choice(get_args(LogFormat)),
+    "partner_rate_per_s": _positive_int,
+    "partner_burst": _positive_int,
+    "operator_rate_per_s": _positive_int,
+    "operator_burst": _positive_int,
+    "member_rate_per_s": _positive_int,
+    "member_burst": _positive_int,
+    "group_commit_max": lambda v: _positive_int(v, high=1000),
+}
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable(
+        "EXCHANGE_DATABASE_URL",
+        "database_url",
+        "(unset)",
+        "a postgresql:// URL",
+        "PostgreSQL to use. Unset: start the embedded PostgreSQL in EXCHANGE_DATA_DIR.",
+    ),
+    Variable(
+        "EXCHANGE_DATA_DIR",
+        "data_dir",
+        ".exchange-data",
+        "a directory path",
+        "Where the embedded PostgreSQL keeps its data (kept across restarts).",
+    ),
+    Variable(
+        "EXCHANGE_PUBLIC_URL",
+        "public_url",
+        "http://127.0.0.1:8000",
+        "an http(s) URL",
+        "The exchange's public URL; its host is the @authority partners sign.",
+    ),
+    Variable(
+        "EXCHANGE_POINTS_TTL_DAYS",
+        "points_ttl_days",
+        "1095",
+        "an integer 1-36500",
+        "Default lifetime of earned points; promotional expiry may only be earlier.",
+    ),
+    Variable(
+        "EXCHANGE_SETTLEMENT_CYCLE",
+        "settlement_cycle",
+        "daily",
+        "daily, weekly, monthly",
+        "Automatic settlement period, cut at 00:00 UTC (weeks start on Monday).",
+    ),
+    Variable(
+        "EXCHANGE_SCHEDULER_ENABLED",
+        "scheduler_enabled",
+        "true",
+        "true or false",
+        "Run the expiry sweep and scheduled settlement inside the server.",
+    ),
+    Variable(
+        "EXCHANGE_SCHEDULER_INTERVAL_S",
+        "scheduler_interval_s",
+        "60",
+        "an integer 1-86400",
+        "How often the scheduler wakes to look for due work.",
+    ),
+    Variable(
+        "EXCHANGE_DB_POOL_SIZE",
+        "db_pool_size",
+        "10",
+        "an integer 1-1000",
+        "Database connections per server process (the pool is bounded; no overflow).",
+    ),
+    Variable(
+        "EXCHANGE_DB_POOL_TIMEOUT_S",
+        "db_pool_timeout_s",
+        "10",
+        "an integer 1-3600",
+        "How long a request waits for a free connection before 503.",
+    ),
+    Variable(
+        "EXCHANGE_LOG_LEVEL",
+        "log_level",
+        "INFO",
+        "DEBUG, INFO, WARNING, ERROR",
+        "Minimum level of log lines.",
+    ),
+    Variable(
+        "EXCHANGE_LOG_FORMAT",
+        "log_format",
+        "json",
+        "json or console",
+        "JSON lines (one object per line, with request_id) or human-readable console.",
+    ),
+    Variable(
+        "EXCHANGE_PARTNER_RATE_PER_S",
+        "partner_rate_per_s",
+        "500",
+        "a positive integer",
+        "Sustained requests per second allowed per partner key.",
+    ),
+    Variable(
+        "EXCHANGE_PARTNER_BURST",
+        "partner_burst",
+        "1000",
+        "a positive integer",
+        "Burst size per partner key (token bucket capacity).",
+    ),
+    Variable(
+        "EXCHANGE_OPERATOR_RATE_PER_S",
+        "operator_rate_per_s",
+        "50",
+        "a positive integer",
+        "Sustained requests per second per operator token.",
+    ),
+    Variable(
+        "EXCHANGE_OPERATOR_BURST",
+        "operator_burst",
+        "100",
+        "a positive integer",
+        "Burst size per operator token.",
+    ),
+    Variable(
+        "EXCHANGE_MEMBER_RATE_PER_S",
+        "member_rate_per_s",
+        "20",
+        "a positive integer",
+        "Sustained requests per second per member token.",
+    ),
+    Variable(
+        "EXCHANGE_MEMBER_BURST",
+        "member_burst",
+        "40",
+        "a positive integer",
+        "Burst size per member token.",
+    ),
+    Variable(
+        "EXCHANGE_GROUP_COMMIT_MAX",
+        "group_commit_max",
+        "64",
+        "an integer 1-1000",
+        "Most postings committed together in one database transaction.",
+    ),
+)
+
+# Every Settings field must be documented by exactly one variable.
+_documented = {variable.field for variable in VARIABLES}
+_declared = {f.name for f in fields(Settings)}
+if _documented != _declared:  # pragma: no cover - a programming error caught at import
+    raise RuntimeError(f"Settings and VARIABLES disagree: {_documented ^ _declared}")

@@ -1,0 +1,136 @@
+"""Database access: the async engine, migrations, and where the database comes from.
+
+`open_database()` is the one place that decides which PostgreSQL the exchange talks to:
+EXCHANGE_DATABASE_URL when set, else the embedded server in EXCHANGE_DATA_DIR.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from exchange.config import Settings
+from exchange.embedded import EmbeddedPostgres
+
+__all__ = [
+    "DatabaseUnavailable",
+    "OpenDatabase",
+    "alembic_config",
+    "check_reachable",
+    "create_engine",
+    "current_revision",
+    "head_revision",
+    "migrate",
+    "open_database",
+    "sqlalchemy_url",
+]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+CONNECT_TIMEOUT_S = 10
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The configured PostgreSQL cannot be reached; the message says which and why."""
+
+
+def sqlalchemy_url(url: str) -> str:
+    """`postgresql://...` → `postgresql+asyncpg://...` (other parts unchanged)."""
+    parts = urlsplit(url)
+    scheme = "postgresql+asyncpg"
+    return urlunsplit((scheme, parts.netloc, parts.path, parts.query, parts.fragment))
+
+
+def libpq_url(url: str) -> str:
+    """The inverse of `sqlalchemy_url`: a URL asyncpg and psql understand."""
+    parts = urlsplit(url)
+    return urlunsplit(("postgresql", parts.netloc, parts.path, parts.query, parts.fragment))
+
+
+def create_engine(url: str, *, pool_size: int = 10, pool_timeout_s: int = 10) -> AsyncEngine:
+    """A bounded pool: `pool_size` connections and no overflow, so load cannot exhaust
+    PostgreSQL's max_connections however many requests arrive."""
+    return create_async_engine(
+        sqlalchemy_url(url),
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=pool_timeout_s,
+        pool_pre_ping=False,
+        pool_recycle=3600,
+        connect_args={"timeout": CONNECT_TIMEOUT_S, "server_settings": {"timezone": "UTC"}},
+    )
+
+
+async def check_reachable(url: str) -> None:
+    """Connect once; raise DatabaseUnavailable with a readable reason if we cannot."""
+    redacted = _redact(url)
+    try:
+        connection = await asyncpg.connect(libpq_url(url), timeout=CONNECT_TIMEOUT_S)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        raise DatabaseUnavailable(f"cannot connect to {redacted}: {exc}") from None
+    await connection.close()
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["database_url"] = sqlalchemy_url(url)
+    return config
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Apply migrations up to `revision` (synchronous; runs its own event loop)."""
+    command.upgrade(alembic_config(url), revision)
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config("postgresql://unused/")).get_current_head()
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as connection:
+        exists = await connection.scalar(text("SELECT to_regclass('alembic_version')"))
+        if exists is None:
+            return None
+        version: str | None = await connection.scalar(
+            text("SELECT version_num FROM alembic_version")
+        )
+        return version
+
+
+@dataclass
+class OpenDatabase:
+    """A database URL, and the embedded server behind it when we started one."""
+
+    url: str
+    embedded: EmbeddedPostgres | None
+
+    def close(self) -> None:
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+def open_database(settings: Settings) -> OpenDatabase:
+    """Resolve the database for this process: the configured URL (checked reachable),
+    or the embedded server in the data folder (started or joined)."""
+    if settings.database_url:
+        asyncio.run(check_reachable(settings.database_url))
+        return OpenDatabase(settings.database_url, None)
+    embedded = EmbeddedPostgres(settings.data_dir)
+    return OpenDatabase(embedded.start(), embedded)

@@ -1,0 +1,216 @@
+"""The exchange's exception tree: every operating error has a stable `code`.
+
+Each error knows the HTTP status and the contract code it maps to; the single
+mapping to RFC 9457 problem+json lives in `exchange.problems`. Errors raised in
+`partners` and `settlement` subclass these, so there is one tree and one mapping.
+
+    ExchangeError                       (500 internal_error)
+    ├── BadRequest                      (400 bad_request)
+    │   └── IdempotencyKeyMissing       (400 idempotency_key_missing)
+    ├── Unauthorized                    (401 unauthorized; signature errors in partners.errors)
+    ├── Forbidden                       (403 forbidden)
+    ├── NotFound                        (404 not_found)
+    │   ├── MemberNotFound              (404 member_not_found)
+    │   ├── TransactionNotFound         (404 transaction_not_found)
+    │   ├── HoldNotFound                (404 hold_not_found)
+    │   └── PartnerNotFound             (404 partner_not_found)
+    ├── Conflict                        (409 conflict)
+    │   ├── HoldNotOpen                 (409 hold_not_open)
+    │   ├── RequestInProgress           (409 request_in_progress)
+    │   └── AlreadyExists               (409 already_exists)
+    ├── PayloadTooLarge                 (413 payload_too_large)
+    ├── Unprocessable                   (422 validation_error)
+    │   ├── InsufficientPoints          (422 insufficient_points)
+    │   ├── CreditLimitExceeded         (422 credit_limit_exceeded)
+    │   ├── CurrencyNotSupported        (422 currency_not_supported)
+    │   ├── ReversalExceedsOriginal     (422 reversal_exceeds_original)
+    │   ├── NotReversible               (422 not_reversible)
+    │   └── IdempotencyKeyReused        (422 idempotency_key_reused)
+    ├── RateLimited                     (429 rate_limited, carries retry_after_s)
+    ├── ServiceUnavailable              (503 service_unavailable)
+    └── InvariantViolation              (500 invariant_violation; a bug, logged loudly)
+
+Operating errors (a bad request, not enough points) are expected and typed.
+`InvariantViolation` means the ledger found itself in a state it must never be in:
+it is logged with its details and answered with a bare 500.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "AlreadyExists",
+    "BadRequest",
+    "Conflict",
+    "CreditLimitExceeded",
+    "CurrencyNotSupported",
+    "ExchangeError",
+    "Forbidden",
+    "HoldNotFound",
+    "HoldNotOpen",
+    "IdempotencyKeyMissing",
+    "IdempotencyKeyReused",
+    "InsufficientPoints",
+    "InvariantViolation",
+    "MemberNotFound",
+    "NotFound",
+    "NotReversible",
+    "PartnerNotFound",
+    "PayloadTooLarge",
+    "RateLimited",
+    "RequestInProgress",
+    "ReversalExceedsOriginal",
+    "ServiceUnavailable",
+    "TransactionNotFound",
+    "Unauthorized",
+    "Unprocessable",
+]
+
+
+class ExchangeError(Exception):
+    """Base of every error the exchange raises on purpose."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str | None = None) -> None:
+        self.detail = detail or self.title
+        super().__init__(self.detail)
+
+
+class BadRequest(ExchangeError):
+    status = 400
+    code = "bad_request"
+    title = "Bad request"
+
+
+class IdempotencyKeyMissing(BadRequest):
+    code = "idempotency_key_missing"
+    title = "Idempotency-Key header missing or malformed"
+
+
+class Unauthorized(ExchangeError):
+    status = 401
+    code = "unauthorized"
+    title = "Authentication required"
+
+
+class Forbidden(ExchangeError):
+    status = 403
+    code = "forbidden"
+    title = "Forbidden"
+
+
+class NotFound(ExchangeError):
+    status = 404
+    code = "not_found"
+    title = "Not found"
+
+
+class MemberNotFound(NotFound):
+    code = "member_not_found"
+    title = "Member not found"
+
+
+class TransactionNotFound(NotFound):
+    code = "transaction_not_found"
+    title = "Transaction not found"
+
+
+class HoldNotFound(NotFound):
+    code = "hold_not_found"
+    title = "Hold not found"
+
+
+class PartnerNotFound(NotFound):
+    code = "partner_not_found"
+    title = "Partner not found"
+
+
+class Conflict(ExchangeError):
+    status = 409
+    code = "conflict"
+    title = "Conflict"
+
+
+class HoldNotOpen(Conflict):
+    code = "hold_not_open"
+    title = "Hold is not open"
+
+
+class RequestInProgress(Conflict):
+    code = "request_in_progress"
+    title = "A request with this Idempotency-Key is still being processed"
+
+
+class AlreadyExists(Conflict):
+    code = "already_exists"
+    title = "Already exists"
+
+
+class PayloadTooLarge(ExchangeError):
+    status = 413
+    code = "payload_too_large"
+    title = "Request body too large"
+
+
+class Unprocessable(ExchangeError):
+    status = 422
+    code = "validation_error"
+    title = "Invalid request"
+
+
+class InsufficientPoints(Unprocessable):
+    code = "insufficient_points"
+    title = "Not enough available points"
+
+
+class CreditLimitExceeded(Unprocessable):
+    code = "credit_limit_exceeded"
+    title = "Partner credit limit exceeded"
+
+
+class CurrencyNotSupported(Unprocessable):
+    code = "currency_not_supported"
+    title = "No earn rate for this currency"
+
+
+class ReversalExceedsOriginal(Unprocessable):
+    code = "reversal_exceeds_original"
+    title = "Reversals would exceed the original transaction"
+
+
+class NotReversible(Unprocessable):
+    code = "not_reversible"
+    title = "Transaction cannot be reversed"
+
+
+class IdempotencyKeyReused(Unprocessable):
+    code = "idempotency_key_reused"
+    title = "Idempotency-Key was already used for a different request"
+
+
+class RateLimited(ExchangeError):
+    status = 429
+    code = "rate_limited"
+    title = "Too many requests"
+
+    def __init__(self, retry_after_s: int, detail: str | None = None) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(detail)
+
+
+class ServiceUnavailable(ExchangeError):
+    status = 503
+    code = "service_unavailable"
+    title = "Service unavailable"
+
+
+class InvariantViolation(ExchangeError):
+    """A ledger invariant does not hold: a bug or a corrupted database. Never expected."""
+
+    status = 500
+    code = "invariant_violation"
+    title = "Internal error"

@@ -1,0 +1,74 @@
+"""Outermost ASGI layer: a request id on every request, and one access-log line each."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+import structlog
+
+from exchange.logs import get_logger
+
+__all__ = ["RequestContext"]
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_log = get_logger("exchange.access")
+
+
+class RequestContext:
+    """Wraps the whole application (404s and 405s included, which never reach route
+    middleware): binds `request_id` for every log line of the request, echoes it in
+    the `X-Request-Id` response header, and logs method, path, status and duration."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            _log.info(
+                "request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                **_bound_identity(scope),
+            )
+            structlog.contextvars.clear_contextvars()
+
+
+def _incoming_request_id(scope: Any) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            return text if _REQUEST_ID.match(text) else None
+    return None
+
+
+def _bound_identity(scope: Any) -> dict[str, str]:
+    """Who made the request, once authentication has put it in the scope state."""
+    state = scope.get("state", {})
+    caller = state.get("caller_log")
+    return caller if isinstance(caller, dict) else {}

@@ -1,0 +1,160 @@
+"""The one mapping from errors to RFC 9457 problem+json responses.
+
+No stack trace, SQL, or signature base ever reaches a response: unknown exceptions
+become a bare 500 with the request id, and the details go to the log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotFoundException,
+    ValidationException,
+)
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from exchange.errors import ExchangeError, InvariantViolation, RateLimited
+from exchange.logs import get_logger
+
+__all__ = ["ERROR_TYPE_BASE", "PROBLEM_JSON", "Problem", "exception_handlers", "problem_response"]
+
+PROBLEM_JSON = "application/problem+json"
+ERROR_TYPE_BASE = "https://errors.coalition.example/"
+_log = get_logger("exchange.problems")
+
+
+class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
+    """RFC 9457 problem details with the contract's `code` extension."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    request_id: str | None = None
+
+
+_HTTP_CODES = {
+    400: ("bad_request", "Bad request"),
+    401: ("unauthorized", "Authentication required"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    413: ("payload_too_large", "Request body too large"),
+    415: ("unsupported_media_type", "Unsupported media type"),
+    429: ("rate_limited", "Too many requests"),
+}
+
+
+def problem_response(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    request_id: str | None = None,
+) -> Response[bytes]:
+    problem = Problem(
+        type=ERROR_TYPE_BASE + code,
+        title=title,
+        status=status,
+        detail=detail,
+        code=code,
+        request_id=request_id,
+    )
+    return Response(
+        content=msgspec.json.encode(problem),
+        status_code=status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def _request_id(request: Request[Any, Any, Any]) -> str | None:
+    value = request.scope.get("state", {}).get("request_id")
+    return value if isinstance(value, str) else None
+
+
+def _exchange_error(request: Request[Any, Any, Any], exc: ExchangeError) -> Response[bytes]:
+    headers = None
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+    if isinstance(exc, InvariantViolation):
+        _log.error("invariant_violation", detail=exc.detail, path=request.url.path)
+        return problem_response(
+            500, exc.code, exc.title, "An internal error occurred.", request_id=_request_id(request)
+        )
+    if exc.status >= 500:
+        _log.error("server_error", code=exc.code, detail=exc.detail)
+    return problem_response(
+        exc.status, exc.code, exc.title, exc.detail, headers=headers,
+        request_id=_request_id(request),
+    )  # fmt: skip
+
+
+def _validation_detail(exc: ValidationException) -> str:
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    parts = []
+    for item in extra:
+        if isinstance(item, dict) and "key" in item:
+            parts.append(
+                f"{item.get('source', 'parameter')} '{item['key']}': {item.get('message')}"
+            )
+    return "; ".join(parts) or "Invalid request parameters."
+
+
+def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    status = exc.status_code
+    code, title = _HTTP_CODES.get(status, ("http_error", "HTTP error"))
+    if isinstance(exc, ValidationException):
+        detail = _validation_detail(exc)
+    elif isinstance(exc, NotFoundException):
+        detail = "No such resource."
+    elif isinstance(exc, MethodNotAllowedException):
+        detail = f"{request.method} is not allowed here."
+    elif status == 413:
+        detail = "Request bodies are limited to 64 KiB."
+    elif status >= 500:
+        _log.error("http_exception", status=status, detail=exc.detail)
+        code, title, detail = "internal_error", "Internal error", "An internal error occurred."
+    else:
+        detail = exc.detail if isinstance(exc.detail, str) else title
+    headers = dict(exc.headers or {})
+    return problem_response(status, code, title, detail, headers=headers or None,
+                            request_id=_request_id(request))  # fmt: skip
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    _log.exception("unhandled_exception", path=request.url.path, error=type(exc).__name__)
+    return problem_response(
+        500, "internal_error", "Internal error", "An internal error occurred.",
+        request_id=_request_id(request),
+    )  # fmt: skip
+
+
+def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """Pool exhausted or database unreachable: an operating condition, not a bug."""
+    _log.warning("database_unavailable", error=type(exc).__name__, path=request.url.path)
+    return problem_response(
+        503, "service_unavailable", "Service unavailable",
+        "The database is busy or unreachable; retry shortly.",
+        headers={"Retry-After": "1"}, request_id=_request_id(request),
+    )  # fmt: skip
+
+
+def exception_handlers() -> dict[type[Exception], Any]:
+    return {
+        PoolTimeout: _database_unavailable,
+        OperationalError: _database_unavailable,
+        InterfaceError: _database_unavailable,
+        ExchangeError: _exchange_error,
+        HTTPException: _http_exception,
+        Exception: _unexpected,
+    }

@@ -1,0 +1,96 @@
+"""Test fixtures: one real embedded PostgreSQL per test session, one database per test.
+
+The session migrates a template database once; every test that needs the database gets
+its own copy (`CREATE DATABASE ... TEMPLATE`, a file copy taking a few milliseconds), so
+tests are isolated without mocks and without transactions rolled back behind their back.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+from litestar import Litestar
+from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exchange.app import create_app
+from exchange.clock import FrozenClock
+from exchange.config import Settings
+from exchange.db import create_engine, migrate
+from exchange.embedded import EmbeddedPostgres
+
+TEMPLATE = "exchange_template"
+PUBLIC_URL = "https://exchange.test"
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """The session's PostgreSQL server, with a migrated template database."""
+    data_dir = Path(os.environ.get("EXCHANGE_TEST_DATA_DIR") or tmp_path_factory.mktemp("pg"))
+    server = EmbeddedPostgres(data_dir, durable=False, database=TEMPLATE)
+    server.start()
+    migrate(server.url(TEMPLATE))
+    # The template must have no connections while it is copied.
+    server.psql(f"ALTER DATABASE {TEMPLATE} WITH ALLOW_CONNECTIONS false", "postgres")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def database_url(postgres: EmbeddedPostgres) -> AsyncIterator[str]:
+    """A fresh, fully migrated database for one test, dropped afterwards."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(postgres.url("postgres"))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE {TEMPLATE} STRATEGY FILE_COPY')
+    finally:
+        await admin.close()
+    yield postgres.url(name)
+    admin = await asyncpg.connect(postgres.url("postgres"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    the_engine = create_engine(database_url, pool_size=20)
+    try:
+        yield the_engine
+    finally:
+        await the_engine.dispose()
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(datetime(2026, 11, 23, 10, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        public_url=PUBLIC_URL,
+        scheduler_enabled=False,
+        log_level="WARNING",
+    )
+
+
+@pytest.fixture
+def app(settings: Settings, clock: FrozenClock) -> Litestar:
+    return create_app(settings, clock=clock)
+
+
+@pytest.fixture
+async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Litestar]]:
+    async with AsyncTestClient(app=app, base_url=PUBLIC_URL) as test_client:
+        yield test_client
