@@ -71,8 +71,13 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Server processes (each with its own database pool).")  # fmt: skip
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Server processes (each with its own database pool).",
+)
 def serve(host: str, port: int, workers: int) -> None:
     """Start the API (and the embedded PostgreSQL when EXCHANGE_DATABASE_URL is unset)."""
     settings = settings_or_exit()
@@ -126,8 +131,10 @@ def tokens_create(role: Any, name: str) -> None:
         settings_or_exit(), lambda engine: create_operator_token(engine, role, name)
     )
     click.echo(token)
-    click.echo(f"token id {token_id} ({role}, {name}): store the token now; it is not shown again.",
-               err=True)  # fmt: skip
+    click.echo(
+        f"token id {token_id} ({role}, {name}): store the token now; it is not shown again.",
+        err=True,
+    )
 
 
 @tokens.command("list")

@@ -139,10 +139,21 @@ class EmbeddedPostgres:
         """Run one SQL command with the wheel's psql and return its unaligned output."""
         command = [
             str(POSTGRES_BIN_PATH / "psql"),
-            "-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1",
-            "-h", str(self.socket_dir), "-U", SUPERUSER, "-d", database or self.database,
-            "-c", sql,
-        ]  # fmt: skip
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            str(self.socket_dir),
+            "-U",
+            SUPERUSER,
+            "-d",
+            database or self.database,
+            "-c",
+            sql,
+        ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
         if result.returncode != 0:
             raise EmbeddedPostgresError(f"psql failed: {result.stderr.strip()}")
@@ -211,9 +222,15 @@ class EmbeddedPostgres:
         self.pgdata.mkdir(parents=True, exist_ok=True)
         self._prepare_permissions()
         self._run(
-            "initdb", "-D", str(self.pgdata), "--auth=trust", "--encoding=UTF8",
-            "--locale=C", "-U", SUPERUSER,
-        )  # fmt: skip
+            "initdb",
+            "-D",
+            str(self.pgdata),
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "-U",
+            SUPERUSER,
+        )
         with (self.pgdata / "postgresql.conf").open("a") as conf:
             conf.write("\ninclude_if_exists = 'exchange.conf'\n")
 

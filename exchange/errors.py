@@ -9,6 +9,7 @@ mapping to RFC 9457 problem+json lives in `exchange.problems`. Errors raised in
     │   └── IdempotencyKeyMissing       (400 idempotency_key_missing)
     ├── Unauthorized                    (401 unauthorized; signature errors in partners.errors)
     ├── Forbidden                       (403 forbidden)
+    │   └── PartnerSuspended            (403 partner_suspended)
     ├── NotFound                        (404 not_found)
     │   ├── MemberNotFound              (404 member_not_found)
     │   ├── TransactionNotFound         (404 transaction_not_found)
@@ -57,6 +58,7 @@ __all__ = [
     "NotFound",
     "NotReversible",
     "PartnerNotFound",
+    "PartnerSuspended",
     "PayloadTooLarge",
     "RateLimited",
     "RequestInProgress",
@@ -101,6 +103,11 @@ class Forbidden(ExchangeError):
     status = 403
     code = "forbidden"
     title = "Forbidden"
+
+
+class PartnerSuspended(Forbidden):
+    code = "partner_suspended"
+    title = "Partner is suspended"
 
 
 class NotFound(ExchangeError):

@@ -94,9 +94,13 @@ def _exchange_error(request: Request[Any, Any, Any], exc: ExchangeError) -> Resp
     if exc.status >= 500:
         _log.error("server_error", code=exc.code, detail=exc.detail)
     return problem_response(
-        exc.status, exc.code, exc.title, exc.detail, headers=headers,
+        exc.status,
+        exc.code,
+        exc.title,
+        exc.detail,
+        headers=headers,
         request_id=_request_id(request),
-    )  # fmt: skip
+    )
 
 
 def _validation_detail(exc: ValidationException) -> str:
@@ -127,26 +131,33 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     else:
         detail = exc.detail if isinstance(exc.detail, str) else title
     headers = dict(exc.headers or {})
-    return problem_response(status, code, title, detail, headers=headers or None,
-                            request_id=_request_id(request))  # fmt: skip
+    return problem_response(
+        status, code, title, detail, headers=headers or None, request_id=_request_id(request)
+    )
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     _log.exception("unhandled_exception", path=request.url.path, error=type(exc).__name__)
     return problem_response(
-        500, "internal_error", "Internal error", "An internal error occurred.",
+        500,
+        "internal_error",
+        "Internal error",
+        "An internal error occurred.",
         request_id=_request_id(request),
-    )  # fmt: skip
+    )
 
 
 def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Pool exhausted or database unreachable: an operating condition, not a bug."""
     _log.warning("database_unavailable", error=type(exc).__name__, path=request.url.path)
     return problem_response(
-        503, "service_unavailable", "Service unavailable",
+        503,
+        "service_unavailable",
+        "Service unavailable",
         "The database is busy or unreachable; retry shortly.",
-        headers={"Retry-After": "1"}, request_id=_request_id(request),
-    )  # fmt: skip
+        headers={"Retry-After": "1"},
+        request_id=_request_id(request),
+    )
 
 
 def exception_handlers() -> dict[type[Exception], Any]:

@@ -1,22 +1,56 @@
 """SQLAlchemy table definitions: the one MetaData that Alembic migrations must match.
 
 Every package's tables are registered on this MetaData (partners and settlement import
-it), so `alembic check` compares the whole schema in one pass.
+it), so one autogenerate comparison checks the whole schema.
+
+The journal (`postings`, `entries`) and the lot `allocations` are append-only: the
+database refuses UPDATE, DELETE and TRUNCATE on them (migration 0002 installs the
+triggers), checks that every statement's entries balance per posting, and refuses a
+posting stamped before `ledger_state.closed_until` (a closed settlement period).
 """
 
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
     MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    SmallInteger,
     String,
     Table,
+    Text,
+    Uuid,
     func,
+    text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["metadata", "operator_tokens"]
+__all__ = [
+    "allocations",
+    "entries",
+    "holds",
+    "idempotency_keys",
+    "ledger_state",
+    "lots",
+    "member_links",
+    "members",
+    "metadata",
+    "operator_tokens",
+    "partner_counters",
+    "partner_terms",
+    "partners",
+    "posting_signatures",
+    "postings",
+]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -27,6 +61,10 @@ NAMING_CONVENTION = {
 }
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+ID = String(64)  # ids the exchange assigns or partners choose (slugs): opaque, <= 64 chars
+PRICE = Numeric(18, 6)  # price per point, up to 6 decimals
+MONEY = Numeric(28, 6)  # sums of points x prices, exact
 
 
 def _timestamp(name: str, *, nullable: bool = False, default_now: bool = False) -> Column[object]:
@@ -49,4 +87,263 @@ operator_tokens = Table(
     _timestamp("created_at", default_now=True),
     _timestamp("revoked_at", nullable=True),
     CheckConstraint("role IN ('admin', 'finance')", name="role"),
+)
+
+# -- partners (owners of partner accounts, and their terms) ----------------------------------
+
+partners = Table(
+    "partners",
+    metadata,
+    Column("partner_id", ID, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("settlement_currency", String(3), nullable=False),
+    Column("status", String(16), nullable=False, server_default="active"),
+    # The terms in force now; every change is also appended to partner_terms.
+    Column("terms_version", Integer, nullable=False),
+    Column("issue_price", PRICE, nullable=False),
+    Column("redemption_value", PRICE, nullable=False),
+    Column("earn_rates", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("credit_limit", MONEY, nullable=True),
+    # Issuance value already covered by closed settlement runs (for the credit limit).
+    Column("settled_issuance", MONEY, nullable=False, server_default="0"),
+    _timestamp("created_at", default_now=True),
+    _timestamp("updated_at", default_now=True),
+    CheckConstraint("status IN ('active', 'suspended')", name="status"),
+    CheckConstraint("issue_price >= 0 AND redemption_value >= 0", name="prices"),
+    CheckConstraint("credit_limit IS NULL OR credit_limit >= 0", name="credit_limit"),
+)
+
+partner_terms = Table(
+    "partner_terms",
+    metadata,
+    Column("partner_id", ID, ForeignKey("partners.partner_id"), nullable=False),
+    Column("version", Integer, nullable=False),
+    _timestamp("effective_at"),
+    Column("issue_price", PRICE, nullable=False),
+    Column("redemption_value", PRICE, nullable=False),
+    Column("earn_rates", JSONB, nullable=False),
+    Column("credit_limit", MONEY, nullable=True),
+    Column("status", String(16), nullable=False),
+    Column("changed_by", String(128), nullable=True),
+    PrimaryKeyConstraint("partner_id", "version"),
+)
+
+# Issuance value and outstanding liability per partner, split over a few shard rows so
+# that a big partner's postings do not queue on one row lock (their sum is the figure).
+partner_counters = Table(
+    "partner_counters",
+    metadata,
+    Column("partner_id", ID, ForeignKey("partners.partner_id"), nullable=False),
+    Column("shard", SmallInteger, nullable=False),
+    Column("issued_value", MONEY, nullable=False, server_default="0"),
+    Column("liability_points", BigInteger, nullable=False, server_default="0"),
+    Column("liability_value", MONEY, nullable=False, server_default="0"),
+    PrimaryKeyConstraint("partner_id", "shard"),
+)
+
+# -- members ----------------------------------------------------------------------------------
+
+members = Table(
+    "members",
+    metadata,
+    Column("member_id", ID, primary_key=True),
+    Column("reference", String(128), nullable=True),
+    Column("enrolled_by", ID, ForeignKey("partners.partner_id"), nullable=True),
+    # Points owed after an earn reversal found them spent (a negative balance).
+    Column("debt", BigInteger, nullable=False, server_default="0"),
+    _timestamp("created_at", default_now=True),
+    CheckConstraint("debt >= 0", name="debt"),
+)
+
+member_links = Table(
+    "member_links",
+    metadata,
+    Column("member_id", ID, ForeignKey("members.member_id"), nullable=False),
+    Column("partner_id", ID, ForeignKey("partners.partner_id"), nullable=False),
+    _timestamp("linked_at", default_now=True),
+    PrimaryKeyConstraint("member_id", "partner_id"),
+)
+
+# -- the journal ------------------------------------------------------------------------------
+
+POSTING_TYPES = (
+    "earn",
+    "burn",
+    "earn_reversal",
+    "burn_reversal",
+    "hold",
+    "hold_release",
+    "expiry",
+    "maturation",
+)
+ACCOUNTS = ("available", "held", "pending", "issued", "redeemed", "breakage")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(value) for value in values)})"
+
+
+postings = Table(
+    "postings",
+    metadata,
+    Column("posting_id", Uuid, primary_key=True),
+    Column("type", String(16), nullable=False),
+    Column("member_id", ID, ForeignKey("members.member_id"), nullable=False),
+    Column("partner_id", ID, ForeignKey("partners.partner_id"), nullable=True),
+    Column("points", BigInteger, nullable=False),
+    Column("reference", String(128), nullable=True),
+    Column("reverses", Uuid, ForeignKey("postings.posting_id"), nullable=True),
+    Column("hold_id", Uuid, nullable=True),
+    Column("unit_price", PRICE, nullable=True),
+    Column("currency", String(3), nullable=True),
+    _timestamp("posted_at"),
+    _timestamp("recorded_at", default_now=True),
+    _timestamp("available_at", nullable=True),
+    _timestamp("expires_at", nullable=True),
+    # The member's balance right after the posting (the transaction object's balance_after).
+    Column("available_after", BigInteger, nullable=True),
+    Column("held_after", BigInteger, nullable=True),
+    Column("pending_after", BigInteger, nullable=True),
+    CheckConstraint("points > 0", name="points"),
+    CheckConstraint(_in("type", POSTING_TYPES), name="type"),
+    CheckConstraint(
+        "type NOT IN ('earn', 'burn', 'earn_reversal', 'burn_reversal') "
+        "OR (partner_id IS NOT NULL AND unit_price IS NOT NULL AND currency IS NOT NULL)",
+        name="priced",
+    ),
+    CheckConstraint(
+        "(type IN ('earn_reversal', 'burn_reversal')) = (reverses IS NOT NULL)", name="reverses"
+    ),
+    Index(
+        "ix_postings_partner_id_posted_at",
+        "partner_id",
+        text("posted_at DESC"),
+        text("posting_id DESC"),
+    ),
+    Index(
+        "ix_postings_member_id_posted_at",
+        "member_id",
+        text("posted_at DESC"),
+        text("posting_id DESC"),
+    ),
+    Index(
+        "ix_postings_partner_id_reference",
+        "partner_id",
+        "reference",
+        postgresql_where=text("reference IS NOT NULL"),
+    ),
+    Index("ix_postings_reverses", "reverses", postgresql_where=text("reverses IS NOT NULL")),
+    Index("ix_postings_posted_at", "posted_at"),
+)
+
+entries = Table(
+    "entries",
+    metadata,
+    Column("posting_id", Uuid, ForeignKey("postings.posting_id"), nullable=False),
+    Column("line", SmallInteger, nullable=False),
+    Column("account", String(16), nullable=False),
+    Column("owner", ID, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    _timestamp("posted_at"),
+    PrimaryKeyConstraint("posting_id", "line"),
+    CheckConstraint("amount <> 0", name="amount"),
+    CheckConstraint(_in("account", ACCOUNTS), name="account"),
+    Index("ix_entries_posted_at", "posted_at"),
+)
+
+lots = Table(
+    "lots",
+    metadata,
+    Column("lot_id", Uuid, primary_key=True),
+    Column("member_id", ID, ForeignKey("members.member_id"), nullable=False),
+    Column("issuer_id", ID, ForeignKey("partners.partner_id"), nullable=False),
+    Column("earn_id", Uuid, ForeignKey("postings.posting_id"), nullable=False, unique=True),
+    Column("initial", BigInteger, nullable=False),
+    Column("remaining", BigInteger, nullable=False),
+    Column("unit_price", PRICE, nullable=False),
+    _timestamp("available_at"),
+    _timestamp("expires_at"),
+    Column("matured", Boolean, nullable=False),
+    _timestamp("created_at"),
+    CheckConstraint("remaining >= 0 AND remaining <= initial", name="remaining"),
+    CheckConstraint("expires_at > available_at", name="dates"),
+    # A member's open lots: what a posting for that member loads.
+    Index(
+        "ix_lots_member_id_open", "member_id", postgresql_where=text("remaining > 0 OR NOT matured")
+    ),
+    # Lots still holding points, by expiry: the sweep and the liability ageing.
+    Index(
+        "ix_lots_expires_at_open", "expires_at", "issuer_id", postgresql_where=text("remaining > 0")
+    ),
+    Index("ix_lots_available_at_pending", "available_at", postgresql_where=text("NOT matured")),
+)
+
+allocations = Table(
+    "allocations",
+    metadata,
+    Column("posting_id", Uuid, ForeignKey("postings.posting_id"), nullable=False),
+    Column("lot_id", Uuid, ForeignKey("lots.lot_id"), nullable=False),
+    Column("kind", String(8), nullable=False),
+    Column("points", BigInteger, nullable=False),
+    PrimaryKeyConstraint("posting_id", "lot_id", "kind"),
+    CheckConstraint("points > 0", name="points"),
+    CheckConstraint("kind IN ('draw', 'release', 'repay')", name="kind"),
+    Index("ix_allocations_lot_id", "lot_id"),
+)
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("hold_id", Uuid, primary_key=True),
+    Column("member_id", ID, ForeignKey("members.member_id"), nullable=False),
+    Column("partner_id", ID, ForeignKey("partners.partner_id"), nullable=False),
+    Column("points", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("reference", String(128), nullable=True),
+    Column("hold_posting_id", Uuid, ForeignKey("postings.posting_id"), nullable=False),
+    Column("transaction_id", Uuid, ForeignKey("postings.posting_id"), nullable=True),
+    Column("captured_points", BigInteger, nullable=True),
+    _timestamp("created_at"),
+    _timestamp("expires_at"),
+    _timestamp("closed_at", nullable=True),
+    CheckConstraint("points > 0", name="points"),
+    CheckConstraint("status IN ('open', 'captured', 'voided', 'expired')", name="status"),
+    CheckConstraint("(status = 'open') = (closed_at IS NULL)", name="closed"),
+    Index("ix_holds_member_id_open", "member_id", postgresql_where=text("status = 'open'")),
+    Index("ix_holds_expires_at_open", "expires_at", postgresql_where=text("status = 'open'")),
+)
+
+# -- exactly once, and proof of who asked -----------------------------------------------------
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("partner_id", ID, ForeignKey("partners.partner_id"), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("fingerprint", LargeBinary, nullable=False),  # sha256(method, path, body)
+    Column("status_code", SmallInteger, nullable=False),
+    Column("response", LargeBinary, nullable=False),
+    Column("posting_id", Uuid, ForeignKey("postings.posting_id"), nullable=True),
+    _timestamp("created_at", default_now=True),
+    PrimaryKeyConstraint("partner_id", "key"),
+)
+
+posting_signatures = Table(
+    "posting_signatures",
+    metadata,
+    Column("posting_id", Uuid, ForeignKey("postings.posting_id"), primary_key=True),
+    Column("key_id", ID, nullable=False),
+    Column("signature_input", Text, nullable=False),
+    Column("signature", Text, nullable=False),
+    Column("content_digest", Text, nullable=True),
+    Column("signature_base", LargeBinary, nullable=False),
+)
+
+# One row: the journal is closed before `closed_until` (moved only by settlement).
+ledger_state = Table(
+    "ledger_state",
+    metadata,
+    Column("id", SmallInteger, primary_key=True),
+    _timestamp("closed_until"),
+    CheckConstraint("id = 1", name="singleton"),
 )

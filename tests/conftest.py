@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -24,6 +24,7 @@ from exchange.clock import FrozenClock
 from exchange.config import Settings
 from exchange.db import create_engine, migrate
 from exchange.embedded import EmbeddedPostgres
+from exchange.service import LedgerService
 
 TEMPLATE = "exchange_template"
 PUBLIC_URL = "https://exchange.test"
@@ -73,6 +74,11 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 def clock() -> FrozenClock:
     return FrozenClock(datetime(2026, 11, 23, 10, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def ledger(engine: AsyncEngine, clock: FrozenClock) -> LedgerService:
+    return LedgerService(engine, clock, points_ttl=timedelta(days=1095))
 
 
 @pytest.fixture

@@ -128,9 +128,13 @@ async def test_tokens_create_list_revoke(database_url: str, engine: AsyncEngine)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*EXCHANGE, "tokens", *args], env=env, capture_output=True, text=True, check=False,
+            [*EXCHANGE, "tokens", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
             timeout=60,
-        )  # fmt: skip
+        )
 
     created = run("create", "--role", "finance", "--name", "fiona")
     assert created.returncode == 0, created.stderr

@@ -12,7 +12,7 @@ from sqlalchemy import Connection
 
 from exchange.db import create_engine, current_revision, head_revision, migrate
 from exchange.embedded import EmbeddedPostgres
-from exchange.tables import metadata
+from migrations.metadata import metadata
 
 
 async def test_migrations_on_an_empty_database_match_the_models(postgres: EmbeddedPostgres) -> None:

@@ -1,0 +1,239 @@
+"""The ledger's data: accounts, entries, postings, lots, holds, and a member's book.
+
+Everything here is plain data with no I/O. Points are `int`, prices `Decimal`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+__all__ = [
+    "Account",
+    "Allocation",
+    "AllocationKind",
+    "Balance",
+    "Entry",
+    "ExpiringPoints",
+    "Hold",
+    "HoldStatus",
+    "IdFactory",
+    "Lot",
+    "MemberBook",
+    "PartnerTerms",
+    "Posting",
+    "PostingType",
+    "new_id",
+]
+
+POINTS_PER_REQUEST_MAX = 10**12
+EXPIRING_LOTS_SHOWN_MAX = 5
+
+
+class PostingType(StrEnum):
+    """What a posting records. The first four are the transactions partners see."""
+
+    EARN = "earn"
+    BURN = "burn"
+    EARN_REVERSAL = "earn_reversal"
+    BURN_REVERSAL = "burn_reversal"
+    HOLD = "hold"  # points reserved: available -> held
+    HOLD_RELEASE = "hold_release"  # a void or an expired hold: held -> available
+    EXPIRY = "expiry"  # breakage: available -> issuer's breakage
+    MATURATION = "maturation"  # pending -> available once available_at passes
+
+
+PARTNER_TRANSACTION_TYPES = frozenset(
+    {PostingType.EARN, PostingType.BURN, PostingType.EARN_REVERSAL, PostingType.BURN_REVERSAL}
+)
+
+
+class Account(StrEnum):
+    """Journal accounts. Member accounts hold the member's points (positive balances);
+    partner accounts are their counterparts, so every posting sums to zero."""
+
+    AVAILABLE = "available"  # member
+    HELD = "held"  # member
+    PENDING = "pending"  # member
+    ISSUED = "issued"  # partner: minus the points it has issued
+    REDEEMED = "redeemed"  # partner: the points burned with it
+    BREAKAGE = "breakage"  # partner (issuer): its points that expired
+
+
+MEMBER_ACCOUNTS = frozenset({Account.AVAILABLE, Account.HELD, Account.PENDING})
+
+
+class AllocationKind(StrEnum):
+    DRAW = "draw"  # points leave the lot: spent, reserved, reversed or expired
+    RELEASE = "release"  # points return to the lot (a void, a refund, a capture's rest)
+    REPAY = "repay"  # points leave the lot to cover the member's negative balance
+
+
+class HoldStatus(StrEnum):
+    OPEN = "open"
+    CAPTURED = "captured"
+    VOIDED = "voided"
+    EXPIRED = "expired"
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    account: Account
+    owner: str  # member_id or partner_id
+    amount: int  # signed; a posting's entries sum to zero
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    """A change to one lot's remaining points, made by one posting."""
+
+    lot_id: uuid.UUID
+    kind: AllocationKind
+    points: int  # > 0; DRAW and REPAY subtract it from the lot, RELEASE adds it back
+
+    @property
+    def delta(self) -> int:
+        return self.points if self.kind is AllocationKind.RELEASE else -self.points
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """One balanced journal posting: its entries sum to zero."""
+
+    posting_id: uuid.UUID
+    type: PostingType
+    member_id: str
+    partner_id: str | None
+    points: int
+    posted_at: datetime
+    entries: tuple[Entry, ...]
+    allocations: tuple[Allocation, ...] = ()
+    reference: str | None = None
+    reverses: uuid.UUID | None = None
+    hold_id: uuid.UUID | None = None
+    unit_price: Decimal | None = None  # issue price (earns) or redemption value (burns)
+    currency: str | None = None
+    available_at: datetime | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class Lot:
+    """The points of one earn: its issuer, price and dates, and what is left of it."""
+
+    lot_id: uuid.UUID
+    member_id: str
+    issuer_id: str
+    earn_id: uuid.UUID
+    initial: int
+    remaining: int
+    unit_price: Decimal
+    available_at: datetime
+    expires_at: datetime
+    matured: bool  # True once its points sit in the member's available account
+    created_at: datetime
+
+    def sort_key(self) -> tuple[datetime, datetime, uuid.UUID]:
+        """Spending order: soonest-expiring first, ties oldest first."""
+        return (self.expires_at, self.created_at, self.lot_id)
+
+
+@dataclass(slots=True)
+class Hold:
+    hold_id: uuid.UUID
+    member_id: str
+    partner_id: str
+    points: int
+    status: HoldStatus
+    created_at: datetime
+    expires_at: datetime
+    reference: str | None
+    draws: list[tuple[uuid.UUID, int]]  # (lot, points) reserved, in spending order
+    captured_points: int | None = None
+    transaction_id: uuid.UUID | None = None  # the burn a capture created
+    closed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PartnerTerms:
+    """A partner's terms in force at the moment of posting."""
+
+    partner_id: str
+    active: bool
+    settlement_currency: str
+    issue_price: Decimal
+    redemption_value: Decimal
+    earn_rates: dict[str, Decimal]
+    credit_limit: Decimal | None
+    exposure: Decimal  # unsettled issuance value before this batch (for the credit limit)
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiringPoints:
+    points: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    member_id: str
+    available: int
+    held: int
+    pending: int
+    expiring: tuple[ExpiringPoints, ...]
+    as_of: datetime
+
+
+@dataclass(slots=True)
+class MemberBook:
+    """A member's sub-ledger loaded under its row lock: the working copy the rules change.
+
+    `debt` is the shortfall of earn reversals that found the points already spent; the
+    invariant kept by the rules is: debt > 0 implies no spendable lot has points left
+    (points that become spendable repay the debt first).
+    """
+
+    member_id: str
+    debt: int
+    lots: dict[uuid.UUID, Lot] = field(default_factory=dict)
+    holds: dict[uuid.UUID, Hold] = field(default_factory=dict)
+    postings: list[Posting] = field(default_factory=list)
+    new_lots: set[uuid.UUID] = field(default_factory=set)
+    new_holds: set[uuid.UUID] = field(default_factory=set)
+    changed_holds: set[uuid.UUID] = field(default_factory=set)
+    matured_lots: set[uuid.UUID] = field(default_factory=set)
+    initial_debt: int = -1
+
+    def __post_init__(self) -> None:
+        if self.initial_debt < 0:
+            self.initial_debt = self.debt
+
+    def spendable(self, at: datetime) -> list[Lot]:
+        """Lots whose points can be spent at `at`, in spending order."""
+        lots = [
+            lot
+            for lot in self.lots.values()
+            if lot.remaining > 0 and lot.matured and lot.expires_at > at
+        ]
+        lots.sort(key=Lot.sort_key)
+        return lots
+
+
+IdFactory = Callable[[], uuid.UUID]
+
+
+def new_id() -> uuid.UUID:
+    """A UUIDv7: 48-bit millisecond timestamp then random bits, so ids sort by creation
+    time and keep B-tree inserts local."""
+    millis = time.time_ns() // 1_000_000
+    random_bits = int.from_bytes(os.urandom(10), "big")
+    value = (millis & ((1 << 48) - 1)) << 80 | random_bits
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return uuid.UUID(int=value)

@@ -1,0 +1,175 @@
+"""`exchange verify`: recompute the ledger from the journal and compare.
+
+Every check is one set-based query over the whole ledger, so it scales with the
+database, not with Python. A clean ledger yields no discrepancies; each discrepancy
+names the check, the ids involved, and the expected and actual figures.
+
+Checks:
+- every posting's entries sum to zero, and every posting has entries;
+- every lot's remaining = initial - draws - repayments + releases (from allocations);
+- every member's journal balances (available, held, pending) equal their sub-ledger:
+  available = matured lots' remaining - debt; pending = unmatured lots' remaining;
+  held = points of open holds; and every open hold's points equal what it drew;
+- reversals never exceed their originals;
+- issued - redeemed - expired = outstanding (the sum of all member accounts);
+- the partner counters (liability points and value, issuance value) match the lots and
+  postings they summarise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+__all__ = ["Discrepancy", "VerifyReport", "verify_ledger"]
+
+SHOWN_PER_CHECK_MAX = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Discrepancy:
+    check: str
+    subject: str
+    expected: str
+    actual: str
+
+
+@dataclass
+class VerifyReport:
+    discrepancies: list[Discrepancy] = field(default_factory=list)
+    totals: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def clean(self) -> bool:
+        return not self.discrepancies
+
+
+_CHECKS: dict[str, str] = {
+    "posting_balances": """
+        SELECT posting_id::text AS subject, '0' AS expected, sum(amount)::text AS actual
+        FROM entries GROUP BY posting_id HAVING sum(amount) <> 0""",
+    "posting_has_entries": """
+        SELECT p.posting_id::text AS subject, 'entries' AS expected, 'none' AS actual
+        FROM postings p
+        WHERE NOT EXISTS (SELECT 1 FROM entries e WHERE e.posting_id = p.posting_id)""",
+    "lot_remaining": """
+        SELECT l.lot_id::text AS subject, computed::text AS expected, l.remaining::text AS actual
+        FROM lots l
+        JOIN (SELECT l2.lot_id, l2.initial + coalesce(sum(
+                  CASE a.kind WHEN 'release' THEN a.points ELSE -a.points END), 0) AS computed
+              FROM lots l2 LEFT JOIN allocations a ON a.lot_id = l2.lot_id
+              GROUP BY l2.lot_id, l2.initial) AS c ON c.lot_id = l.lot_id
+        WHERE c.computed <> l.remaining""",
+    "member_balance": """
+        WITH journal AS (
+            SELECT owner AS member_id,
+                   sum(amount) FILTER (WHERE account = 'available') AS available,
+                   sum(amount) FILTER (WHERE account = 'held') AS held,
+                   sum(amount) FILTER (WHERE account = 'pending') AS pending
+            FROM entries WHERE account IN ('available', 'held', 'pending') GROUP BY owner),
+        lot_sums AS (
+            SELECT member_id,
+                   sum(remaining) FILTER (WHERE matured) AS matured,
+                   sum(remaining) FILTER (WHERE NOT matured) AS unmatured
+            FROM lots GROUP BY member_id),
+        hold_sums AS (
+            SELECT member_id, sum(points) AS held FROM holds WHERE status = 'open'
+            GROUP BY member_id),
+        sub AS (
+            SELECT m.member_id,
+                   coalesce(ls.matured, 0) - m.debt AS available,
+                   coalesce(hs.held, 0) AS held,
+                   coalesce(ls.unmatured, 0) AS pending
+            FROM members m
+            LEFT JOIN lot_sums ls ON ls.member_id = m.member_id
+            LEFT JOIN hold_sums hs ON hs.member_id = m.member_id)
+        SELECT s.member_id AS subject,
+               format('available=%s held=%s pending=%s', s.available, s.held, s.pending)
+                   AS expected,
+               format('available=%s held=%s pending=%s', coalesce(j.available, 0),
+                      coalesce(j.held, 0), coalesce(j.pending, 0)) AS actual
+        FROM sub s LEFT JOIN journal j ON j.member_id = s.member_id
+        WHERE s.available <> coalesce(j.available, 0) OR s.held <> coalesce(j.held, 0)
+           OR s.pending <> coalesce(j.pending, 0)""",
+    "hold_reservation": """
+        SELECT h.hold_id::text AS subject, h.points::text AS expected,
+               coalesce(sum(a.points), 0)::text AS actual
+        FROM holds h
+        LEFT JOIN allocations a ON a.posting_id = h.hold_posting_id AND a.kind = 'draw'
+        GROUP BY h.hold_id, h.points HAVING coalesce(sum(a.points), 0) <> h.points""",
+    "reversal_bound": """
+        SELECT o.posting_id::text AS subject, format('<= %s', o.points) AS expected,
+               sum(r.points)::text AS actual
+        FROM postings o JOIN postings r ON r.reverses = o.posting_id
+        GROUP BY o.posting_id, o.points HAVING sum(r.points) > o.points""",
+    "conservation": """
+        WITH t AS (
+            SELECT -coalesce(sum(amount) FILTER (WHERE account = 'issued'), 0) AS issued,
+                   coalesce(sum(amount) FILTER (WHERE account = 'redeemed'), 0) AS redeemed,
+                   coalesce(sum(amount) FILTER (WHERE account = 'breakage'), 0) AS expired,
+                   coalesce(sum(amount) FILTER (
+                       WHERE account IN ('available', 'held', 'pending')), 0) AS outstanding
+            FROM entries)
+        SELECT 'issued - redeemed - expired' AS subject,
+               (issued - redeemed - expired)::text AS expected, outstanding::text AS actual
+        FROM t WHERE issued - redeemed - expired <> outstanding""",
+    "partner_counters": """
+        WITH counted AS (
+            SELECT partner_id, sum(liability_points) AS points, sum(liability_value) AS value,
+                   sum(issued_value) AS issued
+            FROM partner_counters GROUP BY partner_id),
+        lot_side AS (
+            SELECT issuer_id AS partner_id, sum(remaining) AS points,
+                   sum(remaining * unit_price) AS value
+            FROM lots GROUP BY issuer_id),
+        posting_side AS (
+            SELECT partner_id,
+                   sum(CASE type WHEN 'earn' THEN points * unit_price
+                                 ELSE -points * unit_price END) AS issued
+            FROM postings WHERE type IN ('earn', 'earn_reversal') GROUP BY partner_id),
+        recomputed AS (
+            SELECT coalesce(l.partner_id, p.partner_id) AS partner_id,
+                   coalesce(l.points, 0) AS points, coalesce(l.value, 0) AS value,
+                   coalesce(p.issued, 0) AS issued
+            FROM lot_side l FULL JOIN posting_side p ON p.partner_id = l.partner_id)
+        SELECT coalesce(r.partner_id, c.partner_id) AS subject,
+               format('points=%s value=%s issued=%s', coalesce(r.points, 0),
+                      coalesce(r.value, 0), coalesce(r.issued, 0)) AS expected,
+               format('points=%s value=%s issued=%s', coalesce(c.points, 0),
+                      coalesce(c.value, 0), coalesce(c.issued, 0)) AS actual
+        FROM recomputed r FULL JOIN counted c ON c.partner_id = r.partner_id
+        WHERE coalesce(r.points, 0) <> coalesce(c.points, 0)
+           OR coalesce(r.value, 0) <> coalesce(c.value, 0)
+           OR coalesce(r.issued, 0) <> coalesce(c.issued, 0)""",
+}
+
+_TOTALS = """
+    SELECT (SELECT count(*) FROM postings) AS postings,
+           (SELECT count(*) FROM members) AS members,
+           (SELECT count(*) FROM lots) AS lots,
+           -coalesce(sum(amount) FILTER (WHERE account = 'issued'), 0) AS issued,
+           coalesce(sum(amount) FILTER (WHERE account = 'redeemed'), 0) AS redeemed,
+           coalesce(sum(amount) FILTER (WHERE account = 'breakage'), 0) AS expired,
+           coalesce(sum(amount) FILTER (WHERE account IN ('available', 'held', 'pending')), 0)
+               AS outstanding
+    FROM entries"""
+
+
+async def verify_ledger(engine: AsyncEngine) -> VerifyReport:
+    """Run every check in one REPEATABLE READ snapshot, so postings committing meanwhile
+    cannot make a consistent ledger look inconsistent."""
+    report = VerifyReport()
+    async with engine.connect() as plain:
+        conn = await plain.execution_options(isolation_level="REPEATABLE READ")
+        async with conn.begin():
+            for check, sql in _CHECKS.items():
+                rows = await conn.execute(text(sql + f" LIMIT {SHOWN_PER_CHECK_MAX}"))
+                report.discrepancies.extend(
+                    Discrepancy(check, str(row.subject), str(row.expected), str(row.actual))
+                    for row in rows
+                )
+            totals = (await conn.execute(text(_TOTALS))).mappings().one()
+            report.totals = {key: int(value) for key, value in totals.items()}
+    return report

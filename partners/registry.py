@@ -1,0 +1,333 @@
+"""The partner registry: onboarding, terms (prices, earn rates, credit limit), status, keys.
+
+Every change of terms is appended to `partner_terms` with the time it took effect, and
+the partner row carries the terms in force now. Postings copy the prices they were made
+at, so a price change only ever affects postings made after it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from exchange.clock import Clock
+from exchange.errors import AlreadyExists, NotFound, PartnerNotFound, Unprocessable
+from exchange.money import minor_unit, parse_price
+from exchange.tables import partner_terms, partners
+from partners.tables import partner_keys
+
+__all__ = [
+    "KeyInfo",
+    "PartnerChanges",
+    "PartnerRecord",
+    "PartnerSpec",
+    "Unchanged",
+    "add_key",
+    "create_partner",
+    "decode_public_key",
+    "get_partner",
+    "list_partners",
+    "revoke_key",
+    "update_partner",
+]
+
+PartnerStatus = Literal["active", "suspended"]
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class Unchanged:
+    """Marks a field a PATCH leaves as it is (distinct from None, which clears a limit)."""
+
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED = Unchanged()
+
+
+@dataclass(frozen=True, slots=True)
+class PartnerSpec:
+    partner_id: str
+    name: str
+    settlement_currency: str
+    issue_price: Decimal
+    redemption_value: Decimal
+    earn_rates: dict[str, Decimal] = field(default_factory=dict)
+    credit_limit: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PartnerChanges:
+    name: str | Unchanged = UNCHANGED
+    status: PartnerStatus | Unchanged = UNCHANGED
+    issue_price: Decimal | Unchanged = UNCHANGED
+    redemption_value: Decimal | Unchanged = UNCHANGED
+    earn_rates: dict[str, Decimal] | Unchanged = UNCHANGED
+    credit_limit: Decimal | Unchanged | None = UNCHANGED
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    key_id: str
+    status: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PartnerRecord:
+    partner_id: str
+    name: str
+    settlement_currency: str
+    status: PartnerStatus
+    issue_price: Decimal
+    redemption_value: Decimal
+    earn_rates: dict[str, Decimal]
+    credit_limit: Decimal | None
+    terms_version: int
+    created_at: datetime
+    updated_at: datetime
+    keys: tuple[KeyInfo, ...]
+
+
+def _validate(spec: PartnerSpec) -> None:
+    if not _SLUG.match(spec.partner_id):
+        raise Unprocessable(
+            "partner_id must be a slug: lower-case letters, digits and '-', 1-63 characters."
+        )
+    if not 1 <= len(spec.name.strip()) <= 200:
+        raise Unprocessable("name must be 1-200 characters.")
+    minor_unit(spec.settlement_currency)
+    _validate_terms(
+        spec.issue_price,
+        spec.redemption_value,
+        spec.earn_rates,
+        spec.credit_limit,
+        spec.settlement_currency,
+    )
+
+
+def _validate_terms(
+    issue_price: Decimal,
+    redemption_value: Decimal,
+    earn_rates: dict[str, Decimal],
+    credit_limit: Decimal | None,
+    currency: str,
+) -> None:
+    for what, price in (("issue_price", issue_price), ("redemption_value", redemption_value)):
+        parse_price(f"{price:f}", what=what)
+    for rate_currency, rate in earn_rates.items():
+        minor_unit(rate_currency)
+        parse_price(f"{rate:f}", what=f"earn_rates.{rate_currency}")
+        if rate <= 0:
+            raise Unprocessable(f"earn_rates.{rate_currency} must be positive.")
+    if credit_limit is not None:
+        if credit_limit < 0:
+            raise Unprocessable("credit_limit must not be negative.")
+        exponent = credit_limit.as_tuple().exponent
+        if isinstance(exponent, int) and -exponent > minor_unit(currency):
+            raise Unprocessable(f"credit_limit has more decimals than {currency} allows.")
+
+
+def _terms_row(
+    partner_id: str, version: int, row: dict[str, Any], at: datetime, by: str | None
+) -> dict[str, Any]:
+    return {
+        "partner_id": partner_id,
+        "version": version,
+        "effective_at": at,
+        "issue_price": row["issue_price"],
+        "redemption_value": row["redemption_value"],
+        "earn_rates": row["earn_rates"],
+        "credit_limit": row["credit_limit"],
+        "status": row["status"],
+        "changed_by": by,
+    }
+
+
+async def create_partner(
+    engine: AsyncEngine, clock: Clock, spec: PartnerSpec, *, changed_by: str | None = None
+) -> PartnerRecord:
+    _validate(spec)
+    now = clock.now()
+    row = {
+        "partner_id": spec.partner_id,
+        "name": spec.name.strip(),
+        "settlement_currency": spec.settlement_currency,
+        "status": "active",
+        "terms_version": 1,
+        "issue_price": spec.issue_price,
+        "redemption_value": spec.redemption_value,
+        "earn_rates": {currency: f"{rate:f}" for currency, rate in spec.earn_rates.items()},
+        "credit_limit": spec.credit_limit,
+        "created_at": now,
+        "updated_at": now,
+    }
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(insert(partners).values(row))
+            await conn.execute(
+                insert(partner_terms).values(_terms_row(spec.partner_id, 1, row, now, changed_by))
+            )
+    except IntegrityError:
+        raise AlreadyExists(f"Partner {spec.partner_id} already exists.") from None
+    return await get_partner(engine, spec.partner_id)
+
+
+async def update_partner(
+    engine: AsyncEngine,
+    clock: Clock,
+    partner_id: str,
+    changes: PartnerChanges,
+    *,
+    changed_by: str | None = None,
+) -> PartnerRecord:
+    """Apply a PATCH: new terms take effect now, for postings made from now on."""
+    async with engine.begin() as conn:
+        current = (
+            await conn.execute(
+                select(partners).where(partners.c.partner_id == partner_id).with_for_update()
+            )
+        ).first()
+        if current is None:
+            raise PartnerNotFound(f"No partner {partner_id}.")
+        row = dict(current._mapping)
+        for name in ("name", "status", "issue_price", "redemption_value", "credit_limit"):
+            value = getattr(changes, name)
+            if not isinstance(value, Unchanged):
+                row[name] = value
+        if not isinstance(changes.earn_rates, Unchanged):
+            row["earn_rates"] = {
+                currency: f"{rate:f}" for currency, rate in changes.earn_rates.items()
+            }
+        rates = {currency: Decimal(rate) for currency, rate in row["earn_rates"].items()}
+        _validate_terms(
+            row["issue_price"],
+            row["redemption_value"],
+            rates,
+            row["credit_limit"],
+            row["settlement_currency"],
+        )
+        now = clock.now()
+        row["terms_version"] += 1
+        row["updated_at"] = now
+        await conn.execute(update(partners).where(partners.c.partner_id == partner_id).values(row))
+        await conn.execute(
+            insert(partner_terms).values(
+                _terms_row(partner_id, row["terms_version"], row, now, changed_by)
+            )
+        )
+    return await get_partner(engine, partner_id)
+
+
+def _record(row: Any, keys: list[Any]) -> PartnerRecord:
+    return PartnerRecord(
+        partner_id=row.partner_id,
+        name=row.name,
+        settlement_currency=row.settlement_currency,
+        status=row.status,
+        issue_price=row.issue_price,
+        redemption_value=row.redemption_value,
+        earn_rates={currency: Decimal(rate) for currency, rate in row.earn_rates.items()},
+        credit_limit=row.credit_limit,
+        terms_version=row.terms_version,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        keys=tuple(KeyInfo(key.key_id, key.status, key.created_at, key.revoked_at) for key in keys),
+    )
+
+
+async def _load(conn: AsyncConnection, partner_ids: list[str] | None) -> list[PartnerRecord]:
+    query = select(partners).order_by(partners.c.partner_id)
+    key_query = select(partner_keys).order_by(partner_keys.c.created_at, partner_keys.c.key_id)
+    if partner_ids is not None:
+        query = query.where(partners.c.partner_id.in_(partner_ids))
+        key_query = key_query.where(partner_keys.c.partner_id.in_(partner_ids))
+    rows = list(await conn.execute(query))
+    keys: dict[str, list[Any]] = {}
+    for key in await conn.execute(key_query):
+        keys.setdefault(key.partner_id, []).append(key)
+    return [_record(row, keys.get(row.partner_id, [])) for row in rows]
+
+
+async def get_partner(engine: AsyncEngine, partner_id: str) -> PartnerRecord:
+    async with engine.connect() as conn:
+        found = await _load(conn, [partner_id])
+    if not found:
+        raise PartnerNotFound(f"No partner {partner_id}.")
+    return found[0]
+
+
+async def list_partners(engine: AsyncEngine) -> list[PartnerRecord]:
+    async with engine.connect() as conn:
+        return await _load(conn, None)
+
+
+def decode_public_key(text: str) -> bytes:
+    """base64url (padding optional) of a raw 32-byte Ed25519 public key, checked."""
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise Unprocessable(
+            "public_key must be base64url of the raw 32-byte Ed25519 key."
+        ) from None
+    if len(raw) != 32:
+        raise Unprocessable(f"public_key decodes to {len(raw)} bytes; an Ed25519 key has 32.")
+    try:
+        Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise Unprocessable("public_key is not a valid Ed25519 public key.") from None
+    return raw
+
+
+async def add_key(engine: AsyncEngine, clock: Clock, partner_id: str, public_key: str) -> KeyInfo:
+    """Register a public key; the partner may hold several active keys (rotation)."""
+    raw = decode_public_key(public_key)
+    key_id = f"key_{secrets.token_hex(12)}"
+    now = clock.now()
+    async with engine.begin() as conn:
+        exists = await conn.scalar(
+            select(func.count()).select_from(partners).where(partners.c.partner_id == partner_id)
+        )
+        if not exists:
+            raise PartnerNotFound(f"No partner {partner_id}.")
+        await conn.execute(
+            insert(partner_keys).values(
+                key_id=key_id,
+                partner_id=partner_id,
+                public_key=raw,
+                status="active",
+                created_at=now,
+            )
+        )
+    return KeyInfo(key_id, "active", now, None)
+
+
+async def revoke_key(engine: AsyncEngine, clock: Clock, partner_id: str, key_id: str) -> KeyInfo:
+    """Revoke a key at once. Postings it signed stay verifiable (the key is kept)."""
+    async with engine.begin() as conn:
+        row = (
+            await conn.execute(
+                update(partner_keys)
+                .where(partner_keys.c.key_id == key_id, partner_keys.c.partner_id == partner_id)
+                .values(
+                    status="revoked",
+                    revoked_at=func.coalesce(partner_keys.c.revoked_at, clock.now()),
+                )
+                .returning(partner_keys)
+            )
+        ).first()
+    if row is None:
+        raise NotFound(f"Partner {partner_id} has no key {key_id}.")
+    return KeyInfo(row.key_id, row.status, row.created_at, row.revoked_at)

@@ -1,0 +1,80 @@
+"""Small helpers the tests share: partners, members, postings, and the verify check."""
+
+from __future__ import annotations
+
+import hashlib
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exchange.clock import Clock
+from exchange.errors import ExchangeError
+from exchange.service import Command, Idempotency, LedgerRequest, LedgerService, Outcome
+from exchange.verify import verify_ledger
+from partners.registry import PartnerSpec, create_partner
+
+
+async def add_partner(
+    engine: AsyncEngine,
+    clock: Clock,
+    partner_id: str = "grocer",
+    *,
+    issue_price: str = "0.012",
+    redemption_value: str = "0.010",
+    currency: str = "EUR",
+    earn_rates: dict[str, str] | None = None,
+    credit_limit: str | None = None,
+) -> str:
+    await create_partner(
+        engine,
+        clock,
+        PartnerSpec(
+            partner_id=partner_id,
+            name=partner_id.title(),
+            settlement_currency=currency,
+            issue_price=Decimal(issue_price),
+            redemption_value=Decimal(redemption_value),
+            earn_rates={code: Decimal(rate) for code, rate in (earn_rates or {}).items()},
+            credit_limit=Decimal(credit_limit) if credit_limit is not None else None,
+        ),
+    )
+    return partner_id
+
+
+async def enrol(ledger: LedgerService, partner_id: str) -> str:
+    outcome = await ledger.enrol_member(partner_id, None, None)
+    member_id: str = msgspec.json.decode(outcome.body)["member_id"]
+    return member_id
+
+
+def fingerprint(command: Command) -> bytes:
+    return hashlib.sha256(repr(command).encode()).digest()
+
+
+async def submit(ledger: LedgerService, command: Command, key: str | None = None) -> Outcome:
+    idempotency = Idempotency(key, fingerprint(command)) if key else None
+    [outcome] = await ledger.submit([LedgerRequest(command, idempotency)])
+    return outcome
+
+
+async def post(ledger: LedgerService, command: Command, key: str | None = None) -> dict[str, Any]:
+    """Run one command; return its decoded response or raise its error."""
+    outcome = await submit(ledger, command, key)
+    if outcome.error is not None:
+        raise outcome.error
+    body: dict[str, Any] = msgspec.json.decode(outcome.body)
+    return body
+
+
+async def refused(ledger: LedgerService, command: Command) -> ExchangeError:
+    outcome = await submit(ledger, command)
+    assert outcome.error is not None, f"expected an error, got {outcome.body!r}"
+    return outcome.error
+
+
+async def assert_ledger_verifies(engine: AsyncEngine) -> dict[str, int]:
+    report = await verify_ledger(engine)
+    assert report.discrepancies == [], report.discrepancies
+    return report.totals
