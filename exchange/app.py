@@ -13,9 +13,12 @@ from exchange.clock import Clock, SystemClock
 from exchange.config import Settings
 from exchange.db import create_engine
 from exchange.health import HealthController
+from exchange.http import BalanceController, MemberController, PartnerController
 from exchange.logs import configure_logging
 from exchange.middleware import RequestContext
 from exchange.problems import exception_handlers
+from exchange.runtime import Services
+from partners.http import PartnerAdminController
 
 __all__ = ["REQUEST_BODY_MAX_BYTES", "create_app"]
 
@@ -40,15 +43,20 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             pool_timeout_s=settings.db_pool_timeout_s,
         )
         app.state.engine = engine
-        app.state.settings = settings
-        app.state.clock = the_clock
+        app.state.services = Services.build(settings, engine, the_clock)
         try:
             yield
         finally:
             await engine.dispose()
 
     app = Litestar(
-        route_handlers=[HealthController],
+        route_handlers=[
+            HealthController,
+            PartnerController,
+            BalanceController,
+            MemberController,
+            PartnerAdminController,
+        ],
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
         request_max_body_size=REQUEST_BODY_MAX_BYTES,

@@ -59,6 +59,16 @@ def _choice(options: tuple[str, ...]) -> Any:
     return parse
 
 
+def _rate_limit(value: str) -> str:
+    from limits import parse_many  # noqa: PLC0415 - only needed to validate
+
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ValueError("must be rate limits such as 100/second or 10/second;500/minute") from None
+    return value
+
+
 def _database_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in {"postgresql", "postgres", "postgresql+asyncpg"}:
@@ -88,12 +98,9 @@ class Settings:
     db_pool_timeout_s: int = 10
     log_level: str = "INFO"
     log_format: LogFormat = "json"
-    partner_rate_per_s: int = 500
-    partner_burst: int = 1000
-    operator_rate_per_s: int = 50
-    operator_burst: int = 100
-    member_rate_per_s: int = 20
-    member_burst: int = 40
+    partner_rate_limit: str = "1000/second"
+    operator_rate_limit: str = "100/second"
+    member_rate_limit: str = "20/second"
     group_commit_max: int = 64
 
     @property
@@ -145,12 +152,9 @@ _PARSERS: dict[str, Any] = {
     "db_pool_timeout_s": lambda v: _positive_int(v, high=3600),
     "log_level": _choice(("DEBUG", "INFO", "WARNING", "ERROR")),
     "log_format": _choice(get_args(LogFormat)),
-    "partner_rate_per_s": _positive_int,
-    "partner_burst": _positive_int,
-    "operator_rate_per_s": _positive_int,
-    "operator_burst": _positive_int,
-    "member_rate_per_s": _positive_int,
-    "member_burst": _positive_int,
+    "partner_rate_limit": _rate_limit,
+    "operator_rate_limit": _rate_limit,
+    "member_rate_limit": _rate_limit,
     "group_commit_max": lambda v: _positive_int(v, high=1000),
 }
 
@@ -233,46 +237,25 @@ VARIABLES: tuple[Variable, ...] = (
         "JSON lines (one object per line, with request_id) or human-readable console.",
     ),
     Variable(
-        "EXCHANGE_PARTNER_RATE_PER_S",
-        "partner_rate_per_s",
-        "500",
-        "a positive integer",
-        "Sustained requests per second allowed per partner key.",
+        "EXCHANGE_PARTNER_RATE_LIMIT",
+        "partner_rate_limit",
+        "1000/second",
+        "limits such as 1000/second;50000/minute",
+        "Requests allowed per partner key, per server process (over it: 429 and Retry-After).",
     ),
     Variable(
-        "EXCHANGE_PARTNER_BURST",
-        "partner_burst",
-        "1000",
-        "a positive integer",
-        "Burst size per partner key (token bucket capacity).",
+        "EXCHANGE_OPERATOR_RATE_LIMIT",
+        "operator_rate_limit",
+        "100/second",
+        "limits such as 100/second",
+        "Requests allowed per operator token, per server process.",
     ),
     Variable(
-        "EXCHANGE_OPERATOR_RATE_PER_S",
-        "operator_rate_per_s",
-        "50",
-        "a positive integer",
-        "Sustained requests per second per operator token.",
-    ),
-    Variable(
-        "EXCHANGE_OPERATOR_BURST",
-        "operator_burst",
-        "100",
-        "a positive integer",
-        "Burst size per operator token.",
-    ),
-    Variable(
-        "EXCHANGE_MEMBER_RATE_PER_S",
-        "member_rate_per_s",
-        "20",
-        "a positive integer",
-        "Sustained requests per second per member token.",
-    ),
-    Variable(
-        "EXCHANGE_MEMBER_BURST",
-        "member_burst",
-        "40",
-        "a positive integer",
-        "Burst size per member token.",
+        "EXCHANGE_MEMBER_RATE_LIMIT",
+        "member_rate_limit",
+        "20/second",
+        "limits such as 20/second",
+        "Requests allowed per member token, per server process.",
     ),
     Variable(
         "EXCHANGE_GROUP_COMMIT_MAX",

@@ -20,6 +20,7 @@ mapping to RFC 9457 problem+json lives in `exchange.problems`. Errors raised in
     │   ├── RequestInProgress           (409 request_in_progress)
     │   └── AlreadyExists               (409 already_exists)
     ├── PayloadTooLarge                 (413 payload_too_large)
+    ├── UnsupportedMediaType            (415 unsupported_media_type)
     ├── Unprocessable                   (422 validation_error)
     │   ├── InsufficientPoints          (422 insufficient_points)
     │   ├── CreditLimitExceeded         (422 credit_limit_exceeded)
@@ -67,6 +68,7 @@ __all__ = [
     "TransactionNotFound",
     "Unauthorized",
     "Unprocessable",
+    "UnsupportedMediaType",
 ]
 
 
@@ -161,6 +163,12 @@ class PayloadTooLarge(ExchangeError):
     status = 413
     code = "payload_too_large"
     title = "Request body too large"
+
+
+class UnsupportedMediaType(ExchangeError):
+    status = 415
+    code = "unsupported_media_type"
+    title = "Request bodies must be application/json"
 
 
 class Unprocessable(ExchangeError):

@@ -123,7 +123,7 @@ class Transaction(_Out, omit_defaults=True):
     points: int
     reference: str | None
     posted_at: datetime
-    balance_after: BalanceAfter
+    balance_after: BalanceAfter | msgspec.UnsetType = msgspec.UNSET
     reverses: str | msgspec.UnsetType = msgspec.UNSET
     hold_id: str | msgspec.UnsetType = msgspec.UNSET
 

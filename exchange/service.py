@@ -61,8 +61,15 @@ from exchange.ledger import (
     void_hold,
 )
 from exchange.money import Money
-from exchange.schemas import MemberCreated
-from exchange.views import hold_view, transaction_view
+from exchange.schemas import Hold, MemberCreated, Transaction, TransactionPage
+from exchange.views import (
+    decode_cursor,
+    encode_cursor,
+    hold_from_row,
+    hold_view,
+    transaction_from_row,
+    transaction_view,
+)
 
 __all__ = [
     "Burn",
@@ -83,6 +90,8 @@ __all__ = [
 ]
 
 RETRIES_MAX = 5
+PAGE_SIZE_DEFAULT = 50
+PAGE_SIZE_MAX = 200
 SWEEP_ROUNDS_MAX = 100_000
 
 
@@ -513,6 +522,55 @@ class LedgerService:
         raise ServiceUnavailable("The sweep kept conflicting with postings; it will run again.")
 
     # -- reads ------------------------------------------------------------------------------
+
+    async def get_transaction(self, partner_id: str, posting_id: uuid.UUID) -> Transaction:
+        """One of the partner's own transactions; anything else is 404."""
+        async with self.engine.connect() as conn:
+            row = await store.fetch_posting(conn, posting_id)
+        if row is None or row.partner_id != partner_id or row.type not in PARTNER_TRANSACTION_TYPES:
+            raise TransactionNotFound()
+        return transaction_from_row(row)
+
+    async def list_transactions(
+        self,
+        *,
+        partner_id: str | None = None,
+        member_id: str | None = None,
+        types: Sequence[str] = tuple(PARTNER_TRANSACTION_TYPES),
+        reference: str | None = None,
+        after: str | None = None,
+        limit: int = PAGE_SIZE_DEFAULT,
+    ) -> TransactionPage:
+        """Newest first; `after` is the `next` cursor of the previous page."""
+        before = None
+        if after is not None:
+            before = decode_cursor(after)
+            if before is None:
+                raise Unprocessable("after is not a cursor this API returned.")
+        async with self.engine.connect() as conn:
+            rows = await store.list_postings(
+                conn,
+                types=types,
+                limit=limit + 1,
+                partner_id=partner_id,
+                member_id=member_id,
+                reference=reference,
+                before=before,
+            )
+        page = rows[:limit]
+        cursor = (
+            encode_cursor(page[-1].posted_at, page[-1].posting_id) if len(rows) > limit else None
+        )
+        return TransactionPage(items=[transaction_from_row(row) for row in page], next=cursor)
+
+    async def get_hold(self, partner_id: str, hold_id: uuid.UUID) -> Hold:
+        async with self.engine.connect() as conn:
+            row = await store.fetch_hold(conn, hold_id)
+        if row is None or row.partner_id != partner_id:
+            raise HoldNotFound()
+        return hold_from_row(row, self.clock.now())
+
+    # -- balances -----------------------------------------------------------------------------
 
     async def read_balance(self, member_id: str) -> Balance:
         """The member's balance now, from one consistent snapshot (no locks taken)."""

@@ -72,10 +72,13 @@ __all__ = [
     "create_member",
     "due_members",
     "enter_posting_barrier",
+    "fetch_hold",
+    "fetch_posting",
     "hold_owners",
     "is_linked",
     "liability_by_issuer",
     "link_members",
+    "list_postings",
     "load_books",
     "load_originals",
     "load_partner_terms",
@@ -837,3 +840,35 @@ async def is_linked(conn: AsyncConnection, member_id: str, partner_id: str) -> b
         )
     )
     return row.first() is not None
+
+
+async def fetch_posting(conn: AsyncConnection, posting_id: uuid.UUID) -> Any | None:
+    return (await conn.execute(select(postings).where(postings.c.posting_id == posting_id))).first()
+
+
+async def fetch_hold(conn: AsyncConnection, hold_id: uuid.UUID) -> Any | None:
+    return (await conn.execute(select(holds).where(holds.c.hold_id == hold_id))).first()
+
+
+async def list_postings(
+    conn: AsyncConnection,
+    *,
+    types: Sequence[str],
+    limit: int,
+    partner_id: str | None = None,
+    member_id: str | None = None,
+    reference: str | None = None,
+    before: tuple[datetime, uuid.UUID] | None = None,
+) -> list[Any]:
+    """Postings newest first, keyset-paginated on (posted_at, posting_id)."""
+    query = select(postings).where(postings.c.type.in_(list(types)))
+    if partner_id is not None:
+        query = query.where(postings.c.partner_id == partner_id)
+    if member_id is not None:
+        query = query.where(postings.c.member_id == member_id)
+    if reference is not None:
+        query = query.where(postings.c.reference == reference)
+    if before is not None:
+        query = query.where(tuple_(postings.c.posted_at, postings.c.posting_id) < tuple_(*before))
+    query = query.order_by(postings.c.posted_at.desc(), postings.c.posting_id.desc()).limit(limit)
+    return list(await conn.execute(query))

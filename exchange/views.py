@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import uuid
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -10,7 +13,15 @@ from exchange import schemas
 from exchange.ids import format_hold_id, format_transaction_id
 from exchange.ledger import Balance, Hold, Posting
 
-__all__ = ["balance_view", "hold_view", "transaction_from_row", "transaction_view"]
+__all__ = [
+    "balance_view",
+    "decode_cursor",
+    "encode_cursor",
+    "hold_from_row",
+    "hold_view",
+    "transaction_from_row",
+    "transaction_view",
+]
 
 
 def _after(balance: Balance) -> schemas.BalanceAfter:
@@ -36,11 +47,11 @@ def transaction_view(posting: Posting, after: Balance) -> schemas.Transaction:
 
 def transaction_from_row(row: Any) -> schemas.Transaction:
     """A stored posting (postings row) as a transaction object."""
-    after = schemas.BalanceAfter(
-        available=row.available_after or 0,
-        held=row.held_after or 0,
-        pending=row.pending_after or 0,
-    )
+    after: schemas.BalanceAfter | msgspec.UnsetType = msgspec.UNSET
+    if row.available_after is not None:
+        after = schemas.BalanceAfter(
+            available=row.available_after, held=row.held_after, pending=row.pending_after
+        )
     return schemas.Transaction(
         transaction_id=format_transaction_id(row.posting_id),
         type=row.type,
@@ -87,3 +98,40 @@ def balance_view(balance: Balance) -> schemas.Balance:
         ],
         as_of=balance.as_of,
     )
+
+
+def hold_from_row(row: Any, now: datetime) -> schemas.Hold:
+    """A stored hold; an open hold past its expiry shows as expired (as it is released)."""
+    status = row.status
+    if status == "open" and row.expires_at <= now:
+        status = "expired"
+    return schemas.Hold(
+        hold_id=format_hold_id(row.hold_id),
+        status=status,
+        points=row.points,
+        member_id=row.member_id,
+        partner_id=row.partner_id,
+        reference=row.reference,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        transaction_id=(
+            format_transaction_id(row.transaction_id) if row.transaction_id else msgspec.UNSET
+        ),
+        captured_points=row.captured_points if row.captured_points is not None else msgspec.UNSET,
+        closed_at=row.closed_at if row.closed_at is not None else msgspec.UNSET,
+    )
+
+
+def encode_cursor(posted_at: datetime, posting_id: uuid.UUID) -> str:
+    raw = f"{posted_at.isoformat()}|{posting_id.hex}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID] | None:
+    """The position a cursor points at, or None when it is not one of ours."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        moment, _, hex_id = raw.partition("|")
+        return datetime.fromisoformat(moment), uuid.UUID(hex=hex_id)
+    except (ValueError, UnicodeDecodeError):
+        return None

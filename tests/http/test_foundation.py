@@ -6,16 +6,20 @@ import uuid
 from typing import Any
 
 import asyncpg
+import httpx
 from litestar import Litestar, Request, post
-from litestar.testing import AsyncTestClient
 
 from exchange.app import create_app
 from exchange.config import Settings
 from exchange.embedded import EmbeddedPostgres
-from tests.conftest import PUBLIC_URL
+from tests.conftest import PUBLIC_URL, running
 
 
-async def test_health_and_ready(client: AsyncTestClient[Litestar]) -> None:
+def _http(app: Litestar) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=PUBLIC_URL)
+
+
+async def test_health_and_ready(client: httpx.AsyncClient) -> None:
     health = await client.get("/health")
     assert health.status_code == 200
     assert health.json() == {"status": "ok"}
@@ -32,7 +36,7 @@ async def test_ready_is_503_when_the_database_is_not_migrated(postgres: Embedded
     await admin.close()
     try:
         app = create_app(Settings(database_url=postgres.url(name), scheduler_enabled=False))
-        async with AsyncTestClient(app=app, base_url=PUBLIC_URL) as client:
+        async with running(app), _http(app) as client:
             response = await client.get("/ready")
         assert response.status_code == 503
         assert response.headers["content-type"] == "application/problem+json"
@@ -44,7 +48,7 @@ async def test_ready_is_503_when_the_database_is_not_migrated(postgres: Embedded
         await admin.close()
 
 
-async def test_unknown_route_is_a_problem_404(client: AsyncTestClient[Litestar]) -> None:
+async def test_unknown_route_is_a_problem_404(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/nothing-here")
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
@@ -55,13 +59,13 @@ async def test_unknown_route_is_a_problem_404(client: AsyncTestClient[Litestar])
     assert body["request_id"] == response.headers["x-request-id"]
 
 
-async def test_wrong_method_is_a_problem_405(client: AsyncTestClient[Litestar]) -> None:
+async def test_wrong_method_is_a_problem_405(client: httpx.AsyncClient) -> None:
     response = await client.delete("/health")
     assert response.status_code == 405
     assert response.json()["code"] == "method_not_allowed"
 
 
-async def test_request_id_is_echoed_when_given(client: AsyncTestClient[Litestar]) -> None:
+async def test_request_id_is_echoed_when_given(client: httpx.AsyncClient) -> None:
     response = await client.get("/health", headers={"X-Request-Id": "trace-123"})
     assert response.headers["x-request-id"] == "trace-123"
 
@@ -77,7 +81,7 @@ async def test_oversized_body_is_413_and_crash_is_a_bare_500(app: Litestar) -> N
 
     app.register(echo_size)
     app.register(crash)
-    async with AsyncTestClient(app=app, base_url=PUBLIC_URL) as client:
+    async with running(app), _http(app) as client:
         small = await client.post("/test/echo-size", content=b"x" * 65536)
         assert small.status_code == 201
         big = await client.post("/test/echo-size", content=b"x" * 65537)
@@ -91,7 +95,7 @@ async def test_oversized_body_is_413_and_crash_is_a_bare_500(app: Litestar) -> N
     assert "Traceback" not in crashed.text
 
 
-async def test_openapi_document_is_served(client: AsyncTestClient[Litestar]) -> None:
+async def test_openapi_document_is_served(client: httpx.AsyncClient) -> None:
     response = await client.get("/schema/openapi.json")
     assert response.status_code == 200
     assert response.json()["openapi"].startswith("3.")

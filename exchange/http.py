@@ -1,0 +1,324 @@
+"""The partner and member API (contract §3, §5): thin controllers.
+
+Each handler authenticates (a dependency), decodes the raw body into a strict struct,
+calls one service function, and returns its response. Posting responses are the exact
+bytes stored with the idempotency key, so a replay is byte-for-byte the original.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, QueryParameter
+
+from exchange import schemas
+from exchange.errors import (
+    BadRequest,
+    HoldNotFound,
+    MemberNotFound,
+    TransactionNotFound,
+    Unprocessable,
+    UnsupportedMediaType,
+)
+from exchange.ids import parse_hold_id, parse_transaction_id
+from exchange.ledger import PARTNER_TRANSACTION_TYPES, PostingType
+from exchange.money import parse_amount
+from exchange.runtime import services_of
+from exchange.service import (
+    PAGE_SIZE_DEFAULT,
+    PAGE_SIZE_MAX,
+    Burn,
+    CaptureHold,
+    Command,
+    Earn,
+    LedgerRequest,
+    OpenHold,
+    Outcome,
+    Reverse,
+    VoidHold,
+)
+from exchange.views import balance_view
+from partners.auth import (
+    Caller,
+    MemberCaller,
+    PartnerCaller,
+    member_caller,
+    member_or_partner_caller,
+    partner_caller,
+)
+from partners.sessions import create_member_session
+
+__all__ = ["BalanceController", "MemberController", "PartnerController", "decode_body", "respond"]
+
+T = TypeVar("T")
+Limit = Annotated[int, QueryParameter(ge=1, le=PAGE_SIZE_MAX)]
+_MEMBER_HISTORY_TYPES = (*sorted(PARTNER_TRANSACTION_TYPES), PostingType.EXPIRY.value)
+
+
+def decode_body(request: Request[Any, Any, Any], body: bytes, into: type[T]) -> T:
+    """Strict decoding of a JSON body: unknown fields, wrong types, absurd numbers → 422."""
+    if not body.strip():
+        body = b"{}"
+    else:
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            raise UnsupportedMediaType(f"Content-Type is {media_type or 'missing'}.")
+    try:
+        return msgspec.json.decode(body, type=into)
+    except msgspec.ValidationError as exc:
+        raise Unprocessable(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"The body is not valid JSON: {exc}.") from None
+
+
+def respond(outcome: Outcome) -> Response[Any]:
+    if outcome.error is not None:
+        raise outcome.error
+    headers = {"Idempotency-Replayed": "true"} if outcome.replayed else None
+    return Response(
+        content=outcome.body,
+        status_code=outcome.status_code,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+async def _post(
+    request: Request[Any, Any, Any], partner: PartnerCaller, command: Command
+) -> Response[Any]:
+    services = services_of(request)
+    outcome = await services.post(LedgerRequest(command, partner.idempotency, partner.proof))
+    return respond(outcome)
+
+
+def _hold_id(text: str) -> Any:
+    hold_id = parse_hold_id(text)
+    if hold_id is None:
+        raise HoldNotFound()
+    return hold_id
+
+
+def _transaction_id(text: str) -> Any:
+    transaction_id = parse_transaction_id(text)
+    if transaction_id is None:
+        raise TransactionNotFound()
+    return transaction_id
+
+
+class PartnerController(Controller):
+    """Signed partner calls: members, earn, burn, holds, reversals, transactions."""
+
+    path = "/v1"
+    tags = ["partner"]
+    dependencies = {"partner": Provide(partner_caller)}
+
+    @post("/members", status_code=201, summary="Enrol a member, linked to the calling partner")
+    async def enrol(
+        self, request: Request[Any, Any, Any], partner: NamedDependency[PartnerCaller]
+    ) -> Response[schemas.MemberCreated]:
+        data = decode_body(request, partner.body, schemas.MemberCreate)
+        outcome = await services_of(request).ledger.enrol_member(
+            partner.partner_id, data.reference, partner.idempotency
+        )
+        return respond(outcome)
+
+    @post("/members/{member_id:str}/sessions", status_code=201, summary="Create a member token")
+    async def session(
+        self,
+        request: Request[Any, Any, Any],
+        partner: NamedDependency[PartnerCaller],
+        member_id: FromPath[str],
+    ) -> Response[schemas.SessionCreated]:
+        data = decode_body(request, partner.body, schemas.SessionCreate)
+        outcome = await create_member_session(
+            services_of(request),
+            partner_id=partner.partner_id,
+            member_id=member_id,
+            ttl_seconds=data.ttl_seconds,
+            idempotency=partner.idempotency,
+        )
+        return respond(outcome)
+
+    @post("/earn", status_code=201, summary="Issue points to a member")
+    async def earn(
+        self, request: Request[Any, Any, Any], partner: NamedDependency[PartnerCaller]
+    ) -> Response[schemas.Transaction]:
+        data = decode_body(request, partner.body, schemas.EarnCreate)
+        if data.points is None and data.purchase is None:
+            raise Unprocessable("Give points, or a purchase to compute them from.")
+        purchase = None
+        if data.purchase is not None:
+            purchase = parse_amount(
+                data.purchase.amount, data.purchase.currency, what="purchase.amount"
+            )
+            if purchase.amount <= 0:
+                raise Unprocessable("purchase.amount must be positive.")
+        command = Earn(
+            partner.partner_id,
+            data.member_id,
+            data.reference,
+            points=data.points,
+            purchase=purchase,
+            available_at=data.available_at,
+            expires_at=data.expires_at,
+        )
+        return await _post(request, partner, command)
+
+    @post("/burn", status_code=201, summary="Redeem a member's points")
+    async def burn(
+        self, request: Request[Any, Any, Any], partner: NamedDependency[PartnerCaller]
+    ) -> Response[schemas.Transaction]:
+        data = decode_body(request, partner.body, schemas.BurnCreate)
+        return await _post(
+            request, partner, Burn(partner.partner_id, data.member_id, data.points, data.reference)
+        )
+
+    @post("/holds", status_code=201, summary="Reserve points at the till")
+    async def open_hold(
+        self, request: Request[Any, Any, Any], partner: NamedDependency[PartnerCaller]
+    ) -> Response[schemas.Hold]:
+        data = decode_body(request, partner.body, schemas.HoldCreate)
+        command = OpenHold(
+            partner.partner_id, data.member_id, data.points, data.reference, data.expires_in
+        )
+        return await _post(request, partner, command)
+
+    @get("/holds/{hold_id:str}", summary="One of the partner's holds")
+    async def get_hold(
+        self,
+        request: Request[Any, Any, Any],
+        partner: NamedDependency[PartnerCaller],
+        hold_id: FromPath[str],
+    ) -> schemas.Hold:
+        return await services_of(request).ledger.get_hold(partner.partner_id, _hold_id(hold_id))
+
+    @post("/holds/{hold_id:str}/capture", status_code=200, summary="Burn held points")
+    async def capture(
+        self,
+        request: Request[Any, Any, Any],
+        partner: NamedDependency[PartnerCaller],
+        hold_id: FromPath[str],
+    ) -> Response[schemas.Hold]:
+        data = decode_body(request, partner.body, schemas.HoldCapture)
+        return await _post(
+            request, partner, CaptureHold(partner.partner_id, _hold_id(hold_id), data.points)
+        )
+
+    @post("/holds/{hold_id:str}/void", status_code=200, summary="Release held points")
+    async def void(
+        self,
+        request: Request[Any, Any, Any],
+        partner: NamedDependency[PartnerCaller],
+        hold_id: FromPath[str],
+    ) -> Response[schemas.Hold]:
+        decode_body(request, partner.body, _Empty)
+        return await _post(request, partner, VoidHold(partner.partner_id, _hold_id(hold_id)))
+
+    @post(
+        "/transactions/{transaction_id:str}/reversals", status_code=201, summary="Return or refund"
+    )
+    async def reverse(
+        self,
+        request: Request[Any, Any, Any],
+        partner: NamedDependency[PartnerCaller],
+        transaction_id: FromPath[str],
+    ) -> Response[schemas.Transaction]:
+        data = decode_body(request, partner.body, schemas.ReversalCreate)
+        command = Reverse(
+            partner.partner_id, _transaction_id(transaction_id), data.points, data.reference
+        )
+        return await _post(request, partner, command)
+
+    @get("/transactions/{transaction_id:str}", summary="One of the partner's transactions")
+    async def get_transaction(
+        self,
+        request: Request[Any, Any, Any],
+        partner: NamedDependency[PartnerCaller],
+        transaction_id: FromPath[str],
+    ) -> schemas.Transaction:
+        return await services_of(request).ledger.get_transaction(
+            partner.partner_id, _transaction_id(transaction_id)
+        )
+
+    @get("/transactions", summary="The partner's transactions, newest first")
+    async def list_transactions(
+        self,
+        *,
+        request: Request[Any, Any, Any],
+        partner: NamedDependency[PartnerCaller],
+        reference: FromQuery[str | None] = None,
+        member_id: FromQuery[str | None] = None,
+        transaction_type: Annotated[str | None, QueryParameter(name="type")] = None,
+        after: FromQuery[str | None] = None,
+        limit: Limit = PAGE_SIZE_DEFAULT,
+    ) -> schemas.TransactionPage:
+        types: tuple[str, ...] = tuple(sorted(PARTNER_TRANSACTION_TYPES))
+        if transaction_type is not None:
+            if transaction_type not in PARTNER_TRANSACTION_TYPES:
+                raise Unprocessable(f"type must be one of {', '.join(types)}.")
+            types = (transaction_type,)
+        return await services_of(request).ledger.list_transactions(
+            partner_id=partner.partner_id,
+            member_id=member_id,
+            types=types,
+            reference=reference,
+            after=after,
+            limit=limit,
+        )
+
+
+class _Empty(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A body that must be empty or `{}`."""
+
+
+class BalanceController(Controller):
+    """A balance, for a signed partner linked to the member or for the member's own token."""
+
+    path = "/v1/members"
+    tags = ["partner", "member"]
+
+    @get(
+        "/{member_id:str}/balance",
+        summary="A member's balance",
+        dependencies={"caller": Provide(member_or_partner_caller)},
+    )
+    async def balance(
+        self,
+        request: Request[Any, Any, Any],
+        caller: NamedDependency[Caller],
+        member_id: FromPath[str],
+    ) -> schemas.Balance:
+        services = services_of(request)
+        if caller.partner_id is None:
+            allowed = caller.member_id == member_id
+        else:
+            allowed = await services.ledger.is_linked(member_id, caller.partner_id)
+        if not allowed:
+            raise MemberNotFound(f"No member {member_id}.")
+        return balance_view(await services.ledger.read_balance(member_id))
+
+
+class MemberController(Controller):
+    """Calls with a member token: the member's own history across all partners."""
+
+    path = "/v1/members"
+    tags = ["member"]
+    dependencies = {"member": Provide(member_caller)}
+
+    @get("/{member_id:str}/transactions", summary="A member's history, newest first")
+    async def history(
+        self,
+        request: Request[Any, Any, Any],
+        member: NamedDependency[MemberCaller],
+        member_id: FromPath[str],
+        after: FromQuery[str | None] = None,
+        limit: Limit = PAGE_SIZE_DEFAULT,
+    ) -> schemas.TransactionPage:
+        if member.member_id != member_id:
+            raise MemberNotFound(f"No member {member_id}.")
+        return await services_of(request).ledger.list_transactions(
+            member_id=member_id, types=_MEMBER_HISTORY_TYPES, after=after, limit=limit
+        )

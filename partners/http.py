@@ -1,0 +1,197 @@
+"""The operator API for partners (contract §4): onboarding, terms, status, keys."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, delete, get, patch, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath
+
+from exchange.errors import Unprocessable
+from exchange.http import decode_body
+from exchange.money import format_amount, parse_amount, parse_price
+from exchange.operators import OperatorIdentity
+from exchange.runtime import services_of
+from exchange.schemas import MoneyIn
+from partners import registry
+from partners.auth import admin_caller, staff_caller
+from partners.schemas import KeyCreate, KeyOut, MoneyOut, PartnerCreate, PartnerOut, PartnerUpdate
+
+__all__ = ["PartnerAdminController"]
+
+
+def _plain(value: Decimal) -> str:
+    """A price as a decimal string without trailing zeros: 0.012000 -> "0.012"."""
+    return f"{value.normalize():f}"
+
+
+def _key_out(key: registry.KeyInfo) -> KeyOut:
+    return KeyOut(
+        key_id=key.key_id, status=key.status, created_at=key.created_at, revoked_at=key.revoked_at
+    )
+
+
+def _partner_out(record: registry.PartnerRecord) -> PartnerOut:
+    limit = None
+    if record.credit_limit is not None:
+        limit = MoneyOut(
+            format_amount(record.credit_limit, record.settlement_currency),
+            record.settlement_currency,
+        )
+    return PartnerOut(
+        partner_id=record.partner_id,
+        name=record.name,
+        settlement_currency=record.settlement_currency,
+        status=record.status,
+        issue_price=_plain(record.issue_price),
+        redemption_value=_plain(record.redemption_value),
+        earn_rates={currency: _plain(rate) for currency, rate in sorted(record.earn_rates.items())},
+        credit_limit=limit,
+        terms_version=record.terms_version,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        keys=[_key_out(key) for key in record.keys],
+    )
+
+
+def _rates(rates: dict[str, str]) -> dict[str, Decimal]:
+    return {
+        currency: parse_price(rate, what=f"earn_rates.{currency}")
+        for currency, rate in rates.items()
+    }
+
+
+def _limit(money: MoneyIn | None, currency: str) -> Decimal | None:
+    if money is None:
+        return None
+    if money.currency != currency:
+        raise Unprocessable(f"credit_limit must be in the settlement currency {currency}.")
+    return parse_amount(money.amount, money.currency, what="credit_limit.amount").amount
+
+
+class PartnerAdminController(Controller):
+    path = "/v1/admin/partners"
+    tags = ["operator"]
+
+    @post(
+        "/",
+        status_code=201,
+        dependencies={"admin": Provide(admin_caller)},
+        summary="Onboard a partner",
+    )
+    async def create(
+        self, request: Request[Any, Any, Any], admin: NamedDependency[OperatorIdentity]
+    ) -> PartnerOut:
+        data = decode_body(request, await request.body(), PartnerCreate)
+        services = services_of(request)
+        spec = registry.PartnerSpec(
+            partner_id=data.partner_id,
+            name=data.name,
+            settlement_currency=data.settlement_currency,
+            issue_price=parse_price(data.issue_price, what="issue_price"),
+            redemption_value=parse_price(data.redemption_value, what="redemption_value"),
+            earn_rates=_rates(data.earn_rates),
+            credit_limit=_limit(data.credit_limit, data.settlement_currency),
+        )
+        record = await registry.create_partner(
+            services.engine, services.clock, spec, changed_by=admin.name
+        )
+        return _partner_out(record)
+
+    @patch(
+        "/{partner_id:str}",
+        dependencies={"admin": Provide(admin_caller)},
+        summary="Change status or terms",
+    )
+    async def update(
+        self,
+        request: Request[Any, Any, Any],
+        admin: NamedDependency[OperatorIdentity],
+        partner_id: FromPath[str],
+    ) -> PartnerOut:
+        data = decode_body(request, await request.body(), PartnerUpdate)
+        services = services_of(request)
+        current = await registry.get_partner(services.engine, partner_id)
+        changes = registry.PartnerChanges(
+            name=registry.UNCHANGED if data.name is msgspec.UNSET else data.name,
+            status=registry.UNCHANGED if data.status is msgspec.UNSET else data.status,
+            issue_price=(
+                registry.UNCHANGED
+                if data.issue_price is msgspec.UNSET
+                else parse_price(data.issue_price, what="issue_price")
+            ),
+            redemption_value=(
+                registry.UNCHANGED
+                if data.redemption_value is msgspec.UNSET
+                else parse_price(data.redemption_value, what="redemption_value")
+            ),
+            earn_rates=registry.UNCHANGED
+            if data.earn_rates is msgspec.UNSET
+            else _rates(data.earn_rates),
+            credit_limit=(
+                registry.UNCHANGED
+                if data.credit_limit is msgspec.UNSET
+                else _limit(data.credit_limit, current.settlement_currency)
+            ),
+        )
+        record = await registry.update_partner(
+            services.engine, services.clock, partner_id, changes, changed_by=admin.name
+        )
+        return _partner_out(record)
+
+    @get("/", dependencies={"staff": Provide(staff_caller)}, summary="All partners")
+    async def list_all(
+        self, request: Request[Any, Any, Any], staff: NamedDependency[OperatorIdentity]
+    ) -> list[PartnerOut]:
+        return [
+            _partner_out(record)
+            for record in await registry.list_partners(services_of(request).engine)
+        ]
+
+    @get("/{partner_id:str}", dependencies={"staff": Provide(staff_caller)}, summary="One partner")
+    async def get_one(
+        self,
+        request: Request[Any, Any, Any],
+        staff: NamedDependency[OperatorIdentity],
+        partner_id: FromPath[str],
+    ) -> PartnerOut:
+        return _partner_out(await registry.get_partner(services_of(request).engine, partner_id))
+
+    @post(
+        "/{partner_id:str}/keys",
+        status_code=201,
+        dependencies={"admin": Provide(admin_caller)},
+        summary="Register a partner's Ed25519 public key",
+    )
+    async def add_key(
+        self,
+        request: Request[Any, Any, Any],
+        admin: NamedDependency[OperatorIdentity],
+        partner_id: FromPath[str],
+    ) -> KeyOut:
+        data = decode_body(request, await request.body(), KeyCreate)
+        services = services_of(request)
+        return _key_out(
+            await registry.add_key(services.engine, services.clock, partner_id, data.public_key)
+        )
+
+    @delete(
+        "/{partner_id:str}/keys/{key_id:str}",
+        status_code=200,
+        dependencies={"admin": Provide(admin_caller)},
+        summary="Revoke a key at once",
+    )
+    async def revoke_key(
+        self,
+        request: Request[Any, Any, Any],
+        admin: NamedDependency[OperatorIdentity],
+        partner_id: FromPath[str],
+        key_id: FromPath[str],
+    ) -> KeyOut:
+        services = services_of(request)
+        return _key_out(
+            await registry.revoke_key(services.engine, services.clock, partner_id, key_id)
+        )

@@ -1,0 +1,69 @@
+"""Wire structs of the operator API for partners (contract §4)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+from exchange.schemas import CurrencyCode, DecimalText, MoneyIn
+
+__all__ = ["KeyCreate", "KeyOut", "MoneyOut", "PartnerCreate", "PartnerOut", "PartnerUpdate"]
+
+Slug = Annotated[str, msgspec.Meta(min_length=1, max_length=63)]
+Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class _In(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class PartnerCreate(_In):
+    partner_id: Slug
+    name: Name
+    settlement_currency: CurrencyCode
+    issue_price: DecimalText
+    redemption_value: DecimalText
+    earn_rates: dict[CurrencyCode, DecimalText] = {}
+    credit_limit: MoneyIn | None = None
+
+
+class PartnerUpdate(_In):
+    name: Name | msgspec.UnsetType = msgspec.UNSET
+    status: Literal["active", "suspended"] | msgspec.UnsetType = msgspec.UNSET
+    issue_price: DecimalText | msgspec.UnsetType = msgspec.UNSET
+    redemption_value: DecimalText | msgspec.UnsetType = msgspec.UNSET
+    earn_rates: dict[CurrencyCode, DecimalText] | msgspec.UnsetType = msgspec.UNSET
+    credit_limit: MoneyIn | msgspec.UnsetType | None = msgspec.UNSET  # null removes the limit
+
+
+class KeyCreate(_In):
+    public_key: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+
+class MoneyOut(msgspec.Struct, frozen=True):
+    amount: str
+    currency: str
+
+
+class KeyOut(msgspec.Struct, frozen=True, omit_defaults=True):
+    key_id: str
+    status: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+class PartnerOut(msgspec.Struct, frozen=True):
+    partner_id: str
+    name: str
+    settlement_currency: str
+    status: str
+    issue_price: str
+    redemption_value: str
+    earn_rates: dict[str, str]
+    credit_limit: MoneyOut | None
+    terms_version: int
+    created_at: datetime
+    updated_at: datetime
+    keys: list[KeyOut]
