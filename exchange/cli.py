@@ -159,3 +159,64 @@ def tokens_revoke(token_id: str) -> None:
     except NotFound as exc:
         raise click.ClickException(exc.detail) from None
     console.print(f"Revoked {token_id}.")
+
+
+@main.command("verify")
+def verify_command() -> None:
+    """Recompute every balance and lot from the journal; exit 1 on any difference."""
+    from exchange.verify import verify_ledger  # noqa: PLC0415
+
+    report = run_with_engine(settings_or_exit(), verify_ledger)
+    totals = report.totals
+    console.print(
+        f"postings {totals['postings']}, members {totals['members']}, lots {totals['lots']}; "
+        f"issued {totals['issued']} - redeemed {totals['redeemed']} - expired {totals['expired']}"
+        f" = outstanding {totals['outstanding']}"
+    )
+    if report.clean:
+        console.print("[green]ledger verified: no differences[/green]")
+        return
+    table = Table("check", "subject", "expected", "actual", title="Differences")
+    for item in report.discrepancies:
+        table.add_row(item.check, item.subject, item.expected, item.actual)
+    console.print(table)
+    raise SystemExit(1)
+
+
+@main.command("sweep")
+def sweep_command() -> None:
+    """Post what has fallen due now: expired lots, maturing points, holds past expiry."""
+    from datetime import timedelta  # noqa: PLC0415
+
+    from exchange.clock import SystemClock  # noqa: PLC0415
+    from exchange.service import LedgerService  # noqa: PLC0415
+
+    settings = settings_or_exit()
+
+    async def sweep(engine: AsyncEngine) -> Any:
+        ttl = timedelta(days=settings.points_ttl_days)
+        return await LedgerService(engine, SystemClock(), points_ttl=ttl).sweep()
+
+    result = run_with_engine(settings, sweep)
+    console.print(
+        f"swept {result.members} members: {result.expired_points} points expired, "
+        f"{result.matured_points} matured, {result.released_holds} holds released"
+    )
+
+
+@main.group()
+def audit() -> None:
+    """Re-verify what partners signed."""
+
+
+@audit.command("verify-transaction")
+@click.argument("transaction_id")
+def audit_verify_transaction(transaction_id: str) -> None:
+    """Re-verify a posting's stored request signature against the partner's key
+    (revoked keys included: a key's past signatures stay checkable)."""
+    from partners.audit import verify_transaction  # noqa: PLC0415
+
+    result = run_with_engine(settings_or_exit(), lambda e: verify_transaction(e, transaction_id))
+    console.print(result.describe())
+    if not result.valid:
+        raise SystemExit(1)
