@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from exchange.batching import GroupCommitter
 from exchange.clock import Clock
 from exchange.config import Settings
 from exchange.ratelimit import RateLimiter
@@ -23,16 +24,22 @@ class Services:
     clock: Clock
     ledger: LedgerService
     limiter: RateLimiter
+    committer: GroupCommitter
 
     @classmethod
     def build(cls, settings: Settings, engine: AsyncEngine, clock: Clock) -> Services:
         ledger = LedgerService(engine, clock, points_ttl=timedelta(days=settings.points_ttl_days))
-        return cls(settings, engine, clock, ledger, RateLimiter(settings))
+        # Half the pool for posting batches; the rest stays free for reads and auth.
+        committer = GroupCommitter(
+            ledger,
+            batch_max=settings.group_commit_max,
+            concurrency=max(1, settings.db_pool_size // 2),
+        )
+        return cls(settings, engine, clock, ledger, RateLimiter(settings), committer)
 
     async def post(self, request: LedgerRequest) -> Outcome:
-        """One posting request (the group committer batches these with others)."""
-        [outcome] = await self.ledger.submit([request])
-        return outcome
+        """One posting request, committed together with whatever else is waiting."""
+        return await self.committer.submit(request)
 
 
 def services_of(request: Any) -> Services:
