@@ -108,6 +108,8 @@ class Settings:
         """The `@authority` partners sign: host[:port], port only when not the scheme default."""
         parts = urlsplit(self.public_url)
         host = (parts.hostname or "").lower()
+        if ":" in host:  # an IPv6 literal keeps its brackets, as clients send it
+            host = f"[{host}]"
         default_port = 443 if parts.scheme == "https" else 80
         if parts.port is None or parts.port == default_port:
             return host

@@ -17,6 +17,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from exchange import schemas
 from exchange.errors import (
     BadRequest,
+    CurrencyNotSupported,
     HoldNotFound,
     MemberNotFound,
     TransactionNotFound,
@@ -25,7 +26,7 @@ from exchange.errors import (
 )
 from exchange.ids import parse_hold_id, parse_transaction_id
 from exchange.ledger import PARTNER_TRANSACTION_TYPES, PostingType
-from exchange.money import parse_amount
+from exchange.money import MINOR_UNITS, parse_amount
 from exchange.runtime import services_of
 from exchange.service import (
     PAGE_SIZE_DEFAULT,
@@ -151,6 +152,12 @@ class PartnerController(Controller):
             raise Unprocessable("Give points, or a purchase to compute them from.")
         purchase = None
         if data.purchase is not None:
+            if data.purchase.currency not in MINOR_UNITS:
+                # A currency the exchange does not know cannot have an earn rate either.
+                raise CurrencyNotSupported(
+                    f"No earn rate for {data.purchase.currency}: the exchange does not "
+                    "support that currency."
+                )
             purchase = parse_amount(
                 data.purchase.amount, data.purchase.currency, what="purchase.amount"
             )

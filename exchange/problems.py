@@ -19,7 +19,7 @@ from litestar.exceptions import (
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from exchange.errors import ExchangeError, InvariantViolation, RateLimited
+from exchange.errors import ExchangeError, InvariantViolation, RateLimited, ServiceUnavailable
 from exchange.logs import get_logger
 
 __all__ = ["ERROR_TYPE_BASE", "PROBLEM_JSON", "Problem", "exception_handlers", "problem_response"]
@@ -86,6 +86,9 @@ def _exchange_error(request: Request[Any, Any, Any], exc: ExchangeError) -> Resp
     headers = None
     if isinstance(exc, RateLimited):
         headers = {"Retry-After": str(exc.retry_after_s)}
+    elif isinstance(exc, ServiceUnavailable):
+        # Transient (the ledger was busy): say when to retry, as for an unreachable database.
+        headers = {"Retry-After": "1"}
     if isinstance(exc, InvariantViolation):
         _log.error("invariant_violation", detail=exc.detail, path=request.url.path)
         return problem_response(
@@ -108,9 +111,9 @@ def _validation_detail(exc: ValidationException) -> str:
     parts = []
     for item in extra:
         if isinstance(item, dict) and "key" in item:
-            parts.append(
-                f"{item.get('source', 'parameter')} '{item['key']}': {item.get('message')}"
-            )
+            source = item.get("source", "parameter")
+            source = getattr(source, "value", source)  # litestar's ParamType enum -> "query"
+            parts.append(f"{source} parameter '{item['key']}': {item.get('message')}")
     return "; ".join(parts) or "Invalid request parameters."
 
 
@@ -118,6 +121,9 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
     status = exc.status_code
     code, title = _HTTP_CODES.get(status, ("http_error", "HTTP error"))
     if isinstance(exc, ValidationException):
+        # A bad query or path parameter is invalid input like a bad body field: 422
+        # validation_error, not litestar's 400, so one endpoint never answers both.
+        status, code, title = 422, "validation_error", "Invalid request"
         detail = _validation_detail(exc)
     elif isinstance(exc, NotFoundException):
         detail = "No such resource."

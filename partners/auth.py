@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Request
@@ -39,7 +40,9 @@ __all__ = [
     "staff_caller",
 ]
 
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+# 1-255 printable ASCII characters (contract §2.2). Interior spaces are printable too; a
+# leading or trailing space could not survive HTTP's whitespace trimming, so it is refused.
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,253}[\x21-\x7e])?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +78,7 @@ def _idempotency_key(method: str, headers: list[tuple[str, str]]) -> str | None:
     values = [value for name, value in headers if name == "idempotency-key"]
     if method != "POST":
         return None
-    if len(values) != 1 or not _IDEMPOTENCY_KEY.match(values[0]):
+    if len(values) != 1 or not _IDEMPOTENCY_KEY.fullmatch(values[0]):
         raise IdempotencyKeyMissing(
             "Every POST needs exactly one Idempotency-Key header of 1-255 printable ASCII "
             "characters; reuse it when you retry the same request."
@@ -107,7 +110,7 @@ async def partner_caller(request: Request[Any, Any, Any]) -> PartnerCaller:
         authority=services.settings.authority,
         now=int(services.clock.now().timestamp()),
         resolve_key=lambda key_id: _resolve_key(services, key_id),
-        record_nonce=lambda key_id, nonce, created: _record_nonce(services, key_id, nonce),
+        record_nonce=lambda key_id, nonce, created: _record_nonce(services, key_id, nonce, created),
     )
     await services.limiter.check("partner", verified.key_id)
     scope["state"]["caller_log"] = {"partner_id": verified.partner_id, "key_id": verified.key_id}
@@ -127,8 +130,12 @@ async def _resolve_key(services: Services, key_id: str) -> KeyRecord | None:
         return await store.resolve_key(conn, key_id)
 
 
-async def _record_nonce(services: Services, key_id: str, nonce: str) -> bool:
-    seen_at = services.clock.now()
+async def _record_nonce(services: Services, key_id: str, nonce: str, created: int) -> bool:
+    # A nonce must be remembered for as long as its signature can still be accepted, i.e.
+    # until `created` + 300 s. `created` may be up to 30 s ahead of the server clock, so
+    # the row is stamped with the later of the two: purging rows older than now - 300 s
+    # (`store.purge_nonces`) then never forgets a nonce whose signature is still valid.
+    seen_at = max(services.clock.now(), datetime.fromtimestamp(created, UTC))
     async with services.engine.begin() as conn:
         return await store.record_nonce(conn, key_id, nonce, seen_at)
 

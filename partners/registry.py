@@ -135,7 +135,9 @@ def _validate_terms(
     if credit_limit is not None:
         if credit_limit < 0:
             raise Unprocessable("credit_limit must not be negative.")
-        exponent = credit_limit.as_tuple().exponent
+        # normalize(): the stored NUMERIC(28,6) reads back as 50000.000000, which is
+        # still a whole number of cents.
+        exponent = credit_limit.normalize().as_tuple().exponent
         if isinstance(exponent, int) and -exponent > minor_unit(currency):
             raise Unprocessable(f"credit_limit has more decimals than {currency} allows.")
 

@@ -39,7 +39,11 @@ class PartnerUpdate(_In):
 
 
 class KeyCreate(_In):
-    public_key: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    # base64url (RFC 4648 §5), padding optional. The pattern matters: the registry's
+    # decoder silently skips characters outside the alphabet, so "abc!!!!def" would pass.
+    public_key: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+={0,2}$")
+    ]
 
 
 class MoneyOut(msgspec.Struct, frozen=True):

@@ -64,7 +64,8 @@ async def record_nonce(conn: AsyncConnection, key_id: str, nonce: str, seen_at: 
 
 async def purge_nonces(conn: AsyncConnection, before: datetime) -> int:
     """Forget nonces older than the signature window: their requests are refused as
-    expired anyway, so they can never be replayed."""
+    expired anyway, so they can never be replayed. Pass `before = now - 300 s`; this is
+    safe only because rows are stamped with max(arrival, `created`) (see partners.auth)."""
     result = await conn.execute(delete(signature_nonces).where(signature_nonces.c.seen_at < before))
     return result.rowcount or 0
 

@@ -21,15 +21,21 @@ def _ruff() -> list[str]:
 
 def test_ruff_check_passes() -> None:
     result = subprocess.run(
-        [*_ruff(), "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True,
+        [*_ruff(), "check", "--no-cache", "."],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         check=False,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_ruff_format_is_clean() -> None:
     result = subprocess.run(
-        [*_ruff(), "format", "--check", "--no-cache", "."], cwd=ROOT, capture_output=True,
-        text=True, check=False,
-    )  # fmt: skip
+        [*_ruff(), "format", "--check", "--no-cache", "."],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
