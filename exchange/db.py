@@ -7,6 +7,8 @@ EXCHANGE_DATABASE_URL when set, else the embedded server in EXCHANGE_DATA_DIR.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -28,6 +30,7 @@ __all__ = [
     "check_reachable",
     "create_engine",
     "current_revision",
+    "driver_connection",
     "head_revision",
     "migrate",
     "open_database",
@@ -65,8 +68,29 @@ def create_engine(url: str, *, pool_size: int = 10, pool_timeout_s: int = 10) ->
         pool_timeout=pool_timeout_s,
         pool_pre_ping=False,
         pool_recycle=3600,
-        connect_args={"timeout": CONNECT_TIMEOUT_S, "server_settings": {"timezone": "UTC"}},
+        connect_args={
+            "timeout": CONNECT_TIMEOUT_S,
+            "server_settings": {"timezone": "UTC"},
+        },
     )
+
+
+@asynccontextmanager
+async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+    """The asyncpg connection under one pooled connection, for the hot path.
+
+    The pool stays SQLAlchemy's (one bound on connections for everything); the caller
+    manages its own transaction on the driver. A block that leaves a transaction open
+    (cancelled mid-rollback) gets its connection invalidated rather than reused.
+    """
+    async with engine.connect() as conn:
+        fairy = await conn.get_raw_connection()
+        driver: asyncpg.Connection = fairy.driver_connection
+        try:
+            yield driver
+        finally:
+            if driver.is_in_transaction():
+                await conn.invalidate()
 
 
 async def check_reachable(url: str) -> None:

@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import msgspec
+from asyncpg import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exchange import store
 from exchange.clock import Clock
+from exchange.db import driver_connection
 from exchange.errors import (
     ExchangeError,
     HoldNotFound,
@@ -232,29 +234,45 @@ class LedgerService:
         """Run the requests in one database transaction; one outcome per request, in order."""
         for attempt in range(RETRIES_MAX):
             try:
-                async with self.engine.begin() as conn:
+                async with driver_connection(self.engine) as conn:
                     with store.translate_errors():
                         return await self._run(conn, requests)
             except store.RetryableConflict:
                 await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
         raise ServiceUnavailable("The ledger is busy; retry the request with the same key.")
 
-    async def _run(self, conn: AsyncConnection, requests: Sequence[LedgerRequest]) -> list[Outcome]:
+    async def _run(self, conn: Connection, requests: Sequence[LedgerRequest]) -> list[Outcome]:
         batch = _Batch(requests, [None] * len(requests))
-        await store.enter_posting_barrier(conn)
-        await self._claim_keys(conn, batch)
-        await self._resolve_members(conn, batch)
+        async with conn.transaction():
+            await self._claim_keys(conn, batch)
+            await self._resolve_members(conn, batch)
+            books = await self._load(conn, batch)
+            write = store.BatchWrite()
+            write.add_books(books.values(), batch.after)
+            write.add_links(batch.links)
+            write.add_signatures(batch.signatures)
+            write.add_keys(batch.records)
+            if any(o and o.error is None and not o.replayed for o in batch.outcomes):
+                await store.write_batch(conn, write)
+            # else: nothing succeeded, so write nothing (not even due changes); the
+            # transaction commits empty, releasing the locks.
+        return [outcome or Outcome() for outcome in batch.outcomes]
+
+    async def _load(self, conn: Connection, batch: _Batch) -> dict[str, MemberBook]:
+        """Lock the members, load partners, originals and books; apply every request."""
+        if not batch.pending():
+            return {}
         debts, closed_until = await store.lock_members(conn, set(batch.members.values()))
         for index in batch.pending():
             if batch.members[index] not in debts:
                 batch.fail(index, MemberNotFound(f"No member {batch.members[index]}."))
-        partner_ids = {requests[index].command.partner_id for index in batch.pending()}
+        partner_ids = {batch.requests[index].command.partner_id for index in batch.pending()}
         terms = await store.load_partner_terms(conn, partner_ids)
         partners = {partner_id: PartnerState(t) for partner_id, t in terms.items()}
         batch.originals = await store.load_originals(conn, self._reversal_targets(batch))
         books = await store.load_books(
             conn,
-            {member_id: debt for member_id, debt in debts.items()},
+            debts,
             hold_ids=[
                 c.hold_id for c in self._commands(batch) if isinstance(c, CaptureHold | VoidHold)
             ],
@@ -265,28 +283,19 @@ class LedgerService:
         )
         for index in batch.pending():
             self._apply(batch, index, books[batch.members[index]], partners, ctx)
-        if not any(
-            outcome and outcome.error is None and not outcome.replayed for outcome in batch.outcomes
-        ):
-            await conn.rollback()  # nothing succeeded: write nothing, not even due changes
-            return [outcome or Outcome() for outcome in batch.outcomes]
-        await store.write_books(conn, books.values(), batch.after)
-        await store.link_members(conn, batch.links)
-        await store.save_signatures(conn, batch.signatures)
-        await store.save_idempotency(conn, batch.records)
-        return [outcome or Outcome() for outcome in batch.outcomes]
+        return books
 
     @staticmethod
     def _commands(batch: _Batch) -> list[Command]:
         return [batch.requests[index].command for index in batch.pending()]
 
-    async def _claim_keys(self, conn: AsyncConnection, batch: _Batch) -> None:
+    async def _claim_keys(self, conn: Connection, batch: _Batch) -> None:
         claims = {
             index: (request.command.partner_id, request.idempotency.key)
             for index, request in enumerate(batch.requests)
             if request.idempotency is not None
         }
-        locked, stored = await store.claim_idempotency_keys(conn, list(claims.values()))
+        locked, stored = await store.claim_keys(conn, list(claims.values()))
         seen: set[tuple[str, str]] = set()
         for index, claim in claims.items():
             idempotency = batch.requests[index].idempotency
@@ -304,14 +313,13 @@ class LedgerService:
                     )
             seen.add(claim)
 
-    async def _resolve_members(self, conn: AsyncConnection, batch: _Batch) -> None:
+    async def _resolve_members(self, conn: Connection, batch: _Batch) -> None:
         """Which member each request is about; unknown or foreign holds and transactions
         are 404, exactly as if they did not exist."""
         commands = {index: batch.requests[index].command for index in batch.pending()}
         hold_ids = [c.hold_id for c in commands.values() if isinstance(c, CaptureHold | VoidHold)]
         posting_ids = [c.transaction_id for c in commands.values() if isinstance(c, Reverse)]
-        hold_owners = await store.hold_owners(conn, hold_ids)
-        posting_owners = await store.posting_owners(conn, posting_ids)
+        hold_owners, posting_owners = await store.resolve_targets(conn, hold_ids, posting_ids)
         for index, command in commands.items():
             if isinstance(command, CaptureHold | VoidHold):
                 owner = hold_owners.get(command.hold_id)
@@ -497,29 +505,33 @@ class LedgerService:
     async def _sweep_round(self, now: datetime, limit: int, result: SweepResult) -> bool:
         for attempt in range(RETRIES_MAX):
             try:
-                async with self.engine.begin() as conn:
+                async with driver_connection(self.engine) as conn:
                     with store.translate_errors():
-                        await store.enter_posting_barrier(conn)
-                        member_ids = await store.due_members(conn, now, limit)
-                        if not member_ids:
-                            return True
-                        debts, closed_until = await store.lock_members(conn, member_ids)
-                        books = await store.load_books(conn, debts)
-                        ctx = Context(
-                            now=now,
-                            closed_until=closed_until,
-                            points_ttl=self.points_ttl,
-                            ids=new_id,
-                        )
-                        for book in books.values():
-                            settle_due(book, ctx)
-                            result.count(book.postings)
-                        await store.write_books(conn, books.values(), {})
-                        result.members += len(books)
-                        return len(member_ids) < limit
+                        async with conn.transaction():
+                            return await self._sweep_members(conn, now, limit, result)
             except store.RetryableConflict:
                 await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
         raise ServiceUnavailable("The sweep kept conflicting with postings; it will run again.")
+
+    async def _sweep_members(
+        self, conn: Connection, now: datetime, limit: int, result: SweepResult
+    ) -> bool:
+        """One round: lock up to `limit` members with something due, settle them, write."""
+        await store.claim_keys(conn, [])  # the settlement barrier, shared
+        member_ids = await store.due_member_ids(conn, now, limit)
+        if not member_ids:
+            return True
+        debts, closed_until = await store.lock_members(conn, member_ids)
+        books = await store.load_books(conn, debts)
+        ctx = Context(now=now, closed_until=closed_until, points_ttl=self.points_ttl, ids=new_id)
+        for book in books.values():
+            settle_due(book, ctx)
+            result.count(book.postings)
+        write = store.BatchWrite()
+        write.add_books(books.values(), {})
+        await store.write_batch(conn, write)
+        result.members += len(books)
+        return len(member_ids) < limit
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -574,19 +586,13 @@ class LedgerService:
 
     async def read_balance(self, member_id: str) -> Balance:
         """The member's balance now, from one consistent snapshot (no locks taken)."""
-        async with self.engine.connect() as plain:
-            conn = await plain.execution_options(isolation_level="REPEATABLE READ")
-            async with conn.begin():
-                return await self._balance_in(conn, member_id)
-
-    async def _balance_in(self, conn: AsyncConnection, member_id: str) -> Balance:
-        debts, closed_until = await store.read_member(conn, member_id)
-        if member_id not in debts:
+        async with driver_connection(self.engine) as conn:
+            loaded = await store.read_book(conn, member_id)
+        if loaded is None:
             raise MemberNotFound(f"No member {member_id}.")
-        books = await store.load_books(conn, debts)
+        book, closed_until = loaded
         now = self.clock.now()
-        book = books[member_id]
-        # Apply what has fallen due to a throwaway copy, exactly as the next posting would.
+        # Apply what has fallen due to this throwaway copy, exactly as a posting would.
         settle_due(
             book,
             Context(now=now, closed_until=closed_until, points_ttl=self.points_ttl, ids=uuid.uuid4),

@@ -418,11 +418,10 @@ CREATE FUNCTION ledger_check_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     unbalanced uuid;
 BEGIN
-    SELECT e.posting_id INTO unbalanced
-    FROM entries AS e
-    WHERE e.posting_id IN (SELECT DISTINCT posting_id FROM new_entries)
-    GROUP BY e.posting_id
-    HAVING sum(e.amount) <> 0
+    -- One primary-key range per posting touched (never a scan of the whole journal).
+    SELECT touched.posting_id INTO unbalanced
+    FROM (SELECT DISTINCT posting_id FROM new_entries) AS touched
+    WHERE (SELECT sum(e.amount) FROM entries AS e WHERE e.posting_id = touched.posting_id) <> 0
     LIMIT 1;
     IF unbalanced IS NOT NULL THEN
         RAISE EXCEPTION 'posting % does not balance', unbalanced

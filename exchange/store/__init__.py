@@ -1,0 +1,66 @@
+"""All ledger SQL. The posting path runs on asyncpg directly (`_posting`); everything
+else goes through SQLAlchemy Core (`_queries`). Driver errors stop here (`_errors`).
+"""
+
+from exchange.store._errors import RetryableConflict, translate_errors
+from exchange.store._posting import (
+    BatchWrite,
+    claim_keys,
+    due_member_ids,
+    load_books,
+    load_originals,
+    load_partner_terms,
+    lock_members,
+    read_book,
+    resolve_targets,
+    write_batch,
+)
+from exchange.store._queries import (
+    claim_idempotency_keys,
+    close_journal_until,
+    create_member,
+    enter_posting_barrier,
+    fetch_hold,
+    fetch_posting,
+    is_linked,
+    liability_by_issuer,
+    list_postings,
+    save_idempotency,
+)
+from exchange.store._records import (
+    COUNTER_SHARDS,
+    SETTLEMENT_BARRIER_KEY,
+    IdempotencyRecord,
+    SignatureRecord,
+    StoredResponse,
+)
+
+__all__ = [
+    "COUNTER_SHARDS",
+    "SETTLEMENT_BARRIER_KEY",
+    "BatchWrite",
+    "IdempotencyRecord",
+    "RetryableConflict",
+    "SignatureRecord",
+    "StoredResponse",
+    "claim_idempotency_keys",
+    "claim_keys",
+    "close_journal_until",
+    "create_member",
+    "due_member_ids",
+    "enter_posting_barrier",
+    "fetch_hold",
+    "fetch_posting",
+    "is_linked",
+    "liability_by_issuer",
+    "list_postings",
+    "load_books",
+    "load_originals",
+    "load_partner_terms",
+    "lock_members",
+    "read_book",
+    "resolve_targets",
+    "save_idempotency",
+    "translate_errors",
+    "write_batch",
+]
