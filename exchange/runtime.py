@@ -13,6 +13,7 @@ from exchange.clock import Clock
 from exchange.config import Settings
 from exchange.ratelimit import RateLimiter
 from exchange.service import LedgerRequest, LedgerService, Outcome
+from partners.gateway import SignatureGateway
 
 __all__ = ["Services", "services_of"]
 
@@ -25,6 +26,7 @@ class Services:
     ledger: LedgerService
     limiter: RateLimiter
     committer: GroupCommitter
+    gateway: SignatureGateway
 
     @classmethod
     def build(cls, settings: Settings, engine: AsyncEngine, clock: Clock) -> Services:
@@ -35,7 +37,16 @@ class Services:
             batch_max=settings.group_commit_max,
             concurrency=max(1, settings.db_pool_size // 2),
         )
-        return cls(settings, engine, clock, ledger, RateLimiter(settings), committer)
+        gateway = SignatureGateway(engine, settings.database_url or "")
+        return cls(settings, engine, clock, ledger, RateLimiter(settings), committer, gateway)
+
+    async def start(self) -> None:
+        await self.gateway.start()
+
+    async def stop(self) -> None:
+        """Finish what is in flight: queued postings, nonces being written."""
+        await self.committer.drain()
+        await self.gateway.stop()
 
     async def post(self, request: LedgerRequest) -> Outcome:
         """One posting request, committed together with whatever else is waiting."""

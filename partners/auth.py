@@ -26,7 +26,7 @@ from exchange.operators import OperatorIdentity, authenticate_operator, hash_tok
 from exchange.runtime import Services, services_of
 from exchange.service import Idempotency, SignatureProof
 from partners import store
-from partners.signing import IncomingRequest, KeyRecord, verify_request
+from partners.signing import IncomingRequest, verify_request
 
 __all__ = [
     "Caller",
@@ -109,7 +109,7 @@ async def partner_caller(request: Request[Any, Any, Any]) -> PartnerCaller:
         IncomingRequest(method=method, path=path, query=query, headers=headers, body=body),
         authority=services.settings.authority,
         now=int(services.clock.now().timestamp()),
-        resolve_key=lambda key_id: _resolve_key(services, key_id),
+        resolve_key=services.gateway.resolve_key,
         record_nonce=lambda key_id, nonce, created: _record_nonce(services, key_id, nonce, created),
     )
     await services.limiter.check("partner", verified.key_id)
@@ -125,19 +125,13 @@ async def partner_caller(request: Request[Any, Any, Any]) -> PartnerCaller:
     return PartnerCaller(verified.partner_id, verified.key_id, body, proof, idempotency)
 
 
-async def _resolve_key(services: Services, key_id: str) -> KeyRecord | None:
-    async with services.engine.connect() as conn:
-        return await store.resolve_key(conn, key_id)
-
-
 async def _record_nonce(services: Services, key_id: str, nonce: str, created: int) -> bool:
     # A nonce must be remembered for as long as its signature can still be accepted, i.e.
     # until `created` + 300 s. `created` may be up to 30 s ahead of the server clock, so
     # the row is stamped with the later of the two: purging rows older than now - 300 s
     # (`store.purge_nonces`) then never forgets a nonce whose signature is still valid.
     seen_at = max(services.clock.now(), datetime.fromtimestamp(created, UTC))
-    async with services.engine.begin() as conn:
-        return await store.record_nonce(conn, key_id, nonce, seen_at)
+    return await services.gateway.record_nonce(key_id, nonce, seen_at)
 
 
 def bearer_token(request: Request[Any, Any, Any]) -> str | None:

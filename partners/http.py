@@ -140,6 +140,7 @@ class PartnerAdminController(Controller):
         record = await registry.update_partner(
             services.engine, services.clock, partner_id, changes, changed_by=admin.name
         )
+        services.gateway.forget_keys()  # this process at once; the others by NOTIFY
         return _partner_out(record)
 
     @get("/", dependencies={"staff": Provide(staff_caller)}, summary="All partners")
@@ -192,6 +193,6 @@ class PartnerAdminController(Controller):
         key_id: FromPath[str],
     ) -> KeyOut:
         services = services_of(request)
-        return _key_out(
-            await registry.revoke_key(services.engine, services.clock, partner_id, key_id)
-        )
+        key = await registry.revoke_key(services.engine, services.clock, partner_id, key_id)
+        services.gateway.forget_keys()  # this process at once; the others by NOTIFY
+        return _key_out(key)

@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -225,6 +225,7 @@ async def update_partner(
         row["terms_version"] += 1
         row["updated_at"] = now
         await conn.execute(update(partners).where(partners.c.partner_id == partner_id).values(row))
+        await _notify_key_change(conn, partner_id)
         await conn.execute(
             insert(partner_terms).values(
                 _terms_row(partner_id, row["terms_version"], row, now, changed_by)
@@ -293,6 +294,14 @@ def decode_public_key(text: str) -> bytes:
     return raw
 
 
+async def _notify_key_change(conn: AsyncConnection, subject: str) -> None:
+    """Tell every server process to forget cached keys (delivered when this commits)."""
+    await conn.execute(
+        text("SELECT pg_notify(:channel, :subject)"),
+        {"channel": "exchange_keys", "subject": subject},
+    )
+
+
 async def add_key(engine: AsyncEngine, clock: Clock, partner_id: str, public_key: str) -> KeyInfo:
     """Register a public key; the partner may hold several active keys (rotation)."""
     raw = decode_public_key(public_key)
@@ -313,6 +322,7 @@ async def add_key(engine: AsyncEngine, clock: Clock, partner_id: str, public_key
                 created_at=now,
             )
         )
+        await _notify_key_change(conn, key_id)
     return KeyInfo(key_id, "active", now, None)
 
 
@@ -330,6 +340,7 @@ async def revoke_key(engine: AsyncEngine, clock: Clock, partner_id: str, key_id:
                 .returning(partner_keys)
             )
         ).first()
+        await _notify_key_change(conn, key_id)
     if row is None:
         raise NotFound(f"Partner {partner_id} has no key {key_id}.")
     return KeyInfo(row.key_id, row.status, row.created_at, row.revoked_at)

@@ -7,11 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import delete, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.tables import partners, posting_signatures
-from partners.signing import KeyRecord
+from exchange.tables import posting_signatures
 from partners.tables import member_sessions, partner_keys, signature_nonces
 
 __all__ = [
@@ -21,45 +19,7 @@ __all__ = [
     "load_signature",
     "purge_nonces",
     "purge_sessions",
-    "record_nonce",
-    "resolve_key",
 ]
-
-
-async def resolve_key(conn: AsyncConnection, key_id: str) -> KeyRecord | None:
-    row = (
-        await conn.execute(
-            select(
-                partner_keys.c.key_id,
-                partner_keys.c.partner_id,
-                partner_keys.c.public_key,
-                partner_keys.c.status,
-                partners.c.status.label("partner_status"),
-            )
-            .join(partners, partners.c.partner_id == partner_keys.c.partner_id)
-            .where(partner_keys.c.key_id == key_id)
-        )
-    ).first()
-    if row is None:
-        return None
-    return KeyRecord(
-        key_id=row.key_id,
-        partner_id=row.partner_id,
-        public_key=bytes(row.public_key),
-        key_active=row.status == "active",
-        partner_active=row.partner_status == "active",
-    )
-
-
-async def record_nonce(conn: AsyncConnection, key_id: str, nonce: str, seen_at: datetime) -> bool:
-    """Record a (key, nonce) pair; False when it was already there (a replay)."""
-    result = await conn.execute(
-        pg_insert(signature_nonces)
-        .values(key_id=key_id, nonce=nonce, seen_at=seen_at)
-        .on_conflict_do_nothing()
-        .returning(signature_nonces.c.nonce)
-    )
-    return result.first() is not None
 
 
 async def purge_nonces(conn: AsyncConnection, before: datetime) -> int:
