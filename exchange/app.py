@@ -19,6 +19,9 @@ from exchange.middleware import RequestContext
 from exchange.problems import exception_handlers
 from exchange.runtime import Services
 from partners.http import PartnerAdminController
+from settlement.http import SettlementController
+from settlement.schedule import Scheduler
+from settlement.service import SettlementService
 
 __all__ = ["REQUEST_BODY_MAX_BYTES", "create_app"]
 
@@ -43,10 +46,24 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             pool_timeout_s=settings.db_pool_timeout_s,
         )
         app.state.engine = engine
-        app.state.services = Services.build(settings, engine, the_clock)
+        services = Services.build(settings, engine, the_clock)
+        app.state.services = services
+        await services.start()
+        scheduler = Scheduler(
+            engine=engine,
+            clock=the_clock,
+            settlement=SettlementService(engine, the_clock, services.ledger),
+            cycle=settings.settlement_cycle,
+            interval_s=settings.scheduler_interval_s,
+        )
+        app.state.scheduler = scheduler
+        if settings.scheduler_enabled:
+            scheduler.start()
         try:
             yield
         finally:
+            await scheduler.stop()
+            await services.stop()
             await engine.dispose()
 
     app = Litestar(
@@ -56,6 +73,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             BalanceController,
             MemberController,
             PartnerAdminController,
+            SettlementController,
         ],
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),

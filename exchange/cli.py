@@ -220,3 +220,10 @@ def audit_verify_transaction(transaction_id: str) -> None:
     console.print(result.describe())
     if not result.valid:
         raise SystemExit(1)
+
+
+# Settlement's commands live with settlement; registered here, on the one command line.
+from settlement.cli import report, settle  # noqa: E402
+
+main.add_command(settle)
+main.add_command(report)

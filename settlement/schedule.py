@@ -1,0 +1,218 @@
+"""The in-server scheduler: the sweep, scheduled settlement, and housekeeping jobs.
+
+Every `scheduler_interval_s` each server process wakes and calls `run_tick`, which:
+
+    1. takes the scheduler's PostgreSQL advisory lock (try-lock: if another process
+       holds it, that process is doing this tick's work and this one skips);
+    2. sweeps (expiry, maturation, holds past their expiry), so breakage lands in the
+       period in which it fell due;
+    3. settles every cycle boundary that has passed since the latest run, oldest first
+       (catching up after downtime), at most `RUNS_PER_TICK_MAX` per tick;
+    4. runs the registered housekeeping jobs (e.g. the gateway's nonce and session purge).
+
+Exactly once: the advisory lock keeps two processes from doing the work side by side,
+and a run's UNIQUE(period_end) makes a second attempt at a period return the first run.
+
+Cycle boundaries are 00:00 UTC: every day (daily), every Monday (weekly), the 1st of
+each month (monthly). With no run yet, the first boundary settled is the first one after
+the cycle boundary at or before the earliest posting (never a run per day since 1970).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exchange.clock import Clock, utc
+from exchange.config import SettlementCycle
+from exchange.logs import get_logger
+from settlement.errors import PeriodClosed
+from settlement.service import SettlementService
+
+__all__ = [
+    "RUNS_PER_TICK_MAX",
+    "SCHEDULER_LOCK_KEY",
+    "HousekeepingJob",
+    "Scheduler",
+    "TickReport",
+    "boundary_at_or_before",
+    "due_boundaries",
+    "next_boundary",
+    "run_tick",
+]
+
+SCHEDULER_LOCK_KEY = 0x5E77_1E00_0002
+RUNS_PER_TICK_MAX = 100
+_log = get_logger("settlement.schedule")
+
+# A housekeeping job gets the tick's time; what it returns is logged.
+HousekeepingJob = Callable[[datetime], Awaitable[object]]
+
+
+# -- cycle boundaries (pure) ----------------------------------------------------------------
+
+
+def boundary_at_or_before(moment: datetime, cycle: SettlementCycle) -> datetime:
+    """The latest cycle boundary <= moment."""
+    moment = utc(moment)
+    day = datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
+    if cycle == "daily":
+        return day
+    if cycle == "weekly":
+        return day - timedelta(days=day.weekday())  # Monday is weekday 0
+    return day.replace(day=1)
+
+
+def next_boundary(moment: datetime, cycle: SettlementCycle) -> datetime:
+    """The earliest cycle boundary strictly after moment."""
+    floor = boundary_at_or_before(moment, cycle)
+    if cycle == "daily":
+        return floor + timedelta(days=1)
+    if cycle == "weekly":
+        return floor + timedelta(days=7)
+    if floor.month == 12:
+        return floor.replace(year=floor.year + 1, month=1)
+    return floor.replace(month=floor.month + 1)
+
+
+def due_boundaries(
+    after: datetime, now: datetime, cycle: SettlementCycle, *, limit: int = RUNS_PER_TICK_MAX
+) -> list[datetime]:
+    """Boundaries in (after, now], oldest first, at most `limit`."""
+    found: list[datetime] = []
+    boundary = next_boundary(after, cycle)
+    while boundary <= now and len(found) < limit:
+        found.append(boundary)
+        boundary = next_boundary(boundary, cycle)
+    return found
+
+
+# -- one tick ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TickReport:
+    """What one tick did. `ran` is False when another process held the scheduler lock."""
+
+    ran: bool = False
+    swept_members: int = 0
+    settled: list[str] = field(default_factory=list)
+    failed_jobs: int = 0
+
+
+async def _settle_due(
+    settlement: SettlementService, now: datetime, cycle: SettlementCycle, report: TickReport
+) -> None:
+    latest = await settlement.latest_run()
+    if latest is not None:
+        after = latest.period_end
+    else:
+        earliest = await settlement.earliest_posting()
+        if earliest is None:
+            return  # an empty ledger: nothing to settle yet
+        after = boundary_at_or_before(earliest, cycle)
+    for boundary in due_boundaries(after, now, cycle):
+        try:
+            result = await settlement.run_settlement(boundary, created_by="scheduler", sweep=False)
+        except PeriodClosed:
+            return  # someone settled past this boundary meanwhile; next tick looks again
+        report.settled.append(result.run.run_id)
+
+
+async def _housekeeping(jobs: Sequence[HousekeepingJob], now: datetime, report: TickReport) -> None:
+    for job in jobs:
+        try:
+            outcome = await job(now)
+        except Exception:  # one failing job must not stop the others or the scheduler
+            report.failed_jobs += 1
+            _log.exception("housekeeping_failed", job=getattr(job, "__name__", repr(job)))
+        else:
+            _log.debug(
+                "housekeeping_done", job=getattr(job, "__name__", repr(job)), outcome=outcome
+            )
+
+
+async def run_tick(
+    engine: AsyncEngine,
+    clock: Clock,
+    settlement: SettlementService,
+    cycle: SettlementCycle,
+    jobs: Sequence[HousekeepingJob] = (),
+) -> TickReport:
+    """One scheduler tick (see the module docstring). Plain and awaitable: tests drive it
+    with a FrozenClock, two of them at once to check that the work happens once."""
+    report = TickReport()
+    async with engine.connect() as lock_conn, lock_conn.begin():
+        # A transaction-level lock, held by this open (idle) database transaction for the
+        # whole tick: released at its end or when the connection dies, never leaked.
+        got = await lock_conn.scalar(
+            text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SCHEDULER_LOCK_KEY}
+        )
+        if not got:
+            return report
+        report.ran = True
+        now = clock.now()
+        swept = await settlement.ledger.sweep()
+        report.swept_members = swept.members
+        await _settle_due(settlement, now, cycle, report)
+        await _housekeeping(jobs, now, report)
+    if report.settled:
+        _log.info("scheduled_settlement", runs=report.settled)
+    return report
+
+
+class Scheduler:
+    """Runs `run_tick` every `interval_s` in a background task of the server process."""
+
+    def __init__(
+        self,
+        *,
+        engine: AsyncEngine,
+        clock: Clock,
+        settlement: SettlementService,
+        cycle: SettlementCycle,
+        interval_s: float,
+        housekeeping: Sequence[HousekeepingJob] = (),
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.settlement = settlement
+        self.cycle: SettlementCycle = cycle
+        self.interval_s = interval_s
+        self.housekeeping: list[HousekeepingJob] = list(housekeeping)
+        self._task: asyncio.Task[None] | None = None
+
+    def add_housekeeping(self, job: HousekeepingJob) -> None:
+        """Register a job run on every tick (under the scheduler lock, after settlement)."""
+        self.housekeeping.append(job)
+
+    async def tick(self) -> TickReport:
+        return await run_tick(
+            self.engine, self.clock, self.settlement, self.cycle, tuple(self.housekeeping)
+        )
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="exchange-scheduler")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:  # a failed tick is logged and retried on the next one
+                _log.exception("scheduler_tick_failed")
+            await asyncio.sleep(self.interval_s)

@@ -1,0 +1,174 @@
+"""Wire structs of settlement (contract §6): runs, statements, the liabilities report.
+
+Money is always `{"amount": "12.34", "currency": "EUR"}` with exactly the currency's
+decimals; the exact, unrounded sums behind a line are decimal strings in `exact`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+__all__ = [
+    "Ageing",
+    "AgeingBucket",
+    "Checks",
+    "Controls",
+    "CrossBrand",
+    "CurrencyTotal",
+    "ExactAmounts",
+    "LiabilityReport",
+    "Line",
+    "Money",
+    "PartnerLiability",
+    "Run",
+    "RunPage",
+    "RunSummary",
+    "SettlementCreate",
+    "Statement",
+]
+
+Direction = Literal["partner_pays", "operator_pays", "none"]
+
+
+class _Out(msgspec.Struct, frozen=True):
+    """Base of response bodies."""
+
+
+class SettlementCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    period_end: Annotated[datetime, msgspec.Meta(tz=True)]
+
+
+class Money(_Out, frozen=True):
+    amount: str
+    currency: str
+
+
+class ExactAmounts(_Out, frozen=True):
+    """The sums before rounding (up to 6 decimals): what the rounded money came from."""
+
+    issuance_charge: str
+    redemption_credit: str
+    net: str
+
+
+class Line(_Out, frozen=True):
+    partner_id: str
+    partner_name: str
+    currency: str
+    issued_points: int
+    redeemed_points: int
+    expired_points: int
+    earned_points: int
+    earn_reversed_points: int
+    burned_points: int
+    burn_reversed_points: int
+    issuance_charge: Money
+    redemption_credit: Money
+    net: Money
+    direction: Direction
+    exact: ExactAmounts
+
+
+class CrossBrand(_Out, frozen=True):
+    issuer_id: str
+    redeemer_id: str
+    points: int
+
+
+class Checks(_Out, frozen=True):
+    conservation: bool
+    partner_accounts: bool
+    cross_brand: bool
+    continuity: bool
+
+
+class Controls(_Out, frozen=True):
+    issued: int
+    redeemed: int
+    expired: int
+    reversed: int
+    earn_reversed: int
+    burn_reversed: int
+    outstanding_start: int
+    outstanding_end: int
+    checks: Checks
+
+
+class RunSummary(_Out, frozen=True):
+    run_id: str
+    period_start: datetime
+    period_end: datetime
+    created_at: datetime
+    created_by: str
+    reconciled: bool
+    controls: Controls
+
+
+class Run(_Out, frozen=True):
+    run_id: str
+    period_start: datetime
+    period_end: datetime
+    created_at: datetime
+    created_by: str
+    reconciled: bool
+    lines: list[Line]
+    cross_brand: list[CrossBrand]
+    controls: Controls
+
+
+class RunPage(_Out, frozen=True):
+    items: list[RunSummary]
+    next: str | None
+
+
+class Statement(_Out, frozen=True):
+    """A partner's own view of a run: its line and the flows it takes part in."""
+
+    run_id: str
+    period_start: datetime
+    period_end: datetime
+    created_at: datetime
+    reconciled: bool
+    partner_id: str
+    line: Line
+    cross_brand: list[CrossBrand]
+
+
+class AgeingBucket(_Out, frozen=True):
+    points: int
+    value: Money
+
+
+class Ageing(_Out, frozen=True):
+    """Outstanding points by when they expire, counted from `as_of`."""
+
+    within_30_days: AgeingBucket
+    within_90_days: AgeingBucket
+    within_365_days: AgeingBucket
+    later: AgeingBucket
+
+
+class PartnerLiability(_Out, frozen=True):
+    partner_id: str
+    partner_name: str
+    currency: str
+    outstanding_points: int
+    held_points: int  # of outstanding_points, reserved by open holds
+    value: Money
+    value_exact: str
+    ageing: Ageing
+
+
+class CurrencyTotal(_Out, frozen=True):
+    currency: str
+    outstanding_points: int
+    value: Money
+
+
+class LiabilityReport(_Out, frozen=True):
+    as_of: datetime
+    partners: list[PartnerLiability]
+    totals: list[CurrencyTotal]

@@ -1,0 +1,399 @@
+"""Settlement SQL: storing and reading runs, the credit-limit handover, liabilities.
+
+Driver errors stop here: a collision with a concurrent run (a unique period_start or
+period_end, a serialization failure or deadlock) surfaces as `RunCollision`, which the
+service answers by looking again; other database refusals are `InvariantViolation`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from exchange.errors import InvariantViolation
+from exchange.tables import ledger_state, partners
+from settlement.engine import (
+    Checks,
+    Controls,
+    CrossBrandFlow,
+    Line,
+    Period,
+    Settlement,
+)
+from settlement.tables import settlement_cross_brand, settlement_lines, settlement_runs
+
+__all__ = [
+    "AGEING_LIMITS_DAYS",
+    "LiabilityRow",
+    "RunCollision",
+    "RunHeader",
+    "StoredRun",
+    "add_settled_issuance",
+    "closed_until",
+    "earliest_posting",
+    "find_run",
+    "insert_run",
+    "latest_run",
+    "liabilities",
+    "list_runs",
+    "load_header",
+    "load_run",
+    "translate_errors",
+]
+
+_RETRYABLE = {"40001", "40P01"}  # serialization failure, deadlock
+AGEING_LIMITS_DAYS = (30, 90, 365)
+
+
+class RunCollision(Exception):
+    """Another run was stored concurrently (or the snapshot went stale): look again."""
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    for candidate in (exc.orig, getattr(exc.orig, "__cause__", None)):
+        state = getattr(candidate, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+    return None
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    try:
+        yield
+    except DBAPIError as exc:
+        state = _sqlstate(exc)
+        if state in _RETRYABLE or (state == "23505" and "settlement_runs" in str(exc.orig)):
+            raise RunCollision(state) from exc
+        if state is not None and (state.startswith("23") or state == "P0001"):
+            raise InvariantViolation(f"database refused a settlement write ({state})") from exc
+        raise
+
+
+@dataclass(frozen=True, slots=True)
+class RunHeader:
+    """A run without its lines: what listing and chaining need."""
+
+    run_id: str
+    period_start: datetime
+    period_end: datetime
+    created_at: datetime
+    created_by: str
+    controls: Controls
+    checks: Checks
+
+    @property
+    def reconciled(self) -> bool:
+        return self.checks.reconciled
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRun:
+    header: RunHeader
+    settlement: Settlement
+
+    @property
+    def run_id(self) -> str:
+        return self.header.run_id
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+async def insert_run(
+    conn: AsyncConnection,
+    run_id: str,
+    settlement: Settlement,
+    *,
+    created_at: datetime,
+    created_by: str,
+) -> None:
+    """The run, its lines and its cross-brand flows (the caller's database transaction)."""
+    controls, checks = settlement.controls, settlement.checks
+    await conn.execute(
+        settlement_runs.insert().values(
+            run_id=run_id,
+            period_start=settlement.period.start,
+            period_end=settlement.period.end,
+            created_at=created_at,
+            created_by=created_by,
+            reconciled=checks.reconciled,
+            issued_points=controls.issued,
+            redeemed_points=controls.redeemed,
+            expired_points=controls.expired,
+            earn_reversed_points=controls.earn_reversed,
+            burn_reversed_points=controls.burn_reversed,
+            outstanding_start=controls.outstanding_start,
+            outstanding_end=controls.outstanding_end,
+            conservation_ok=checks.conservation,
+            partner_accounts_ok=checks.partner_accounts,
+            cross_brand_ok=checks.cross_brand,
+            continuity_ok=checks.continuity,
+        )
+    )
+    if settlement.lines:
+        await conn.execute(
+            settlement_lines.insert(),
+            [{"run_id": run_id, **_line_row(line)} for line in settlement.lines],
+        )
+    if settlement.cross_brand:
+        await conn.execute(
+            settlement_cross_brand.insert(),
+            [
+                {
+                    "run_id": run_id,
+                    "issuer_id": flow.issuer_id,
+                    "redeemer_id": flow.redeemer_id,
+                    "points": flow.points,
+                }
+                for flow in settlement.cross_brand
+            ],
+        )
+
+
+def _line_row(line: Line) -> dict[str, Any]:
+    return {
+        "partner_id": line.partner_id,
+        "partner_name": line.partner_name,
+        "currency": line.currency,
+        "earned_points": line.earned_points,
+        "earn_reversed_points": line.earn_reversed_points,
+        "burned_points": line.burned_points,
+        "burn_reversed_points": line.burn_reversed_points,
+        "expired_points": line.expired_points,
+        "issuance_charge_exact": line.issuance_charge_exact,
+        "redemption_credit_exact": line.redemption_credit_exact,
+        "net_exact": line.net_exact,
+        "issuance_charge": line.issuance_charge,
+        "redemption_credit": line.redemption_credit,
+        "net": line.net,
+    }
+
+
+async def add_settled_issuance(conn: AsyncConnection, lines: Sequence[Line]) -> None:
+    """Hand the period's exact issuance value over from 'unsettled' to 'settled', so the
+    credit-limit check (issued value - settled issuance) counts only unsettled issuance.
+
+    Partner rows are locked in partner_id order first, the order posting transactions
+    lock them in, so the two cannot deadlock."""
+    changed = sorted(
+        (line.partner_id, line.issuance_charge_exact)
+        for line in lines
+        if line.issuance_charge_exact != 0
+    )
+    if not changed:
+        return
+    await conn.execute(
+        select(partners.c.partner_id)
+        .where(partners.c.partner_id.in_([partner_id for partner_id, _ in changed]))
+        .order_by(partners.c.partner_id)
+        .with_for_update(key_share=True)
+    )
+    for partner_id, value in changed:
+        await conn.execute(
+            update(partners)
+            .where(partners.c.partner_id == partner_id)
+            .values(settled_issuance=partners.c.settled_issuance + value)
+        )
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def _header(row: Any) -> RunHeader:
+    return RunHeader(
+        run_id=row.run_id,
+        period_start=row.period_start,
+        period_end=row.period_end,
+        created_at=row.created_at,
+        created_by=row.created_by,
+        controls=Controls(
+            issued=row.issued_points,
+            redeemed=row.redeemed_points,
+            expired=row.expired_points,
+            earn_reversed=row.earn_reversed_points,
+            burn_reversed=row.burn_reversed_points,
+            outstanding_start=row.outstanding_start,
+            outstanding_end=row.outstanding_end,
+        ),
+        checks=Checks(
+            conservation=row.conservation_ok,
+            partner_accounts=row.partner_accounts_ok,
+            cross_brand=row.cross_brand_ok,
+            continuity=row.continuity_ok,
+        ),
+    )
+
+
+def _line(row: Any) -> Line:
+    return Line(
+        partner_id=row.partner_id,
+        partner_name=row.partner_name,
+        currency=row.currency,
+        earned_points=row.earned_points,
+        earn_reversed_points=row.earn_reversed_points,
+        burned_points=row.burned_points,
+        burn_reversed_points=row.burn_reversed_points,
+        expired_points=row.expired_points,
+        issuance_charge_exact=row.issuance_charge_exact,
+        redemption_credit_exact=row.redemption_credit_exact,
+        net_exact=row.net_exact,
+        issuance_charge=row.issuance_charge,
+        redemption_credit=row.redemption_credit,
+        net=row.net,
+    )
+
+
+async def latest_run(conn: AsyncConnection) -> RunHeader | None:
+    row = (
+        await conn.execute(
+            select(settlement_runs).order_by(settlement_runs.c.period_end.desc()).limit(1)
+        )
+    ).first()
+    return _header(row) if row is not None else None
+
+
+async def find_run(conn: AsyncConnection, period_end: datetime) -> RunHeader | None:
+    row = (
+        await conn.execute(
+            select(settlement_runs).where(settlement_runs.c.period_end == period_end)
+        )
+    ).first()
+    return _header(row) if row is not None else None
+
+
+async def load_header(conn: AsyncConnection, run_id: str) -> RunHeader | None:
+    row = (
+        await conn.execute(select(settlement_runs).where(settlement_runs.c.run_id == run_id))
+    ).first()
+    return _header(row) if row is not None else None
+
+
+async def load_run(conn: AsyncConnection, run_id: str) -> StoredRun | None:
+    header = await load_header(conn, run_id)
+    if header is None:
+        return None
+    lines = tuple(
+        _line(line)
+        for line in await conn.execute(
+            select(settlement_lines)
+            .where(settlement_lines.c.run_id == run_id)
+            .order_by(settlement_lines.c.partner_id)
+        )
+    )
+    flows = tuple(
+        CrossBrandFlow(flow.issuer_id, flow.redeemer_id, flow.points)
+        for flow in await conn.execute(
+            select(settlement_cross_brand)
+            .where(settlement_cross_brand.c.run_id == run_id)
+            .order_by(settlement_cross_brand.c.issuer_id, settlement_cross_brand.c.redeemer_id)
+        )
+    )
+    settlement = Settlement(
+        Period(header.period_start, header.period_end),
+        lines,
+        flows,
+        header.controls,
+        header.checks,
+    )
+    return StoredRun(header, settlement)
+
+
+async def list_runs(
+    conn: AsyncConnection, *, limit: int, before: datetime | None = None
+) -> list[RunHeader]:
+    """Newest first (by period_end), keyset-paginated."""
+    query = select(settlement_runs)
+    if before is not None:
+        query = query.where(settlement_runs.c.period_end < before)
+    query = query.order_by(settlement_runs.c.period_end.desc()).limit(limit)
+    return [_header(row) for row in await conn.execute(query)]
+
+
+async def closed_until(conn: AsyncConnection) -> datetime:
+    value: datetime = (
+        await conn.execute(select(ledger_state.c.closed_until).where(ledger_state.c.id == 1))
+    ).scalar_one()
+    return value
+
+
+async def earliest_posting(conn: AsyncConnection) -> datetime | None:
+    """The first posting's time (the index on posted_at makes this one probe)."""
+    value: datetime | None = (
+        await conn.execute(text("SELECT min(posted_at) FROM postings"))
+    ).scalar_one()
+    return value
+
+
+# -- liabilities -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LiabilityRow:
+    partner_id: str
+    partner_name: str
+    currency: str
+    held_points: int
+    buckets: tuple[tuple[int, Decimal], ...]  # (points, exact value) per ageing bucket
+
+
+# Points still in members' hands, by the lot they came from: what lots hold, plus what
+# open holds have reserved from them (a hold can still be voided). Lots past expiry are
+# breakage-to-be, not liability, whether or not the sweep has posted it yet.
+_LIABILITIES_SQL = """
+WITH outstanding AS (
+    SELECT issuer_id, expires_at, unit_price, remaining AS points, 0 AS held
+    FROM lots WHERE remaining > 0 AND expires_at > :now
+    UNION ALL
+    SELECT l.issuer_id, l.expires_at, l.unit_price, a.points, a.points AS held
+    FROM holds h
+    JOIN allocations a ON a.posting_id = h.hold_posting_id AND a.kind = 'draw'
+    JOIN lots l ON l.lot_id = a.lot_id
+    WHERE h.status = 'open' AND l.expires_at > :now),
+bucketed AS (
+    SELECT issuer_id, points, held, points * unit_price AS value,
+           CASE WHEN expires_at <= :d1 THEN 0 WHEN expires_at <= :d2 THEN 1
+                WHEN expires_at <= :d3 THEN 2 ELSE 3 END AS bucket
+    FROM outstanding)
+SELECT p.partner_id, p.name, p.settlement_currency,
+       coalesce(sum(b.held), 0) AS held,
+       coalesce(sum(b.points) FILTER (WHERE b.bucket = 0), 0) AS p0,
+       coalesce(sum(b.value) FILTER (WHERE b.bucket = 0), 0) AS v0,
+       coalesce(sum(b.points) FILTER (WHERE b.bucket = 1), 0) AS p1,
+       coalesce(sum(b.value) FILTER (WHERE b.bucket = 1), 0) AS v1,
+       coalesce(sum(b.points) FILTER (WHERE b.bucket = 2), 0) AS p2,
+       coalesce(sum(b.value) FILTER (WHERE b.bucket = 2), 0) AS v2,
+       coalesce(sum(b.points) FILTER (WHERE b.bucket = 3), 0) AS p3,
+       coalesce(sum(b.value) FILTER (WHERE b.bucket = 3), 0) AS v3
+FROM partners p LEFT JOIN bucketed b ON b.issuer_id = p.partner_id
+GROUP BY p.partner_id, p.name, p.settlement_currency
+ORDER BY p.partner_id"""
+
+
+async def liabilities(conn: AsyncConnection, now: datetime) -> list[LiabilityRow]:
+    limits = {
+        f"d{index}": now + timedelta(days=days)
+        for index, days in enumerate(AGEING_LIMITS_DAYS, start=1)
+    }
+    rows = await conn.execute(text(_LIABILITIES_SQL), {"now": now, **limits})
+    return [
+        LiabilityRow(
+            partner_id=row.partner_id,
+            partner_name=row.name,
+            currency=row.settlement_currency,
+            held_points=int(row.held),
+            buckets=tuple(
+                (int(getattr(row, f"p{index}")), Decimal(getattr(row, f"v{index}")))
+                for index in range(4)
+            ),
+        )
+        for row in rows
+    ]
