@@ -18,6 +18,7 @@ from exchange.logs import configure_logging
 from exchange.middleware import RequestContext
 from exchange.problems import exception_handlers
 from exchange.runtime import Services
+from partners.gateway import housekeeping_jobs
 from partners.http import PartnerAdminController
 from settlement.http import SettlementController
 from settlement.schedule import Scheduler
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             settlement=SettlementService(engine, the_clock, services.ledger),
             cycle=settings.settlement_cycle,
             interval_s=settings.scheduler_interval_s,
+            housekeeping=housekeeping_jobs(engine),
         )
         app.state.scheduler = scheduler
         if settings.scheduler_enabled:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -26,12 +27,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.db import driver_connection, libpq_url
 from exchange.logs import get_logger
-from partners.signing import KeyRecord
+from partners import store
+from partners.signing import CREATED_PAST_S_MAX, KeyRecord
 
-__all__ = ["KEYS_CHANNEL", "SignatureGateway"]
+__all__ = ["KEYS_CHANNEL", "NONCE_KEEP", "SignatureGateway", "housekeeping_jobs"]
 
 KEYS_CHANNEL = "exchange_keys"
 KEY_CACHE_TTL_S = 60.0
+# A nonce is stamped max(arrival, created); its request is refused as expired once
+# created is 300 s old, so after 300 s (plus a margin for clock skew between servers)
+# it can be forgotten.
+NONCE_KEEP = timedelta(seconds=CREATED_PAST_S_MAX + 60)
 _log = get_logger("partners.gateway")
 
 _KEY_SQL = """
@@ -169,3 +175,17 @@ class SignatureGateway:
         finally:
             self._writing = False
             self._start_write()
+
+
+def housekeeping_jobs(engine: AsyncEngine) -> list[Callable[[datetime], Awaitable[int]]]:
+    """Scheduler jobs that keep the gateway's tables small: spent nonces, dead sessions."""
+
+    async def purge_spent_nonces(now: datetime) -> int:
+        async with engine.begin() as conn:
+            return await store.purge_nonces(conn, now - NONCE_KEEP)
+
+    async def purge_expired_sessions(now: datetime) -> int:
+        async with engine.begin() as conn:
+            return await store.purge_sessions(conn, now)
+
+    return [purge_spent_nonces, purge_expired_sessions]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.clock import FrozenClock
 from partners import registry
-from partners.gateway import SignatureGateway
+from partners.gateway import NONCE_KEEP, SignatureGateway, housekeeping_jobs
 from partners.signing import generate_keypair
 from tests.support import add_partner
 
@@ -83,3 +84,19 @@ async def test_racing_uses_of_one_nonce_admit_exactly_one(
     assert all(results[20:])
     assert await gateway.record_nonce("key_1", "same-nonce-0001", now) is False
     await gateway.stop()
+
+
+async def test_housekeeping_forgets_spent_nonces_and_expired_sessions(
+    engine: AsyncEngine, database_url: str, clock: FrozenClock
+) -> None:
+    gateway = SignatureGateway(engine, database_url)
+    old = clock.now() - NONCE_KEEP - timedelta(seconds=1)
+    assert await gateway.record_nonce("key_1", "old-nonce-000001", old)
+    assert await gateway.record_nonce("key_1", "new-nonce-000001", clock.now())
+    await gateway.stop()
+    purge_nonces, purge_sessions = housekeeping_jobs(engine)
+    assert await purge_nonces(clock.now()) == 1
+    assert await purge_sessions(clock.now()) == 0
+    async with engine.connect() as conn:
+        left = await conn.scalar(text("SELECT string_agg(nonce, ',') FROM signature_nonces"))
+    assert left == "new-nonce-000001"
