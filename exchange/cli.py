@@ -204,6 +204,59 @@ def sweep_command() -> None:
     )
 
 
+@main.command("demo")
+@click.option("--members", default=200, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--days", default=7, show_default=True, type=click.IntRange(1, 366))
+@click.option("--seed", default=42, show_default=True, type=int, help="Same seed, same numbers.")
+def demo_command(members: int, days: int, seed: int) -> None:
+    """Onboard three partners and trade for a few simulated days through the signed API,
+    then settle and show the statements, the cross-brand matrix and the CSV report."""
+    from exchange import demo  # noqa: PLC0415
+    from exchange.verify import verify_ledger  # noqa: PLC0415
+
+    settings = settings_or_exit()
+    configure_logging("WARNING", "console")
+    with using_database(settings, migrated=False) as database:
+        demo_url = asyncio.run(demo.recreate_demo_database(database.url))
+        migrate(demo_url)
+        out_dir = settings.data_dir.resolve() / "demo"
+        console.print(f"Demo database [bold]{demo.DEMO_DATABASE}[/bold] ready; seed {seed}.")
+        result = asyncio.run(
+            demo.run_demo(settings.with_changes(database_url=demo_url), members=members,
+                          days=days, seed=seed, out_dir=out_dir, console=console)
+        )  # fmt: skip
+        report = run_with_engine(settings.with_changes(database_url=demo_url), verify_ledger)
+    _show_demo(result, report.clean, demo_url)
+    if not (result.run["reconciled"] and report.clean):
+        raise SystemExit(1)
+
+
+def _show_demo(result: Any, verified: bool, demo_url: str) -> None:
+    from exchange import demo  # noqa: PLC0415
+
+    activity = Table("what happened", "count", title="Trading")
+    for what, count in sorted(result.counts.items()):
+        activity.add_row(what, f"{count:,}")
+    console.print(activity)
+    console.print(demo.statement_table(result.statements))
+    console.print(demo.cross_brand_table(result.run))
+    controls = result.run["controls"]
+    state = "[green]reconciled[/green]" if result.run["reconciled"] else "[red]NOT reconciled[/red]"
+    console.print(
+        f"Run {result.run['run_id']}: {state}; outstanding {controls['outstanding_start']:,}"
+        f" -> {controls['outstanding_end']:,} points "
+        f"(issued {controls['issued']:,}, redeemed {controls['redeemed']:,}, "
+        f"expired {controls['expired']:,})."
+    )
+    console.print(
+        f"Ledger verify: {'[green]clean[/green]' if verified else '[red]DIFFERENCES[/red]'}"
+    )
+    console.print(f"CSV report: {result.csv_path}")
+    console.print(
+        f"Explore it: EXCHANGE_DATABASE_URL='{demo_url}' exchange report settlement latest"
+    )
+
+
 @main.group()
 def audit() -> None:
     """Re-verify what partners signed."""

@@ -21,22 +21,33 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import httpx
 import uvicorn
 from rich.console import Console
 from rich.progress import Progress
+from rich.table import Table
 
 from exchange.app import create_app
 from exchange.clock import FrozenClock
 from exchange.config import Settings
-from exchange.db import create_engine
+from exchange.db import create_engine, libpq_url
 from exchange.operators import create_operator_token
 from partners.client import AsyncPartnerClient
 from partners.errors import PartnerAPIError
 from partners.signing import generate_keypair
 
-__all__ = ["DEMO_DATABASE", "DemoResult", "run_demo"]
+__all__ = [
+    "DEMO_DATABASE",
+    "DemoResult",
+    "cross_brand_table",
+    "demo_database_url",
+    "recreate_demo_database",
+    "run_demo",
+    "statement_table",
+]
 
 DEMO_DATABASE = "exchange_demo"
 PARTNERS: tuple[dict[str, Any], ...] = (
@@ -68,6 +79,16 @@ class _World:
     earns: list[tuple[str, str, int]] = field(default_factory=list)  # partner, txn, points
     burns: list[tuple[str, str, int]] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
+    available: Counter[str] = field(default_factory=Counter)  # as last reported per member
+
+    def note(self, member: str, result: Any) -> None:
+        """Remember the member's available points from a transaction's balance_after."""
+        if result is not None and "balance_after" in result:
+            self.available[member] = result["balance_after"]["available"]
+
+    def can_spend(self, member: str, points: int) -> bool:
+        """Members mostly spend what they have; now and then one tries anyway."""
+        return self.available[member] >= points or self.rng.random() < 0.05
 
     async def attempt(self, what: str, call: Awaitable[Any]) -> Any:
         """Run one API call; count it, and count refusals by their error code."""
@@ -144,6 +165,7 @@ async def _grocery(world: _World, member: str) -> None:
         world.clients["grocer"].earn(member, purchase=(amount, "EUR"), reference=reference),
     )
     if result is not None:
+        world.note(member, result)
         world.earns.append(("grocer", result["transaction_id"], result["points"]))
 
 
@@ -155,25 +177,25 @@ async def _fuel(world: _World, member: str) -> None:
         world.clients["fuel"].earn(member, purchase=(amount, "EUR"), reference=reference),
     )
     if result is not None:
+        world.note(member, result)
         world.earns.append(("fuel", result["transaction_id"], result["points"]))
 
 
 async def _promotion(world: _World, member: str) -> None:
     expires = world.clock.now() + timedelta(days=3)
-    await world.attempt(
-        "promotional earn (3-day expiry)",
-        world.clients["grocer"].earn(
-            member, 50, reference="double-points-weekend", expires_at=expires
-        ),
+    promotion = world.clients["grocer"].earn(
+        member, 50, reference="double-points-weekend", expires_at=expires
     )
+    world.note(member, await world.attempt("promotional earn (3-day expiry)", promotion))
 
 
 async def _cinema(world: _World, member: str) -> None:
     """A ticket paid with points: hold at the till, then capture in full or in part, or void."""
     client = world.clients["cinema"]
-    hold = await world.attempt(
-        "cinema hold", client.create_hold(member, world.rng.choice((300, 450, 600)))
-    )
+    price = world.rng.choice((150, 200, 300))
+    if not world.can_spend(member, price):
+        return
+    hold = await world.attempt("cinema hold", client.create_hold(member, price))
     if hold is None:
         return
     roll = world.rng.random()
@@ -181,10 +203,13 @@ async def _cinema(world: _World, member: str) -> None:
         captured = await world.attempt(
             "hold captured in full", client.capture_hold(hold["hold_id"])
         )
+        world.available[member] -= price
     elif roll < 0.85:
+        half = price // 2
         captured = await world.attempt(
-            "hold captured in part", client.capture_hold(hold["hold_id"], 150)
+            "hold captured in part", client.capture_hold(hold["hold_id"], half)
         )
+        world.available[member] -= half
     else:
         await world.attempt("hold voided", client.void_hold(hold["hold_id"]))
         return
@@ -194,9 +219,11 @@ async def _cinema(world: _World, member: str) -> None:
 
 async def _pay_with_points(world: _World, member: str) -> None:
     partner = world.rng.choice(("grocer", "fuel"))
-    result = await world.attempt(
-        f"burn at {partner}", world.clients[partner].burn(member, world.rng.choice((100, 200, 400)))
-    )
+    points = world.rng.choice((100, 150, 250))
+    if not world.can_spend(member, points):
+        return
+    result = await world.attempt(f"burn at {partner}", world.clients[partner].burn(member, points))
+    world.note(member, result)
     if result is not None:
         world.burns.append((partner, result["transaction_id"], result["points"]))
 
@@ -325,3 +352,55 @@ async def _run(
     csv_path = out_dir / f"settlement-{run['run_id']}.csv"
     await asyncio.to_thread(_write_file, csv_path, csv.text)
     return DemoResult(run=run, statements=statements, csv_path=csv_path, counts=world.counts)
+
+
+def demo_database_url(url: str) -> str:
+    """The same server, database `exchange_demo`."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{DEMO_DATABASE}"))
+
+
+async def recreate_demo_database(url: str) -> str:
+    """Drop and create the demo database on the server behind `url`; return its URL."""
+    connection = await asyncpg.connect(libpq_url(url))
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)')
+        await connection.execute(f'CREATE DATABASE "{DEMO_DATABASE}"')
+    finally:
+        await connection.close()
+    return demo_database_url(url)
+
+
+def statement_table(statements: dict[str, dict[str, Any]]) -> Table:
+    """One row per partner: what it issued and redeemed, and the money either way."""
+    table = Table(title="Settlement statements (net > 0: the partner pays the operator)")
+    table.add_column("partner")
+    for column in ("issued", "redeemed", "expired", "charge", "credit", "net"):
+        table.add_column(column, justify="right")
+    table.add_column("ccy")
+    for partner_id, statement in statements.items():
+        line = statement["line"]
+        table.add_row(
+            partner_id,
+            f"{line['issued_points']:,}",
+            f"{line['redeemed_points']:,}",
+            f"{line['expired_points']:,}",
+            line["issuance_charge"]["amount"],
+            line["redemption_credit"]["amount"],
+            line["net"]["amount"],
+            line["currency"],
+        )
+    return table
+
+
+def cross_brand_table(run: dict[str, Any]) -> Table:
+    """Issuer x redeemer: points issued by the row's partner and redeemed at the column's."""
+    partners = sorted({line["partner_id"] for line in run["lines"]})
+    flows = {(f["issuer_id"], f["redeemer_id"]): f["points"] for f in run["cross_brand"]}
+    table = Table(title="Cross-brand points (issued by row, redeemed at column)")
+    table.add_column("issuer")
+    for partner in partners:
+        table.add_column(partner, justify="right")
+    for issuer in partners:
+        table.add_row(issuer, *(f"{flows.get((issuer, redeemer), 0):,}" for redeemer in partners))
+    return table
