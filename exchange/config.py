@@ -180,7 +180,8 @@ VARIABLES: tuple[Variable, ...] = (
         "public_url",
         "http://127.0.0.1:8000",
         "an http(s) URL",
-        "The exchange's public URL; its host is the @authority partners sign.",
+        "The URL partners call; its host[:port] is the @authority they sign. Unset, "
+        "`exchange serve` uses http://127.0.0.1:<--port>.",
     ),
     Variable(
         "EXCHANGE_POINTS_TTL_DAYS",
