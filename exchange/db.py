@@ -34,6 +34,7 @@ __all__ = [
     "head_revision",
     "migrate",
     "open_database",
+    "recreate_database",
     "sqlalchemy_url",
 ]
 
@@ -109,6 +110,19 @@ def _redact(url: str) -> str:
         netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
         parts = parts._replace(netloc=netloc)
     return urlunsplit(parts)
+
+
+async def recreate_database(url: str, name: str) -> str:
+    """Drop and create database `name` on the server behind `url`; return its URL."""
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"not a plain database name: {name!r}")
+    connection = await asyncpg.connect(libpq_url(url), timeout=CONNECT_TIMEOUT_S)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
 
 
 def alembic_config(url: str) -> Config:

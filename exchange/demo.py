@@ -21,9 +21,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
 import httpx
 import uvicorn
 from rich.console import Console
@@ -33,7 +31,7 @@ from rich.table import Table
 from exchange.app import create_app
 from exchange.clock import FrozenClock
 from exchange.config import Settings
-from exchange.db import create_engine, libpq_url
+from exchange.db import create_engine, recreate_database
 from exchange.operators import create_operator_token
 from partners.client import AsyncPartnerClient
 from partners.errors import PartnerAPIError
@@ -43,7 +41,6 @@ __all__ = [
     "DEMO_DATABASE",
     "DemoResult",
     "cross_brand_table",
-    "demo_database_url",
     "recreate_demo_database",
     "run_demo",
     "statement_table",
@@ -354,21 +351,9 @@ async def _run(
     return DemoResult(run=run, statements=statements, csv_path=csv_path, counts=world.counts)
 
 
-def demo_database_url(url: str) -> str:
-    """The same server, database `exchange_demo`."""
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{DEMO_DATABASE}"))
-
-
 async def recreate_demo_database(url: str) -> str:
-    """Drop and create the demo database on the server behind `url`; return its URL."""
-    connection = await asyncpg.connect(libpq_url(url))
-    try:
-        await connection.execute(f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)')
-        await connection.execute(f'CREATE DATABASE "{DEMO_DATABASE}"')
-    finally:
-        await connection.close()
-    return demo_database_url(url)
+    """A fresh `exchange_demo` database on the server behind `url`; its URL."""
+    return await recreate_database(url, DEMO_DATABASE)
 
 
 def statement_table(statements: dict[str, dict[str, Any]]) -> Table:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 
@@ -198,14 +198,14 @@ def _expire_released(
 # -- time-driven changes -----------------------------------------------------------------------
 
 
-def _mature(book: MemberBook, ctx: Context, lot: Lot, at: datetime) -> None:
+def _mature(book: MemberBook, ctx: Context, lot: Lot, at: datetime) -> Posting | None:
+    """Pending points become available (any debt is repaid by the caller afterwards)."""
     lot.matured = True
     book.matured_lots.add(lot.lot_id)
     points = lot.remaining
     if points == 0:
-        return
-    repaid = _repay_debt(book, at)
-    _record(
+        return None
+    return _record(
         book,
         Posting(
             posting_id=ctx.ids(),
@@ -218,20 +218,26 @@ def _mature(book: MemberBook, ctx: Context, lot: Lot, at: datetime) -> None:
                 _member(book, Account.PENDING, -points),
                 _member(book, Account.AVAILABLE, points),
             ),
-            allocations=tuple(repaid),
         ),
     )
 
 
 def _release_hold(
-    book: MemberBook, ctx: Context, hold: Hold, at: datetime, status: HoldStatus
-) -> None:
+    book: MemberBook,
+    ctx: Context,
+    hold: Hold,
+    at: datetime,
+    status: HoldStatus,
+    *,
+    repay: bool = True,
+) -> Posting:
+    """Reserved points return to their lots (those already expired expire at once)."""
     released = [_release(book.lots[lot_id], points) for lot_id, points in hold.draws]
     hold.status = status
     hold.closed_at = at
     book.changed_holds.add(hold.hold_id)
-    repaid = _repay_debt(book, at)
-    _record(
+    repaid = _repay_debt(book, at) if repay else []
+    posting = _record(
         book,
         Posting(
             posting_id=ctx.ids(),
@@ -249,33 +255,59 @@ def _release_hold(
         ),
     )
     _expire_released(book, ctx, (lot_id for lot_id, _ in hold.draws), at)
+    return posting
 
 
-def _next_due(book: MemberBook, now: datetime) -> tuple[datetime, int, Lot | Hold] | None:
-    """The earliest time-driven change due by `now`: maturing, then holds, then expiry."""
-    due: list[tuple[datetime, int, Lot | Hold]] = []
-    for lot in book.lots.values():
-        if not lot.matured and lot.available_at <= now:
-            due.append((lot.available_at, 0, lot))
-        elif lot.matured and lot.remaining > 0 and lot.expires_at <= now:
-            due.append((lot.expires_at, 2, lot))
-    for hold in book.holds.values():
-        if hold.status is HoldStatus.OPEN and hold.expires_at <= now:
-            due.append((hold.expires_at, 1, hold))
-    return min(due, key=lambda item: (item[0], item[1])) if due else None
+def _next_due(book: MemberBook, now: datetime) -> datetime | None:
+    """The earliest moment, up to `now`, at which something falls due."""
+    moments = [
+        lot.available_at if not lot.matured else lot.expires_at
+        for lot in book.lots.values()
+        if (not lot.matured and lot.available_at <= now)
+        or (lot.matured and lot.remaining > 0 and lot.expires_at <= now)
+    ]
+    moments += [
+        hold.expires_at
+        for hold in book.holds.values()
+        if hold.status is HoldStatus.OPEN and hold.expires_at <= now
+    ]
+    return min(moments, default=None)
+
+
+def _settle_moment(book: MemberBook, ctx: Context, moment: datetime) -> None:
+    """Everything falling due at one instant: pending lots mature and open holds expire
+    (their points become spendable together), then any debt is repaid once, soonest-
+    expiring points first, then lots expiring at this instant expire."""
+    at = ctx.stamp(moment)
+    freed: list[Posting | None] = []
+    maturing = [lot for lot in book.lots.values() if not lot.matured and lot.available_at == moment]
+    for lot in sorted(maturing, key=Lot.sort_key):
+        freed.append(_mature(book, ctx, lot, at))
+    expiring_holds = [
+        hold
+        for hold in book.holds.values()
+        if hold.status is HoldStatus.OPEN and hold.expires_at == moment
+    ]
+    for hold in sorted(expiring_holds, key=lambda h: (h.created_at, h.hold_id)):
+        freed.append(_release_hold(book, ctx, hold, at, HoldStatus.EXPIRED, repay=False))
+    last = next((posting for posting in reversed(freed) if posting is not None), None)
+    repaid = _repay_debt(book, at)
+    if repaid:
+        if last is None:
+            raise InvariantViolation("debt repaid although no points became spendable")
+        # The repayment rides on the last posting of the instant (allocations only: the
+        # member's available account already went up by what was freed).
+        index = book.postings.index(last)
+        book.postings[index] = replace(last, allocations=(*last.allocations, *repaid))
+    for lot in sorted(book.lots.values(), key=Lot.sort_key):
+        if lot.matured and lot.remaining > 0 and lot.expires_at == moment:
+            _expire(book, ctx, lot, at)
 
 
 def settle_due(book: MemberBook, ctx: Context) -> None:
-    """Apply every time-driven change due by `ctx.now`, in the order they fell due."""
-    while (event := _next_due(book, ctx.now)) is not None:
-        moment, kind, item = event
-        at = ctx.stamp(moment)
-        if kind == 0 and isinstance(item, Lot):
-            _mature(book, ctx, item, at)
-        elif kind == 1 and isinstance(item, Hold):
-            _release_hold(book, ctx, item, at, HoldStatus.EXPIRED)
-        elif isinstance(item, Lot):
-            _expire(book, ctx, item, at)
+    """Apply every time-driven change due by `ctx.now`, instant by instant, in order."""
+    while (moment := _next_due(book, ctx.now)) is not None:
+        _settle_moment(book, ctx, moment)
 
 
 # -- operations --------------------------------------------------------------------------------
@@ -501,7 +533,15 @@ def capture_hold(
     if captured > hold.points:
         raise Unprocessable(f"Cannot capture {captured} points of a {hold.points}-point hold.")
     released = [_release(book.lots[lot_id], held) for lot_id, held in hold.draws]
-    burned = _draw((book.lots[lot_id] for lot_id, _ in hold.draws), captured)
+    # Burn from each lot at most what the hold reserved there, in the hold's order: points
+    # of the same lot that the hold never reserved are not the hold's to spend.
+    burned: list[Allocation] = []
+    left = captured
+    for lot_id, reserved in hold.draws:
+        take = min(reserved, left)
+        if take:
+            burned += _draw([book.lots[lot_id]], take)
+            left -= take
     rest = hold.points - captured
     repaid = _repay_debt(book, ctx.now) if rest else []
     entries = [
