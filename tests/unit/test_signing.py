@@ -828,9 +828,12 @@ def test_all_is_sorted_and_exported(module: Any) -> None:
 
 # --- our signature base against the library's -------------------------------------------------
 
-_PATH_SEGMENT = st.text(
-    alphabet=st.sampled_from("abcXYZ019-._~%2F5Fz"), min_size=1, max_size=12
-).map(lambda text: text.replace("%", "%25") if text.count("%") % 3 else text)
+# Dot segments ("." and "..") are excluded: URL clients normalise them away before sending.
+_PATH_SEGMENT = (
+    st.text(alphabet=st.sampled_from("abcXYZ019-._~%2F5Fz"), min_size=1, max_size=12)
+    .map(lambda text: text.replace("%", "%25") if text.count("%") % 3 else text)
+    .filter(lambda text: text.strip(".") != "")
+)
 _QUERY = st.lists(
     st.tuples(st.text("abc_", min_size=1, max_size=5), st.text("xyz01%2B", max_size=6)),
     max_size=3,
