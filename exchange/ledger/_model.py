@@ -228,12 +228,30 @@ class MemberBook:
 IdFactory = Callable[[], uuid.UUID]
 
 
-def new_id() -> uuid.UUID:
-    """A UUIDv7: 48-bit millisecond timestamp then random bits, so ids sort by creation
-    time and keep B-tree inserts local."""
-    millis = time.time_ns() // 1_000_000
-    random_bits = int.from_bytes(os.urandom(10), "big")
-    value = (millis & ((1 << 48) - 1)) << 80 | random_bits
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
-    return uuid.UUID(int=value)
+class _MonotonicUUID7:
+    """UUIDv7 (RFC 9562) with a counter in `rand_a`: 48-bit millisecond time, then 12 bits
+    that count up within a millisecond, then random bits. Ids therefore sort by creation
+    time and, within one process, strictly increase, so two lots created in the same
+    batch tie-break ("oldest first") in the order the requests were applied."""
+
+    def __init__(self) -> None:
+        self._millis = 0
+        self._counter = 0
+
+    def __call__(self) -> uuid.UUID:
+        millis = time.time_ns() // 1_000_000
+        if millis > self._millis:
+            self._millis, self._counter = millis, int.from_bytes(os.urandom(2), "big") & 0x1FF
+        else:  # same (or an earlier) millisecond: keep counting from the last one
+            self._counter += 1
+            if self._counter > 0xFFF:
+                self._millis, self._counter = self._millis + 1, 0
+        value = (self._millis & ((1 << 48) - 1)) << 80
+        value |= 0x7 << 76  # version 7
+        value |= self._counter << 64
+        value |= 0x2 << 62  # RFC 9562 variant
+        value |= int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+        return uuid.UUID(int=value)
+
+
+new_id: IdFactory = _MonotonicUUID7()

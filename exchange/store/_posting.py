@@ -613,7 +613,12 @@ class BatchWrite:
 
     @property
     def empty(self) -> bool:
-        return not (self.postings.columns[0] or self.links.columns[0] or self.keys.columns[0])
+        """Nothing to write at all (a lot that matures empty still changes a row)."""
+        parts = (
+            self.postings, self.new_lots, self.changed_lots, self.new_holds,
+            self.changed_holds, self.debts, self.links, self.signatures, self.keys,
+        )  # fmt: skip
+        return not any(part.columns[0] for part in parts)
 
 
 async def write_batch(conn: Connection, batch: BatchWrite) -> None:
