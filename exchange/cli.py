@@ -284,3 +284,12 @@ from settlement.cli import report, settle  # noqa: E402
 
 main.add_command(settle)
 main.add_command(report)
+
+
+def _register_optional_commands() -> None:
+    from exchange.bench.cli import bench  # noqa: PLC0415 - heavy imports, only for `bench`
+
+    main.add_command(bench)
+
+
+_register_optional_commands()

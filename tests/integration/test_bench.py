@@ -1,0 +1,60 @@
+"""`exchange bench` end to end, small: its own PostgreSQL, server, pgbench and load generator.
+
+The full benchmark takes minutes; this smoke run (2 s per scenario, 200 members) checks the
+harness itself: every scenario produced throughput over signed HTTP with no unexpected
+errors, the load generator had enough requests, and the ledger verified before and after.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exchange.bench.scenarios import SCENARIOS
+
+SMOKE_TIMEOUT_S = 120  # a normal run takes 40-50 s; this only stops a hung one
+BENCH = [sys.executable, "-m", "exchange", "bench"]
+
+
+@pytest.mark.slow
+def test_bench_smoke_run_measures_every_scenario_and_keeps_the_ledger_clean(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "bench.json"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EXCHANGE_")}
+    result = subprocess.run(
+        [
+            *BENCH,
+            *("--seconds", "2", "--clients", "4", "--members", "200", "--partners", "3"),
+            *("--workers", "1", "--out", str(out), "--data-dir", str(tmp_path / "data")),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+
+    assert report["baseline"]["tps"] > 0
+    assert report["baseline"]["latency_ms"]["p99"] > 0
+    assert report["setup"]["verify_clean"] is True
+    assert report["setup"]["totals"]["members"] == 200
+    assert report["verify_after"]["clean"] is True
+    assert set(report["scenarios"]) == {scenario.name for scenario in SCENARIOS}
+    for name, scenario in report["scenarios"].items():
+        assert scenario["ok_rps"] > 0, name
+        assert scenario["errors"] == 0, (name, scenario["outcomes"])
+        assert scenario["exhausted"] is False, name
+        assert scenario["latency_ms"]["p99"] > 0, name
+        assert scenario["cpu_percent"]["server"] > 0, name
+        assert scenario["rss"]["max_mib"] > 0, name
+    targets = {target["name"] for target in report["targets"]}
+    assert "ledger verifies after the run" in targets
+    assert not (tmp_path / "data" / "pg" / "postmaster.pid").exists(), "PostgreSQL was stopped"
