@@ -102,6 +102,7 @@ class Settings:
     operator_rate_limit: str = "100/second"
     member_rate_limit: str = "20/second"
     group_commit_max: int = 64
+    group_commit_concurrency: int = 2
 
     @property
     def authority(self) -> str:
@@ -158,6 +159,7 @@ _PARSERS: dict[str, Any] = {
     "operator_rate_limit": _rate_limit,
     "member_rate_limit": _rate_limit,
     "group_commit_max": lambda v: _positive_int(v, high=1000),
+    "group_commit_concurrency": lambda v: _positive_int(v, high=100),
 }
 
 VARIABLES: tuple[Variable, ...] = (
@@ -266,6 +268,13 @@ VARIABLES: tuple[Variable, ...] = (
         "64",
         "an integer 1-1000",
         "Most postings committed together in one database transaction.",
+    ),
+    Variable(
+        "EXCHANGE_GROUP_COMMIT_CONCURRENCY",
+        "group_commit_concurrency",
+        "2",
+        "an integer 1-100",
+        "Posting transactions in flight per server process; fewer means bigger batches.",
     ),
 )
 

@@ -299,13 +299,10 @@ class BalanceController(Controller):
         member_id: FromPath[str],
     ) -> schemas.Balance:
         services = services_of(request)
-        if caller.partner_id is None:
-            allowed = caller.member_id == member_id
-        else:
-            allowed = await services.ledger.is_linked(member_id, caller.partner_id)
-        if not allowed:
+        if caller.partner_id is None and caller.member_id != member_id:
             raise MemberNotFound(f"No member {member_id}.")
-        return balance_view(await services.ledger.read_balance(member_id))
+        balance = await services.ledger.read_balance(member_id, partner_id=caller.partner_id)
+        return balance_view(balance)
 
 
 class MemberController(Controller):

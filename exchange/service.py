@@ -481,10 +481,6 @@ class LedgerService:
                 )
         return Outcome(201, body)
 
-    async def is_linked(self, member_id: str, partner_id: str) -> bool:
-        async with self.engine.connect() as conn:
-            return await store.is_linked(conn, member_id, partner_id)
-
     # -- time-driven work -------------------------------------------------------------------
 
     async def sweep(self, *, members_per_tx: int = 500) -> SweepResult:
@@ -584,10 +580,11 @@ class LedgerService:
 
     # -- balances -----------------------------------------------------------------------------
 
-    async def read_balance(self, member_id: str) -> Balance:
-        """The member's balance now, from one consistent snapshot (no locks taken)."""
+    async def read_balance(self, member_id: str, *, partner_id: str | None = None) -> Balance:
+        """The member's balance now, from one consistent snapshot (no locks taken). With
+        `partner_id`, only for a member linked to that partner (else: not found)."""
         async with driver_connection(self.engine) as conn:
-            loaded = await store.read_book(conn, member_id)
+            loaded = await store.read_book(conn, member_id, linked_to=partner_id)
         if loaded is None:
             raise MemberNotFound(f"No member {member_id}.")
         book, closed_until = loaded
