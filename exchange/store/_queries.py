@@ -30,7 +30,6 @@ __all__ = [
     "claim_idempotency_keys",
     "close_journal_until",
     "create_member",
-    "enter_posting_barrier",
     "fetch_hold",
     "fetch_posting",
     "is_linked",
@@ -40,15 +39,6 @@ __all__ = [
 ]
 
 # -- the settlement barrier -------------------------------------------------------------------
-
-
-async def enter_posting_barrier(conn: AsyncConnection) -> None:
-    """Every posting transaction holds the barrier shared until it commits, so settlement,
-    which takes it exclusively to move `closed_until`, never closes a period while a
-    posting that could fall into it is still in flight."""
-    await conn.execute(
-        text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": SETTLEMENT_BARRIER_KEY}
-    )
 
 
 async def close_journal_until(conn: AsyncConnection, until: datetime) -> datetime:
