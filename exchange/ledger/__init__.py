@@ -2,8 +2,14 @@
 
 Nothing here does I/O or imports a framework; `exchange.store` persists what these
 rules produce and `exchange.service` runs them inside database transactions.
+
+The posting rules' contract (validate first, mutate after; time-driven changes applied
+first, in order, never stamped inside a closed period) is the docstring of `_operations`.
+`_model` holds the data; `_common` what the rules share; `_time` the time-driven changes
+(`settle_due`); `_operations` earns, burns, holds and balances; `_reversals` reversals.
 """
 
+from exchange.ledger._common import Context, OriginalPosting, PartnerState
 from exchange.ledger._model import (
     EXPIRING_LOTS_SHOWN_MAX,
     MEMBER_ACCOUNTS,
@@ -25,22 +31,19 @@ from exchange.ledger._model import (
     PostingType,
     new_id,
 )
-from exchange.ledger._rules import (
+from exchange.ledger._operations import (
     HOLD_EXPIRES_IN_S_DEFAULT,
     HOLD_EXPIRES_IN_S_MAX,
-    Context,
-    OriginalPosting,
-    PartnerState,
     balance,
     burn,
     capture_hold,
     earn,
     open_hold,
     points_for_purchase,
-    reverse,
-    settle_due,
     void_hold,
 )
+from exchange.ledger._reversals import reverse
+from exchange.ledger._time import settle_due
 
 __all__ = [
     "EXPIRING_LOTS_SHOWN_MAX",

@@ -1,19 +1,16 @@
-"""All ledger SQL. The posting path runs on asyncpg directly (`_posting`); everything
-else goes through SQLAlchemy Core (`_queries`). Driver errors stop here (`_errors`).
+"""All ledger SQL. The posting path runs on asyncpg directly (`_posting`, its write
+statement in `_write`, with the balance and sweep reads in `_reads`); everything else goes
+through SQLAlchemy Core (`_queries`). Driver errors stop here (`_errors`).
 """
 
 from exchange.store._errors import RetryableConflict, translate_errors
 from exchange.store._posting import (
-    BatchWrite,
     claim_keys,
-    due_member_ids,
     load_books,
     load_originals,
     load_partner_terms,
     lock_members,
-    read_book,
     resolve_targets,
-    write_batch,
 )
 from exchange.store._queries import (
     claim_idempotency_keys,
@@ -26,6 +23,7 @@ from exchange.store._queries import (
     list_postings,
     save_idempotency,
 )
+from exchange.store._reads import due_member_ids, read_book
 from exchange.store._records import (
     COUNTER_SHARDS,
     SETTLEMENT_BARRIER_KEY,
@@ -33,6 +31,7 @@ from exchange.store._records import (
     SignatureRecord,
     StoredResponse,
 )
+from exchange.store._write import BatchWrite, write_batch
 
 __all__ = [
     "COUNTER_SHARDS",

@@ -15,6 +15,9 @@ per batch, whatever the batch size:
 Lock order (every writer follows it, so writers never deadlock on each other): the
 settlement barrier (shared); idempotency keys (try-locks, never wait); member rows
 sorted; credit-limited partner rows sorted; counter shards upserted sorted.
+
+The write step's statement is in `_write`; `_reads` holds the reads off the write path
+(a member's book for a balance, members with something due).
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -31,35 +33,23 @@ import asyncpg
 import msgspec
 
 from exchange.ledger import (
-    Balance,
     Hold,
     HoldStatus,
     Lot,
     MemberBook,
     OriginalPosting,
     PartnerTerms,
-    Posting,
     PostingType,
 )
-from exchange.store._records import (
-    COUNTER_SHARDS,
-    SETTLEMENT_BARRIER_KEY,
-    IdempotencyRecord,
-    SignatureRecord,
-    StoredResponse,
-)
+from exchange.store._records import SETTLEMENT_BARRIER_KEY, StoredResponse
 
 __all__ = [
-    "BatchWrite",
     "claim_keys",
-    "due_member_ids",
     "load_books",
     "load_originals",
     "load_partner_terms",
     "lock_members",
-    "read_book",
     "resolve_targets",
-    "write_batch",
 ]
 
 Connection = asyncpg.Connection
@@ -412,313 +402,3 @@ async def load_originals(
         )
         for row in rows
     }
-
-
-# -- write -----------------------------------------------------------------------------------
-
-# Each table's rows travel as one JSON array of arrays (encoded by msgspec in C, unpacked
-# by PostgreSQL), not as one array parameter per column: encoding ~1,000 values through
-# the driver's per-value codecs cost five times the CPU on the exchange's side.
-_TABLES: dict[str, tuple[tuple[str, str], ...]] = {
-    "postings": (
-        ("posting_id", "uuid"), ("type", "text"), ("member_id", "text"), ("partner_id", "text"),
-        ("points", "bigint"), ("reference", "text"), ("reverses", "uuid"), ("hold_id", "uuid"),
-        ("unit_price", "numeric"), ("currency", "text"), ("posted_at", "timestamptz"),
-        ("available_at", "timestamptz"), ("expires_at", "timestamptz"),
-        ("available_after", "bigint"), ("held_after", "bigint"), ("pending_after", "bigint"),
-    ),
-    "entries": (
-        ("posting_id", "uuid"), ("line", "smallint"), ("account", "text"), ("owner", "text"),
-        ("amount", "bigint"), ("posted_at", "timestamptz"),
-    ),
-    "lots": (
-        ("lot_id", "uuid"), ("member_id", "text"), ("issuer_id", "text"), ("earn_id", "uuid"),
-        ("initial", "bigint"), ("remaining", "bigint"), ("unit_price", "numeric"),
-        ("available_at", "timestamptz"), ("expires_at", "timestamptz"), ("matured", "boolean"),
-        ("created_at", "timestamptz"),
-    ),
-    "allocations": (
-        ("posting_id", "uuid"), ("lot_id", "uuid"), ("kind", "text"), ("points", "bigint"),
-    ),
-    "holds": (
-        ("hold_id", "uuid"), ("member_id", "text"), ("partner_id", "text"), ("points", "bigint"),
-        ("status", "text"), ("reference", "text"), ("hold_posting_id", "uuid"),
-        ("created_at", "timestamptz"), ("expires_at", "timestamptz"),
-    ),
-    "member_links": (("member_id", "text"), ("partner_id", "text")),
-    "posting_signatures": (
-        ("posting_id", "uuid"), ("key_id", "text"), ("signature_input", "text"),
-        ("signature", "text"), ("content_digest", "text"), ("signature_base", "bytea"),
-    ),
-    "idempotency_keys": (
-        ("partner_id", "text"), ("key", "text"), ("fingerprint", "bytea"),
-        ("status_code", "smallint"), ("response", "bytea"), ("posting_id", "uuid"),
-    ),
-}  # fmt: skip
-_CHANGED_LOTS = (("lot_id", "uuid"), ("remaining", "bigint"), ("matured", "boolean"))
-_CHANGED_HOLDS = (
-    ("hold_id", "uuid"), ("status", "text"), ("transaction_id", "uuid"),
-    ("captured_points", "bigint"), ("closed_at", "timestamptz"),
-)  # fmt: skip
-_DEBTS = (("member_id", "text"), ("debt", "bigint"))
-_COUNTERS = (("partner_id", "text"), ("issued", "numeric"), ("points", "bigint"),
-             ("value", "numeric"))  # fmt: skip
-
-
-def _rows(parameter: int, columns: tuple[tuple[str, str], ...]) -> str:
-    """SELECT the columns out of JSON parameter $parameter (an array of row arrays)."""
-    fields = []
-    for index, (name, kind) in enumerate(columns):
-        value = f"e->>{index}"
-        if kind == "bytea":
-            fields.append(f"decode({value}, 'base64') AS {name}")
-        elif kind == "text":
-            fields.append(f"{value} AS {name}")
-        else:
-            fields.append(f"({value})::{kind} AS {name}")
-    # Built from the constant column lists above, never from input.
-    return f"SELECT {', '.join(fields)} FROM json_array_elements(${parameter}::json) AS e"  # noqa: S608
-
-
-def _insert(table: str, parameter: int, tail: str = "") -> str:
-    columns = _TABLES[table]
-    names = ", ".join(name for name, _ in columns)
-    return f"INSERT INTO {table} ({names}) {_rows(parameter, columns)}{tail}"
-
-
-# Every insert and update of a batch in ONE statement. Sub-statements of a WITH run on
-# one snapshot and cannot see each other's rows, so new lots are inserted in their final
-# state and only existing lots are updated; foreign keys and the statement-level guards
-# (balanced postings, closed periods) are checked when the whole statement ends.
-_WRITE_SQL = f"""
-WITH
-new_postings AS ({_insert("postings", 1)}),
-new_entries AS ({_insert("entries", 2)}),
-new_lots AS ({_insert("lots", 3)}),
-new_allocations AS ({_insert("allocations", 4)}),
-new_holds AS ({_insert("holds", 5)}),
-changed_lots AS (
-    UPDATE lots SET remaining = v.remaining, matured = v.matured
-    FROM ({_rows(6, _CHANGED_LOTS)}) AS v WHERE lots.lot_id = v.lot_id),
-changed_holds AS (
-    UPDATE holds SET status = v.status, transaction_id = v.transaction_id,
-                     captured_points = v.captured_points, closed_at = v.closed_at
-    FROM ({_rows(7, _CHANGED_HOLDS)}) AS v WHERE holds.hold_id = v.hold_id),
-changed_debts AS (
-    UPDATE members SET debt = v.debt
-    FROM ({_rows(8, _DEBTS)}) AS v WHERE members.member_id = v.member_id),
-counters AS (
-    INSERT INTO partner_counters (partner_id, shard, issued_value, liability_points,
-                                  liability_value)
-    SELECT v.partner_id, (pg_backend_pid() % $9::int)::smallint, v.issued, v.points, v.value
-    FROM ({_rows(10, _COUNTERS)}) AS v
-    ON CONFLICT (partner_id, shard) DO UPDATE SET
-        issued_value = partner_counters.issued_value + excluded.issued_value,
-        liability_points = partner_counters.liability_points + excluded.liability_points,
-        liability_value = partner_counters.liability_value + excluded.liability_value),
-links AS ({_insert("member_links", 11, " ON CONFLICT DO NOTHING")}),
-signatures AS ({_insert("posting_signatures", 12)}),
-keys AS ({_insert("idempotency_keys", 13)})
-SELECT 1
-"""  # noqa: S608 - built from the constant column lists above, never from input
-
-_ENCODER = msgspec.json.Encoder(decimal_format="string")
-
-
-@dataclass
-class BatchWrite:
-    """Everything one batch writes, table by table, as rows in `_WRITE_SQL`'s column order."""
-
-    postings: list[tuple[Any, ...]] = field(default_factory=list)
-    entries: list[tuple[Any, ...]] = field(default_factory=list)
-    new_lots: list[tuple[Any, ...]] = field(default_factory=list)
-    allocations: list[tuple[Any, ...]] = field(default_factory=list)
-    new_holds: list[tuple[Any, ...]] = field(default_factory=list)
-    changed_lots: list[tuple[Any, ...]] = field(default_factory=list)
-    changed_holds: list[tuple[Any, ...]] = field(default_factory=list)
-    debts: list[tuple[Any, ...]] = field(default_factory=list)
-    links: list[tuple[Any, ...]] = field(default_factory=list)
-    signatures: list[tuple[Any, ...]] = field(default_factory=list)
-    keys: list[tuple[Any, ...]] = field(default_factory=list)
-    counters: dict[str, list[Any]] = field(
-        default_factory=lambda: defaultdict(lambda: [Decimal(0), 0, Decimal(0)])
-    )
-
-    def add_books(self, books: Iterable[MemberBook], after: dict[uuid.UUID, Balance]) -> None:
-        for book in books:
-            self._add_book(book, after)
-
-    def _add_book(self, book: MemberBook, after: dict[uuid.UUID, Balance]) -> None:
-        touched: set[uuid.UUID] = set(book.matured_lots)
-        hold_postings: dict[uuid.UUID, uuid.UUID] = {}
-        for posting in book.postings:
-            self._add_posting(book, posting, after.get(posting.posting_id))
-            touched.update(allocation.lot_id for allocation in posting.allocations)
-            if posting.type is PostingType.HOLD and posting.hold_id is not None:
-                hold_postings[posting.hold_id] = posting.posting_id
-        for lot_id in book.new_lots:
-            lot = book.lots[lot_id]
-            self.new_lots.append((
-                lot.lot_id, lot.member_id, lot.issuer_id, lot.earn_id, lot.initial, lot.remaining,
-                lot.unit_price, lot.available_at, lot.expires_at, lot.matured, lot.created_at,
-            ))  # fmt: skip
-            counter = self.counters[lot.issuer_id]
-            counter[1] += lot.initial
-            counter[2] += lot.initial * lot.unit_price
-        for lot_id in sorted(touched - book.new_lots):
-            lot = book.lots[lot_id]
-            self.changed_lots.append((lot_id, lot.remaining, lot.matured))
-        for hold_id in book.new_holds:
-            hold = book.holds[hold_id]
-            self.new_holds.append((
-                hold.hold_id, hold.member_id, hold.partner_id, hold.points, hold.status.value,
-                hold.reference, hold_postings[hold_id], hold.created_at, hold.expires_at,
-            ))  # fmt: skip
-        for hold_id in sorted(book.changed_holds - book.new_holds):
-            hold = book.holds[hold_id]
-            self.changed_holds.append((
-                hold_id, hold.status.value, hold.transaction_id, hold.captured_points,
-                hold.closed_at,
-            ))  # fmt: skip
-        if book.debt != book.initial_debt:
-            self.debts.append((book.member_id, book.debt))
-
-    def _add_posting(self, book: MemberBook, posting: Posting, after: Balance | None) -> None:
-        self.postings.append((
-            posting.posting_id, posting.type.value, posting.member_id, posting.partner_id,
-            posting.points, posting.reference, posting.reverses, posting.hold_id,
-            posting.unit_price, posting.currency, posting.posted_at, posting.available_at,
-            posting.expires_at, after.available if after else None, after.held if after else None,
-            after.pending if after else None,
-        ))  # fmt: skip
-        for line, entry in enumerate(posting.entries):
-            self.entries.append((
-                posting.posting_id, line, entry.account.value, entry.owner, entry.amount,
-                posting.posted_at,
-            ))  # fmt: skip
-        for allocation in posting.allocations:
-            self.allocations.append(
-                (posting.posting_id, allocation.lot_id, allocation.kind.value, allocation.points)
-            )
-            lot = book.lots[allocation.lot_id]
-            counter = self.counters[lot.issuer_id]
-            counter[1] += allocation.delta
-            counter[2] += allocation.delta * lot.unit_price
-        if (
-            posting.type in (PostingType.EARN, PostingType.EARN_REVERSAL)
-            and posting.unit_price is not None
-        ):
-            sign = 1 if posting.type is PostingType.EARN else -1
-            self.counters[posting.partner_id or ""][0] += sign * posting.points * posting.unit_price
-
-    def add_links(self, pairs: Iterable[tuple[str, str]]) -> None:
-        self.links.extend(sorted(set(pairs)))
-
-    def add_signatures(self, records: Iterable[SignatureRecord]) -> None:
-        self.signatures.extend(
-            (
-                r.posting_id,
-                r.key_id,
-                r.signature_input,
-                r.signature,
-                r.content_digest,
-                r.signature_base,
-            )
-            for r in records
-        )
-
-    def add_keys(self, records: Iterable[IdempotencyRecord]) -> None:
-        self.keys.extend(
-            (r.partner_id, r.key, r.fingerprint, r.status_code, r.response, r.posting_id)
-            for r in records
-        )
-
-    def arguments(self) -> list[Any]:
-        # Counters sorted by partner, so batches meeting on a shard row lock rows in one order.
-        counters = [
-            (partner_id, issued, points, value)
-            for partner_id, (issued, points, value) in sorted(self.counters.items())
-            if issued or points or value
-        ]
-        documents = (
-            self.postings, self.entries, self.new_lots, self.allocations, self.new_holds,
-            self.changed_lots, self.changed_holds, self.debts,
-        )  # fmt: skip
-        return [
-            *(_ENCODER.encode(rows).decode() for rows in documents),
-            COUNTER_SHARDS,
-            _ENCODER.encode(counters).decode(),
-            *(_ENCODER.encode(rows).decode() for rows in (self.links, self.signatures, self.keys)),
-        ]
-
-    @property
-    def empty(self) -> bool:
-        """Nothing to write at all (a lot that matures empty still changes a row)."""
-        parts = (
-            self.postings, self.new_lots, self.changed_lots, self.new_holds,
-            self.changed_holds, self.debts, self.links, self.signatures, self.keys,
-        )  # fmt: skip
-        return not any(parts)
-
-
-async def write_batch(conn: Connection, batch: BatchWrite) -> None:
-    """Write the whole batch in one round trip."""
-    if not batch.empty:
-        await conn.execute(_WRITE_SQL, *batch.arguments())
-
-
-# -- reads -----------------------------------------------------------------------------------
-
-
-# One statement, so one snapshot: the member's debt (if linked to the asking partner),
-# open lots, open holds with what they reserved, and the lots those holds reserved from
-# (an expired hold's points flow back through them). Correlated on the one member, so
-# every part is an index lookup.
-_READ_BOOK_SQL = f"""
-SELECT m.debt, (SELECT closed_until FROM ledger_state WHERE id = 1) AS closed_until,
-       (SELECT coalesce(json_agg(json_build_array({_LOT_COLUMNS})), '[]')::text
-        FROM (SELECT {_LOT_COLUMNS} FROM lots
-              WHERE member_id = m.member_id AND (remaining > 0 OR NOT matured)
-              UNION ALL
-              SELECT {", ".join("l." + c.strip() for c in _LOT_COLUMNS.split(","))}
-              FROM holds AS h
-              JOIN allocations AS a ON a.posting_id = h.hold_posting_id AND a.kind = 'draw'
-              JOIN lots AS l ON l.lot_id = a.lot_id
-              WHERE h.member_id = m.member_id AND h.status = 'open') AS book_lots) AS lots,
-       (SELECT coalesce(json_agg({_HOLD_JSON}), '[]')::text
-        FROM holds AS h WHERE h.member_id = m.member_id AND h.status = 'open') AS holds
-FROM members AS m
-WHERE m.member_id = $1
-  AND ($2::text IS NULL OR EXISTS (
-      SELECT 1 FROM member_links AS k WHERE k.member_id = $1 AND k.partner_id = $2))
-"""  # noqa: S608 - built from constant column lists, never from input
-
-
-async def read_book(
-    conn: Connection, member_id: str, *, linked_to: str | None = None
-) -> tuple[MemberBook, datetime] | None:
-    """A member's book for a balance read (no locks), or None for an unknown member (or,
-    with `linked_to`, one not linked to that partner)."""
-    row = await conn.fetchrow(_READ_BOOK_SQL, member_id, linked_to)
-    if row is None:
-        return None
-    book = MemberBook(member_id=member_id, debt=row["debt"])
-    for lot in _lots(row["lots"]):
-        book.lots[lot.lot_id] = lot
-    for hold in _holds(row["holds"]):
-        book.holds[hold.hold_id] = hold
-    return book, row["closed_until"]
-
-
-_DUE_SQL = """
-SELECT member_id FROM (
-    (SELECT member_id FROM lots WHERE remaining > 0 AND expires_at <= $1 LIMIT $2)
-    UNION (SELECT member_id FROM lots WHERE NOT matured AND available_at <= $1 LIMIT $2)
-    UNION (SELECT member_id FROM holds WHERE status = 'open' AND expires_at <= $1 LIMIT $2)
-) AS due ORDER BY member_id LIMIT $2
-"""
-
-
-async def due_member_ids(conn: Connection, now: datetime, limit: int) -> list[str]:
-    """Members with something fallen due by `now` (partial indexes on open lots/holds)."""
-    return [row["member_id"] for row in await conn.fetch(_DUE_SQL, now, limit)]

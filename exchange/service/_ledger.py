@@ -1,15 +1,5 @@
-"""Ledger use cases. Each `submit` runs many requests in ONE database transaction.
-
-That batch shape is the write path for everything: a single HTTP request is a batch of
-one, and the group committer (`exchange.batching`) gathers concurrent requests into
-bigger batches. Inside the database transaction the steps are fixed:
-
-    barrier → idempotency try-locks → resolve holds/originals → lock members (sorted)
-    → partner terms → load books → apply the pure rules per request → bulk write → commit
-
-A request that fails (not enough points, a reused key) gets its error and changes
-nothing: the rules validate before they mutate, and when no request in the batch
-succeeded nothing is written at all. Deadlocks and key races retry the whole batch.
+"""`LedgerService`: the batch write path (its steps are in the package docstring),
+enrolment, the sweep of time-driven changes, and reads.
 """
 
 from __future__ import annotations
@@ -18,24 +8,20 @@ import asyncio
 import random
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import msgspec
 from asyncpg import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange import store
 from exchange.clock import Clock
 from exchange.db import driver_connection
 from exchange.errors import (
-    ExchangeError,
     HoldNotFound,
     IdempotencyKeyReused,
     MemberNotFound,
     NotReversible,
-    PartnerNotFound,
-    PartnerSuspended,
     RequestInProgress,
     ServiceUnavailable,
     TransactionNotFound,
@@ -47,179 +33,33 @@ from exchange.ledger import (
     Balance,
     Context,
     MemberBook,
-    OriginalPosting,
     PartnerState,
-    Posting,
     PostingType,
     balance,
-    burn,
-    capture_hold,
-    earn,
     new_id,
-    open_hold,
-    points_for_purchase,
-    reverse,
     settle_due,
-    void_hold,
 )
-from exchange.money import Money
 from exchange.schemas import Hold, MemberCreated, Transaction, TransactionPage
-from exchange.views import (
-    decode_cursor,
-    encode_cursor,
-    hold_from_row,
-    hold_view,
-    transaction_from_row,
-    transaction_view,
+from exchange.service._batch import _apply, _Batch
+from exchange.service._commands import (
+    CaptureHold,
+    Command,
+    Idempotency,
+    LedgerRequest,
+    Outcome,
+    Reverse,
+    SweepResult,
+    VoidHold,
 )
+from exchange.service._idempotency import remember, replay_or_claim
+from exchange.views import decode_cursor, encode_cursor, hold_from_row, transaction_from_row
 
-__all__ = [
-    "Burn",
-    "CaptureHold",
-    "Command",
-    "Earn",
-    "Idempotency",
-    "LedgerRequest",
-    "LedgerService",
-    "OpenHold",
-    "Outcome",
-    "Reverse",
-    "SignatureProof",
-    "SweepResult",
-    "VoidHold",
-    "remember",
-    "replay_or_claim",
-]
+__all__ = ["PAGE_SIZE_DEFAULT", "PAGE_SIZE_MAX", "LedgerService"]
 
 RETRIES_MAX = 5
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 200
 SWEEP_ROUNDS_MAX = 100_000
-
-
-@dataclass
-class SweepResult:
-    """What one sweep posted."""
-
-    members: int = 0
-    expired_points: int = 0
-    matured_points: int = 0
-    released_holds: int = 0
-
-    def count(self, postings: Sequence[Posting]) -> None:
-        for posting in postings:
-            if posting.type is PostingType.EXPIRY:
-                self.expired_points += posting.points
-            elif posting.type is PostingType.MATURATION:
-                self.matured_points += posting.points
-            elif posting.type is PostingType.HOLD_RELEASE:
-                self.released_holds += 1
-
-
-@dataclass(frozen=True, slots=True)
-class Earn:
-    partner_id: str
-    member_id: str
-    reference: str
-    points: int | None = None
-    purchase: Money | None = None
-    available_at: datetime | None = None
-    expires_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Burn:
-    partner_id: str
-    member_id: str
-    points: int
-    reference: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class OpenHold:
-    partner_id: str
-    member_id: str
-    points: int
-    reference: str | None = None
-    expires_in_s: int = 900
-
-
-@dataclass(frozen=True, slots=True)
-class CaptureHold:
-    partner_id: str
-    hold_id: uuid.UUID
-    points: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class VoidHold:
-    partner_id: str
-    hold_id: uuid.UUID
-
-
-@dataclass(frozen=True, slots=True)
-class Reverse:
-    partner_id: str
-    transaction_id: uuid.UUID
-    points: int | None = None
-    reference: str | None = None
-
-
-Command = Earn | Burn | OpenHold | CaptureHold | VoidHold | Reverse
-
-
-@dataclass(frozen=True, slots=True)
-class Idempotency:
-    key: str
-    fingerprint: bytes  # sha256 over method, path and body
-
-
-@dataclass(frozen=True, slots=True)
-class SignatureProof:
-    """The verified signature of the request, kept with the posting for later disputes."""
-
-    key_id: str
-    signature_input: str
-    signature: str
-    content_digest: str | None
-    signature_base: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerRequest:
-    command: Command
-    idempotency: Idempotency | None = None
-    signature: SignatureProof | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What to answer: a stored or new response, or an error (which changed nothing)."""
-
-    status_code: int = 0
-    body: bytes = b""
-    replayed: bool = False
-    error: ExchangeError | None = None
-
-
-@dataclass
-class _Batch:
-    """Working state of one submit: which request is about which member, and results."""
-
-    requests: Sequence[LedgerRequest]
-    outcomes: list[Outcome | None]
-    members: dict[int, str] = field(default_factory=dict)  # request index -> member_id
-    originals: dict[uuid.UUID, OriginalPosting] = field(default_factory=dict)
-    records: list[store.IdempotencyRecord] = field(default_factory=list)
-    signatures: list[store.SignatureRecord] = field(default_factory=list)
-    links: set[tuple[str, str]] = field(default_factory=set)
-    after: dict[uuid.UUID, Balance] = field(default_factory=dict)
-
-    def fail(self, index: int, error: ExchangeError) -> None:
-        self.outcomes[index] = Outcome(status_code=error.status, error=error)
-
-    def pending(self) -> list[int]:
-        return [index for index, outcome in enumerate(self.outcomes) if outcome is None]
 
 
 class LedgerService:
@@ -282,7 +122,7 @@ class LedgerService:
             now=self.clock.now(), closed_until=closed_until, points_ttl=self.points_ttl, ids=new_id
         )
         for index in batch.pending():
-            self._apply(batch, index, books[batch.members[index]], partners, ctx)
+            _apply(batch, index, books[batch.members[index]], partners, ctx)
         return books
 
     @staticmethod
@@ -355,111 +195,6 @@ class LedgerService:
                 wanted.append(original.lot_id)
             wanted.extend(lot_id for lot_id, _ in original.draws)
         return wanted
-
-    def _apply(
-        self,
-        batch: _Batch,
-        index: int,
-        book: MemberBook,
-        partners: dict[str, PartnerState],
-        ctx: Context,
-    ) -> None:
-        request = batch.requests[index]
-        command = request.command
-        partner = partners.get(command.partner_id)
-        try:
-            if partner is None:
-                raise PartnerNotFound(f"No partner {command.partner_id}.")
-            if not partner.terms.active:
-                raise PartnerSuspended(f"Partner {command.partner_id} is suspended.")
-            settle_due(book, ctx)
-            status, body, posting = self._execute(batch, book, partner, command, ctx)
-        except ExchangeError as error:
-            batch.fail(index, error)
-            return
-        batch.outcomes[index] = Outcome(status, body)
-        if isinstance(command, Earn | Burn | OpenHold):
-            batch.links.add((book.member_id, command.partner_id))
-        if request.idempotency is not None:
-            batch.records.append(
-                store.IdempotencyRecord(
-                    command.partner_id,
-                    request.idempotency.key,
-                    request.idempotency.fingerprint,
-                    status,
-                    body,
-                    posting.posting_id,
-                )
-            )
-        if request.signature is not None:
-            proof = request.signature
-            batch.signatures.append(
-                store.SignatureRecord(
-                    posting.posting_id,
-                    proof.key_id,
-                    proof.signature_input,
-                    proof.signature,
-                    proof.content_digest,
-                    proof.signature_base,
-                )
-            )
-
-    def _execute(
-        self, batch: _Batch, book: MemberBook, partner: PartnerState, command: Command, ctx: Context
-    ) -> tuple[int, bytes, Posting]:
-        """Apply one command with the pure rules; return (status, response body, posting)."""
-        before = len(book.postings)
-        hold = None
-        match command:
-            case Earn():
-                points = command.points
-                if points is None and command.purchase is not None:
-                    points = points_for_purchase(
-                        command.purchase.amount, command.purchase.currency, partner.terms
-                    )
-                if points is None:
-                    raise Unprocessable("Give either points or purchase.")
-                posting = earn(
-                    book,
-                    ctx,
-                    partner,
-                    points,
-                    reference=command.reference,
-                    available_at=command.available_at,
-                    expires_at=command.expires_at,
-                )
-            case Burn():
-                posting = burn(book, ctx, partner, command.points, reference=command.reference)
-            case OpenHold():
-                hold = open_hold(
-                    book,
-                    ctx,
-                    partner,
-                    command.points,
-                    reference=command.reference,
-                    expires_in_s=command.expires_in_s,
-                )
-            case CaptureHold():
-                capture_hold(book, ctx, partner, command.hold_id, command.points)
-                hold = book.holds[command.hold_id]
-            case VoidHold():
-                hold = void_hold(book, ctx, command.hold_id)
-            case Reverse():
-                original = batch.originals[command.transaction_id]
-                posting = reverse(
-                    book, ctx, partner, original, command.points, reference=command.reference
-                )
-        main = (
-            next(p for p in book.postings[before:] if p.type is not PostingType.EXPIRY)
-            if hold
-            else posting
-        )
-        after = balance(book, ctx.now)
-        batch.after[main.posting_id] = after
-        if hold is not None:
-            status = 201 if isinstance(command, OpenHold) else 200
-            return status, msgspec.json.encode(hold_view(hold)), main
-        return 201, msgspec.json.encode(transaction_view(main, after)), main
 
     # -- members ------------------------------------------------------------------------------
 
@@ -595,49 +330,3 @@ class LedgerService:
             Context(now=now, closed_until=closed_until, points_ttl=self.points_ttl, ids=uuid.uuid4),
         )
         return balance(book, now)
-
-
-async def replay_or_claim(
-    conn: AsyncConnection, partner_id: str, idempotency: Idempotency | None
-) -> Outcome | None:
-    """For a single idempotent request: the earlier response (a replay), an error (the key
-    is in use or was used for another request), or None: go ahead, the key is ours until
-    the database transaction ends."""
-    if idempotency is None:
-        return None
-    claim = (partner_id, idempotency.key)
-    locked, stored = await store.claim_idempotency_keys(conn, [claim])
-    if claim not in locked:
-        raise RequestInProgress()
-    previous = stored.get(claim)
-    if previous is None:
-        return None
-    if previous.fingerprint != idempotency.fingerprint:
-        raise IdempotencyKeyReused()
-    return Outcome(previous.status_code, previous.response, replayed=True)
-
-
-async def remember(
-    conn: AsyncConnection,
-    partner_id: str,
-    *,
-    idempotency: Idempotency | None,
-    status_code: int,
-    body: bytes,
-    posting_id: uuid.UUID | None = None,
-) -> None:
-    """Store the response under the request's idempotency key (same database transaction)."""
-    if idempotency is not None:
-        await store.save_idempotency(
-            conn,
-            [
-                store.IdempotencyRecord(
-                    partner_id,
-                    idempotency.key,
-                    idempotency.fingerprint,
-                    status_code,
-                    body,
-                    posting_id,
-                )
-            ],
-        )

@@ -1,0 +1,132 @@
+"""What callers hand the ledger service, and what they get back."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from exchange.errors import ExchangeError
+from exchange.ledger import Posting, PostingType
+from exchange.money import Money
+
+__all__ = [
+    "Burn",
+    "CaptureHold",
+    "Command",
+    "Earn",
+    "Idempotency",
+    "LedgerRequest",
+    "OpenHold",
+    "Outcome",
+    "Reverse",
+    "SignatureProof",
+    "SweepResult",
+    "VoidHold",
+]
+
+
+@dataclass
+class SweepResult:
+    """What one sweep posted."""
+
+    members: int = 0
+    expired_points: int = 0
+    matured_points: int = 0
+    released_holds: int = 0
+
+    def count(self, postings: Sequence[Posting]) -> None:
+        for posting in postings:
+            if posting.type is PostingType.EXPIRY:
+                self.expired_points += posting.points
+            elif posting.type is PostingType.MATURATION:
+                self.matured_points += posting.points
+            elif posting.type is PostingType.HOLD_RELEASE:
+                self.released_holds += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Earn:
+    partner_id: str
+    member_id: str
+    reference: str
+    points: int | None = None
+    purchase: Money | None = None
+    available_at: datetime | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Burn:
+    partner_id: str
+    member_id: str
+    points: int
+    reference: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OpenHold:
+    partner_id: str
+    member_id: str
+    points: int
+    reference: str | None = None
+    expires_in_s: int = 900
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureHold:
+    partner_id: str
+    hold_id: uuid.UUID
+    points: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VoidHold:
+    partner_id: str
+    hold_id: uuid.UUID
+
+
+@dataclass(frozen=True, slots=True)
+class Reverse:
+    partner_id: str
+    transaction_id: uuid.UUID
+    points: int | None = None
+    reference: str | None = None
+
+
+Command = Earn | Burn | OpenHold | CaptureHold | VoidHold | Reverse
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotency:
+    key: str
+    fingerprint: bytes  # sha256 over method, path and body
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureProof:
+    """The verified signature of the request, kept with the posting for later disputes."""
+
+    key_id: str
+    signature_input: str
+    signature: str
+    content_digest: str | None
+    signature_base: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerRequest:
+    command: Command
+    idempotency: Idempotency | None = None
+    signature: SignatureProof | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What to answer: a stored or new response, or an error (which changed nothing)."""
+
+    status_code: int = 0
+    body: bytes = b""
+    replayed: bool = False
+    error: ExchangeError | None = None

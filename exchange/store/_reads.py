@@ -1,0 +1,69 @@
+"""Reads off the write path, on the asyncpg driver: a member's book for a balance read
+(no locks), and the members with something fallen due (for the sweep).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from exchange.ledger import MemberBook
+from exchange.store._posting import _HOLD_JSON, _LOT_COLUMNS, Connection, _holds, _lots
+
+__all__ = ["due_member_ids", "read_book"]
+
+
+# -- reads -----------------------------------------------------------------------------------
+
+
+# One statement, so one snapshot: the member's debt (if linked to the asking partner),
+# open lots, open holds with what they reserved, and the lots those holds reserved from
+# (an expired hold's points flow back through them). Correlated on the one member, so
+# every part is an index lookup.
+_READ_BOOK_SQL = f"""
+SELECT m.debt, (SELECT closed_until FROM ledger_state WHERE id = 1) AS closed_until,
+       (SELECT coalesce(json_agg(json_build_array({_LOT_COLUMNS})), '[]')::text
+        FROM (SELECT {_LOT_COLUMNS} FROM lots
+              WHERE member_id = m.member_id AND (remaining > 0 OR NOT matured)
+              UNION ALL
+              SELECT {", ".join("l." + c.strip() for c in _LOT_COLUMNS.split(","))}
+              FROM holds AS h
+              JOIN allocations AS a ON a.posting_id = h.hold_posting_id AND a.kind = 'draw'
+              JOIN lots AS l ON l.lot_id = a.lot_id
+              WHERE h.member_id = m.member_id AND h.status = 'open') AS book_lots) AS lots,
+       (SELECT coalesce(json_agg({_HOLD_JSON}), '[]')::text
+        FROM holds AS h WHERE h.member_id = m.member_id AND h.status = 'open') AS holds
+FROM members AS m
+WHERE m.member_id = $1
+  AND ($2::text IS NULL OR EXISTS (
+      SELECT 1 FROM member_links AS k WHERE k.member_id = $1 AND k.partner_id = $2))
+"""  # noqa: S608 - built from constant column lists, never from input
+
+
+async def read_book(
+    conn: Connection, member_id: str, *, linked_to: str | None = None
+) -> tuple[MemberBook, datetime] | None:
+    """A member's book for a balance read (no locks), or None for an unknown member (or,
+    with `linked_to`, one not linked to that partner)."""
+    row = await conn.fetchrow(_READ_BOOK_SQL, member_id, linked_to)
+    if row is None:
+        return None
+    book = MemberBook(member_id=member_id, debt=row["debt"])
+    for lot in _lots(row["lots"]):
+        book.lots[lot.lot_id] = lot
+    for hold in _holds(row["holds"]):
+        book.holds[hold.hold_id] = hold
+    return book, row["closed_until"]
+
+
+_DUE_SQL = """
+SELECT member_id FROM (
+    (SELECT member_id FROM lots WHERE remaining > 0 AND expires_at <= $1 LIMIT $2)
+    UNION (SELECT member_id FROM lots WHERE NOT matured AND available_at <= $1 LIMIT $2)
+    UNION (SELECT member_id FROM holds WHERE status = 'open' AND expires_at <= $1 LIMIT $2)
+) AS due ORDER BY member_id LIMIT $2
+"""
+
+
+async def due_member_ids(conn: Connection, now: datetime, limit: int) -> list[str]:
+    """Members with something fallen due by `now` (partial indexes on open lots/holds)."""
+    return [row["member_id"] for row in await conn.fetch(_DUE_SQL, now, limit)]
