@@ -59,12 +59,19 @@ async def test_nothing_may_be_posted_into_a_closed_period(
             text("UPDATE ledger_state SET closed_until = :t"),
             {"t": clock.now() + timedelta(hours=1)},
         )
-    message = await _refused(
-        engine,
-        "INSERT INTO postings (posting_id, type, member_id, points, posted_at) "
-        f"VALUES (gen_random_uuid(), 'maturation', '{member}', 1, now() - interval '1 day')",
-    )
-    assert "closed settlement period" in message
+    # Stamped a day before the test clock's cut-off: inside the closed period whatever the
+    # real date (the database's now() is never compared with the frozen clock).
+    inside = clock.now() - timedelta(days=1)
+    with pytest.raises(DBAPIError) as caught:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO postings (posting_id, type, member_id, points, posted_at) "
+                    "VALUES (gen_random_uuid(), 'maturation', :member, 1, :at)"
+                ),
+                {"member": member, "at": inside},
+            )
+    assert "closed settlement period" in str(caught.value.orig)
 
 
 async def test_verify_reports_a_tampered_lot_and_balance(engine: AsyncEngine, member: str) -> None:
