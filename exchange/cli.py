@@ -5,61 +5,27 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exchange.config import ConfigError, Settings
-from exchange.db import DatabaseUnavailable, OpenDatabase, create_engine, migrate, open_database
-from exchange.embedded import EmbeddedPostgresError
+from exchange.cli_support import (
+    run_with_engine,
+    run_with_services,
+    settings_or_exit,
+    using_database,
+)
+from exchange.db import migrate
 from exchange.logs import configure_logging
 from exchange.operators import create_operator_token, list_operator_tokens, revoke_operator_token
+from exchange.wiring import Services
+from settlement.cli import report, settle
 
-__all__ = ["main", "run_with_engine", "settings_or_exit", "using_database"]
+__all__ = ["main"]
 
-T = TypeVar("T")
 console = Console()
-
-
-def settings_or_exit() -> Settings:
-    try:
-        return Settings.from_env()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
-
-
-@contextmanager
-def using_database(settings: Settings, *, migrated: bool = True) -> Iterator[OpenDatabase]:
-    """Open the configured or embedded database (migrated), or exit with a clear message."""
-    try:
-        database = open_database(settings)
-    except (DatabaseUnavailable, EmbeddedPostgresError) as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
-        if migrated:
-            migrate(database.url)
-        yield database
-    finally:
-        database.close()
-
-
-def run_with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
-    """Run one async job against the database, with a small pool, then dispose it."""
-    with using_database(settings) as database:
-
-        async def runner() -> T:
-            engine = create_engine(database.url, pool_size=4)
-            try:
-                return await work(engine)
-            finally:
-                await engine.dispose()
-
-        return asyncio.run(runner())
 
 
 @click.group()
@@ -190,18 +156,11 @@ def verify_command() -> None:
 @main.command("sweep")
 def sweep_command() -> None:
     """Post what has fallen due now: expired lots, maturing points, holds past expiry."""
-    from datetime import timedelta  # noqa: PLC0415
 
-    from exchange.clock import SystemClock  # noqa: PLC0415
-    from exchange.service import LedgerService  # noqa: PLC0415
+    async def sweep(services: Services) -> Any:
+        return await services.ledger.sweep()
 
-    settings = settings_or_exit()
-
-    async def sweep(engine: AsyncEngine) -> Any:
-        ttl = timedelta(days=settings.points_ttl_days)
-        return await LedgerService(engine, SystemClock(), points_ttl=ttl).sweep()
-
-    result = run_with_engine(settings, sweep)
+    result = run_with_services(settings_or_exit(), sweep)
     console.print(
         f"swept {result.members} members: {result.expired_points} points expired, "
         f"{result.matured_points} matured, {result.released_holds} holds released"
@@ -280,8 +239,6 @@ def audit_verify_transaction(transaction_id: str) -> None:
 
 
 # Settlement's commands live with settlement; registered here, on the one command line.
-from settlement.cli import report, settle  # noqa: E402
-
 main.add_command(settle)
 main.add_command(report)
 
