@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -32,6 +33,13 @@ async def test_the_demo_settles_reconciled_and_verifies_clean_and_repeats_exactl
     assert first.returncode == 0, first.stdout + first.stderr
     assert "reconciled" in first.stdout
     assert "Ledger verify: clean" in first.stdout
+    # The terminal tells the demo's story; the server's log goes to the file it names.
+    output = first.stdout.splitlines() + first.stderr.splitlines()
+    assert [line for line in output if line.lstrip().startswith("{")] == []
+    log_file = tmp_path.resolve() / "demo" / "server.log"
+    assert f"Server log: {log_file}" in first.stdout
+    logged = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert any(entry.get("event") == "request" for entry in logged), logged[:3]
     csv_files = list((tmp_path / "demo").glob("settlement-*.csv"))
     assert len(csv_files) == 1
     first_csv = csv_files[0].read_text()
