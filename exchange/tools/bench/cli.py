@@ -81,7 +81,7 @@ def _default_out() -> Path:
     help="py-spy flame graphs of each server worker per scenario (perturbs figures).",
 )
 @click.pass_context
-def bench(ctx: click.Context, **values: Any) -> None:
+def bench(ctx: click.Context, /, **values: Any) -> None:
     """Benchmark the exchange end to end, against pgbench on the same PostgreSQL.
 
     Starts its own durable PostgreSQL and `exchange serve`, runs the pgbench baseline,
