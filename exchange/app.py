@@ -1,4 +1,10 @@
-"""`create_app()`: the one composition root that knows every part of the exchange."""
+"""`create_app()`: the HTTP application over the services `exchange.wiring` builds.
+
+The lifespan builds this process's `Services` (`build_services`, the one composition
+root), keeps them on `app.state`, and hands them to controllers and guards as litestar
+dependencies: a handler declares `services: NamedDependency[Services]` or `settlement:
+NamedDependency[SettlementService]`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
@@ -17,11 +25,9 @@ from exchange.http import BalanceController, MemberController, PartnerController
 from exchange.logs import configure_logging
 from exchange.middleware import RequestContext
 from exchange.problems import exception_handlers
-from exchange.runtime import Services
-from partners.gateway import housekeeping_jobs
+from exchange.wiring import Services, build_services
 from partners.http import PartnerAdminController
 from settlement.http import SettlementController
-from settlement.schedule import Scheduler
 from settlement.service import SettlementService
 
 __all__ = ["REQUEST_BODY_MAX_BYTES", "create_app"]
@@ -47,24 +53,13 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             pool_timeout_s=settings.db_pool_timeout_s,
         )
         app.state.engine = engine
-        services = Services.build(settings, engine, the_clock)
+        services = build_services(settings, engine, the_clock)
         app.state.services = services
+        app.state.scheduler = services.scheduler
         await services.start()
-        scheduler = Scheduler(
-            engine=engine,
-            clock=the_clock,
-            settlement=SettlementService(engine, the_clock, services.ledger),
-            cycle=settings.settlement_cycle,
-            interval_s=settings.scheduler_interval_s,
-            housekeeping=housekeeping_jobs(engine),
-        )
-        app.state.scheduler = scheduler
-        if settings.scheduler_enabled:
-            scheduler.start()
         try:
             yield
         finally:
-            await scheduler.stop()
             await services.stop()
             await engine.dispose()
 
@@ -78,6 +73,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             SettlementController,
         ],
         lifespan=[lifespan],
+        dependencies={
+            "services": Provide(_services, sync_to_thread=False),
+            "settlement": Provide(_settlement, sync_to_thread=False),
+        },
         exception_handlers=exception_handlers(),
         request_max_body_size=REQUEST_BODY_MAX_BYTES,
         openapi_config=OpenAPIConfig(
@@ -92,3 +91,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     # Outermost layer, so unrouted requests (404/405) get a request id and an access line too.
     app.asgi_handler = RequestContext(app.asgi_handler)
     return app
+
+
+def _services(state: State) -> Services:
+    services: Services = state.services
+    return services
+
+
+def _settlement(state: State) -> SettlementService:
+    return _services(state).settlement

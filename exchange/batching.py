@@ -6,6 +6,10 @@ one commit, one WAL flush). At low load a request runs alone at once, so nothing
 for a timer; under load the queue fills while batches run, and the next batch takes
 everything waiting. Throughput then grows with load instead of queueing on commits.
 
+The queue is bounded (`queue_max`): past it a request is refused at once with
+`ServiceUnavailable` (503 with Retry-After; the partner retries with the same key) rather
+than waiting behind a backlog that only grows while the database cannot keep up.
+
 A batch that fails as a whole (the ledger gave up after its retries, or a bug) is split
 and its requests retried one by one, so one bad request never fails its neighbours.
 """
@@ -16,29 +20,49 @@ import asyncio
 from collections import deque
 from collections.abc import Sequence
 
+from exchange.errors import ServiceUnavailable
 from exchange.logs import get_logger
 from exchange.service import LedgerRequest, LedgerService, Outcome
 
 __all__ = ["GroupCommitter"]
 
 _log = get_logger("exchange.batching")
+QUEUE_MAX_DEFAULT = 1000  # as EXCHANGE_GROUP_COMMIT_QUEUE_MAX's default
 
 
 class GroupCommitter:
-    def __init__(self, ledger: LedgerService, *, batch_max: int, concurrency: int) -> None:
-        if batch_max < 1 or concurrency < 1:
-            raise ValueError("batch_max and concurrency must be at least 1")
+    def __init__(
+        self,
+        ledger: LedgerService,
+        *,
+        batch_max: int,
+        concurrency: int,
+        queue_max: int = QUEUE_MAX_DEFAULT,
+    ) -> None:
+        if batch_max < 1 or concurrency < 1 or queue_max < 1:
+            raise ValueError("batch_max, concurrency and queue_max must be at least 1")
         self.ledger = ledger
         self.batch_max = batch_max
         self.concurrency = concurrency
+        self.queue_max = queue_max
         self._queue: deque[tuple[LedgerRequest, asyncio.Future[Outcome]]] = deque()
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.requests = 0
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch (not those in a running batch)."""
+        return len(self._queue)
+
     async def submit(self, request: LedgerRequest) -> Outcome:
         """Queue one request; resolve with its outcome once its batch has committed."""
+        if len(self._queue) >= self.queue_max:
+            raise ServiceUnavailable(
+                "Too many postings are waiting to be committed; retry shortly with the "
+                "same Idempotency-Key."
+            )
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._queue.append((request, future))
         self._start_batches()

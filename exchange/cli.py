@@ -2,67 +2,49 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exchange.config import ConfigError, Settings
-from exchange.db import DatabaseUnavailable, OpenDatabase, create_engine, migrate, open_database
-from exchange.embedded import EmbeddedPostgresError
+from exchange.cli_support import (
+    LazyCommand,
+    LazyGroup,
+    run_with_engine,
+    run_with_services,
+    settings_or_exit,
+    using_database,
+)
+from exchange.db import migrate
 from exchange.logs import configure_logging
 from exchange.operators import create_operator_token, list_operator_tokens, revoke_operator_token
+from exchange.wiring import Services
+from settlement.cli import report, settle
 
-__all__ = ["main", "run_with_engine", "settings_or_exit", "using_database"]
+__all__ = ["main"]
 
-T = TypeVar("T")
 console = Console()
 
 
-def settings_or_exit() -> Settings:
-    try:
-        return Settings.from_env()
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from None
+# The tools: imported only when run, never by the server (their extra: `[tools]`).
+TOOLS = {
+    "bench": LazyCommand(
+        "exchange.tools.bench.cli:bench",
+        "Benchmark the exchange end to end against pgbench, or a settlement run.",
+        extra="tools",
+    ),
+    "demo": LazyCommand(
+        "exchange.tools.demo_cli:demo_command",
+        "A simulated week of trading through the signed API, then settlement.",
+        extra="tools",
+    ),
+}
 
 
-@contextmanager
-def using_database(settings: Settings, *, migrated: bool = True) -> Iterator[OpenDatabase]:
-    """Open the configured or embedded database (migrated), or exit with a clear message."""
-    try:
-        database = open_database(settings)
-    except (DatabaseUnavailable, EmbeddedPostgresError) as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
-        if migrated:
-            migrate(database.url)
-        yield database
-    finally:
-        database.close()
-
-
-def run_with_engine(settings: Settings, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
-    """Run one async job against the database, with a small pool, then dispose it."""
-    with using_database(settings) as database:
-
-        async def runner() -> T:
-            engine = create_engine(database.url, pool_size=4)
-            try:
-                return await work(engine)
-            finally:
-                await engine.dispose()
-
-        return asyncio.run(runner())
-
-
-@click.group()
+@click.group(cls=LazyGroup, lazy=TOOLS)
 @click.version_option(package_name="coalition-exchange")
 def main() -> None:
     """The coalition points exchange."""
@@ -190,74 +172,14 @@ def verify_command() -> None:
 @main.command("sweep")
 def sweep_command() -> None:
     """Post what has fallen due now: expired lots, maturing points, holds past expiry."""
-    from datetime import timedelta  # noqa: PLC0415
 
-    from exchange.clock import SystemClock  # noqa: PLC0415
-    from exchange.service import LedgerService  # noqa: PLC0415
+    async def sweep(services: Services) -> Any:
+        return await services.ledger.sweep()
 
-    settings = settings_or_exit()
-
-    async def sweep(engine: AsyncEngine) -> Any:
-        ttl = timedelta(days=settings.points_ttl_days)
-        return await LedgerService(engine, SystemClock(), points_ttl=ttl).sweep()
-
-    result = run_with_engine(settings, sweep)
+    result = run_with_services(settings_or_exit(), sweep)
     console.print(
         f"swept {result.members} members: {result.expired_points} points expired, "
         f"{result.matured_points} matured, {result.released_holds} holds released"
-    )
-
-
-@main.command("demo")
-@click.option("--members", default=200, show_default=True, type=click.IntRange(1, 100_000))
-@click.option("--days", default=7, show_default=True, type=click.IntRange(1, 366))
-@click.option("--seed", default=42, show_default=True, type=int, help="Same seed, same numbers.")
-def demo_command(members: int, days: int, seed: int) -> None:
-    """Onboard three partners and trade for a few simulated days through the signed API,
-    then settle and show the statements, the cross-brand matrix and the CSV report."""
-    from exchange import demo  # noqa: PLC0415
-    from exchange.verify import verify_ledger  # noqa: PLC0415
-
-    settings = settings_or_exit()
-    configure_logging("WARNING", "console")
-    with using_database(settings, migrated=False) as database:
-        demo_url = asyncio.run(demo.recreate_demo_database(database.url))
-        migrate(demo_url)
-        out_dir = settings.data_dir.resolve() / "demo"
-        console.print(f"Demo database [bold]{demo.DEMO_DATABASE}[/bold] ready; seed {seed}.")
-        result = asyncio.run(
-            demo.run_demo(settings.with_changes(database_url=demo_url), members=members,
-                          days=days, seed=seed, out_dir=out_dir, console=console)
-        )  # fmt: skip
-        report = run_with_engine(settings.with_changes(database_url=demo_url), verify_ledger)
-    _show_demo(result, report.clean, demo_url)
-    if not (result.run["reconciled"] and report.clean):
-        raise SystemExit(1)
-
-
-def _show_demo(result: Any, verified: bool, demo_url: str) -> None:
-    from exchange import demo  # noqa: PLC0415
-
-    activity = Table("what happened", "count", title="Trading")
-    for what, count in sorted(result.counts.items()):
-        activity.add_row(what, f"{count:,}")
-    console.print(activity)
-    console.print(demo.statement_table(result.statements))
-    console.print(demo.cross_brand_table(result.run))
-    controls = result.run["controls"]
-    state = "[green]reconciled[/green]" if result.run["reconciled"] else "[red]NOT reconciled[/red]"
-    console.print(
-        f"Run {result.run['run_id']}: {state}; outstanding {controls['outstanding_start']:,}"
-        f" -> {controls['outstanding_end']:,} points "
-        f"(issued {controls['issued']:,}, redeemed {controls['redeemed']:,}, "
-        f"expired {controls['expired']:,})."
-    )
-    console.print(
-        f"Ledger verify: {'[green]clean[/green]' if verified else '[red]DIFFERENCES[/red]'}"
-    )
-    console.print(f"CSV report: {result.csv_path}")
-    console.print(
-        f"Explore it: EXCHANGE_DATABASE_URL='{demo_url}' exchange report settlement latest"
     )
 
 
@@ -280,16 +202,5 @@ def audit_verify_transaction(transaction_id: str) -> None:
 
 
 # Settlement's commands live with settlement; registered here, on the one command line.
-from settlement.cli import report, settle  # noqa: E402
-
 main.add_command(settle)
 main.add_command(report)
-
-
-def _register_optional_commands() -> None:
-    from exchange.bench.cli import bench  # noqa: PLC0415 - heavy imports, only for `bench`
-
-    main.add_command(bench)
-
-
-_register_optional_commands()

@@ -103,6 +103,7 @@ class Settings:
     member_rate_limit: str = "20/second"
     group_commit_max: int = 64
     group_commit_concurrency: int = 2
+    group_commit_queue_max: int = 1000
 
     @property
     def authority(self) -> str:
@@ -160,6 +161,7 @@ _PARSERS: dict[str, Any] = {
     "member_rate_limit": _rate_limit,
     "group_commit_max": lambda v: _positive_int(v, high=1000),
     "group_commit_concurrency": lambda v: _positive_int(v, high=100),
+    "group_commit_queue_max": lambda v: _positive_int(v, high=100_000),
 }
 
 VARIABLES: tuple[Variable, ...] = (
@@ -275,6 +277,13 @@ VARIABLES: tuple[Variable, ...] = (
         "2",
         "an integer 1-100",
         "Posting transactions in flight per server process; fewer means bigger batches.",
+    ),
+    Variable(
+        "EXCHANGE_GROUP_COMMIT_QUEUE_MAX",
+        "group_commit_queue_max",
+        "1000",
+        "an integer 1-100000",
+        "Postings waiting for a batch, per server process; beyond it: 503 and Retry-After.",
     ),
 )
 

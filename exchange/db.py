@@ -86,7 +86,9 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connec
     """
     async with engine.connect() as conn:
         fairy = await conn.get_raw_connection()
-        driver: asyncpg.Connection = fairy.driver_connection
+        driver = fairy.driver_connection
+        if not isinstance(driver, asyncpg.Connection):
+            raise TypeError(f"expected an asyncpg connection, got {type(driver).__name__}")
         try:
             yield driver
         finally:

@@ -40,7 +40,7 @@ class HealthController(Controller):
         except (SQLAlchemyError, OSError) as exc:
             raise ServiceUnavailable("The database is not reachable.") from exc
         head = head_revision()
-        if revision != head:
+        if revision is None or revision != head:
             raise ServiceUnavailable(
                 f"The database schema is at {revision or 'nothing'}, expected {head}; "
                 "run `exchange migrate`."

@@ -27,7 +27,6 @@ from exchange.errors import (
 from exchange.ids import parse_hold_id, parse_transaction_id
 from exchange.ledger import PARTNER_TRANSACTION_TYPES, PostingType
 from exchange.money import MINOR_UNITS, parse_amount
-from exchange.runtime import services_of
 from exchange.service import (
     PAGE_SIZE_DEFAULT,
     PAGE_SIZE_MAX,
@@ -42,6 +41,7 @@ from exchange.service import (
     VoidHold,
 )
 from exchange.views import balance_view
+from exchange.wiring import Services
 from partners.auth import (
     Caller,
     MemberCaller,
@@ -87,10 +87,7 @@ def respond(outcome: Outcome) -> Response[Any]:
     )
 
 
-async def _post(
-    request: Request[Any, Any, Any], partner: PartnerCaller, command: Command
-) -> Response[Any]:
-    services = services_of(request)
+async def _post(services: Services, partner: PartnerCaller, command: Command) -> Response[Any]:
     outcome = await services.post(LedgerRequest(command, partner.idempotency, partner.proof))
     return respond(outcome)
 
@@ -118,10 +115,13 @@ class PartnerController(Controller):
 
     @post("/members", status_code=201, summary="Enrol a member, linked to the calling partner")
     async def enrol(
-        self, request: Request[Any, Any, Any], partner: NamedDependency[PartnerCaller]
+        self,
+        request: Request[Any, Any, Any],
+        partner: NamedDependency[PartnerCaller],
+        services: NamedDependency[Services],
     ) -> Response[schemas.MemberCreated]:
         data = decode_body(request, partner.body, schemas.MemberCreate)
-        outcome = await services_of(request).ledger.enrol_member(
+        outcome = await services.ledger.enrol_member(
             partner.partner_id, data.reference, partner.idempotency
         )
         return respond(outcome)
@@ -131,11 +131,12 @@ class PartnerController(Controller):
         self,
         request: Request[Any, Any, Any],
         partner: NamedDependency[PartnerCaller],
+        services: NamedDependency[Services],
         member_id: FromPath[str],
     ) -> Response[schemas.SessionCreated]:
         data = decode_body(request, partner.body, schemas.SessionCreate)
         outcome = await create_member_session(
-            services_of(request),
+            services,
             partner_id=partner.partner_id,
             member_id=member_id,
             ttl_seconds=data.ttl_seconds,
@@ -145,7 +146,10 @@ class PartnerController(Controller):
 
     @post("/earn", status_code=201, summary="Issue points to a member")
     async def earn(
-        self, request: Request[Any, Any, Any], partner: NamedDependency[PartnerCaller]
+        self,
+        request: Request[Any, Any, Any],
+        partner: NamedDependency[PartnerCaller],
+        services: NamedDependency[Services],
     ) -> Response[schemas.Transaction]:
         data = decode_body(request, partner.body, schemas.EarnCreate)
         if data.points is None and data.purchase is None:
@@ -172,46 +176,53 @@ class PartnerController(Controller):
             available_at=data.available_at,
             expires_at=data.expires_at,
         )
-        return await _post(request, partner, command)
+        return await _post(services, partner, command)
 
     @post("/burn", status_code=201, summary="Redeem a member's points")
     async def burn(
-        self, request: Request[Any, Any, Any], partner: NamedDependency[PartnerCaller]
+        self,
+        request: Request[Any, Any, Any],
+        partner: NamedDependency[PartnerCaller],
+        services: NamedDependency[Services],
     ) -> Response[schemas.Transaction]:
         data = decode_body(request, partner.body, schemas.BurnCreate)
         return await _post(
-            request, partner, Burn(partner.partner_id, data.member_id, data.points, data.reference)
+            services, partner, Burn(partner.partner_id, data.member_id, data.points, data.reference)
         )
 
     @post("/holds", status_code=201, summary="Reserve points at the till")
     async def open_hold(
-        self, request: Request[Any, Any, Any], partner: NamedDependency[PartnerCaller]
+        self,
+        request: Request[Any, Any, Any],
+        partner: NamedDependency[PartnerCaller],
+        services: NamedDependency[Services],
     ) -> Response[schemas.Hold]:
         data = decode_body(request, partner.body, schemas.HoldCreate)
         command = OpenHold(
             partner.partner_id, data.member_id, data.points, data.reference, data.expires_in
         )
-        return await _post(request, partner, command)
+        return await _post(services, partner, command)
 
     @get("/holds/{hold_id:str}", summary="One of the partner's holds")
     async def get_hold(
         self,
-        request: Request[Any, Any, Any],
         partner: NamedDependency[PartnerCaller],
+        services: NamedDependency[Services],
         hold_id: FromPath[str],
     ) -> schemas.Hold:
-        return await services_of(request).ledger.get_hold(partner.partner_id, _hold_id(hold_id))
+        return await services.ledger.get_hold(partner.partner_id, _hold_id(hold_id))
 
     @post("/holds/{hold_id:str}/capture", status_code=200, summary="Burn held points")
     async def capture(
         self,
         request: Request[Any, Any, Any],
         partner: NamedDependency[PartnerCaller],
+        services: NamedDependency[Services],
         hold_id: FromPath[str],
     ) -> Response[schemas.Hold]:
         data = decode_body(request, partner.body, schemas.HoldCapture)
         return await _post(
-            request, partner, CaptureHold(partner.partner_id, _hold_id(hold_id), data.points)
+            services, partner, CaptureHold(partner.partner_id, _hold_id(hold_id), data.points)
         )
 
     @post("/holds/{hold_id:str}/void", status_code=200, summary="Release held points")
@@ -219,10 +230,11 @@ class PartnerController(Controller):
         self,
         request: Request[Any, Any, Any],
         partner: NamedDependency[PartnerCaller],
+        services: NamedDependency[Services],
         hold_id: FromPath[str],
     ) -> Response[schemas.Hold]:
         decode_body(request, partner.body, _Empty)
-        return await _post(request, partner, VoidHold(partner.partner_id, _hold_id(hold_id)))
+        return await _post(services, partner, VoidHold(partner.partner_id, _hold_id(hold_id)))
 
     @post(
         "/transactions/{transaction_id:str}/reversals", status_code=201, summary="Return or refund"
@@ -231,22 +243,23 @@ class PartnerController(Controller):
         self,
         request: Request[Any, Any, Any],
         partner: NamedDependency[PartnerCaller],
+        services: NamedDependency[Services],
         transaction_id: FromPath[str],
     ) -> Response[schemas.Transaction]:
         data = decode_body(request, partner.body, schemas.ReversalCreate)
         command = Reverse(
             partner.partner_id, _transaction_id(transaction_id), data.points, data.reference
         )
-        return await _post(request, partner, command)
+        return await _post(services, partner, command)
 
     @get("/transactions/{transaction_id:str}", summary="One of the partner's transactions")
     async def get_transaction(
         self,
-        request: Request[Any, Any, Any],
         partner: NamedDependency[PartnerCaller],
+        services: NamedDependency[Services],
         transaction_id: FromPath[str],
     ) -> schemas.Transaction:
-        return await services_of(request).ledger.get_transaction(
+        return await services.ledger.get_transaction(
             partner.partner_id, _transaction_id(transaction_id)
         )
 
@@ -254,8 +267,8 @@ class PartnerController(Controller):
     async def list_transactions(
         self,
         *,
-        request: Request[Any, Any, Any],
         partner: NamedDependency[PartnerCaller],
+        services: NamedDependency[Services],
         reference: FromQuery[str | None] = None,
         member_id: FromQuery[str | None] = None,
         transaction_type: Annotated[str | None, QueryParameter(name="type")] = None,
@@ -267,7 +280,7 @@ class PartnerController(Controller):
             if transaction_type not in PARTNER_TRANSACTION_TYPES:
                 raise Unprocessable(f"type must be one of {', '.join(types)}.")
             types = (transaction_type,)
-        return await services_of(request).ledger.list_transactions(
+        return await services.ledger.list_transactions(
             partner_id=partner.partner_id,
             member_id=member_id,
             types=types,
@@ -294,11 +307,10 @@ class BalanceController(Controller):
     )
     async def balance(
         self,
-        request: Request[Any, Any, Any],
         caller: NamedDependency[Caller],
+        services: NamedDependency[Services],
         member_id: FromPath[str],
     ) -> schemas.Balance:
-        services = services_of(request)
         if caller.partner_id is None and caller.member_id != member_id:
             raise MemberNotFound(f"No member {member_id}.")
         balance = await services.ledger.read_balance(member_id, partner_id=caller.partner_id)
@@ -315,14 +327,14 @@ class MemberController(Controller):
     @get("/{member_id:str}/transactions", summary="A member's history, newest first")
     async def history(
         self,
-        request: Request[Any, Any, Any],
         member: NamedDependency[MemberCaller],
+        services: NamedDependency[Services],
         member_id: FromPath[str],
         after: FromQuery[str | None] = None,
         limit: Limit = PAGE_SIZE_DEFAULT,
     ) -> schemas.TransactionPage:
         if member.member_id != member_id:
             raise MemberNotFound(f"No member {member_id}.")
-        return await services_of(request).ledger.list_transactions(
+        return await services.ledger.list_transactions(
             member_id=member_id, types=_MEMBER_HISTORY_TYPES, after=after, limit=limit
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -22,8 +22,11 @@ _SHARED: list[Any] = [
 ]
 
 
-def configure_logging(level: str = "INFO", log_format: str = "json") -> None:
-    """Configure structlog and route stdlib logging through the same renderer."""
+def configure_logging(
+    level: str = "INFO", log_format: str = "json", *, stream: TextIO | None = None
+) -> None:
+    """Configure structlog and route stdlib logging through the same renderer, onto
+    `stream` (standard error unless given: `exchange demo` gives a file)."""
     renderer: Any
     if log_format == "json":
         renderer = structlog.processors.JSONRenderer()
@@ -48,7 +51,7 @@ def configure_logging(level: str = "INFO", log_format: str = "json") -> None:
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -53,30 +53,30 @@ class _Out(msgspec.Struct, frozen=True):
     """Base of response bodies."""
 
 
-class MoneyIn(_In):
+class MoneyIn(_In, frozen=True):
     amount: DecimalText
     currency: CurrencyCode
 
 
-class MemberCreate(_In):
+class MemberCreate(_In, frozen=True):
     reference: Reference | None = None
 
 
-class MemberCreated(_Out):
+class MemberCreated(_Out, frozen=True):
     member_id: str
     created_at: datetime
 
 
-class SessionCreate(_In):
+class SessionCreate(_In, frozen=True):
     ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=3600)] | None = None
 
 
-class SessionCreated(_Out):
+class SessionCreated(_Out, frozen=True):
     token: str
     expires_at: datetime
 
 
-class EarnCreate(_In):
+class EarnCreate(_In, frozen=True):
     member_id: MemberId
     reference: Reference
     points: Points | None = None
@@ -85,13 +85,13 @@ class EarnCreate(_In):
     expires_at: Time | None = None
 
 
-class BurnCreate(_In):
+class BurnCreate(_In, frozen=True):
     member_id: MemberId
     points: Points
     reference: Reference | None = None
 
 
-class HoldCreate(_In):
+class HoldCreate(_In, frozen=True):
     member_id: MemberId
     points: Points
     reference: Reference | None = None
@@ -100,22 +100,22 @@ class HoldCreate(_In):
     )
 
 
-class HoldCapture(_In):
+class HoldCapture(_In, frozen=True):
     points: Points | None = None
 
 
-class ReversalCreate(_In):
+class ReversalCreate(_In, frozen=True):
     points: Points | None = None
     reference: Reference | None = None
 
 
-class BalanceAfter(_Out):
+class BalanceAfter(_Out, frozen=True):
     available: int
     held: int
     pending: int
 
 
-class Transaction(_Out, omit_defaults=True):
+class Transaction(_Out, frozen=True, omit_defaults=True):
     transaction_id: str
     type: str
     partner_id: str
@@ -128,12 +128,12 @@ class Transaction(_Out, omit_defaults=True):
     hold_id: str | msgspec.UnsetType = msgspec.UNSET
 
 
-class TransactionPage(_Out):
+class TransactionPage(_Out, frozen=True):
     items: list[Transaction]
     next: str | None
 
 
-class Hold(_Out, omit_defaults=True):
+class Hold(_Out, frozen=True, omit_defaults=True):
     hold_id: str
     status: str
     points: int
@@ -147,12 +147,12 @@ class Hold(_Out, omit_defaults=True):
     closed_at: datetime | msgspec.UnsetType = msgspec.UNSET
 
 
-class Expiring(_Out):
+class Expiring(_Out, frozen=True):
     points: int
     expires_at: datetime
 
 
-class Balance(_Out):
+class Balance(_Out, frozen=True):
     member_id: str
     available: int
     held: int

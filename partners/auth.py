@@ -3,6 +3,7 @@
 Each function here is a litestar dependency: a controller declares `partner:
 PartnerCaller`, `admin: OperatorIdentity`, `staff: OperatorIdentity` or `member:
 MemberCaller` and gets an authenticated caller or the request ends with 400/401/403/429.
+They receive the process's `services` as a dependency too (provided by `exchange.app`).
 
 Partner requests are verified on the raw ASGI request: the path as sent (`raw_path`,
 percent-encoding intact), the headers with duplicates, and the body bytes before any
@@ -20,11 +21,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Request
+from litestar.di import NamedDependency
 
 from exchange.errors import Forbidden, IdempotencyKeyMissing, Unauthorized
 from exchange.operators import OperatorIdentity, authenticate_operator, hash_token
-from exchange.runtime import Services, services_of
 from exchange.service import Idempotency, SignatureProof
+from exchange.wiring import Services
 from partners import store
 from partners.signing import IncomingRequest, verify_request
 
@@ -95,9 +97,10 @@ def _fingerprint(method: str, path: str, body: bytes) -> bytes:
     return digest.digest()
 
 
-async def partner_caller(request: Request[Any, Any, Any]) -> PartnerCaller:
+async def partner_caller(
+    request: Request[Any, Any, Any], services: NamedDependency[Services]
+) -> PartnerCaller:
     """Verify the request's signature per contract §2.1 and return the calling partner."""
-    services = services_of(request)
     scope = request.scope
     method = scope["method"]
     path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
@@ -144,8 +147,9 @@ def bearer_token(request: Request[Any, Any, Any]) -> str | None:
     return token.strip()
 
 
-async def _operator(request: Request[Any, Any, Any], roles: tuple[str, ...]) -> OperatorIdentity:
-    services = services_of(request)
+async def _operator(
+    request: Request[Any, Any, Any], services: Services, roles: tuple[str, ...]
+) -> OperatorIdentity:
     token = bearer_token(request)
     if token is None:
         raise Unauthorized("An operator bearer token is required.")
@@ -159,17 +163,22 @@ async def _operator(request: Request[Any, Any, Any], roles: tuple[str, ...]) -> 
     return identity
 
 
-async def admin_caller(request: Request[Any, Any, Any]) -> OperatorIdentity:
-    return await _operator(request, ("admin",))
+async def admin_caller(
+    request: Request[Any, Any, Any], services: NamedDependency[Services]
+) -> OperatorIdentity:
+    return await _operator(request, services, ("admin",))
 
 
-async def staff_caller(request: Request[Any, Any, Any]) -> OperatorIdentity:
+async def staff_caller(
+    request: Request[Any, Any, Any], services: NamedDependency[Services]
+) -> OperatorIdentity:
     """Admin or finance: read-only access to settlement and reports."""
-    return await _operator(request, ("admin", "finance"))
+    return await _operator(request, services, ("admin", "finance"))
 
 
-async def member_caller(request: Request[Any, Any, Any]) -> MemberCaller:
-    services = services_of(request)
+async def member_caller(
+    request: Request[Any, Any, Any], services: NamedDependency[Services]
+) -> MemberCaller:
     token = bearer_token(request)
     if token is None:
         raise Unauthorized("A member bearer token is required.")
@@ -182,8 +191,10 @@ async def member_caller(request: Request[Any, Any, Any]) -> MemberCaller:
     return MemberCaller(member_id)
 
 
-async def member_or_partner_caller(request: Request[Any, Any, Any]) -> Caller:
+async def member_or_partner_caller(
+    request: Request[Any, Any, Any], services: NamedDependency[Services]
+) -> Caller:
     """Endpoints open to both: a bearer token means a member, otherwise a signed partner."""
     if request.headers.get("authorization") is not None:
-        return Caller(member_id=(await member_caller(request)).member_id)
-    return Caller(partner_id=(await partner_caller(request)).partner_id)
+        return Caller(member_id=(await member_caller(request, services)).member_id)
+    return Caller(partner_id=(await partner_caller(request, services)).partner_id)

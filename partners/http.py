@@ -14,8 +14,8 @@ from exchange.errors import Unprocessable
 from exchange.http import decode_body
 from exchange.money import format_amount, parse_amount, parse_price
 from exchange.operators import OperatorIdentity
-from exchange.runtime import services_of
 from exchange.schemas import MoneyIn
+from exchange.wiring import Services
 from partners import registry
 from partners.auth import admin_caller, staff_caller
 from partners.schemas import KeyCreate, KeyOut, MoneyOut, PartnerCreate, PartnerOut, PartnerUpdate
@@ -83,10 +83,12 @@ class PartnerAdminController(Controller):
         summary="Onboard a partner",
     )
     async def create(
-        self, request: Request[Any, Any, Any], admin: NamedDependency[OperatorIdentity]
+        self,
+        request: Request[Any, Any, Any],
+        admin: NamedDependency[OperatorIdentity],
+        services: NamedDependency[Services],
     ) -> PartnerOut:
         data = decode_body(request, await request.body(), PartnerCreate)
-        services = services_of(request)
         spec = registry.PartnerSpec(
             partner_id=data.partner_id,
             name=data.name,
@@ -110,10 +112,10 @@ class PartnerAdminController(Controller):
         self,
         request: Request[Any, Any, Any],
         admin: NamedDependency[OperatorIdentity],
+        services: NamedDependency[Services],
         partner_id: FromPath[str],
     ) -> PartnerOut:
         data = decode_body(request, await request.body(), PartnerUpdate)
-        services = services_of(request)
         current = await registry.get_partner(services.engine, partner_id)
         changes = registry.PartnerChanges(
             name=registry.UNCHANGED if data.name is msgspec.UNSET else data.name,
@@ -145,21 +147,21 @@ class PartnerAdminController(Controller):
 
     @get("/", dependencies={"staff": Provide(staff_caller)}, summary="All partners")
     async def list_all(
-        self, request: Request[Any, Any, Any], staff: NamedDependency[OperatorIdentity]
+        self,
+        staff: NamedDependency[OperatorIdentity],
+        services: NamedDependency[Services],
     ) -> list[PartnerOut]:
-        return [
-            _partner_out(record)
-            for record in await registry.list_partners(services_of(request).engine)
-        ]
+        return [_partner_out(record) for record in await registry.list_partners(services.engine)]
 
     @get("/{partner_id:str}", dependencies={"staff": Provide(staff_caller)}, summary="One partner")
     async def get_one(
         self,
         request: Request[Any, Any, Any],
         staff: NamedDependency[OperatorIdentity],
+        services: NamedDependency[Services],
         partner_id: FromPath[str],
     ) -> PartnerOut:
-        return _partner_out(await registry.get_partner(services_of(request).engine, partner_id))
+        return _partner_out(await registry.get_partner(services.engine, partner_id))
 
     @post(
         "/{partner_id:str}/keys",
@@ -171,10 +173,10 @@ class PartnerAdminController(Controller):
         self,
         request: Request[Any, Any, Any],
         admin: NamedDependency[OperatorIdentity],
+        services: NamedDependency[Services],
         partner_id: FromPath[str],
     ) -> KeyOut:
         data = decode_body(request, await request.body(), KeyCreate)
-        services = services_of(request)
         return _key_out(
             await registry.add_key(services.engine, services.clock, partner_id, data.public_key)
         )
@@ -189,10 +191,10 @@ class PartnerAdminController(Controller):
         self,
         request: Request[Any, Any, Any],
         admin: NamedDependency[OperatorIdentity],
+        services: NamedDependency[Services],
         partner_id: FromPath[str],
         key_id: FromPath[str],
     ) -> KeyOut:
-        services = services_of(request)
         key = await registry.revoke_key(services.engine, services.clock, partner_id, key_id)
         services.gateway.forget_keys()  # this process at once; the others by NOTIFY
         return _key_out(key)

@@ -19,7 +19,7 @@ class _In(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pass
 
 
-class PartnerCreate(_In):
+class PartnerCreate(_In, frozen=True):
     partner_id: Slug
     name: Name
     settlement_currency: CurrencyCode
@@ -29,7 +29,7 @@ class PartnerCreate(_In):
     credit_limit: MoneyIn | None = None
 
 
-class PartnerUpdate(_In):
+class PartnerUpdate(_In, frozen=True):
     name: Name | msgspec.UnsetType = msgspec.UNSET
     status: Literal["active", "suspended"] | msgspec.UnsetType = msgspec.UNSET
     issue_price: DecimalText | msgspec.UnsetType = msgspec.UNSET
@@ -38,7 +38,7 @@ class PartnerUpdate(_In):
     credit_limit: MoneyIn | msgspec.UnsetType | None = msgspec.UNSET  # null removes the limit
 
 
-class KeyCreate(_In):
+class KeyCreate(_In, frozen=True):
     # base64url (RFC 4648 §5), padding optional. The pattern matters: the registry's
     # decoder silently skips characters outside the alphabet, so "abc!!!!def" would pass.
     public_key: Annotated[

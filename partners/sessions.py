@@ -13,10 +13,10 @@ import msgspec
 
 from exchange.errors import MemberNotFound
 from exchange.operators import hash_token
-from exchange.runtime import Services
 from exchange.schemas import SessionCreated
 from exchange.service import Idempotency, Outcome, remember, replay_or_claim
 from exchange.store import is_linked, translate_errors
+from exchange.wiring import Services
 from partners import store
 
 __all__ = ["SESSION_TTL_S_DEFAULT", "create_member_session"]

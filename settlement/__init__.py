@@ -1,0 +1,3 @@
+"""Settlement: runs, statements, liabilities, the scheduler (docs/settlement.md)."""
+
+__all__: list[str] = []

@@ -10,23 +10,24 @@ notices), and click's usual non-zero status on errors.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 import click
 import msgspec
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from exchange.cli_support import run_with_services, settings_or_exit
 from exchange.clock import SystemClock
 from exchange.config import Settings
 from exchange.errors import ExchangeError
 from exchange.logs import configure_logging
 from exchange.money import format_amount
-from exchange.service import LedgerService
+from exchange.wiring import Services
 from settlement import reports
 from settlement.schedule import boundary_at_or_before
 from settlement.service import RunResult, SettlementService
@@ -34,30 +35,26 @@ from settlement.store import LiabilityRow, StoredRun
 
 __all__ = ["report", "settle"]
 
+T = TypeVar("T")
 console = Console()
 err_console = Console(stderr=True)
 
 
-def _service(engine: AsyncEngine, settings: Settings) -> SettlementService:
-    clock = SystemClock()
-    ledger = LedgerService(engine, clock, points_ttl=timedelta(days=settings.points_ttl_days))
-    return SettlementService(engine, clock, ledger)
-
-
 def _settings() -> Settings:
-    from exchange.cli import settings_or_exit  # noqa: PLC0415 - exchange.cli imports us
-
     settings = settings_or_exit()
     # Logs go to stderr, so stdout carries only the report (pipe it into a file or jq).
     configure_logging(settings.log_level, "console")
     return settings
 
 
-def _run(settings: Settings, work: Any) -> Any:
-    from exchange.cli import run_with_engine  # noqa: PLC0415 - exchange.cli imports us
+def _run(settings: Settings, work: Callable[[SettlementService], Awaitable[T]]) -> T:
+    """Run `work` with the settlement service `build_services` wires (system clock)."""
+
+    async def with_settlement(services: Services) -> T:
+        return await work(services.settlement)
 
     try:
-        return run_with_engine(settings, work)
+        return run_with_services(settings, with_settlement)
     except ExchangeError as exc:
         raise click.ClickException(f"{exc.code}: {exc.detail}") from None
 
@@ -140,10 +137,10 @@ def settle(period_end: str | None) -> None:
         else boundary_at_or_before(SystemClock().now(), settings.settlement_cycle)
     )
 
-    async def work(engine: AsyncEngine) -> RunResult:
-        return await _service(engine, settings).run_settlement(moment, created_by="cli")
+    async def work(service: SettlementService) -> RunResult:
+        return await service.run_settlement(moment, created_by="cli")
 
-    result: RunResult = _run(settings, work)
+    result = _run(settings, work)
     if not result.created:
         console.print(f"A run for {_stamp(moment)} already exists; showing it.")
     _print_run(result.run)
@@ -172,8 +169,7 @@ def report_settlement(run_id: str, output: str, out: Path | None) -> None:
     """Show a run (RUN_ID, or `latest`) as a table, CSV or JSON."""
     settings = _settings()
 
-    async def work(engine: AsyncEngine) -> StoredRun:
-        service = _service(engine, settings)
+    async def work(service: SettlementService) -> StoredRun:
         wanted = run_id
         if run_id == "latest":
             latest = await service.latest_run()
@@ -182,7 +178,7 @@ def report_settlement(run_id: str, output: str, out: Path | None) -> None:
             wanted = latest.run_id
         return await service.get_run(wanted)
 
-    run: StoredRun = _run(settings, work)
+    run = _run(settings, work)
     if output == "json":
         _emit(msgspec.json.format(msgspec.json.encode(reports.run_view(run))).decode(), out)
     elif output == "csv":
@@ -222,8 +218,8 @@ def report_liabilities(output: str, out: Path | None) -> None:
     """Outstanding points per issuing partner now, valued at issue price, aged by expiry."""
     settings = _settings()
 
-    async def work(engine: AsyncEngine) -> tuple[datetime, list[LiabilityRow]]:
-        return await _service(engine, settings).liabilities()
+    async def work(service: SettlementService) -> tuple[datetime, list[LiabilityRow]]:
+        return await service.liabilities()
 
     as_of, rows = _run(settings, work)
     if output == "json":

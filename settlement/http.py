@@ -18,21 +18,14 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 
 from exchange.http import decode_body
 from exchange.operators import OperatorIdentity
-from exchange.runtime import services_of
 from partners.auth import PartnerCaller, admin_caller, partner_caller, staff_caller
 from settlement import reports, schemas
 from settlement.service import RUNS_PAGE_MAX, SettlementService
 
-__all__ = ["SettlementController", "settlement_service"]
+__all__ = ["SettlementController"]
 
 RUNS_PAGE_DEFAULT = 50
 Limit = Annotated[int, QueryParameter(ge=1, le=RUNS_PAGE_MAX)]
-
-
-def settlement_service(request: Request[Any, Any, Any]) -> SettlementService:
-    """The service over this process's engine, clock and ledger (stateless, cheap)."""
-    services = services_of(request)
-    return SettlementService(services.engine, services.clock, services.ledger)
 
 
 class SettlementController(Controller):
@@ -46,10 +39,13 @@ class SettlementController(Controller):
         summary="Run settlement until period_end (200 with the existing run if already run)",
     )
     async def create(
-        self, request: Request[Any, Any, Any], admin: NamedDependency[OperatorIdentity]
+        self,
+        request: Request[Any, Any, Any],
+        admin: NamedDependency[OperatorIdentity],
+        settlement: NamedDependency[SettlementService],
     ) -> Response[schemas.Run]:
         data = decode_body(request, await request.body(), schemas.SettlementCreate)
-        result = await settlement_service(request).run_settlement(
+        result = await settlement.run_settlement(
             data.period_end, created_by=f"operator:{admin.name}"
         )
         return Response(
@@ -63,12 +59,12 @@ class SettlementController(Controller):
     )
     async def list_runs(
         self,
-        request: Request[Any, Any, Any],
         staff: NamedDependency[OperatorIdentity],
+        settlement: NamedDependency[SettlementService],
         after: FromQuery[str | None] = None,
         limit: Limit = RUNS_PAGE_DEFAULT,
     ) -> schemas.RunPage:
-        headers, cursor = await settlement_service(request).list_runs(limit=limit, after=after)
+        headers, cursor = await settlement.list_runs(limit=limit, after=after)
         return schemas.RunPage(items=[reports.run_summary(h) for h in headers], next=cursor)
 
     @get(
@@ -78,11 +74,11 @@ class SettlementController(Controller):
     )
     async def get_run(
         self,
-        request: Request[Any, Any, Any],
         staff: NamedDependency[OperatorIdentity],
+        settlement: NamedDependency[SettlementService],
         run_id: FromPath[str],
     ) -> schemas.Run:
-        return reports.run_view(await settlement_service(request).get_run(run_id))
+        return reports.run_view(await settlement.get_run(run_id))
 
     @get(
         "/settlements/{run_id:str}/report.csv",
@@ -92,11 +88,11 @@ class SettlementController(Controller):
     )
     async def report_csv(
         self,
-        request: Request[Any, Any, Any],
         staff: NamedDependency[OperatorIdentity],
+        settlement: NamedDependency[SettlementService],
         run_id: FromPath[str],
     ) -> Response[str]:
-        run = await settlement_service(request).get_run(run_id)
+        run = await settlement.get_run(run_id)
         return Response(
             content=reports.run_csv(run),
             media_type="text/csv; charset=utf-8",
@@ -110,11 +106,11 @@ class SettlementController(Controller):
     )
     async def statement(
         self,
-        request: Request[Any, Any, Any],
         partner: NamedDependency[PartnerCaller],
+        settlement: NamedDependency[SettlementService],
         run_id: FromPath[str],
     ) -> schemas.Statement:
-        run = await settlement_service(request).get_run(run_id)
+        run = await settlement.get_run(run_id)
         return reports.statement_view(run, partner.partner_id)
 
     @get(
@@ -123,7 +119,9 @@ class SettlementController(Controller):
         summary="Outstanding points per issuing partner now, valued and aged by expiry",
     )
     async def liabilities(
-        self, request: Request[Any, Any, Any], staff: NamedDependency[OperatorIdentity]
+        self,
+        staff: NamedDependency[OperatorIdentity],
+        settlement: NamedDependency[SettlementService],
     ) -> schemas.LiabilityReport:
-        as_of, rows = await settlement_service(request).liabilities()
+        as_of, rows = await settlement.liabilities()
         return reports.liabilities_view(as_of, rows)

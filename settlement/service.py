@@ -19,8 +19,6 @@ and the others look again and return it (or refuse with period_closed).
 
 from __future__ import annotations
 
-import asyncio
-import random
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -29,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from exchange.clock import Clock, utc
 from exchange.errors import InvariantViolation, ServiceUnavailable, Unprocessable
 from exchange.logs import get_logger
+from exchange.retry import retry_conflicts
 from exchange.service import LedgerService
 from exchange.store import close_journal_until
 from settlement import store
@@ -38,8 +37,13 @@ from settlement.errors import PeriodClosed, SettlementNotFound
 __all__ = ["RUNS_PAGE_MAX", "RunResult", "SettlementService", "run_id_for"]
 
 RETRIES_MAX = 5
+RETRY_BACKOFF_S = 0.01
 RUNS_PAGE_MAX = 200
 _log = get_logger("settlement")
+
+
+def _log_collision(attempt: int, collision: BaseException) -> None:
+    _log.info("settlement_run_collision", attempt=attempt, sqlstate=str(collision))
 
 
 def run_id_for(period_end: datetime) -> str:
@@ -85,13 +89,14 @@ class SettlementService:
             await self.ledger.sweep()
         async with self.engine.begin() as conn:
             await close_journal_until(conn, period_end)
-        for attempt in range(RETRIES_MAX):
-            try:
-                return await self._compute_and_store(period_end, created_by)
-            except store.RunCollision as collision:
-                _log.info("settlement_run_collision", attempt=attempt, sqlstate=str(collision))
-                await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
-        raise ServiceUnavailable("Settlement kept colliding with concurrent runs; retry.")
+        return await retry_conflicts(
+            lambda: self._compute_and_store(period_end, created_by),
+            conflict=store.RunCollision,
+            attempts=RETRIES_MAX,
+            backoff_s=RETRY_BACKOFF_S,
+            exhausted=ServiceUnavailable("Settlement kept colliding with concurrent runs; retry."),
+            on_retry=_log_collision,
+        )
 
     async def _existing_or_check(
         self, conn: AsyncConnection, period_end: datetime

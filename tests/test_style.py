@@ -1,4 +1,4 @@
-"""The code base stays lint-clean and formatted: `pytest` fails otherwise."""
+"""The code base stays lint-clean, formatted and strictly typed: `pytest` fails otherwise."""
 
 from __future__ import annotations
 
@@ -33,6 +33,18 @@ def test_ruff_check_passes() -> None:
 def test_ruff_format_is_clean() -> None:
     result = subprocess.run(
         [*_ruff(), "format", "--check", "--no-cache", "."],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_strict_passes() -> None:
+    """`mypy --strict` (configured in pyproject.toml) over exchange, partners, settlement."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy"],
         cwd=ROOT,
         capture_output=True,
         text=True,

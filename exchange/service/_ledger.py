@@ -4,8 +4,6 @@ enrolment, the sweep of time-driven changes, and reads.
 
 from __future__ import annotations
 
-import asyncio
-import random
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -39,6 +37,7 @@ from exchange.ledger import (
     new_id,
     settle_due,
 )
+from exchange.retry import retry_conflicts
 from exchange.schemas import Hold, MemberCreated, Transaction, TransactionPage
 from exchange.service._batch import _apply, _Batch
 from exchange.service._commands import (
@@ -57,6 +56,7 @@ from exchange.views import decode_cursor, encode_cursor, hold_from_row, transact
 __all__ = ["PAGE_SIZE_DEFAULT", "PAGE_SIZE_MAX", "LedgerService"]
 
 RETRIES_MAX = 5
+RETRY_BACKOFF_S = 0.005
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 200
 SWEEP_ROUNDS_MAX = 100_000
@@ -72,14 +72,21 @@ class LedgerService:
 
     async def submit(self, requests: Sequence[LedgerRequest]) -> list[Outcome]:
         """Run the requests in one database transaction; one outcome per request, in order."""
-        for attempt in range(RETRIES_MAX):
-            try:
-                async with driver_connection(self.engine) as conn:
-                    with store.translate_errors():
-                        return await self._run(conn, requests)
-            except store.RetryableConflict:
-                await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
-        raise ServiceUnavailable("The ledger is busy; retry the request with the same key.")
+
+        async def attempt() -> list[Outcome]:
+            async with driver_connection(self.engine) as conn:
+                with store.translate_errors():
+                    return await self._run(conn, requests)
+
+        return await retry_conflicts(
+            attempt,
+            conflict=store.RetryableConflict,
+            attempts=RETRIES_MAX,
+            backoff_s=RETRY_BACKOFF_S,
+            exhausted=ServiceUnavailable(
+                "The ledger is busy; retry the request with the same key."
+            ),
+        )
 
     async def _run(self, conn: Connection, requests: Sequence[LedgerRequest]) -> list[Outcome]:
         batch = _Batch(requests, [None] * len(requests))
@@ -234,15 +241,22 @@ class LedgerService:
         return result
 
     async def _sweep_round(self, now: datetime, limit: int, result: SweepResult) -> bool:
-        for attempt in range(RETRIES_MAX):
-            try:
-                async with driver_connection(self.engine) as conn:
-                    with store.translate_errors():
-                        async with conn.transaction():
-                            return await self._sweep_members(conn, now, limit, result)
-            except store.RetryableConflict:
-                await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
-        raise ServiceUnavailable("The sweep kept conflicting with postings; it will run again.")
+
+        async def attempt() -> bool:
+            async with driver_connection(self.engine) as conn:
+                with store.translate_errors():
+                    async with conn.transaction():
+                        return await self._sweep_members(conn, now, limit, result)
+
+        return await retry_conflicts(
+            attempt,
+            conflict=store.RetryableConflict,
+            attempts=RETRIES_MAX,
+            backoff_s=RETRY_BACKOFF_S,
+            exhausted=ServiceUnavailable(
+                "The sweep kept conflicting with postings; it will run again."
+            ),
+        )
 
     async def _sweep_members(
         self, conn: Connection, now: datetime, limit: int, result: SweepResult

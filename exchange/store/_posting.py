@@ -32,6 +32,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from exchange.errors import InvariantViolation
 from exchange.ledger import (
     Hold,
     HoldStatus,
@@ -335,6 +336,8 @@ async def load_books(
     member_ids = sorted(books)
     holds = list(set(hold_ids))
     row = await conn.fetchrow(_BOOKS_SQL, member_ids, list(set(lot_ids)), holds)
+    if row is None:  # an aggregate over the locked members: always exactly one row
+        raise InvariantViolation("the books query returned no row")
     for lot in _lots(row["lots"]):
         book = books.get(lot.member_id)
         if book is not None:

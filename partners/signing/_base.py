@@ -119,9 +119,12 @@ def signature_base(
                 raise SignatureInvalid(f"covered header {name} is absent")
             value = ", ".join(normalize_header_value(line) for line in fields)
         lines.append(f'"{name}": {value}')
-    member = http_sf.ser(
-        {parsed.label: ([(name, {}) for name in parsed.components], dict(parsed.params))}
-    )
+    # The parameters came out of http_sf's own parser, so they are structured-field items;
+    # ParsedSignature types them as `object` to keep http_sf's types out of its interface.
+    structure: Any = {
+        parsed.label: ([(name, {}) for name in parsed.components], dict(parsed.params))
+    }
+    member = http_sf.ser(structure)
     lines.append(f'"@signature-params": {member.split("=", 1)[1]}')
     try:
         return "\n".join(lines).encode("ascii"), member

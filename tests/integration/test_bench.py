@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from exchange.bench.scenarios import SCENARIOS
+from exchange.tools.bench.scenarios import SCENARIOS
 
 SMOKE_TIMEOUT_S = 120  # a normal run takes 40-50 s; this only stops a hung one
 BENCH = [sys.executable, "-m", "exchange", "bench"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,6 +24,18 @@ def _demo(data_dir: Path, database_url: str, seed: int) -> subprocess.CompletedP
     )  # fmt: skip
 
 
+def _assert_the_server_log_went_to_its_file(
+    demo: subprocess.CompletedProcess[str], data_dir: Path
+) -> None:
+    """The terminal tells the demo's story; the server's log goes to the file it names."""
+    output = demo.stdout.splitlines() + demo.stderr.splitlines()
+    assert [line for line in output if line.lstrip().startswith("{")] == []
+    log_file = data_dir.resolve() / "demo" / "server.log"
+    assert f"Server log: {log_file}" in demo.stdout
+    logged = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert any(entry.get("event") == "request" for entry in logged), logged[:3]
+
+
 async def test_the_demo_settles_reconciled_and_verifies_clean_and_repeats_exactly(
     postgres: EmbeddedPostgres, tmp_path: Path
 ) -> None:
@@ -32,6 +45,7 @@ async def test_the_demo_settles_reconciled_and_verifies_clean_and_repeats_exactl
     assert first.returncode == 0, first.stdout + first.stderr
     assert "reconciled" in first.stdout
     assert "Ledger verify: clean" in first.stdout
+    _assert_the_server_log_went_to_its_file(first, tmp_path)
     csv_files = list((tmp_path / "demo").glob("settlement-*.csv"))
     assert len(csv_files) == 1
     first_csv = csv_files[0].read_text()

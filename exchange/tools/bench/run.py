@@ -27,8 +27,11 @@ import click
 import psutil
 from rich.console import Console
 
-from exchange.bench.baseline import PgbenchResult, run_pgbench
-from exchange.bench.cluster import (
+from exchange.config import ConfigError, Settings
+from exchange.db import create_engine
+from exchange.embedded import EmbeddedPostgres
+from exchange.tools.bench.baseline import PgbenchResult, run_pgbench
+from exchange.tools.bench.cluster import (
     BENCH_CONTROLLED,
     Server,
     database_counters,
@@ -37,21 +40,18 @@ from exchange.bench.cluster import (
     start_postgres,
     start_server,
 )
-from exchange.bench.monitor import Group, Monitor
-from exchange.bench.presign import SigningPool, Workload, check_fast_signer
-from exchange.bench.profiling import py_spy_profiler
-from exchange.bench.report import (
+from exchange.tools.bench.monitor import Group, Monitor
+from exchange.tools.bench.presign import SigningPool, Workload, check_fast_signer
+from exchange.tools.bench.profiling import py_spy_profiler
+from exchange.tools.bench.report import (
     SoakResult,
     describe_environment,
     evaluate_targets,
     print_report,
     soak_result,
 )
-from exchange.bench.scenarios import SCENARIOS, ScenarioResult, Stage, run_scenario
-from exchange.bench.setup import SetupReport, build_population, verify
-from exchange.config import ConfigError, Settings
-from exchange.db import create_engine
-from exchange.embedded import EmbeddedPostgres
+from exchange.tools.bench.scenarios import SCENARIOS, ScenarioResult, Stage, run_scenario
+from exchange.tools.bench.setup import SetupReport, build_population, verify
 from exchange.verify import VerifyReport
 
 __all__ = ["Options", "Run", "console", "run_bench"]

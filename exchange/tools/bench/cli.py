@@ -1,7 +1,7 @@
-"""`exchange bench`: the whole benchmark in one command (method: docs/performance.md).
+"""`exchange bench`: the whole benchmark in one command (method: docs/performance.md),
+and `exchange bench settlement`: one settlement run over a generated million postings.
 
-The lead registers it with `main.add_command(bench)` in `exchange.cli`; until then:
-`python -c "from exchange.bench.cli import bench; bench()" --seconds 5 ...`.
+`exchange.cli` registers `bench` lazily (this module is imported only when it runs).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Any
 
 import click
 
-from exchange.bench.report import write_json
-from exchange.bench.run import Options, console, run_bench
+from exchange.tools.bench.report import write_json
+from exchange.tools.bench.run import Options, console, run_bench
+from exchange.tools.bench.settlement import SettlementBenchOptions, run_settlement_bench
 
 __all__ = ["bench"]
 
@@ -26,7 +27,7 @@ def _default_out() -> Path:
     return Path("bench-results") / f"bench-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
 
 
-@click.command("bench")
+@click.group("bench", invoke_without_command=True)
 @click.option(
     "--seconds",
     default=20,
@@ -79,7 +80,8 @@ def _default_out() -> Path:
     is_flag=True,
     help="py-spy flame graphs of each server worker per scenario (perturbs figures).",
 )
-def bench(**values: Any) -> None:
+@click.pass_context
+def bench(ctx: click.Context, /, **values: Any) -> None:
     """Benchmark the exchange end to end, against pgbench on the same PostgreSQL.
 
     Starts its own durable PostgreSQL and `exchange serve`, runs the pgbench baseline,
@@ -87,10 +89,33 @@ def bench(**values: Any) -> None:
     balance reads over signed HTTP, verifies the ledger, prints the figures against the
     targets and writes them as JSON. Exit status 1 if the ledger does not verify or a
     measurement is invalid (the load generator ran out of requests or saturated).
+
+    `exchange bench settlement` benchmarks a settlement run instead (see its --help).
     """
+    if ctx.invoked_subcommand is not None:
+        return
     options = Options(**(values | {"out": values["out"] or _default_out()}))
     document, failed = run_bench(options)
     write_json(options.out, document)
     console.print(f"results written to [bold]{options.out}[/bold]")
     if failed:
         raise SystemExit(1)
+
+
+@bench.command("settlement")
+@click.option("--postings", default=1_000_000, show_default=True, type=click.IntRange(10, 10**9))
+@click.option("--members", default=100_000, show_default=True, type=click.IntRange(1, 10**8))
+@click.option("--partners", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option(
+    "--verify/--no-verify", default=True, show_default=True, help="Run exchange verify first."
+)
+@click.option("--explain", is_flag=True, help="Print each measuring query's plan.")
+def settlement(**values: Any) -> None:
+    """Time one settlement run over a generated ledger, against a plain scan baseline.
+
+    Starts a throwaway embedded PostgreSQL, writes a consistent ledger directly in SQL
+    (earns with their lots, burns drawing on them, across many members and partners),
+    then times plain count/sum scans of the journal tables and a full settlement run
+    (sweep, close, compute and store) in the same database.
+    """
+    run_settlement_bench(SettlementBenchOptions(**values))

@@ -1,6 +1,6 @@
 """The load generator: a lean HTTP/1.1 client in a process of its own.
 
-Run as `python -m exchange.bench.loadgen` by the orchestrator.
+Run as `python -m exchange.tools.bench.loadgen` by the orchestrator.
 
 It must never be what limits throughput, so it does as little as possible per request: C
 keep-alive connections (asyncio streams on uvloop when installed), each writing the next
@@ -170,7 +170,7 @@ async def run_load(
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m exchange.bench.loadgen")
+    parser = argparse.ArgumentParser(prog="python -m exchange.tools.bench.loadgen")
     parser.add_argument("--requests", type=Path, required=True, help="length-prefixed records")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
@@ -181,7 +181,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from exchange.bench.presign import read_records  # noqa: PLC0415 - light, but keep -m fast
+    from exchange.tools.bench.presign import read_records  # noqa: PLC0415 - light, but keep -m fast
 
     args = _parse(argv)
     requests = read_records(args.requests)

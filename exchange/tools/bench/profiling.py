@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from exchange.bench.cluster import Server
+from exchange.tools.bench.cluster import Server
 
 __all__ = ["py_spy_profiler"]
 

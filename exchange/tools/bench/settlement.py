@@ -1,7 +1,8 @@
-"""Benchmark: one settlement run over a million postings, against a plain scan baseline.
+"""`exchange bench settlement`: one settlement run over a million postings, against a
+plain scan baseline.
 
-    python scripts/bench_settlement.py [--postings 1000000] [--members 100000]
-                                       [--partners 20] [--no-verify]
+    exchange bench settlement [--postings 1000000] [--members 100000] [--partners 20]
+                              [--no-verify] [--explain]
 
 Starts a throwaway embedded PostgreSQL, migrates it, and generates a consistent ledger
 directly in SQL (earns with their lots, then burns drawing half of each of the first
@@ -17,28 +18,41 @@ Then it times, in the same database:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import click
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.clock import FrozenClock
+from exchange.config import Settings
 from exchange.db import create_engine, migrate
 from exchange.embedded import EmbeddedPostgres
-from exchange.service import LedgerService
 from exchange.verify import verify_ledger
+from exchange.wiring import build_services
 from settlement.engine import BEGINNING_OF_TIME, Period, read_period
-from settlement.service import SettlementService
+
+__all__ = ["SettlementBenchOptions", "run_settlement_bench"]
 
 CHUNK = 100_000
 PRICE = "0.012"
 VALUE = "0.010"
+
+
+@dataclass(frozen=True)
+class SettlementBenchOptions:
+    postings: int = 1_000_000
+    members: int = 100_000
+    partners: int = 20
+    verify: bool = True
+    explain: bool = False
+
 
 # :lo/:hi select a chunk of earn (or burn) numbers; :n_members, :n_partners, :base, :step.
 _EARN_SQL = (
@@ -124,7 +138,7 @@ def _typed(sql: str) -> str:
     )
 
 
-async def _generate(engine: AsyncEngine, args: argparse.Namespace, now: datetime) -> None:
+async def _generate(engine: AsyncEngine, args: SettlementBenchOptions, now: datetime) -> None:
     n_burns = args.postings * 2 // 5
     n_earns = args.postings - n_burns
     base = now - timedelta(days=40)
@@ -193,11 +207,11 @@ async def _explain(engine: AsyncEngine, period: Period) -> None:
         for name in ("_ACTIVITY_SQL", "_ACCOUNTS_SQL", "_CROSS_BRAND_SQL", "_OUTSTANDING_SQL"):
             sql = getattr(measuring, name)
             rows = await conn.execute(text("EXPLAIN (ANALYZE, COSTS OFF) " + sql), bounds)
-            print(f"-- {name}")
-            print("\n".join(row[0] for row in rows))
+            click.echo(f"-- {name}")
+            click.echo("\n".join(row[0] for row in rows))
 
 
-async def _bench(args: argparse.Namespace, url: str) -> None:
+async def _bench(args: SettlementBenchOptions, url: str) -> None:
     engine = create_engine(url, pool_size=4)
     now = datetime.now(UTC).replace(microsecond=0)
     clock = FrozenClock(now)
@@ -205,34 +219,33 @@ async def _bench(args: argparse.Namespace, url: str) -> None:
         started = time.perf_counter()
         await _generate(engine, args, now)
         await _vacuum(engine)
-        print(f"generated in {time.perf_counter() - started:.1f} s")
+        click.echo(f"generated in {time.perf_counter() - started:.1f} s")
         async with engine.connect() as conn:
             counts = {
                 table: (await conn.execute(text(f"SELECT count(*) FROM {table}"))).scalar_one()  # noqa: S608
                 for table in ("postings", "entries", "lots", "allocations", "members")
             }
-        print("rows: " + ", ".join(f"{table} {count:,}" for table, count in counts.items()))
+        click.echo("rows: " + ", ".join(f"{table} {count:,}" for table, count in counts.items()))
         if args.verify:
             started = time.perf_counter()
             report = await verify_ledger(engine)
-            print(
+            click.echo(
                 f"exchange verify: {'clean' if report.clean else report.discrepancies[:3]}"
                 f" ({time.perf_counter() - started:.1f} s)"
             )
         baseline = [await _baseline(engine) for _ in range(2)]
-        print(
+        click.echo(
             f"baseline count(*)/sum over the 4 tables: {baseline[0]:.2f} s"
             f" (again {baseline[1]:.2f} s)"
         )
 
-        ledger = LedgerService(engine, clock, points_ttl=timedelta(days=1095))
-        service = SettlementService(engine, clock, ledger)
+        service = build_services(Settings(database_url=url), engine, clock).settlement
         period_end = now - timedelta(seconds=1)
         started = time.perf_counter()
         result = await service.run_settlement(period_end, created_by="bench")
         elapsed = time.perf_counter() - started
         controls = result.run.header.controls
-        print(
+        click.echo(
             f"settlement run {result.run.run_id}: {elapsed:.2f} s"
             f" ({counts['postings'] / elapsed:,.0f} postings/s), reconciled"
             f" {result.run.header.reconciled}, {len(result.run.settlement.lines)} lines,"
@@ -246,7 +259,7 @@ async def _bench(args: argparse.Namespace, url: str) -> None:
                 started = time.perf_counter()
                 await read_period(conn, Period(BEGINNING_OF_TIME, period_end))
                 measured = time.perf_counter() - started
-        print(
+        click.echo(
             f"measuring queries alone (warm): {measured:.2f} s;"
             f" run / baseline = {elapsed / baseline[1]:.1f}x"
         )
@@ -256,14 +269,8 @@ async def _bench(args: argparse.Namespace, url: str) -> None:
         await engine.dispose()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--postings", type=int, default=1_000_000)
-    parser.add_argument("--members", type=int, default=100_000)
-    parser.add_argument("--partners", type=int, default=20)
-    parser.add_argument("--no-verify", dest="verify", action="store_false")
-    parser.add_argument("--explain", action="store_true", help="print each query's plan")
-    args = parser.parse_args()
+def run_settlement_bench(args: SettlementBenchOptions) -> None:
+    """Generate the ledger in a throwaway embedded PostgreSQL, then time the run."""
     with tempfile.TemporaryDirectory(prefix="bench-settlement-") as folder:
         server = EmbeddedPostgres(Path(folder) / "data", durable=False, database="bench")
         url = server.start()
@@ -272,7 +279,3 @@ def main() -> None:
             asyncio.run(_bench(args, url))
         finally:
             server.stop()
-
-
-if __name__ == "__main__":
-    main()

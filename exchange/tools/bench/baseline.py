@@ -15,9 +15,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from exchange.bench.cluster import database_counters
-from exchange.bench.monitor import CpuWindow, Monitor, cpu_ms_per_item
 from exchange.embedded import POSTGRES_BIN_PATH, SUPERUSER, EmbeddedPostgres
+from exchange.tools.bench.cluster import database_counters
+from exchange.tools.bench.monitor import CpuWindow, Monitor, cpu_ms_per_item
 
 __all__ = ["PgbenchResult", "parse_pgbench_output", "percentiles_ms", "run_pgbench"]
 

@@ -7,6 +7,10 @@ onboarded through the operator API with freshly generated keys; every earn, burn
 hold, capture, void, return and refund is a signed HTTP request made with
 `partners.client.AsyncPartnerClient`. Then settlement runs, and the statements, the
 cross-brand matrix and the CSV report are shown. The same seed gives the same numbers.
+The server's log goes to a file (named at the end), not the terminal.
+
+A tool: `exchange.cli` registers the command (`exchange.tools.demo_cli`) lazily and the
+application never imports this module.
 """
 
 from __future__ import annotations
@@ -20,31 +24,24 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import httpx
 import uvicorn
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 
 from exchange.app import create_app
 from exchange.clock import FrozenClock
 from exchange.config import Settings
 from exchange.db import create_engine, recreate_database
+from exchange.logs import configure_logging
 from exchange.operators import create_operator_token
 from partners.client import AsyncPartnerClient
 from partners.errors import PartnerAPIError
 from partners.signing import generate_keypair
 
-__all__ = [
-    "DEMO_DATABASE",
-    "DemoResult",
-    "cross_brand_table",
-    "recreate_demo_database",
-    "run_demo",
-    "statement_table",
-]
+__all__ = ["DEMO_DATABASE", "DemoResult", "recreate_demo_database", "run_demo"]
 
 DEMO_DATABASE = "exchange_demo"
 PARTNERS: tuple[dict[str, Any], ...] = (
@@ -111,10 +108,13 @@ def _free_port() -> int:
 
 
 async def _serve(
-    settings: Settings, clock: FrozenClock
+    settings: Settings, clock: FrozenClock, log: TextIO
 ) -> tuple[uvicorn.Server, asyncio.Task[None]]:
     """The real app on a real port, in this process (so the demo can move its clock)."""
     app = create_app(settings, clock=clock)
+    # create_app points the logs at standard error; a demo's terminal tells its story, so
+    # the server's access and client lines (thousands of JSON lines) go to `log` instead.
+    configure_logging(settings.log_level, settings.log_format, stream=log)
     port = int(settings.public_url.rsplit(":", 1)[1])
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
     server = uvicorn.Server(config)
@@ -285,14 +285,16 @@ async def run_demo(
     seed: int,
     out_dir: Path,
     console: Console,
+    log: TextIO,
 ) -> DemoResult:
-    """Run the whole demo against `settings.database_url` (a fresh database)."""
+    """Run the whole demo against `settings.database_url` (a fresh database); the
+    server's log goes to `log`."""
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     start = today - timedelta(days=days)
     clock = FrozenClock(start)
     port = _free_port()
     settings = settings.with_changes(public_url=f"http://127.0.0.1:{port}", scheduler_enabled=False)
-    server, serving = await _serve(settings, clock)
+    server, serving = await _serve(settings, clock, log)
     try:
         return await _run(settings, clock, members=members, days=days, seed=seed, start=start,
                           out_dir=out_dir, console=console)  # fmt: skip
@@ -354,38 +356,3 @@ async def _run(
 async def recreate_demo_database(url: str) -> str:
     """A fresh `exchange_demo` database on the server behind `url`; its URL."""
     return await recreate_database(url, DEMO_DATABASE)
-
-
-def statement_table(statements: dict[str, dict[str, Any]]) -> Table:
-    """One row per partner: what it issued and redeemed, and the money either way."""
-    table = Table(title="Settlement statements (net > 0: the partner pays the operator)")
-    table.add_column("partner")
-    for column in ("issued", "redeemed", "expired", "charge", "credit", "net"):
-        table.add_column(column, justify="right")
-    table.add_column("ccy")
-    for partner_id, statement in statements.items():
-        line = statement["line"]
-        table.add_row(
-            partner_id,
-            f"{line['issued_points']:,}",
-            f"{line['redeemed_points']:,}",
-            f"{line['expired_points']:,}",
-            line["issuance_charge"]["amount"],
-            line["redemption_credit"]["amount"],
-            line["net"]["amount"],
-            line["currency"],
-        )
-    return table
-
-
-def cross_brand_table(run: dict[str, Any]) -> Table:
-    """Issuer x redeemer: points issued by the row's partner and redeemed at the column's."""
-    partners = sorted({line["partner_id"] for line in run["lines"]})
-    flows = {(f["issuer_id"], f["redeemer_id"]): f["points"] for f in run["cross_brand"]}
-    table = Table(title="Cross-brand points (issued by row, redeemed at column)")
-    table.add_column("issuer")
-    for partner in partners:
-        table.add_column(partner, justify="right")
-    for issuer in partners:
-        table.add_row(issuer, *(f"{flows.get((issuer, redeemer), 0):,}" for redeemer in partners))
-    return table

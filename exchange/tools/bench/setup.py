@@ -18,18 +18,20 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exchange.bench.presign import Signer, Workload
 from exchange.clock import SystemClock
+from exchange.config import Settings
 from exchange.ids import new_member_id
 from exchange.operators import create_operator_token
-from exchange.service import Earn, LedgerRequest, LedgerService
+from exchange.service import Earn, LedgerRequest
+from exchange.tools.bench.presign import Signer, Workload
 from exchange.verify import VerifyReport, verify_ledger
+from exchange.wiring import build_services
 from partners.signing import generate_keypair
 
 __all__ = [
@@ -122,7 +124,7 @@ async def _opening_balances(
     engine: AsyncEngine, workload: Workload, hot: frozenset[str], progress: Progress
 ) -> int:
     """An earn per member from its enrolling partner, through the ledger, in big batches."""
-    ledger = LedgerService(engine, SystemClock(), points_ttl=timedelta(days=1095))
+    ledger = build_services(Settings(), engine, SystemClock()).ledger
     requests = [
         LedgerRequest(
             Earn(

@@ -29,11 +29,11 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from exchange.bench.baseline import PgbenchResult
-from exchange.bench.cluster import filesystem_of
-from exchange.bench.monitor import AUTOVACUUM
-from exchange.bench.scenarios import ScenarioResult
 from exchange.embedded import EmbeddedPostgres
+from exchange.tools.bench.baseline import PgbenchResult
+from exchange.tools.bench.cluster import filesystem_of
+from exchange.tools.bench.monitor import AUTOVACUUM
+from exchange.tools.bench.scenarios import ScenarioResult
 
 __all__ = [
     "MEMORY_GROWTH_PERCENT_MAX",

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exchange.bench.baseline import percentiles_ms
-from exchange.bench.cluster import DatabaseCounters
-from exchange.bench.monitor import (
+from exchange.tools.bench.baseline import percentiles_ms
+from exchange.tools.bench.cluster import DatabaseCounters
+from exchange.tools.bench.monitor import (
     CpuWindow,
     Group,
     Monitor,
@@ -30,7 +30,7 @@ from exchange.bench.monitor import (
     cpu_ms_per_item,
     rss_summary,
 )
-from exchange.bench.presign import RequestKind, SigningPool
+from exchange.tools.bench.presign import RequestKind, SigningPool
 
 __all__ = [
     "SCENARIOS",
@@ -140,7 +140,7 @@ def run_loadgen(stage: Stage, requests: Path, seconds: float) -> LoadRun:
     out = requests.with_suffix(".result.json")
     process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
         [
-            *(sys.executable, "-m", "exchange.bench.loadgen", "--requests", str(requests)),
+            *(sys.executable, "-m", "exchange.tools.bench.loadgen", "--requests", str(requests)),
             *("--port", str(stage.port), "--clients", str(stage.clients)),
             *("--seconds", str(seconds), "--out", str(out)),
         ],
