@@ -54,6 +54,75 @@ def test_the_ledger_core_is_pure(module: str) -> None:
     assert third_party == set(), f"{module} must not depend on {third_party}"
 
 
+# The stdlib modules the core may use at run time: data and arithmetic only. No clock,
+# entropy, I/O or event loop (time, random, secrets, uuid, os, asyncio...): the caller
+# passes `now` and an id factory in, so a rule's result depends on its arguments alone.
+PURE_STDLIB = {
+    "__future__",
+    "collections",
+    "collections.abc",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "enum",
+    "functools",
+    "itertools",
+    "math",
+    "operator",
+    "typing",
+}
+CLOCK_READS = {"now", "utcnow", "today", "fromtimestamp", "utcfromtimestamp"}
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and (
+        (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+        or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")
+    )
+
+
+def _runtime_imports(tree: ast.AST) -> set[str]:
+    """Modules imported when the module runs (`if TYPE_CHECKING:` blocks excluded)."""
+    names: set[str] = set()
+    for node in ast.iter_child_nodes(tree):
+        if _is_type_checking(node):
+            continue
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+        names |= _runtime_imports(node)
+    return names
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("exchange.ledger")))
+def test_the_ledger_core_reads_no_clock_entropy_or_io(module: str) -> None:
+    tree = ast.parse(MODULES[module].read_text())
+    stdlib = {
+        name
+        for name in _runtime_imports(tree)
+        if name.split(".")[0] not in PACKAGES and name.split(".")[0] != "exchange"
+    }
+    assert stdlib - PURE_STDLIB == set(), f"{module} imports {stdlib - PURE_STDLIB}"
+    reads = {
+        node.func.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in CLOCK_READS
+    }
+    assert reads == set(), f"{module} reads the clock: {reads}"
+
+
+def test_the_purity_check_sees_a_clock_read() -> None:
+    """The check above would catch the generator that used to live in the core."""
+    tree = ast.parse(
+        "import os\nimport time\nif TYPE_CHECKING:\n    import uuid\n"
+        "def f():\n    import secrets\n    return datetime.now()\n"
+    )
+    assert _runtime_imports(tree) == {"os", "time", "secrets"}
+
+
 def test_http_modules_are_leaves() -> None:
     """Only the composition root (and other HTTP modules, for shared request plumbing)
     may import an HTTP module: services and the ledger never know about HTTP."""

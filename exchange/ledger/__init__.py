@@ -29,7 +29,6 @@ from exchange.ledger._model import (
     PartnerTerms,
     Posting,
     PostingType,
-    new_id,
 )
 from exchange.ledger._operations import (
     HOLD_EXPIRES_IN_S_DEFAULT,
@@ -73,7 +72,6 @@ __all__ = [
     "burn",
     "capture_hold",
     "earn",
-    "new_id",
     "open_hold",
     "points_for_purchase",
     "reverse",

@@ -5,11 +5,11 @@ between lots (draw, release, repay debt, expire).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from exchange.errors import InvariantViolation
 from exchange.ledger._model import (
@@ -24,6 +24,9 @@ from exchange.ledger._model import (
     Posting,
     PostingType,
 )
+
+if TYPE_CHECKING:  # ids are values here: the core never makes one
+    import uuid
 
 __all__ = [
     "Context",

@@ -10,9 +10,9 @@ ledger's `closed_until`: a closed settlement period never changes).
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
+from typing import TYPE_CHECKING
 
 from exchange.errors import (
     CreditLimitExceeded,
@@ -49,6 +49,9 @@ from exchange.ledger._model import (
     PostingType,
 )
 from exchange.ledger._time import _release_hold
+
+if TYPE_CHECKING:  # ids are values here: the core never makes one
+    import uuid
 
 __all__ = [
     "balance",

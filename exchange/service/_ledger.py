@@ -27,7 +27,7 @@ from exchange.errors import (
     TransactionNotFound,
     Unprocessable,
 )
-from exchange.ids import new_member_id
+from exchange.ids import new_id, new_member_id
 from exchange.ledger import (
     PARTNER_TRANSACTION_TYPES,
     Balance,
@@ -36,7 +36,6 @@ from exchange.ledger import (
     PartnerState,
     PostingType,
     balance,
-    new_id,
     settle_due,
 )
 from exchange.schemas import Hold, MemberCreated, Transaction, TransactionPage
