@@ -16,7 +16,9 @@ from exchange.ledger._model import (
     Account,
     Allocation,
     AllocationKind,
+    Effect,
     Entry,
+    Hold,
     IdFactory,
     Lot,
     MemberBook,
@@ -86,6 +88,13 @@ def _record(book: MemberBook, posting: Posting) -> Posting:
         raise InvariantViolation(f"unbalanced or empty posting {posting.posting_id}")
     book.postings.append(posting)
     return posting
+
+
+def _effect(book: MemberBook, before: int, posting: Posting, hold: Hold | None = None) -> Effect:
+    """The effect of an operation that started when the book held `before` postings."""
+    if book.postings[before] is not posting:
+        raise InvariantViolation(f"posting {posting.posting_id} is not the operation's first")
+    return Effect(posting, tuple(book.postings[before:]), hold)
 
 
 def _member(book: MemberBook, account: Account, amount: int) -> Entry:

@@ -20,6 +20,7 @@ __all__ = [
     "Allocation",
     "AllocationKind",
     "Balance",
+    "Effect",
     "Entry",
     "ExpiringPoints",
     "Hold",
@@ -158,6 +159,27 @@ class Hold:
     captured_points: int | None = None
     transaction_id: uuid.UUID | None = None  # the burn a capture created
     closed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Effect:
+    """What one operation did: every posting rule returns one, whatever it changed.
+
+    `posting` records the operation itself (the earn, the burn, the reversal, the burn a
+    capture made, a hold's reservation or its release): the request's idempotency key and
+    signature point at it, and it carries the balance after. `hold` is the hold the
+    operation opened, captured or voided. `postings` is everything the operation recorded,
+    in order: `posting` first, then any breakage of released points whose lot had expired.
+    """
+
+    posting: Posting
+    postings: tuple[Posting, ...]
+    hold: Hold | None = None
+
+    @property
+    def primary(self) -> Posting | Hold:
+        """The object the operation is about: its hold, else its transaction."""
+        return self.hold if self.hold is not None else self.posting
 
 
 @dataclass(frozen=True, slots=True)

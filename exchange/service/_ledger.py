@@ -46,12 +46,19 @@ from exchange.service._commands import (
     Idempotency,
     LedgerRequest,
     Outcome,
+    Render,
     Reverse,
     SweepResult,
     VoidHold,
 )
 from exchange.service._idempotency import remember, replay_or_claim
-from exchange.views import decode_cursor, encode_cursor, hold_from_row, transaction_from_row
+from exchange.views import (
+    decode_cursor,
+    encode_cursor,
+    hold_from_row,
+    render_effect,
+    transaction_from_row,
+)
 
 __all__ = ["PAGE_SIZE_DEFAULT", "PAGE_SIZE_MAX", "LedgerService"]
 
@@ -64,10 +71,20 @@ SWEEP_ROUNDS_MAX = 100_000
 class LedgerService:
     """The ledger's use cases over one database (and one clock)."""
 
-    def __init__(self, engine: AsyncEngine, clock: Clock, *, points_ttl: timedelta) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        clock: Clock,
+        *,
+        points_ttl: timedelta,
+        render: Render = render_effect,
+    ) -> None:
         self.engine = engine
         self.clock = clock
         self.points_ttl = points_ttl
+        # The HTTP layer's rendering of an operation (status and bytes); the service only
+        # stores what it returns with the idempotency key.
+        self.render = render
 
     async def submit(self, requests: Sequence[LedgerRequest]) -> list[Outcome]:
         """Run the requests in one database transaction; one outcome per request, in order."""
@@ -81,7 +98,7 @@ class LedgerService:
         raise ServiceUnavailable("The ledger is busy; retry the request with the same key.")
 
     async def _run(self, conn: Connection, requests: Sequence[LedgerRequest]) -> list[Outcome]:
-        batch = _Batch(requests, [None] * len(requests))
+        batch = _Batch(requests, [None] * len(requests), self.render)
         async with conn.transaction():
             await self._claim_keys(conn, batch)
             await self._resolve_members(conn, batch)
