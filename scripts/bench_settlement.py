@@ -33,8 +33,9 @@ from exchange.db import create_engine, migrate
 from exchange.embedded import EmbeddedPostgres
 from exchange.service import LedgerService
 from exchange.verify import verify_ledger
-from settlement.engine import BEGINNING_OF_TIME, Period, read_period
+from settlement.engine import BEGINNING_OF_TIME, Period
 from settlement.service import SettlementService
+from settlement.store import read_period
 
 CHUNK = 100_000
 PRICE = "0.012"
@@ -185,7 +186,7 @@ async def _baseline(engine: AsyncEngine) -> float:
 
 async def _explain(engine: AsyncEngine, period: Period) -> None:
     """EXPLAIN ANALYZE each measuring query: where a run spends its time."""
-    from settlement import engine as measuring  # noqa: PLC0415
+    from settlement import store as measuring  # noqa: PLC0415
 
     bounds = {"start": period.start, "end": period.end}
     async with engine.connect() as conn, conn.begin():

@@ -123,6 +123,13 @@ def test_the_purity_check_sees_a_clock_read() -> None:
     assert _runtime_imports(tree) == {"os", "time", "secrets"}
 
 
+def test_the_settlement_engine_is_pure_arithmetic() -> None:
+    """The SQL that measures a period lives in settlement.store; the engine only counts."""
+    imported = _runtime_imports(ast.parse(MODULES["settlement.engine"].read_text()))
+    assert _ours(imported) <= {"exchange.money"}
+    assert imported - _ours(imported) - PURE_STDLIB == set()
+
+
 def test_http_modules_are_leaves() -> None:
     """Only the composition root (and other HTTP modules, for shared request plumbing)
     may import an HTTP module: services and the ledger never know about HTTP."""
