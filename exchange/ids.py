@@ -1,21 +1,58 @@
-"""External ids: opaque strings with a type prefix over the internal UUIDs."""
+"""Ids: the generator of internal UUIDs, and the external ids partners see (opaque
+strings with a type prefix over those UUIDs).
+
+The generator reads the clock and entropy, so it lives here and not in the pure ledger
+core: the service hands `new_id` to the rules as `Context.ids`.
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import time
 import uuid
 
-from exchange.ledger import new_id
+from exchange.ledger import IdFactory
 
 __all__ = [
     "format_hold_id",
     "format_transaction_id",
+    "new_id",
     "new_member_id",
     "parse_hold_id",
     "parse_transaction_id",
 ]
 
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+
+class _MonotonicUUID7:
+    """UUIDv7 (RFC 9562) with a counter in `rand_a`: 48-bit millisecond time, then 12 bits
+    that count up within a millisecond, then random bits. Ids therefore sort by creation
+    time and, within one process, strictly increase, so two lots created in the same
+    batch tie-break ("oldest first") in the order the requests were applied."""
+
+    def __init__(self) -> None:
+        self._millis = 0
+        self._counter = 0
+
+    def __call__(self) -> uuid.UUID:
+        millis = time.time_ns() // 1_000_000
+        if millis > self._millis:
+            self._millis, self._counter = millis, int.from_bytes(os.urandom(2), "big") & 0x1FF
+        else:  # same (or an earlier) millisecond: keep counting from the last one
+            self._counter += 1
+            if self._counter > 0xFFF:
+                self._millis, self._counter = self._millis + 1, 0
+        value = (self._millis & ((1 << 48) - 1)) << 80
+        value |= 0x7 << 76  # version 7
+        value |= self._counter << 64
+        value |= 0x2 << 62  # RFC 9562 variant
+        value |= int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+        return uuid.UUID(int=value)
+
+
+new_id: IdFactory = _MonotonicUUID7()
 
 
 def _format(prefix: str, value: uuid.UUID) -> str:

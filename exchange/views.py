@@ -1,4 +1,9 @@
-"""Rendering ledger objects and stored rows as the contract's wire structs."""
+"""Rendering ledger objects and stored rows as the contract's wire structs.
+
+The HTTP layer's half of the ledger: `render_effect` decides what a posting request
+answers (status code and body). The service calls it (as `LedgerService.render`) inside
+the database transaction, only to store the answer with the idempotency key.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import msgspec
 
 from exchange import schemas
 from exchange.ids import format_hold_id, format_transaction_id
-from exchange.ledger import Balance, Hold, Posting
+from exchange.ledger import Balance, Effect, Hold, HoldStatus, Posting
 
 __all__ = [
     "balance_view",
@@ -19,6 +24,7 @@ __all__ = [
     "encode_cursor",
     "hold_from_row",
     "hold_view",
+    "render_effect",
     "transaction_from_row",
     "transaction_view",
 ]
@@ -43,6 +49,16 @@ def transaction_view(posting: Posting, after: Balance) -> schemas.Transaction:
         reverses=format_transaction_id(posting.reverses) if posting.reverses else msgspec.UNSET,
         hold_id=format_hold_id(posting.hold_id) if posting.hold_id else msgspec.UNSET,
     )
+
+
+def render_effect(effect: Effect, after: Balance) -> tuple[int, bytes]:
+    """The answer to a posting request: the hold it opened (201), captured or voided
+    (200), or else the transaction it created (201) with the balance after it."""
+    if effect.hold is not None:
+        hold = effect.hold
+        status = 201 if hold.status is HoldStatus.OPEN else 200
+        return status, msgspec.json.encode(hold_view(hold))
+    return 201, msgspec.json.encode(transaction_view(effect.posting, after))
 
 
 def transaction_from_row(row: Any) -> schemas.Transaction:

@@ -31,7 +31,7 @@ from exchange.retry import retry_conflicts
 from exchange.service import LedgerService
 from exchange.store import close_journal_until
 from settlement import store
-from settlement.engine import BEGINNING_OF_TIME, Period, read_period, settle
+from settlement.engine import BEGINNING_OF_TIME, Period, settle
 from settlement.errors import PeriodClosed, SettlementNotFound
 
 __all__ = ["RUNS_PAGE_MAX", "RunResult", "SettlementService", "run_id_for"]
@@ -125,7 +125,7 @@ class SettlementService:
                         raise InvariantViolation("the journal is not closed until period_end")
                     latest = await store.latest_run(conn)
                     period = Period(latest.period_end if latest else BEGINNING_OF_TIME, period_end)
-                    figures = await read_period(conn, period)
+                    figures = await store.read_period(conn, period)
                     settlement = settle(
                         figures,
                         previous_outstanding_end=latest.controls.outstanding_end

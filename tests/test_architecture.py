@@ -104,17 +104,7 @@ def _impurities(path: Path) -> list[str]:
     return found
 
 
-def _ledger_case(module: str) -> object:
-    if module == "exchange.ledger._model":
-        # The time-ordered id generator (os.urandom, time.time) still lives here; it is
-        # being moved out of the core. When it has gone, this xfail turns into a failure:
-        # delete the mark.
-        reason = "the id generator in exchange.ledger._model reads the clock and os.urandom"
-        return pytest.param(module, marks=pytest.mark.xfail(strict=True, reason=reason))
-    return module
-
-
-@pytest.mark.parametrize("module", [_ledger_case(module) for module in LEDGER_CORE])
+@pytest.mark.parametrize("module", LEDGER_CORE)
 def test_the_ledger_core_has_no_clock_randomness_or_io(module: str) -> None:
     assert _impurities(MODULES[module]) == [], f"{module} must stay pure"
 
@@ -142,6 +132,82 @@ def test_the_impurity_scan_finds_what_it_forbids(tmp_path: Path) -> None:
     )
     found = _impurities(sample)
     assert found == ["import os", "from uuid import uuid4", ".now() reads a clock (line 4)"]
+
+
+# The stdlib modules the core may use at run time: data and arithmetic only. No clock,
+# entropy, I/O or event loop (time, random, secrets, uuid, os, asyncio...): the caller
+# passes `now` and an id factory in, so a rule's result depends on its arguments alone.
+PURE_STDLIB = {
+    "__future__",
+    "collections",
+    "collections.abc",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "enum",
+    "functools",
+    "itertools",
+    "math",
+    "operator",
+    "typing",
+}
+CLOCK_READS = {"now", "utcnow", "today", "fromtimestamp", "utcfromtimestamp"}
+
+
+def _is_type_checking(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and (
+        (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+        or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")
+    )
+
+
+def _runtime_imports(tree: ast.AST) -> set[str]:
+    """Modules imported when the module runs (`if TYPE_CHECKING:` blocks excluded)."""
+    names: set[str] = set()
+    for node in ast.iter_child_nodes(tree):
+        if _is_type_checking(node):
+            continue
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+        names |= _runtime_imports(node)
+    return names
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("exchange.ledger")))
+def test_the_ledger_core_reads_no_clock_entropy_or_io(module: str) -> None:
+    tree = ast.parse(MODULES[module].read_text())
+    stdlib = {
+        name
+        for name in _runtime_imports(tree)
+        if name.split(".")[0] not in PACKAGES and name.split(".")[0] != "exchange"
+    }
+    assert stdlib - PURE_STDLIB == set(), f"{module} imports {stdlib - PURE_STDLIB}"
+    reads = {
+        node.func.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in CLOCK_READS
+    }
+    assert reads == set(), f"{module} reads the clock: {reads}"
+
+
+def test_the_purity_check_sees_a_clock_read() -> None:
+    """The check above would catch the generator that used to live in the core."""
+    tree = ast.parse(
+        "import os\nimport time\nif TYPE_CHECKING:\n    import uuid\n"
+        "def f():\n    import secrets\n    return datetime.now()\n"
+    )
+    assert _runtime_imports(tree) == {"os", "time", "secrets"}
+
+
+def test_the_settlement_engine_is_pure_arithmetic() -> None:
+    """The SQL that measures a period lives in settlement.store; the engine only counts."""
+    imported = _runtime_imports(ast.parse(MODULES["settlement.engine"].read_text()))
+    assert _ours(imported) <= {"exchange.money"}
+    assert imported - _ours(imported) - PURE_STDLIB == set()
 
 
 def test_http_modules_are_leaves() -> None:

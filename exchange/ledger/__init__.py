@@ -19,6 +19,7 @@ from exchange.ledger._model import (
     Allocation,
     AllocationKind,
     Balance,
+    Effect,
     Entry,
     ExpiringPoints,
     Hold,
@@ -29,7 +30,6 @@ from exchange.ledger._model import (
     PartnerTerms,
     Posting,
     PostingType,
-    new_id,
 )
 from exchange.ledger._operations import (
     HOLD_EXPIRES_IN_S_DEFAULT,
@@ -57,6 +57,7 @@ __all__ = [
     "AllocationKind",
     "Balance",
     "Context",
+    "Effect",
     "Entry",
     "ExpiringPoints",
     "Hold",
@@ -73,7 +74,6 @@ __all__ = [
     "burn",
     "capture_hold",
     "earn",
-    "new_id",
     "open_hold",
     "points_for_purchase",
     "reverse",

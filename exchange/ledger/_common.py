@@ -5,18 +5,20 @@ between lots (draw, release, repay debt, expire).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from exchange.errors import InvariantViolation
 from exchange.ledger._model import (
     Account,
     Allocation,
     AllocationKind,
+    Effect,
     Entry,
+    Hold,
     IdFactory,
     Lot,
     MemberBook,
@@ -24,6 +26,9 @@ from exchange.ledger._model import (
     Posting,
     PostingType,
 )
+
+if TYPE_CHECKING:  # ids are values here: the core never makes one
+    import uuid
 
 __all__ = [
     "Context",
@@ -83,6 +88,13 @@ def _record(book: MemberBook, posting: Posting) -> Posting:
         raise InvariantViolation(f"unbalanced or empty posting {posting.posting_id}")
     book.postings.append(posting)
     return posting
+
+
+def _effect(book: MemberBook, before: int, posting: Posting, hold: Hold | None = None) -> Effect:
+    """The effect of an operation that started when the book held `before` postings."""
+    if book.postings[before] is not posting:
+        raise InvariantViolation(f"posting {posting.posting_id} is not the operation's first")
+    return Effect(posting, tuple(book.postings[before:]), hold)
 
 
 def _member(book: MemberBook, account: Account, amount: int) -> Entry:

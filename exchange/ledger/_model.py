@@ -5,20 +5,22 @@ Everything here is plain data with no I/O. Points are `int`, prices `Decimal`.
 
 from __future__ import annotations
 
-import os
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # ids are values here: the core never makes one (see `IdFactory`)
+    import uuid
 
 __all__ = [
     "Account",
     "Allocation",
     "AllocationKind",
     "Balance",
+    "Effect",
     "Entry",
     "ExpiringPoints",
     "Hold",
@@ -29,7 +31,6 @@ __all__ = [
     "PartnerTerms",
     "Posting",
     "PostingType",
-    "new_id",
 ]
 
 POINTS_PER_REQUEST_MAX = 10**12
@@ -161,6 +162,27 @@ class Hold:
 
 
 @dataclass(frozen=True, slots=True)
+class Effect:
+    """What one operation did: every posting rule returns one, whatever it changed.
+
+    `posting` records the operation itself (the earn, the burn, the reversal, the burn a
+    capture made, a hold's reservation or its release): the request's idempotency key and
+    signature point at it, and it carries the balance after. `hold` is the hold the
+    operation opened, captured or voided. `postings` is everything the operation recorded,
+    in order: `posting` first, then any breakage of released points whose lot had expired.
+    """
+
+    posting: Posting
+    postings: tuple[Posting, ...]
+    hold: Hold | None = None
+
+    @property
+    def primary(self) -> Posting | Hold:
+        """The object the operation is about: its hold, else its transaction."""
+        return self.hold if self.hold is not None else self.posting
+
+
+@dataclass(frozen=True, slots=True)
 class PartnerTerms:
     """A partner's terms in force at the moment of posting."""
 
@@ -225,33 +247,7 @@ class MemberBook:
         return lots
 
 
-IdFactory = Callable[[], uuid.UUID]
-
-
-class _MonotonicUUID7:
-    """UUIDv7 (RFC 9562) with a counter in `rand_a`: 48-bit millisecond time, then 12 bits
-    that count up within a millisecond, then random bits. Ids therefore sort by creation
-    time and, within one process, strictly increase, so two lots created in the same
-    batch tie-break ("oldest first") in the order the requests were applied."""
-
-    def __init__(self) -> None:
-        self._millis = 0
-        self._counter = 0
-
-    def __call__(self) -> uuid.UUID:
-        millis = time.time_ns() // 1_000_000
-        if millis > self._millis:
-            self._millis, self._counter = millis, int.from_bytes(os.urandom(2), "big") & 0x1FF
-        else:  # same (or an earlier) millisecond: keep counting from the last one
-            self._counter += 1
-            if self._counter > 0xFFF:
-                self._millis, self._counter = self._millis + 1, 0
-        value = (self._millis & ((1 << 48) - 1)) << 80
-        value |= 0x7 << 76  # version 7
-        value |= self._counter << 64
-        value |= 0x2 << 62  # RFC 9562 variant
-        value |= int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
-        return uuid.UUID(int=value)
-
-
-new_id: IdFactory = _MonotonicUUID7()
+IdFactory = Callable[[], "uuid.UUID"]
+"""Where the rules' new ids come from. The caller passes one in (`Context.ids`): the core
+reads no clock and no entropy, so a test can hand it a counter and get the same book twice.
+The exchange's generator is `exchange.ids.new_id`."""

@@ -10,9 +10,9 @@ ledger's `closed_until`: a closed settlement period never changes).
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
+from typing import TYPE_CHECKING
 
 from exchange.errors import (
     CreditLimitExceeded,
@@ -26,6 +26,7 @@ from exchange.ledger._common import (
     PartnerState,
     _available,
     _draw,
+    _effect,
     _expire_released,
     _member,
     _record,
@@ -38,6 +39,7 @@ from exchange.ledger._model import (
     Account,
     Allocation,
     Balance,
+    Effect,
     Entry,
     ExpiringPoints,
     Hold,
@@ -49,6 +51,9 @@ from exchange.ledger._model import (
     PostingType,
 )
 from exchange.ledger._time import _release_hold
+
+if TYPE_CHECKING:  # ids are values here: the core never makes one
+    import uuid
 
 __all__ = [
     "balance",
@@ -129,8 +134,9 @@ def earn(
     reference: str | None,
     available_at: datetime | None = None,
     expires_at: datetime | None = None,
-) -> Posting:
+) -> Effect:
     """Issue `points` to the member as a new lot (pending until `available_at`)."""
+    before = len(book.postings)
     terms = partner.terms
     available, expiry = _earn_dates(ctx, available_at, expires_at)
     value = terms.issue_price * points
@@ -161,7 +167,7 @@ def earn(
     partner.exposure_added += value
     repaid = _repay_debt(book, ctx.now) if matured else []
     account = Account.AVAILABLE if matured else Account.PENDING
-    return _record(
+    posting = _record(
         book,
         Posting(
             posting_id=posting_id,
@@ -182,6 +188,7 @@ def earn(
             expires_at=expiry,
         ),
     )
+    return _effect(book, before, posting)
 
 
 def _require_available(book: MemberBook, ctx: Context, points: int) -> list[Lot]:
@@ -198,11 +205,12 @@ def _require_available(book: MemberBook, ctx: Context, points: int) -> list[Lot]
 
 def burn(
     book: MemberBook, ctx: Context, partner: PartnerState, points: int, *, reference: str | None
-) -> Posting:
+) -> Effect:
     """Redeem points with the partner, soonest-expiring lots first."""
+    before = len(book.postings)
     lots = _require_available(book, ctx, points)
     terms = partner.terms
-    return _record(
+    posting = _record(
         book,
         Posting(
             posting_id=ctx.ids(),
@@ -221,6 +229,7 @@ def burn(
             currency=terms.settlement_currency,
         ),
     )
+    return _effect(book, before, posting)
 
 
 def open_hold(
@@ -231,8 +240,9 @@ def open_hold(
     *,
     reference: str | None,
     expires_in_s: int = HOLD_EXPIRES_IN_S_DEFAULT,
-) -> Hold:
+) -> Effect:
     """Reserve points from the soonest-expiring lots: available falls, held rises."""
+    before = len(book.postings)
     if not 1 <= expires_in_s <= HOLD_EXPIRES_IN_S_MAX:
         raise Unprocessable(f"expires_in must be between 1 and {HOLD_EXPIRES_IN_S_MAX} seconds.")
     lots = _require_available(book, ctx, points)
@@ -250,7 +260,7 @@ def open_hold(
     )
     book.holds[hold.hold_id] = hold
     book.new_holds.add(hold.hold_id)
-    _record(
+    posting = _record(
         book,
         Posting(
             posting_id=ctx.ids(),
@@ -268,7 +278,7 @@ def open_hold(
             hold_id=hold.hold_id,
         ),
     )
-    return hold
+    return _effect(book, before, posting, hold)
 
 
 def _open_hold_of(book: MemberBook, hold_id: uuid.UUID) -> Hold:
@@ -280,8 +290,9 @@ def _open_hold_of(book: MemberBook, hold_id: uuid.UUID) -> Hold:
 
 def capture_hold(
     book: MemberBook, ctx: Context, partner: PartnerState, hold_id: uuid.UUID, points: int | None
-) -> Posting:
+) -> Effect:
     """Burn `points` (default all) of an open hold; the rest returns to the member."""
+    before = len(book.postings)
     hold = _open_hold_of(book, hold_id)
     captured = hold.points if points is None else points
     if captured > hold.points:
@@ -328,10 +339,12 @@ def capture_hold(
     hold.closed_at = ctx.now
     book.changed_holds.add(hold.hold_id)
     _expire_released(book, ctx, (lot_id for lot_id, _ in hold.draws), ctx.now)
-    return posting
+    return _effect(book, before, posting, hold)
 
 
-def void_hold(book: MemberBook, ctx: Context, hold_id: uuid.UUID) -> Hold:
+def void_hold(book: MemberBook, ctx: Context, hold_id: uuid.UUID) -> Effect:
+    """Release an open hold: its points return to the lots they were reserved from."""
+    before = len(book.postings)
     hold = _open_hold_of(book, hold_id)
-    _release_hold(book, ctx, hold, ctx.now, HoldStatus.VOIDED)
-    return hold
+    posting = _release_hold(book, ctx, hold, ctx.now, HoldStatus.VOIDED)
+    return _effect(book, before, posting, hold)

@@ -8,13 +8,14 @@ from exchange.ledger._common import (
     OriginalPosting,
     PartnerState,
     _draw,
+    _effect,
     _expire_released,
     _member,
     _record,
     _release,
     _repay_debt,
 )
-from exchange.ledger._model import Account, Entry, MemberBook, Posting, PostingType
+from exchange.ledger._model import Account, Effect, Entry, MemberBook, Posting, PostingType
 
 __all__ = ["reverse"]
 
@@ -40,12 +41,15 @@ def reverse(
     points: int | None,
     *,
     reference: str | None,
-) -> Posting:
+) -> Effect:
     """Reverse an earn (a return) or a burn (a refund), in whole or in part."""
     amount = _reversal_points(original, points)
+    before = len(book.postings)
     if original.type is PostingType.EARN:
-        return _reverse_earn(book, ctx, partner, original, points=amount, reference=reference)
-    return _reverse_burn(book, ctx, original, points=amount, reference=reference)
+        posting = _reverse_earn(book, ctx, partner, original, points=amount, reference=reference)
+    else:
+        posting = _reverse_burn(book, ctx, original, points=amount, reference=reference)
+    return _effect(book, before, posting)
 
 
 def _reverse_earn(

@@ -6,18 +6,15 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import msgspec
-
 from exchange import store
 from exchange.errors import ExchangeError, PartnerNotFound, PartnerSuspended, Unprocessable
 from exchange.ledger import (
     Balance,
     Context,
+    Effect,
     MemberBook,
     OriginalPosting,
     PartnerState,
-    Posting,
-    PostingType,
     balance,
     burn,
     capture_hold,
@@ -36,10 +33,10 @@ from exchange.service._commands import (
     LedgerRequest,
     OpenHold,
     Outcome,
+    Render,
     Reverse,
     VoidHold,
 )
-from exchange.views import hold_view, transaction_view
 
 
 @dataclass
@@ -48,6 +45,7 @@ class _Batch:
 
     requests: Sequence[LedgerRequest]
     outcomes: list[Outcome | None]
+    render: Render
     members: dict[int, str] = field(default_factory=dict)  # request index -> member_id
     originals: dict[uuid.UUID, OriginalPosting] = field(default_factory=dict)
     records: list[store.IdempotencyRecord] = field(default_factory=list)
@@ -78,10 +76,16 @@ def _apply(
         if not partner.terms.active:
             raise PartnerSuspended(f"Partner {command.partner_id} is suspended.")
         settle_due(book, ctx)
-        status, body, posting = _execute(batch, book, partner, command, ctx)
+        effect = _execute(batch, book, partner, command, ctx)
     except ExchangeError as error:
         batch.fail(index, error)
         return
+    posting = effect.posting
+    after = balance(book, ctx.now)
+    batch.after[posting.posting_id] = after
+    # The answer is rendered now so that it is stored with the key in this database
+    # transaction: a replay returns these exact bytes.
+    status, body = batch.render(effect, after)
     batch.outcomes[index] = Outcome(status, body)
     if isinstance(command, Earn | Burn | OpenHold):
         batch.links.add((book.member_id, command.partner_id))
@@ -112,10 +116,8 @@ def _apply(
 
 def _execute(
     batch: _Batch, book: MemberBook, partner: PartnerState, command: Command, ctx: Context
-) -> tuple[int, bytes, Posting]:
-    """Apply one command with the pure rules; return (status, response body, posting)."""
-    before = len(book.postings)
-    hold = None
+) -> Effect:
+    """Apply one command with the pure rules."""
     match command:
         case Earn():
             points = command.points
@@ -125,7 +127,7 @@ def _execute(
                 )
             if points is None:
                 raise Unprocessable("Give either points or purchase.")
-            posting = earn(
+            return earn(
                 book,
                 ctx,
                 partner,
@@ -135,9 +137,9 @@ def _execute(
                 expires_at=command.expires_at,
             )
         case Burn():
-            posting = burn(book, ctx, partner, command.points, reference=command.reference)
+            return burn(book, ctx, partner, command.points, reference=command.reference)
         case OpenHold():
-            hold = open_hold(
+            return open_hold(
                 book,
                 ctx,
                 partner,
@@ -146,23 +148,11 @@ def _execute(
                 expires_in_s=command.expires_in_s,
             )
         case CaptureHold():
-            capture_hold(book, ctx, partner, command.hold_id, command.points)
-            hold = book.holds[command.hold_id]
+            return capture_hold(book, ctx, partner, command.hold_id, command.points)
         case VoidHold():
-            hold = void_hold(book, ctx, command.hold_id)
+            return void_hold(book, ctx, command.hold_id)
         case Reverse():
             original = batch.originals[command.transaction_id]
-            posting = reverse(
+            return reverse(
                 book, ctx, partner, original, command.points, reference=command.reference
             )
-    main = (
-        next(p for p in book.postings[before:] if p.type is not PostingType.EXPIRY)
-        if hold
-        else posting
-    )
-    after = balance(book, ctx.now)
-    batch.after[main.posting_id] = after
-    if hold is not None:
-        status = 201 if isinstance(command, OpenHold) else 200
-        return status, msgspec.json.encode(hold_view(hold)), main
-    return 201, msgspec.json.encode(transaction_view(main, after)), main

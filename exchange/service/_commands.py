@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from exchange.errors import ExchangeError
-from exchange.ledger import Posting, PostingType
+from exchange.ledger import Balance, Effect, Posting, PostingType
 from exchange.money import Money
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "LedgerRequest",
     "OpenHold",
     "Outcome",
+    "Render",
     "Reverse",
     "SignatureProof",
     "SweepResult",
@@ -130,3 +131,9 @@ class Outcome:
     body: bytes = b""
     replayed: bool = False
     error: ExchangeError | None = None
+
+
+Render = Callable[[Effect, Balance], tuple[int, bytes]]
+"""How the HTTP layer answers an operation: (status code, body) from its effect and the
+member's balance after it. The service calls it inside the database transaction and
+stores the answer with the idempotency key, so a replay returns the exact bytes."""

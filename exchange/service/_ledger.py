@@ -25,7 +25,7 @@ from exchange.errors import (
     TransactionNotFound,
     Unprocessable,
 )
-from exchange.ids import new_member_id
+from exchange.ids import new_id, new_member_id
 from exchange.ledger import (
     PARTNER_TRANSACTION_TYPES,
     Balance,
@@ -34,7 +34,6 @@ from exchange.ledger import (
     PartnerState,
     PostingType,
     balance,
-    new_id,
     settle_due,
 )
 from exchange.retry import retry_conflicts
@@ -46,12 +45,19 @@ from exchange.service._commands import (
     Idempotency,
     LedgerRequest,
     Outcome,
+    Render,
     Reverse,
     SweepResult,
     VoidHold,
 )
 from exchange.service._idempotency import remember, replay_or_claim
-from exchange.views import decode_cursor, encode_cursor, hold_from_row, transaction_from_row
+from exchange.views import (
+    decode_cursor,
+    encode_cursor,
+    hold_from_row,
+    render_effect,
+    transaction_from_row,
+)
 
 __all__ = ["PAGE_SIZE_DEFAULT", "PAGE_SIZE_MAX", "LedgerService"]
 
@@ -65,10 +71,20 @@ SWEEP_ROUNDS_MAX = 100_000
 class LedgerService:
     """The ledger's use cases over one database (and one clock)."""
 
-    def __init__(self, engine: AsyncEngine, clock: Clock, *, points_ttl: timedelta) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        clock: Clock,
+        *,
+        points_ttl: timedelta,
+        render: Render = render_effect,
+    ) -> None:
         self.engine = engine
         self.clock = clock
         self.points_ttl = points_ttl
+        # The HTTP layer's rendering of an operation (status and bytes); the service only
+        # stores what it returns with the idempotency key.
+        self.render = render
 
     async def submit(self, requests: Sequence[LedgerRequest]) -> list[Outcome]:
         """Run the requests in one database transaction; one outcome per request, in order."""
@@ -89,7 +105,7 @@ class LedgerService:
         )
 
     async def _run(self, conn: Connection, requests: Sequence[LedgerRequest]) -> list[Outcome]:
-        batch = _Batch(requests, [None] * len(requests))
+        batch = _Batch(requests, [None] * len(requests), self.render)
         async with conn.transaction():
             await self._claim_keys(conn, batch)
             await self._resolve_members(conn, batch)

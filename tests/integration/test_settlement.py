@@ -26,7 +26,7 @@ from exchange.store import liability_by_issuer
 from partners.registry import PartnerChanges, update_partner
 from settlement import reports, store
 from settlement import service as service_module
-from settlement.engine import BEGINNING_OF_TIME, Line, Period, read_period, settle
+from settlement.engine import BEGINNING_OF_TIME, Line, Period, settle
 from settlement.errors import PeriodClosed, SettlementNotFound
 from settlement.service import RunResult, SettlementService
 from tests.support import add_partner, assert_ledger_verifies, enrol, post, refused
@@ -407,7 +407,7 @@ async def test_a_crash_after_closing_the_journal_reruns_to_the_identical_result(
     assert await _scalar(engine, "SELECT sum(settled_issuance) FROM partners") == Decimal("120")
     # And it is what measuring the period afresh gives.
     async with engine.connect() as conn:
-        figures = await read_period(conn, run.settlement.period)
+        figures = await store.read_period(conn, run.settlement.period)
     fresh = settle(figures, previous_outstanding_end=None)
     assert fresh.lines == run.settlement.lines
     assert fresh.cross_brand == run.settlement.cross_brand

@@ -166,6 +166,78 @@ def test_a_start_that_differs_from_the_previous_end_fails_continuity() -> None:
     assert settle(figures, previous_outstanding_end=9).checks.failed() == ["continuity"]
 
 
+def _reversals_and_breakage(**changes: object) -> PeriodFigures:
+    """One partner: 1000 earned at 0.012 and 100 of them returned, 300 burned at 0.010 and
+    50 of them refunded (each reversal priced at its original), 200 expired."""
+    activity = PartnerActivity(
+        "grocer", "Grocer", "EUR",
+        earned_points=1000, earn_reversed_points=100, burned_points=300,
+        burn_reversed_points=50, expired_points=200,
+        issuance_exact=Decimal("12.000") - Decimal("1.200"),
+        redemption_exact=Decimal("3.000") - Decimal("0.500"),
+    )  # fmt: skip
+    figures = PeriodFigures(
+        period=PERIOD,
+        activity=(activity,),
+        accounts={"grocer": JournalAccounts(issued=900, redeemed=250, expired=200)},
+        cross_brand=(CrossBrandFlow("grocer", "grocer", 250),),
+        outstanding_start=0,
+        outstanding_end=900 - 250 - 200,
+    )
+    return replace(figures, **changes)  # type: ignore[arg-type]
+
+
+def test_reversals_net_out_at_their_original_price_and_breakage_conserves() -> None:
+    result = settle(_reversals_and_breakage(), previous_outstanding_end=None)
+    [line] = result.lines
+    assert (line.issued_points, line.redeemed_points, line.expired_points) == (900, 250, 200)
+    assert (line.issuance_charge, line.redemption_credit, line.net) == (
+        Decimal("10.80"),
+        Decimal("2.50"),
+        Decimal("8.30"),
+    )
+    assert (result.controls.reversed, result.controls.expired) == (150, 200)
+    assert result.reconciled
+
+
+def test_breakage_left_out_of_outstanding_fails_conservation() -> None:
+    """Valid until the expired points are (wrongly) still counted as outstanding."""
+    figures = _reversals_and_breakage(outstanding_end=900 - 250)
+    assert settle(figures, previous_outstanding_end=None).checks.failed() == ["conservation"]
+
+
+def test_a_refund_left_out_of_the_matrix_fails_cross_brand() -> None:
+    flows = (CrossBrandFlow("grocer", "grocer", 300),)  # the burn, without its refund
+    result = settle(_reversals_and_breakage(cross_brand=flows), previous_outstanding_end=None)
+    assert result.checks.failed() == ["cross_brand"]
+
+
+def test_a_partner_without_activity_gets_a_zero_line_and_reconciles() -> None:
+    idle = PartnerActivity("idle", "Idle", "GBP")
+    figures = _reversals_and_breakage()
+    result = settle(
+        replace(figures, activity=(*figures.activity, idle)), previous_outstanding_end=None
+    )
+    zero = result.lines[-1]
+    assert (zero.partner_id, zero.currency, zero.net, zero.issued_points) == (
+        "idle",
+        "GBP",
+        Decimal("0.00"),
+        0,
+    )
+    assert result.reconciled
+
+
+def test_the_first_run_must_start_from_an_empty_ledger() -> None:
+    figures = _reversals_and_breakage(outstanding_start=1, outstanding_end=451)
+    assert settle(figures, previous_outstanding_end=None).checks.failed() == ["continuity"]
+
+
+def test_the_same_figures_always_give_the_same_run() -> None:
+    first = settle(_figures(), previous_outstanding_end=None)
+    assert settle(_figures(), previous_outstanding_end=None) == first
+
+
 def test_run_ids_name_the_cut_off() -> None:
     assert run_id_for(datetime(2026, 11, 24, tzinfo=UTC)) == "stl_20261124T000000Z"
     assert run_id_for(datetime(2026, 11, 24, 1, 2, 3, 4500, tzinfo=UTC)) == (

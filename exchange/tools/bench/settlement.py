@@ -36,7 +36,8 @@ from exchange.db import create_engine, migrate
 from exchange.embedded import EmbeddedPostgres
 from exchange.verify import verify_ledger
 from exchange.wiring import build_services
-from settlement.engine import BEGINNING_OF_TIME, Period, read_period
+from settlement.engine import BEGINNING_OF_TIME, Period
+from settlement.store import read_period
 
 __all__ = ["SettlementBenchOptions", "run_settlement_bench"]
 
@@ -199,7 +200,7 @@ async def _baseline(engine: AsyncEngine) -> float:
 
 async def _explain(engine: AsyncEngine, period: Period) -> None:
     """EXPLAIN ANALYZE each measuring query: where a run spends its time."""
-    from settlement import engine as measuring  # noqa: PLC0415
+    from settlement import store as measuring  # noqa: PLC0415
 
     bounds = {"start": period.start, "end": period.end}
     async with engine.connect() as conn, conn.begin():
