@@ -266,7 +266,6 @@ _DRIVER_DEBTS = {
     "exchange.verify": "the consistency check's SQL lives beside it",
     "partners.gateway": "holds an asyncpg connection to LISTEN for key changes",
     "partners.registry": "the registry's SQL and IntegrityError live beside it",
-    "settlement.engine": "the measuring queries live beside the arithmetic",
     "settlement.schedule": "takes its advisory lock with raw SQL",
 }
 
