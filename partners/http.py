@@ -175,9 +175,9 @@ class PartnerAdminController(Controller):
     ) -> KeyOut:
         data = decode_body(request, await request.body(), KeyCreate)
         services = services_of(request)
-        return _key_out(
-            await registry.add_key(services.engine, services.clock, partner_id, data.public_key)
-        )
+        key = await registry.add_key(services.engine, services.clock, partner_id, data.public_key)
+        services.gateway.forget_keys()  # usable here at once; the others learn by NOTIFY
+        return _key_out(key)
 
     @delete(
         "/{partner_id:str}/keys/{key_id:str}",
