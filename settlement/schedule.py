@@ -32,10 +32,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exchange.clock import Clock, utc
 from exchange.config import SettlementCycle
 from exchange.logs import get_logger
+from exchange.store import is_unavailable
 from settlement.errors import PeriodClosed
 from settlement.service import SettlementService
 
 __all__ = [
+    "BACKOFF_S_MAX",
     "RUNS_PER_TICK_MAX",
     "SCHEDULER_LOCK_KEY",
     "HousekeepingJob",
@@ -49,6 +51,7 @@ __all__ = [
 
 SCHEDULER_LOCK_KEY = 0x5E77_1E00_0002
 RUNS_PER_TICK_MAX = 100
+BACKOFF_S_MAX = 300.0  # the longest wait between ticks while the database is away
 _log = get_logger("settlement.schedule")
 
 # A housekeeping job gets the tick's time; what it returns is logged.
@@ -210,9 +213,24 @@ class Scheduler:
             await task
 
     async def _loop(self) -> None:
-        while True:
+        failures = 0
+        while True:  # for the life of the process; stop() cancels it
             try:
                 await self.tick()
-            except Exception:  # a failed tick is logged and retried on the next one
-                _log.exception("scheduler_tick_failed")
-            await asyncio.sleep(self.interval_s)
+            except Exception as exc:  # a failed tick is logged and retried later
+                failures += 1
+                if is_unavailable(exc):  # an outage: expected, no stack trace per tick
+                    _log.warning("scheduler_tick_failed", reason=type(exc).__name__)
+                else:
+                    _log.exception("scheduler_tick_failed")
+            else:
+                failures = 0
+            await asyncio.sleep(self.delay_s(failures))
+
+    def delay_s(self, failures: int) -> float:
+        """The interval, doubled per consecutive failed tick (an outage), at most
+        `BACKOFF_S_MAX` (or the interval itself if that is longer)."""
+        if failures == 0:
+            return self.interval_s
+        backoff_s = self.interval_s * 2 ** min(failures, 16)
+        return max(self.interval_s, min(backoff_s, BACKOFF_S_MAX))
