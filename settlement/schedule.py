@@ -47,6 +47,7 @@ __all__ = [
     "due_boundaries",
     "next_boundary",
     "run_tick",
+    "tick_delay_s",
 ]
 
 SCHEDULER_LOCK_KEY = 0x5E77_1E00_0002
@@ -94,6 +95,15 @@ def due_boundaries(
         found.append(boundary)
         boundary = next_boundary(boundary, cycle)
     return found
+
+
+def tick_delay_s(interval_s: float, failures: int) -> float:
+    """The wait before the next tick: the interval, doubled per consecutive failed tick
+    (the database is away), at most `BACKOFF_S_MAX` but never less than the interval."""
+    if failures == 0:
+        return interval_s
+    backoff_s = interval_s * 2 ** min(failures, 16)
+    return max(interval_s, min(backoff_s, BACKOFF_S_MAX))
 
 
 # -- one tick ---------------------------------------------------------------------------------
@@ -225,12 +235,4 @@ class Scheduler:
                     _log.exception("scheduler_tick_failed")
             else:
                 failures = 0
-            await asyncio.sleep(self.delay_s(failures))
-
-    def delay_s(self, failures: int) -> float:
-        """The interval, doubled per consecutive failed tick (an outage), at most
-        `BACKOFF_S_MAX` (or the interval itself if that is longer)."""
-        if failures == 0:
-            return self.interval_s
-        backoff_s = self.interval_s * 2 ** min(failures, 16)
-        return max(self.interval_s, min(backoff_s, BACKOFF_S_MAX))
+            await asyncio.sleep(tick_delay_s(self.interval_s, failures))
