@@ -38,7 +38,7 @@ class HealthController(Controller):
         if state.read_only:
             raise ServiceUnavailable("The database is read-only: postings cannot be written.")
         revision, head = state.revision, head_revision()
-        if revision != head:
+        if revision is None or revision != head:
             raise ServiceUnavailable(
                 f"The database schema is at {revision or 'nothing'}, expected {head}; "
                 "run `exchange migrate`."

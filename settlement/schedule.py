@@ -102,7 +102,7 @@ def tick_delay_s(interval_s: float, failures: int) -> float:
     (the database is away), at most `BACKOFF_S_MAX` but never less than the interval."""
     if failures == 0:
         return interval_s
-    backoff_s = interval_s * 2 ** min(failures, 16)
+    backoff_s = interval_s * (1 << min(failures, 16))
     return max(interval_s, min(backoff_s, BACKOFF_S_MAX))
 
 
