@@ -26,6 +26,7 @@ import pytest
 from exchange.clock import SystemClock
 from exchange.db import create_engine
 from exchange.embedded import EmbeddedPostgres
+from exchange.operators import create_operator_token
 from exchange.verify import verify_ledger
 from partners import registry
 from partners.signing import generate_keypair, load_private_key, sign_request
@@ -61,6 +62,7 @@ class Exchange:
     key_id: str = ""
     private_key: str = ""
     member_id: str = ""
+    admin_token: str = ""
 
     def call(
         self,
@@ -102,15 +104,25 @@ class Exchange:
         )
 
     def ready(self) -> Answer:
+        return self.get("/ready")
+
+    def admin_get(self, path: str) -> Answer:
+        """An operator's request: bearer token, SQLAlchemy paths (not the ledger's)."""
+        return self.get(path, {"Authorization": f"Bearer {self.admin_token}"})
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> Answer:
         started = time.monotonic()
-        response = httpx.get(f"{self.base_url}/ready", timeout=REQUEST_TIMEOUT_S)
+        response = httpx.get(
+            f"{self.base_url}{path}", headers=headers or {}, timeout=REQUEST_TIMEOUT_S
+        )
         decoded = response.json()
+        problem = decoded if isinstance(decoded, dict) else {}
         return Answer(
             response.status_code,
-            decoded.get("code"),
+            problem.get("code"),
             response.headers.get("retry-after"),
             time.monotonic() - started,
-            decoded,
+            problem,
             replayed=False,
         )
 
@@ -240,17 +252,18 @@ class Load:
         assert self.posted > 0
 
 
-def _setup_partner(database_url: str) -> tuple[str, str]:
-    async def run() -> tuple[str, str]:
+def _setup_partner(database_url: str) -> tuple[str, str, str]:
+    async def run() -> tuple[str, str, str]:
         engine = create_engine(database_url, pool_size=1)
         clock = SystemClock()
         try:
             await add_partner(engine, clock, "grocer")
             private_key, public_key = generate_keypair()
             key = await registry.add_key(engine, clock, "grocer", public_key)
+            _, token = await create_operator_token(engine, "admin", "drills")
         finally:
             await engine.dispose()
-        return key.key_id, private_key
+        return key.key_id, private_key, token
 
     return asyncio.run(run())
 
@@ -278,7 +291,7 @@ def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
     try:
         _wait_ready(port, server, timeout_s=60)
         exchange = Exchange(f"http://127.0.0.1:{port}", pg, database_url, log_path)
-        exchange.key_id, exchange.private_key = _setup_partner(database_url)
+        exchange.key_id, exchange.private_key, exchange.admin_token = _setup_partner(database_url)
         enrolled = exchange.call("POST", "/v1/members", {}, str(uuid.uuid4()))
         assert enrolled.status == 201, enrolled
         exchange.member_id = enrolled.body["member_id"]

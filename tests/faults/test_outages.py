@@ -66,6 +66,7 @@ def test_while_the_database_is_stopped_every_request_is_a_prompt_503(exchange: E
                     exchange.call("GET", f"/v1/members/{exchange.member_id}/balance")
                 )
                 assert_unavailable(exchange.ready())
+                assert_unavailable(exchange.admin_get("/v1/admin/partners"))
                 time.sleep(0.2)
         finally:
             exchange.pg.pg_ctl("start", *PG_CTL_WAIT)
@@ -75,6 +76,7 @@ def test_while_the_database_is_stopped_every_request_is_a_prompt_503(exchange: E
     assert load.statuses[503] > 0, "the load saw the outage"
     assert heal_s < HEAL_S_MAX
     assert exchange.ready().status == 200
+    assert exchange.admin_get("/v1/admin/partners").status == 200
     assert "database_unavailable" in exchange.server_log()
     _assert_books(exchange, before + load.posted + 7, key, 7)
 
