@@ -119,6 +119,8 @@ class SignatureGateway:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
             else:
                 self._start_write()
+        for read in list(self._reads.values()) + list(self._directory_reads.values()):
+            read.cancel()  # reads whose callers all gave up
         listener, self._listener = self._listener, None
         self.keys.disable()
         if listener is not None:
@@ -168,7 +170,10 @@ class SignatureGateway:
     def _on_notify(self, *_: Any) -> None:
         self.keys.invalidate()
 
-    def _on_lost(self, *_: Any) -> None:
+    def _on_lost(self, connection: asyncpg.Connection | None = None) -> None:
+        """The listener is gone (its termination callback, or found closed)."""
+        if connection is not None and connection is not self._listener:
+            return  # a late callback from a listener already replaced: not ours to drop
         if self._listener is not None:
             _log.warning("key_cache_listener_lost")
         self._listener = None

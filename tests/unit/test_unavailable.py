@@ -41,6 +41,7 @@ NOT_OUTAGES = [
     exc.SerializationError("could not serialize access"),
     exc.DivisionByZeroError("division by zero"),
     exc.RaiseError("posting does not balance"),
+    asyncpg.DataError("invalid input for query argument $1"),
     ValueError("a bug"),
 ]
 
