@@ -10,8 +10,13 @@ The queue is bounded (`queue_max`): past it a request is refused at once with
 `ServiceUnavailable` (503 with Retry-After; the partner retries with the same key) rather
 than waiting behind a backlog that only grows while the database cannot keep up.
 
-A batch that fails as a whole (the ledger gave up after its retries, or a bug) is split
-and its requests retried one by one, so one bad request never fails its neighbours.
+A batch that fails as a whole (a bug, or a refusal one request provoked) is split and
+its requests retried one by one, so one bad request never fails its neighbours. A batch
+that failed because the database is away is not split: every
+request in it gets the same 503 at once, as retrying them one by one against a database
+that is not there would only multiply the wait. Such a batch is one database transaction
+that did not commit, or whose commit we never heard back about: either way each request
+is retried by its client with the same Idempotency-Key, which posts it exactly once.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import asyncio
 from collections import deque
 from collections.abc import Sequence
 
-from exchange.errors import ServiceUnavailable
+from exchange.errors import DatabaseUnavailable, ServiceUnavailable
 from exchange.logs import get_logger
 from exchange.service import LedgerRequest, LedgerService, Outcome
 
@@ -90,8 +95,9 @@ class GroupCommitter:
         try:
             outcomes = await self.ledger.submit([request for request, _ in batch])
         except Exception as exc:
-            if len(batch) == 1:
-                _resolve_error(batch[0][1], exc)
+            if len(batch) == 1 or isinstance(exc, DatabaseUnavailable):
+                for _, future in batch:
+                    _resolve_error(future, exc)
                 return
             _log.warning("batch_failed_splitting", size=len(batch), error=type(exc).__name__)
             for item in batch:

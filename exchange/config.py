@@ -227,7 +227,7 @@ VARIABLES: tuple[Variable, ...] = (
         "db_pool_timeout_s",
         "10",
         "an integer 1-3600",
-        "How long a request waits for a free connection before 503.",
+        "How long a request waits for a free connection (or to connect, at most 10 s) before 503.",
     ),
     Variable(
         "EXCHANGE_LOG_LEVEL",

@@ -7,25 +7,32 @@ EXCHANGE_DATABASE_URL when set, else the embedded server in EXCHANGE_DATA_DIR.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from exchange.config import Settings
 from exchange.embedded import EmbeddedPostgres
+from exchange.errors import DatabaseUnavailable
+from exchange.store._errors import is_connection_lost, unavailable_as_503
 
 __all__ = [
     "DatabaseUnavailable",
     "OpenDatabase",
+    "Readiness",
     "alembic_config",
     "check_reachable",
     "create_engine",
@@ -34,16 +41,13 @@ __all__ = [
     "head_revision",
     "migrate",
     "open_database",
+    "readiness",
     "recreate_database",
     "sqlalchemy_url",
 ]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 CONNECT_TIMEOUT_S = 10
-
-
-class DatabaseUnavailable(RuntimeError):
-    """The configured PostgreSQL cannot be reached; the message says which and why."""
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -61,8 +65,17 @@ def libpq_url(url: str) -> str:
 
 def create_engine(url: str, *, pool_size: int = 10, pool_timeout_s: int = 10) -> AsyncEngine:
     """A bounded pool: `pool_size` connections and no overflow, so load cannot exhaust
-    PostgreSQL's max_connections however many requests arrive."""
-    return create_async_engine(
+    PostgreSQL's max_connections however many requests arrive.
+
+    Self-healing (docs/operations.md, "What the exchange does when PostgreSQL goes away"):
+    a connection asyncpg already knows is closed (the server restarted, or killed it) is
+    replaced at checkout, for free; one that fails in use is invalidated (SQLAlchemy
+    paths: the `handle_error` hook; driver paths: `driver_connection`). A connection
+    attempt waits at most the pool timeout, so a request never waits longer than that
+    for a database that is not there. No `pool_pre_ping`: it would cost a round trip per
+    checkout on the hot path, and the checkout check below catches the common case.
+    """
+    engine = create_async_engine(
         sqlalchemy_url(url),
         pool_size=pool_size,
         max_overflow=0,
@@ -70,10 +83,29 @@ def create_engine(url: str, *, pool_size: int = 10, pool_timeout_s: int = 10) ->
         pool_pre_ping=False,
         pool_recycle=3600,
         connect_args={
-            "timeout": CONNECT_TIMEOUT_S,
+            "timeout": min(CONNECT_TIMEOUT_S, pool_timeout_s),
             "server_settings": {"timezone": "UTC"},
         },
     )
+    event.listen(engine.sync_engine.pool, "checkout", _refuse_closed_connection)
+    event.listen(engine.sync_engine, "handle_error", _invalidate_lost_connections)
+    return engine
+
+
+def _refuse_closed_connection(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """A pooled connection whose socket asyncpg saw close (restart, pg_terminate_backend)
+    is thrown away and reconnected before anyone uses it; the pool retries the checkout."""
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if driver is not None and driver.is_closed():
+        raise DisconnectionError("connection closed by the server while idle in the pool")
+
+
+def _invalidate_lost_connections(context: ExceptionContext) -> None:
+    """Errors the dialect does not recognise as a disconnect ("cannot switch to state",
+    terminated backends) still mean the connection is gone: SQLAlchemy then invalidates
+    it and every connection made before it (the server most likely restarted)."""
+    if not context.is_disconnect and is_connection_lost(context.original_exception):
+        context.is_disconnect = True
 
 
 @asynccontextmanager
@@ -82,18 +114,26 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connec
 
     The pool stays SQLAlchemy's (one bound on connections for everything); the caller
     manages its own transaction on the driver. A block that leaves a transaction open
-    (cancelled mid-rollback) gets its connection invalidated rather than reused.
+    (cancelled mid-rollback) or whose connection was lost gets its connection invalidated
+    rather than reused. An unreachable database is `DatabaseUnavailable` (503).
     """
-    async with engine.connect() as conn:
-        fairy = await conn.get_raw_connection()
-        driver = fairy.driver_connection
-        if not isinstance(driver, asyncpg.Connection):
-            raise TypeError(f"expected an asyncpg connection, got {type(driver).__name__}")
-        try:
-            yield driver
-        finally:
-            if driver.is_in_transaction():
-                await conn.invalidate()
+    with unavailable_as_503():
+        async with engine.connect() as conn:
+            fairy = await conn.get_raw_connection()
+            driver = fairy.driver_connection
+            if not isinstance(driver, asyncpg.Connection):
+                raise TypeError(f"expected an asyncpg connection, got {type(driver).__name__}")
+            lost = False
+            try:
+                yield driver
+            except BaseException as exc:
+                lost = is_connection_lost(exc)
+                raise
+            finally:
+                if lost or driver.is_closed() or driver.is_in_transaction():
+                    # Discarding a dead connection must not mask why the block failed.
+                    with contextlib.suppress(Exception):
+                        await conn.invalidate()
 
 
 async def check_reachable(url: str) -> None:
@@ -141,6 +181,27 @@ def migrate(url: str, revision: str = "head") -> None:
 
 def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("postgresql://unused/")).get_current_head()
+
+
+@dataclass(frozen=True)
+class Readiness:
+    revision: str | None
+    read_only: bool
+
+
+async def readiness(engine: AsyncEngine) -> Readiness:
+    """One cheap round trip: the schema revision, and whether the database takes writes.
+    A database that is away raises `DatabaseUnavailable` (within the pool timeout)."""
+    with unavailable_as_503():
+        async with engine.connect() as connection:
+            read_only = await connection.scalar(
+                text("SELECT current_setting('transaction_read_only') = 'on'")
+            )
+            exists = await connection.scalar(text("SELECT to_regclass('alembic_version')"))
+            revision = None
+            if exists is not None:
+                revision = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+    return Readiness(revision, bool(read_only))
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

@@ -159,6 +159,15 @@ class EmbeddedPostgres:
             raise EmbeddedPostgresError(f"psql failed: {result.stderr.strip()}")
         return result.stdout
 
+    def pg_ctl(self, *args: str) -> None:
+        """Run `pg_ctl` on this server as an operator would (`restart -m fast`, `stop -m
+        immediate`, ...), ignoring other holders: for fault drills and tests."""
+        if args and args[0] in ("start", "restart"):
+            self.log_path.touch()
+            self._prepare_permissions()
+            args = (*args, "-l", str(self.log_path))
+        self._pg_ctl(*args)
+
     def __enter__(self) -> EmbeddedPostgres:
         self.start()
         return self

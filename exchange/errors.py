@@ -29,7 +29,8 @@ mapping to RFC 9457 problem+json lives in `exchange.problems`. Errors raised in
     │   ├── NotReversible               (422 not_reversible)
     │   └── IdempotencyKeyReused        (422 idempotency_key_reused)
     ├── RateLimited                     (429 rate_limited, carries retry_after_s)
-    ├── ServiceUnavailable              (503 service_unavailable)
+    ├── ServiceUnavailable              (503 service_unavailable, with Retry-After)
+    │   └── DatabaseUnavailable         (503 service_unavailable: PostgreSQL away or read-only)
     └── InvariantViolation              (500 invariant_violation; a bug, logged loudly)
 
 Operating errors (a bad request, not enough points) are expected and typed.
@@ -47,6 +48,7 @@ __all__ = [
     "Conflict",
     "CreditLimitExceeded",
     "CurrencyNotSupported",
+    "DatabaseUnavailable",
     "ExchangeError",
     "Forbidden",
     "HoldNotFound",
@@ -221,6 +223,18 @@ class ServiceUnavailable(ExchangeError):
     status = 503
     code = "service_unavailable"
     title = "Service unavailable"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """PostgreSQL cannot serve us now: unreachable, restarting, our connection was killed,
+    read-only, disk full. Transient by nature; `reason` (the driver's error class and
+    SQLSTATE) is for the log, never the response."""
+
+    retry_after_s: ClassVar[int] = 1
+
+    def __init__(self, detail: str | None = None, *, reason: str = "") -> None:
+        self.reason = reason
+        super().__init__(detail)
 
 
 class InvariantViolation(ExchangeError):

@@ -6,9 +6,8 @@ from typing import Any
 
 import msgspec
 from litestar import Controller, Request, get
-from sqlalchemy.exc import SQLAlchemyError
 
-from exchange.db import current_revision, head_revision
+from exchange.db import head_revision, readiness
 from exchange.errors import ServiceUnavailable
 
 __all__ = ["HealthController"]
@@ -32,14 +31,13 @@ class HealthController(Controller):
     async def health(self) -> Health:
         return Health(status="ok")
 
-    @get("/ready", summary="Readiness: the database is reachable and fully migrated")
+    @get("/ready", summary="Readiness: the database is reachable, writable and fully migrated")
     async def ready(self, request: Request[Any, Any, Any]) -> Ready:
-        engine = request.app.state.engine
-        try:
-            revision = await current_revision(engine)
-        except (SQLAlchemyError, OSError) as exc:
-            raise ServiceUnavailable("The database is not reachable.") from exc
-        head = head_revision()
+        # An unreachable database raises DatabaseUnavailable: 503 with Retry-After.
+        state = await readiness(request.app.state.engine)
+        if state.read_only:
+            raise ServiceUnavailable("The database is read-only: postings cannot be written.")
+        revision, head = state.revision, head_revision()
         if revision is None or revision != head:
             raise ServiceUnavailable(
                 f"The database schema is at {revision or 'nothing'}, expected {head}; "

@@ -20,8 +20,15 @@ from litestar.types import ExceptionHandlersMap
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from exchange.errors import ExchangeError, InvariantViolation, RateLimited, ServiceUnavailable
+from exchange.errors import (
+    DatabaseUnavailable,
+    ExchangeError,
+    InvariantViolation,
+    RateLimited,
+    ServiceUnavailable,
+)
 from exchange.logs import get_logger
+from exchange.store import is_unavailable
 
 __all__ = ["ERROR_TYPE_BASE", "PROBLEM_JSON", "Problem", "exception_handlers", "problem_response"]
 
@@ -90,6 +97,8 @@ def _exchange_error(request: Request[Any, Any, Any], exc: ExchangeError) -> Resp
     elif isinstance(exc, ServiceUnavailable):
         # Transient (the ledger was busy): say when to retry, as for an unreachable database.
         headers = {"Retry-After": "1"}
+    if isinstance(exc, DatabaseUnavailable):
+        return _database_unavailable(request, exc)
     if isinstance(exc, InvariantViolation):
         _log.error("invariant_violation", detail=exc.detail, path=request.url.path)
         return problem_response(
@@ -144,6 +153,10 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    if is_unavailable(exc):
+        # The last net: a database outage that reached us untranslated is still a 503,
+        # never a 500 (the client's retry with the same Idempotency-Key is safe).
+        return _database_unavailable(request, exc)
     _log.exception("unhandled_exception", path=request.url.path, error=type(exc).__name__)
     return problem_response(
         500,
@@ -155,14 +168,17 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[byt
 
 
 def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    """Pool exhausted or database unreachable: an operating condition, not a bug."""
-    _log.warning("database_unavailable", error=type(exc).__name__, path=request.url.path)
+    """Pool exhausted, database unreachable or read-only: an operating condition, not a
+    bug. Logged as a warning (one line per request, no stack trace)."""
+    reason = exc.reason if isinstance(exc, DatabaseUnavailable) else type(exc).__name__
+    _log.warning("database_unavailable", reason=reason, path=request.url.path)
     return problem_response(
         503,
         "service_unavailable",
         "Service unavailable",
-        "The database is busy or unreachable; retry shortly.",
-        headers={"Retry-After": "1"},
+        "The database is busy, unreachable or not accepting writes; retry shortly with "
+        "the same Idempotency-Key.",
+        headers={"Retry-After": str(DatabaseUnavailable.retry_after_s)},
         request_id=_request_id(request),
     )
 

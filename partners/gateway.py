@@ -1,21 +1,26 @@
 """The signature checks' database side, made cheap: cached keys, batched nonces.
 
-Keys: each server process caches key records for `KEY_CACHE_TTL_S`. The registry
-notifies (`NOTIFY exchange_keys`) in the same database transaction as any change to a
-key or a partner's status, and every process listens and clears its cache when told,
-so a revoked key or a suspended partner stops working at once everywhere. If the
-listening connection is lost, the cache is bypassed until it is back (fail closed: the
-database is always right).
+Keys: each server process caches key records (`partners.keycache`: bounded, expiring,
+generation-checked). The registry notifies (`NOTIFY exchange_keys`) in the same database
+transaction as any change to a key or a partner's status, and every process listens and
+invalidates its cache when told, so a revoked key or a suspended partner stops working
+at once everywhere. If the listening connection is lost (PostgreSQL restarted, the
+backend was terminated), the cache is bypassed (fail closed: the database is always
+right) and the listener reconnects in the background with capped exponential backoff.
 
 Nonces: concurrent requests' (keyid, nonce) pairs are written together, one INSERT and
 one commit for all that arrived while the previous write was running, exactly like
 group commit for postings. A pair already present (or twice in one write) is a replay.
+
+Any database failure here is `DatabaseUnavailable` (`driver_connection` translates it):
+the request is refused with 503, never admitted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+import contextlib
+import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,15 +30,23 @@ from typing import Any
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exchange.db import driver_connection, libpq_url
+from exchange.db import CONNECT_TIMEOUT_S, driver_connection, libpq_url
 from exchange.logs import get_logger
 from partners import store
+from partners.keycache import KeyCache
 from partners.signing import CREATED_PAST_S_MAX, KeyRecord
 
 __all__ = ["KEYS_CHANNEL", "NONCE_KEEP", "SignatureGateway", "housekeeping_jobs"]
 
 KEYS_CHANNEL = "exchange_keys"
 KEY_CACHE_TTL_S = 60.0
+KEY_CACHE_KNOWN_MAX = 10_000
+KEY_DIRECTORY_MAX = 100_000
+KEY_DIRECTORY_MISSES_PER_S = 20.0
+LISTEN_BACKOFF_S_MIN = 0.1
+LISTEN_BACKOFF_S_MAX = 5.0
+# How often a healthy listener is checked even without a termination callback.
+LISTEN_CHECK_S = 5.0
 # A nonce is stamped max(arrival, created); its request is refused as expired once
 # created is 300 s old, so after 300 s (plus a margin for clock skew between servers)
 # it can be forgotten.
@@ -45,6 +58,7 @@ SELECT k.key_id, k.partner_id, k.public_key, k.status, p.status AS partner_statu
 FROM partner_keys AS k JOIN partners AS p ON p.partner_id = k.partner_id
 WHERE k.key_id = $1
 """
+_DIRECTORY_SQL = "SELECT key_id FROM partner_keys LIMIT $1"
 # Duplicates in one write are removed before it; a pair already stored is skipped.
 _NONCES_SQL = """
 INSERT INTO signature_nonces (key_id, nonce, seen_at)
@@ -68,8 +82,19 @@ class SignatureGateway:
     def __init__(self, engine: AsyncEngine, database_url: str) -> None:
         self.engine = engine
         self.database_url = database_url
-        self._keys: dict[str, tuple[float, KeyRecord | None]] = {}
+        self.keys = KeyCache(
+            ttl_s=KEY_CACHE_TTL_S,
+            known_max=KEY_CACHE_KNOWN_MAX,
+            directory_max=KEY_DIRECTORY_MAX,
+            misses_per_s=KEY_DIRECTORY_MISSES_PER_S,
+        )
         self._listener: asyncpg.Connection | None = None
+        self._listener_lost = asyncio.Event()
+        self._listening: asyncio.Task[None] | None = None
+        # One database read per (key id, cache generation) at a time, shared by everyone
+        # asking meanwhile; a different generation never shares a read from before it.
+        self._reads: dict[tuple[str, int], asyncio.Task[KeyRecord | None]] = {}
+        self._directory_reads: dict[int, asyncio.Task[None]] = {}
         self._queue: deque[_Pending] = deque()
         self._writing = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -77,57 +102,139 @@ class SignatureGateway:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Listen for key and partner changes; until this succeeds, nothing is cached."""
-        try:
-            self._listener = await asyncpg.connect(libpq_url(self.database_url))
-            await self._listener.add_listener(KEYS_CHANNEL, self._on_notify)
-            self._listener.add_termination_listener(self._on_lost)
-        except (OSError, asyncpg.PostgresError) as exc:
-            _log.warning("key_cache_disabled", error=str(exc))
-            self._listener = None
+        """Listen for key and partner changes (one attempt now, then in the background
+        until it works); until a listener is in place, nothing is cached."""
+        if not await self._listen():
+            _log.warning("key_cache_disabled", reason="cannot listen; retrying in background")
+        self._listening = asyncio.create_task(self._keep_listening(), name="key-cache-listener")
 
     async def stop(self) -> None:
+        task, self._listening = self._listening, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         while self._tasks or self._queue:
             if self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
             else:
                 self._start_write()
-        if self._listener is not None:
-            await self._listener.close()
-            self._listener = None
+        for read in list(self._reads.values()) + list(self._directory_reads.values()):
+            read.cancel()  # reads whose callers all gave up
+        listener, self._listener = self._listener, None
+        self.keys.disable()
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await listener.close(timeout=CONNECT_TIMEOUT_S)
+
+    @property
+    def listening(self) -> bool:
+        return self._listener is not None and not self._listener.is_closed()
+
+    async def _listen(self) -> bool:
+        """Open the listening connection; True when it is in place."""
+        listener = None
+        try:
+            listener = await asyncpg.connect(
+                libpq_url(self.database_url), timeout=CONNECT_TIMEOUT_S
+            )
+            await listener.add_listener(KEYS_CHANNEL, self._on_notify)
+            listener.add_termination_listener(self._on_lost)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            _log.debug("key_cache_listen_failed", error=type(exc).__name__)
+            if listener is not None:
+                listener.terminate()
+            return False
+        self._listener = listener
+        self._listener_lost.clear()
+        self.keys.enable()  # changes missed while we were not listening: start afresh
+        return True
+
+    async def _keep_listening(self) -> None:
+        """Reconnect a lost listener with capped, jittered exponential backoff."""
+        backoff_s = LISTEN_BACKOFF_S_MIN
+        while True:  # for the life of the process; stop() cancels it
+            if self.listening:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._listener_lost.wait(), LISTEN_CHECK_S)
+                if self.listening:
+                    continue
+                self._on_lost()
+            await asyncio.sleep(backoff_s * random.uniform(0.5, 1.0))
+            if await self._listen():
+                _log.info("key_cache_listening_again")
+                backoff_s = LISTEN_BACKOFF_S_MIN
+            else:
+                backoff_s = min(backoff_s * 2, LISTEN_BACKOFF_S_MAX)
 
     def _on_notify(self, *_: Any) -> None:
-        self._keys.clear()
+        self.keys.invalidate()
 
-    def _on_lost(self, *_: Any) -> None:
-        _log.warning("key_cache_listener_lost")
+    def _on_lost(self, connection: object = None) -> None:
+        """The listener is gone (its termination callback, or found closed)."""
+        if connection is not None and connection is not self._listener:
+            return  # a late callback from a listener already replaced: not ours to drop
+        if self._listener is not None:
+            _log.warning("key_cache_listener_lost")
         self._listener = None
-        self._keys.clear()
+        self.keys.disable()
+        self._listener_lost.set()
 
     def forget_keys(self) -> None:
         """Drop every cached key (this process changed one)."""
-        self._keys.clear()
+        self.keys.invalidate()
 
     # -- keys --------------------------------------------------------------------------------
 
     async def resolve_key(self, key_id: str) -> KeyRecord | None:
-        cached = self._keys.get(key_id)
-        if cached is not None and self._listener is not None and time.monotonic() < cached[0]:
-            return cached[1]
+        if self.keys.needs_directory():
+            await self._load_directory()
+        cached = self.keys.get(key_id)
+        if cached.found:
+            return cached.record
+        read = (key_id, self.keys.generation)
+        task = self._reads.get(read)
+        if task is None:
+            # A task of its own, so that a caller who gives up does not cancel the read
+            # for the others sharing it.
+            task = asyncio.create_task(self._fetch_key(key_id))
+            self._reads[read] = task
+            task.add_done_callback(lambda done: self._key_read(read, done))
+        return await asyncio.shield(task)
+
+    def _key_read(self, read: tuple[str, int], task: asyncio.Task[KeyRecord | None]) -> None:
+        self._reads.pop(read, None)
+        if not task.cancelled() and task.exception() is None:
+            # Stored only if no invalidation happened since the read began (generation).
+            self.keys.put(read[0], task.result(), read[1])
+
+    async def _fetch_key(self, key_id: str) -> KeyRecord | None:
         async with driver_connection(self.engine) as conn:
             row = await conn.fetchrow(_KEY_SQL, key_id)
-        record = None
-        if row is not None:
-            record = KeyRecord(
-                key_id=row["key_id"],
-                partner_id=row["partner_id"],
-                public_key=bytes(row["public_key"]),
-                key_active=row["status"] == "active",
-                partner_active=row["partner_status"] == "active",
-            )
-        if self._listener is not None:
-            self._keys[key_id] = (time.monotonic() + KEY_CACHE_TTL_S, record)
-        return record
+        if row is None:
+            return None
+        return KeyRecord(
+            key_id=row["key_id"],
+            partner_id=row["partner_id"],
+            public_key=bytes(row["public_key"]),
+            key_active=row["status"] == "active",
+            partner_active=row["partner_status"] == "active",
+        )
+
+    async def _load_directory(self) -> None:
+        """Read every key id once per generation (shared by concurrent callers)."""
+        generation = self.keys.generation
+        task = self._directory_reads.get(generation)
+        if task is None:
+            task = asyncio.create_task(self._fetch_directory(generation))
+            self._directory_reads[generation] = task
+            task.add_done_callback(lambda _: self._directory_reads.pop(generation, None))
+        await asyncio.shield(task)
+
+    async def _fetch_directory(self, generation: int) -> None:
+        async with driver_connection(self.engine) as conn:
+            rows = await conn.fetch(_DIRECTORY_SQL, KEY_DIRECTORY_MAX + 1)
+        self.keys.put_directory((row["key_id"] for row in rows), generation)
 
     # -- nonces ------------------------------------------------------------------------------
 

@@ -177,9 +177,9 @@ class PartnerAdminController(Controller):
         partner_id: FromPath[str],
     ) -> KeyOut:
         data = decode_body(request, await request.body(), KeyCreate)
-        return _key_out(
-            await registry.add_key(services.engine, services.clock, partner_id, data.public_key)
-        )
+        key = await registry.add_key(services.engine, services.clock, partner_id, data.public_key)
+        services.gateway.forget_keys()  # usable here at once; the others learn by NOTIFY
+        return _key_out(key)
 
     @delete(
         "/{partner_id:str}/keys/{key_id:str}",

@@ -32,10 +32,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exchange.clock import Clock, utc
 from exchange.config import SettlementCycle
 from exchange.logs import get_logger
+from exchange.store import is_unavailable
 from settlement.errors import PeriodClosed
 from settlement.service import SettlementService
 
 __all__ = [
+    "BACKOFF_S_MAX",
     "RUNS_PER_TICK_MAX",
     "SCHEDULER_LOCK_KEY",
     "HousekeepingJob",
@@ -45,10 +47,12 @@ __all__ = [
     "due_boundaries",
     "next_boundary",
     "run_tick",
+    "tick_delay_s",
 ]
 
 SCHEDULER_LOCK_KEY = 0x5E77_1E00_0002
 RUNS_PER_TICK_MAX = 100
+BACKOFF_S_MAX = 300.0  # the longest wait between ticks while the database is away
 _log = get_logger("settlement.schedule")
 
 # A housekeeping job gets the tick's time; what it returns is logged.
@@ -91,6 +95,15 @@ def due_boundaries(
         found.append(boundary)
         boundary = next_boundary(boundary, cycle)
     return found
+
+
+def tick_delay_s(interval_s: float, failures: int) -> float:
+    """The wait before the next tick: the interval, doubled per consecutive failed tick
+    (the database is away), at most `BACKOFF_S_MAX` but never less than the interval."""
+    if failures == 0:
+        return interval_s
+    backoff_s = interval_s * (1 << min(failures, 16))
+    return max(interval_s, min(backoff_s, BACKOFF_S_MAX))
 
 
 # -- one tick ---------------------------------------------------------------------------------
@@ -210,9 +223,16 @@ class Scheduler:
             await task
 
     async def _loop(self) -> None:
-        while True:
+        failures = 0
+        while True:  # for the life of the process; stop() cancels it
             try:
                 await self.tick()
-            except Exception:  # a failed tick is logged and retried on the next one
-                _log.exception("scheduler_tick_failed")
-            await asyncio.sleep(self.interval_s)
+            except Exception as exc:  # a failed tick is logged and retried later
+                failures += 1
+                if is_unavailable(exc):  # an outage: expected, no stack trace per tick
+                    _log.warning("scheduler_tick_failed", reason=type(exc).__name__)
+                else:
+                    _log.exception("scheduler_tick_failed")
+            else:
+                failures = 0
+            await asyncio.sleep(tick_delay_s(self.interval_s, failures))

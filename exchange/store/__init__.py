@@ -3,7 +3,13 @@ statement in `_write`, with the balance and sweep reads in `_reads`); everything
 through SQLAlchemy Core (`_queries`). Driver errors stop here (`_errors`).
 """
 
-from exchange.store._errors import RetryableConflict, translate_errors
+from exchange.store._errors import (
+    RetryableConflict,
+    is_connection_lost,
+    is_unavailable,
+    translate_errors,
+    unavailable_as_503,
+)
 from exchange.store._posting import (
     claim_keys,
     load_books,
@@ -48,7 +54,9 @@ __all__ = [
     "due_member_ids",
     "fetch_hold",
     "fetch_posting",
+    "is_connection_lost",
     "is_linked",
+    "is_unavailable",
     "liability_by_issuer",
     "list_postings",
     "load_books",
@@ -59,5 +67,6 @@ __all__ = [
     "resolve_targets",
     "save_idempotency",
     "translate_errors",
+    "unavailable_as_503",
     "write_batch",
 ]

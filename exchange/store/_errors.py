@@ -1,4 +1,15 @@
-"""Driver errors stop at the store: retryable conflicts, broken invariants, the rest."""
+"""Driver errors stop at the store: retryable conflicts, broken invariants, an unreachable
+database, the rest.
+
+    RetryableConflict      a deadlock or serialization failure: retry the database tx
+    InvariantViolation     PostgreSQL refused a write our checks should have refused (500)
+    DatabaseUnavailable    the database cannot serve us right now (503 + Retry-After):
+                           unreachable, restarting, our connection killed, read-only,
+                           disk full or out of memory
+
+`is_unavailable` is the one classification of "the database is away" (used here, by the
+pool plumbing in `exchange.db`, and as the last net in `exchange.problems`).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +17,35 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import asyncpg
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from exchange.errors import InvariantViolation
+from exchange.errors import DatabaseUnavailable, InvariantViolation
 
-__all__ = ["RetryableConflict", "translate_errors"]
+__all__ = [
+    "RetryableConflict",
+    "is_connection_lost",
+    "is_unavailable",
+    "translate_errors",
+    "unavailable_as_503",
+]
 
 _RETRYABLE = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
+# Connection exceptions (08), insufficient resources (53: disk full, out of memory, too many
+# connections), operator intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03
+# cannot connect now, 57P04 database dropped), system I/O error (58030).
+_UNAVAILABLE_PREFIXES = ("08", "53", "57P", "58030")
+_READ_ONLY = "25006"  # read_only_sql_transaction: a standby, or default_transaction_read_only
+# Failures that leave the connection itself unusable (as opposed to a refused statement).
+_LOST = (
+    asyncpg.PostgresConnectionError,  # ConnectionDoesNotExistError & co.
+    asyncpg.InterfaceError,  # "connection is closed", "another operation is in progress"
+    asyncpg.exceptions.InternalClientError,  # "cannot switch to state ..." after a cut
+    DisconnectionError,
+    OSError,
+    TimeoutError,
+)
+_CHAIN_DEPTH_MAX = 8
 
 
 class RetryableConflict(Exception):
@@ -20,22 +53,83 @@ class RetryableConflict(Exception):
     the whole database transaction may be retried."""
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, what it wraps (`.orig`), and its causes, a bounded walk."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo and len(seen) < _CHAIN_DEPTH_MAX:
+        current = todo.pop(0)  # breadth first: the wrapped driver error before causes
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        for linked in (getattr(current, "orig", None), current.__cause__, current.__context__):
+            if isinstance(linked, BaseException):
+                todo.append(linked)
+
+
 def _sqlstate(exc: BaseException) -> str | None:
-    for candidate in (
-        exc,
-        getattr(exc, "orig", None),
-        getattr(getattr(exc, "orig", None), "__cause__", None),
-    ):
+    for candidate in _causes(exc):
         state = getattr(candidate, "sqlstate", None)
         if isinstance(state, str):
             return state
     return None
 
 
+def is_connection_lost(exc: BaseException) -> bool:
+    """The connection this failed on cannot be used again: discard it, never reuse it."""
+    for candidate in _causes(exc):
+        if isinstance(candidate, _LOST):
+            return True
+        if isinstance(candidate, DBAPIError) and candidate.connection_invalidated:
+            return True
+        state = getattr(candidate, "sqlstate", None)
+        if isinstance(state, str) and state.startswith(("08", "57P")):
+            return True
+    return False
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """The database cannot serve us now, for a reason that is not the request's fault and
+    should pass: answer 503 and let the client retry (with the same Idempotency-Key)."""
+    if isinstance(exc, DatabaseUnavailable):
+        return True
+    if any(isinstance(candidate, PoolTimeout) for candidate in _causes(exc)):
+        return True
+    if is_connection_lost(exc):
+        return True
+    state = _sqlstate(exc)
+    return state is not None and (state.startswith(_UNAVAILABLE_PREFIXES) or state == _READ_ONLY)
+
+
+def _unavailable(exc: BaseException) -> DatabaseUnavailable:
+    state = _sqlstate(exc)
+    reason = f"{type(exc).__name__}" + (f" ({state})" if state else "")
+    return DatabaseUnavailable(
+        "The database is unreachable or not accepting writes; retry shortly "
+        "(with the same Idempotency-Key).",
+        reason=reason,
+    )
+
+
+@contextmanager
+def unavailable_as_503() -> Iterator[None]:
+    """Turn "the database is away" (however the driver or the pool says it) into the one
+    typed `DatabaseUnavailable`; every other error passes unchanged."""
+    try:
+        yield
+    except DatabaseUnavailable:
+        raise
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise _unavailable(exc) from exc
+        raise
+
+
 @contextmanager
 def translate_errors() -> Iterator[None]:
-    """Map driver errors (asyncpg's or SQLAlchemy's) to retryable conflicts and broken
-    invariants; anything else (connection trouble) passes through to the 503 mapping."""
+    """Map driver errors (asyncpg's or SQLAlchemy's) to retryable conflicts, broken
+    invariants, and an unavailable database; anything else passes through."""
     try:
         yield
     except (DBAPIError, asyncpg.PostgresError) as exc:
@@ -46,4 +140,8 @@ def translate_errors() -> Iterator[None]:
             raise RetryableConflict(state) from exc
         if state is not None and (state.startswith("23") or state == "P0001"):
             raise InvariantViolation(f"database refused a write ({state}): {exc}") from exc
+        if is_unavailable(exc):
+            raise _unavailable(exc) from exc
         raise
+    except (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError, OSError) as exc:
+        raise _unavailable(exc) from exc

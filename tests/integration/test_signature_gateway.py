@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
@@ -10,8 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.clock import FrozenClock
 from partners import registry
-from partners.gateway import NONCE_KEEP, SignatureGateway, housekeeping_jobs
-from partners.signing import generate_keypair
+from partners.gateway import (
+    KEY_DIRECTORY_MISSES_PER_S,
+    NONCE_KEEP,
+    SignatureGateway,
+    housekeeping_jobs,
+)
+from partners.signing import KeyRecord, generate_keypair
 from tests.support import add_partner
 
 
@@ -100,3 +106,118 @@ async def test_housekeeping_forgets_spent_nonces_and_expired_sessions(
     async with engine.connect() as conn:
         left = await conn.scalar(text("SELECT string_agg(nonce, ',') FROM signature_nonces"))
     assert left == "new-nonce-000001"
+
+
+class _PausedGateway(SignatureGateway):
+    """A gateway whose key reads can be held after they have read the database: the
+    window in which a slow lookup races a revocation."""
+
+    def __init__(self, engine: AsyncEngine, database_url: str) -> None:
+        super().__init__(engine, database_url)
+        self.hold = False
+        self.reads = 0
+        self.read_done = asyncio.Event()
+        self.resume = asyncio.Event()
+
+    async def _fetch_key(self, key_id: str) -> KeyRecord | None:
+        record = await super()._fetch_key(key_id)
+        self.reads += 1
+        if self.hold:
+            self.read_done.set()
+            await self.resume.wait()
+        return record
+
+
+async def _until(check: Callable[[], bool], timeout_s: float = 10) -> bool:
+    for _ in range(int(timeout_s / 0.01)):
+        if check():
+            return True
+        await asyncio.sleep(0.01)
+    return check()
+
+
+async def test_a_lookup_that_read_before_a_revocation_cannot_cache_the_old_key(
+    engine: AsyncEngine, database_url: str, clock: FrozenClock
+) -> None:
+    await add_partner(engine, clock, "grocer")
+    _, public_key = generate_keypair()
+    key = await registry.add_key(engine, clock, "grocer", public_key)
+    gateway = _PausedGateway(engine, database_url)
+    await gateway.start()
+    try:
+        assert gateway.listening
+        gateway.hold = True
+        lookup = asyncio.create_task(gateway.resolve_key(key.key_id))
+        await asyncio.wait_for(gateway.read_done.wait(), 10)  # it has read: key active
+        generation = gateway.keys.generation
+        await registry.revoke_key(engine, clock, "grocer", key.key_id)  # "another process"
+        assert await _until(lambda: gateway.keys.generation != generation), "NOTIFY arrived"
+        gateway.hold = False
+        gateway.resume.set()
+        late = await asyncio.wait_for(lookup, 10)
+        assert late is not None
+        assert late.key_active, "the slow lookup answers what it read, before the revocation"
+        record = await gateway.resolve_key(key.key_id)
+        assert record is not None
+        assert not record.key_active, "but it must not have cached that stale answer"
+    finally:
+        gateway.resume.set()
+        await gateway.stop()
+
+
+async def test_a_flood_of_unknown_key_ids_is_cheap_and_caches_nothing(
+    engine: AsyncEngine, database_url: str, clock: FrozenClock
+) -> None:
+    await add_partner(engine, clock, "grocer")
+    _, public_key = generate_keypair()
+    key = await registry.add_key(engine, clock, "grocer", public_key)
+    gateway = _PausedGateway(engine, database_url)
+    await gateway.start()
+    try:
+        assert gateway.listening
+        flood = [f"key_{index:024x}" for index in range(2000)]
+        assert await asyncio.gather(*(gateway.resolve_key(k) for k in flood)) == [None] * 2000
+        # The directory of key ids answers them; only a small budget reaches the database.
+        assert gateway.reads <= KEY_DIRECTORY_MISSES_PER_S + 5
+        assert len(gateway.keys) == 0, "unknown key ids are never stored one by one"
+        known = await gateway.resolve_key(key.key_id)
+        assert known is not None
+        assert known.key_active
+        # A key created elsewhere is found once its NOTIFY has arrived.
+        _, other_public = generate_keypair()
+        generation = gateway.keys.generation
+        other = await registry.add_key(engine, clock, "grocer", other_public)
+        assert await _until(lambda: gateway.keys.generation != generation)
+        assert await gateway.resolve_key(other.key_id) is not None
+    finally:
+        await gateway.stop()
+
+
+async def test_a_lost_listener_bypasses_the_cache_and_reconnects(
+    engine: AsyncEngine, database_url: str, clock: FrozenClock
+) -> None:
+    await add_partner(engine, clock, "grocer")
+    _, public_key = generate_keypair()
+    key = await registry.add_key(engine, clock, "grocer", public_key)
+    gateway = SignatureGateway(engine, database_url)
+    await gateway.start()
+    try:
+        assert gateway.listening
+        assert await gateway.resolve_key(key.key_id) is not None
+        assert len(gateway.keys) == 1
+        async with engine.connect() as conn:
+            killed = await conn.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+                )
+            )
+        assert killed == 1
+        assert await _until(lambda: not gateway.listening or not gateway.keys.enabled)
+        assert len(gateway.keys) == 0
+        assert await _until(lambda: gateway.listening, 10), "the listener came back"
+        assert gateway.keys.enabled
+        await registry.revoke_key(engine, clock, "grocer", key.key_id)
+        assert await _eventually_revoked(gateway, key.key_id)
+    finally:
+        await gateway.stop()
