@@ -6,6 +6,7 @@ become a bare 500 with the request id, and the details go to the log.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import msgspec
@@ -167,11 +168,38 @@ def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[byt
     )
 
 
+class _LogThrottle:
+    """At most one line per `interval_s`, saying how many were left out: an outage under
+    load must not bury the log (every refused request still has its access line)."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._next_at = 0.0
+        self._suppressed = 0
+
+    def take(self) -> int | None:
+        """The number of lines left out since the last one, or None to leave this out."""
+        now = time.monotonic()
+        if now < self._next_at:
+            self._suppressed += 1
+            return None
+        self._next_at = now + self.interval_s
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
+
+
+_unavailable_log = _LogThrottle(interval_s=1.0)
+
+
 def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """Pool exhausted, database unreachable or read-only: an operating condition, not a
-    bug. Logged as a warning (one line per request, no stack trace)."""
-    reason = exc.reason if isinstance(exc, DatabaseUnavailable) else type(exc).__name__
-    _log.warning("database_unavailable", reason=reason, path=request.url.path)
+    bug. Logged as a warning without a stack trace, at most once a second."""
+    suppressed = _unavailable_log.take()
+    if suppressed is not None:
+        reason = exc.reason if isinstance(exc, DatabaseUnavailable) else type(exc).__name__
+        _log.warning(
+            "database_unavailable", reason=reason, path=request.url.path, suppressed=suppressed
+        )
     return problem_response(
         503,
         "service_unavailable",

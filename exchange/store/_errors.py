@@ -20,7 +20,7 @@ import asyncpg
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from exchange.errors import DatabaseUnavailable, InvariantViolation
+from exchange.errors import DatabaseUnavailable, ExchangeError, InvariantViolation
 
 __all__ = [
     "RetryableConflict",
@@ -118,8 +118,8 @@ def unavailable_as_503() -> Iterator[None]:
     typed `DatabaseUnavailable`; every other error passes unchanged."""
     try:
         yield
-    except DatabaseUnavailable:
-        raise
+    except (ExchangeError, RetryableConflict):
+        raise  # typed already (DatabaseUnavailable included): never re-read its causes
     except Exception as exc:
         if is_unavailable(exc):
             raise _unavailable(exc) from exc
