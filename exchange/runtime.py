@@ -14,6 +14,7 @@ from exchange.config import Settings
 from exchange.ratelimit import RateLimiter
 from exchange.service import LedgerRequest, LedgerService, Outcome
 from partners.gateway import SignatureGateway
+from partners.registry import revoke_unacceptable_keys
 
 __all__ = ["Services", "services_of"]
 
@@ -43,6 +44,7 @@ class Services:
         return cls(settings, engine, clock, ledger, RateLimiter(settings), committer, gateway)
 
     async def start(self) -> None:
+        await revoke_unacceptable_keys(self.engine, self.clock)
         await self.gateway.start()
 
     async def stop(self) -> None:

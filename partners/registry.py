@@ -7,8 +7,6 @@ at, so a price change only ever affects postings made after it.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -16,15 +14,16 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exchange.clock import Clock
 from exchange.errors import AlreadyExists, NotFound, PartnerNotFound, Unprocessable
+from exchange.logs import get_logger
 from exchange.money import minor_unit, parse_price
 from exchange.tables import partner_terms, partners
+from partners import signing
 from partners.tables import partner_keys
 
 __all__ = [
@@ -39,10 +38,12 @@ __all__ = [
     "get_partner",
     "list_partners",
     "revoke_key",
+    "revoke_unacceptable_keys",
     "update_partner",
 ]
 
 PartnerStatus = Literal["active", "suspended"]
+_log = get_logger("partners.registry")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
@@ -278,20 +279,41 @@ async def list_partners(engine: AsyncEngine) -> list[PartnerRecord]:
 
 
 def decode_public_key(text: str) -> bytes:
-    """base64url (padding optional) of a raw 32-byte Ed25519 public key, checked."""
+    """The raw key from its base64url, by the signing profile's one strict decoder; 422."""
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        raise Unprocessable(
-            "public_key must be base64url of the raw 32-byte Ed25519 key."
-        ) from None
-    if len(raw) != 32:
-        raise Unprocessable(f"public_key decodes to {len(raw)} bytes; an Ed25519 key has 32.")
-    try:
-        Ed25519PublicKey.from_public_bytes(raw)
-    except ValueError:
-        raise Unprocessable("public_key is not a valid Ed25519 public key.") from None
-    return raw
+        return signing.decode_public_key(text)
+    except ValueError as exc:
+        raise Unprocessable(f"public_key: {exc}.") from None
+
+
+async def revoke_unacceptable_keys(engine: AsyncEngine, clock: Clock) -> list[str]:
+    """Revoke every active stored key that the strict decoder would refuse today.
+
+    Keys registered before the small-order check existed (or written to the table by
+    other means) could let anyone sign as the partner; at start-up they are revoked and
+    logged, so they fail closed (`key_revoked`). Returns the key ids revoked.
+    """
+    async with engine.begin() as conn:
+        rows = await conn.execute(
+            select(partner_keys.c.key_id, partner_keys.c.public_key).where(
+                partner_keys.c.status == "active"
+            )
+        )
+        bad = [
+            row.key_id
+            for row in rows
+            if not signing.is_acceptable_public_key(bytes(row.public_key))
+        ]
+        if bad:
+            await conn.execute(
+                update(partner_keys)
+                .where(partner_keys.c.key_id.in_(bad), partner_keys.c.status == "active")
+                .values(status="revoked", revoked_at=clock.now())
+            )
+            await _notify_key_change(conn, "startup-check")
+    for key_id in bad:
+        _log.error("unacceptable_key_revoked", key_id=key_id, reason="small order or non-canonical")
+    return bad
 
 
 async def _notify_key_change(conn: AsyncConnection, subject: str) -> None:

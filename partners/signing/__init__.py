@@ -60,6 +60,7 @@ from partners.signing._data import (
     SignatureParams,
     VerifiedSignature,
 )
+from partners.signing._ed25519 import is_acceptable_public_key
 from partners.signing._keys import (
     b64url_decode,
     b64url_encode,
@@ -109,6 +110,7 @@ __all__ = [
     "decode_public_key",
     "decode_signature_member",
     "generate_keypair",
+    "is_acceptable_public_key",
     "load_private_key",
     "parse_signature_headers",
     "public_key_b64url",

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Final
 
 import http_sf
@@ -14,7 +15,7 @@ from http_message_signatures import HTTPMessageSignaturesException, MappingKeyRe
 from http_message_signatures.algorithms import ED25519
 
 from exchange.errors import InvariantViolation
-from partners.errors import NonceReplayed, SignatureInvalid
+from partners.errors import KeyRevoked, NonceReplayed, SignatureInvalid
 from partners.signing._base import (
     _ComponentResolver,
     _FieldLines,
@@ -29,6 +30,7 @@ from partners.signing._data import (
     NonceRecorder,
     VerifiedSignature,
 )
+from partners.signing._ed25519 import is_acceptable_public_key
 from partners.signing._parse import (
     _key_record,
     check_content_digest,
@@ -43,6 +45,8 @@ __all__ = [
     "verify_signature_base",
 ]
 
+# Bounded: one entry per distinct stored key seen, a few microseconds saved per request.
+_acceptable = functools.lru_cache(maxsize=4096)(is_acceptable_public_key)
 _SIGNATURE_PARAMS: Final = '"@signature-params"'  # the base's last line, as the library keys it
 
 
@@ -130,6 +134,9 @@ async def verify_request(
     check_coverage(parsed, request)
     digest = check_content_digest(request)
     record = _key_record(await resolve_key(params.key_id), params.key_id)
+    if not _acceptable(record.public_key):
+        # Stored before the strict check (start-up revokes these): fail closed.
+        raise KeyRevoked(f"key {params.key_id!r} has been revoked")
     try:
         public_key = Ed25519PublicKey.from_public_bytes(record.public_key)
     except ValueError as exc:

