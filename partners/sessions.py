@@ -6,6 +6,7 @@ part of the idempotent response, so a retried request returns the same token.
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import timedelta
 
@@ -19,10 +20,12 @@ from exchange.service import Idempotency, Outcome, remember, replay_or_claim
 from exchange.store import is_linked, translate_errors
 from partners import store
 
-__all__ = ["SESSION_TTL_S_DEFAULT", "create_member_session"]
+__all__ = ["MEMBER_TOKEN_SHAPE", "SESSION_TTL_S_DEFAULT", "create_member_session"]
 
 SESSION_TTL_S_DEFAULT = 900
 TOKEN_PREFIX = "xmt_"  # noqa: S105 - a prefix, not a secret
+# What `create_member_session` issues: the prefix and token_urlsafe(32), 43 characters.
+MEMBER_TOKEN_SHAPE = re.compile(r"xmt_[A-Za-z0-9_-]{43}")
 
 
 async def create_member_session(

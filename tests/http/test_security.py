@@ -8,16 +8,22 @@ smaller ones. The embedded PostgreSQL's hardening is in tests/integration/test_e
 from __future__ import annotations
 
 import base64
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
 import pytest
 from litestar import Litestar
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.clock import FrozenClock
+from exchange.config import Settings
+from exchange.embedded import EmbeddedPostgres
 from partners.signing import generate_keypair, is_acceptable_public_key, verify_signature_base
-from partners.tables import partner_keys
+from partners.tables import partner_keys, signature_nonces
 from tests.conftest import running
 from tests.http.conftest import OnboardedPartner, PartnerFactory
 from tests.http.test_gateway_signatures import assert_problem, json_body, sign_headers, url
@@ -149,3 +155,142 @@ async def _forged_enrol(client: httpx.AsyncClient, clock: FrozenClock) -> httpx.
     label = headers["Signature"].split("=", 1)[0]
     headers["Signature"] = f"{label}=:{base64.b64encode(FORGED_SIGNATURE).decode()}:"
     return await client.post(url("/v1/members"), content=body, headers=headers)
+
+
+# --- contract order: authentication first ---------------------------------------------
+
+
+@pytest.fixture
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """The default settings, or with the changes a test asks for (indirect param)."""
+    changes: dict[str, Any] = getattr(request, "param", {})
+    return settings.with_changes(**changes)
+
+
+async def nonce_count(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return await conn.scalar(select(func.count()).select_from(signature_nonces)) or 0
+
+
+async def test_a_post_with_no_signature_at_all_is_401_signature_missing(
+    client: httpx.AsyncClient, grocer: OnboardedPartner
+) -> None:
+    response = await client.post("/v1/members", json={})
+    assert_problem(response, 401, "signature_missing")
+    response = await client.post("/v1/members", json={}, headers={"Idempotency-Key": "k-1"})
+    assert_problem(response, 401, "signature_missing")
+
+
+async def test_an_unsigned_request_is_refused_without_reading_its_body(
+    client: httpx.AsyncClient, grocer: OnboardedPartner
+) -> None:
+    """A stranger's upload costs nothing: the headers are refused before the body is read."""
+    consumed: list[bytes] = []
+
+    async def upload() -> AsyncIterator[bytes]:
+        for _ in range(4):
+            consumed.append(b"x")
+            yield b'{"reference": "' + b"x" * 16_000 + b'"}'
+
+    headers = {"Idempotency-Key": "k-1", "Content-Type": "application/json"}
+    response = await client.post("/v1/members", content=upload(), headers=headers)
+    assert_problem(response, 401, "signature_missing")
+    assert consumed == []
+
+
+async def test_a_revoked_key_or_suspended_partner_is_revealed_only_to_a_valid_signature(
+    client: httpx.AsyncClient,
+    grocer: OnboardedPartner,
+    clock: FrozenClock,
+    admin_headers: dict[str, str],
+) -> None:
+    stranger, _ = generate_keypair()
+    path = f"/v1/admin/partners/{grocer.partner_id}"
+    suspended = await client.patch(path, json={"status": "suspended"}, headers=admin_headers)
+    assert suspended.status_code == 200
+    forged = sign_headers(grocer, clock, "GET", "/v1/transactions", private_key=stranger)
+    response = await client.get(url("/v1/transactions"), headers=forged)
+    assert_problem(response, 401, "signature_invalid")
+    honest = sign_headers(grocer, clock, "GET", "/v1/transactions")
+    response = await client.get(url("/v1/transactions"), headers=honest)
+    assert_problem(response, 403, "partner_suspended")
+
+    await client.patch(path, json={"status": "active"}, headers=admin_headers)
+    revoked = await client.delete(f"{path}/keys/{grocer.key_id}", headers=admin_headers)
+    assert revoked.status_code == 200
+    forged = sign_headers(grocer, clock, "GET", "/v1/transactions", private_key=stranger)
+    response = await client.get(url("/v1/transactions"), headers=forged)
+    assert_problem(response, 401, "signature_invalid")
+    honest = sign_headers(grocer, clock, "GET", "/v1/transactions")
+    response = await client.get(url("/v1/transactions"), headers=honest)
+    assert_problem(response, 401, "key_revoked")
+
+
+@pytest.mark.parametrize("settings", [{"partner_rate_limit": "2/minute"}], indirect=True)
+async def test_a_request_over_the_rate_limit_writes_no_nonce_and_reads_no_body(
+    client: httpx.AsyncClient, grocer: OnboardedPartner, clock: FrozenClock, engine: AsyncEngine
+) -> None:
+    for _ in range(2):
+        headers = sign_headers(grocer, clock, "GET", "/v1/transactions")
+        assert (await client.get(url("/v1/transactions"), headers=headers)).status_code == 200
+    before = await nonce_count(engine)
+    body = json_body({"reference": "card-1"})
+    headers = sign_headers(grocer, clock, "POST", "/v1/members", body=body)
+    consumed: list[bytes] = []
+
+    async def upload() -> AsyncIterator[bytes]:
+        consumed.append(body)
+        yield body
+
+    response = await client.post(url("/v1/members"), content=upload(), headers=headers)
+    assert_problem(response, 429, "rate_limited")
+    assert await nonce_count(engine) == before
+    assert consumed == []
+
+
+# --- bearer tokens ------------------------------------------------------------------------------
+
+
+async def _block_database(database_url: str, postgres: EmbeddedPostgres) -> None:
+    """Make the test's database unreachable: no new connections, existing ones ended."""
+    name = urlsplit(database_url).path.lstrip("/")
+    admin = await asyncpg.connect(postgres.url("postgres"))
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+        )
+    finally:
+        await admin.close()
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["xop_" + "A" * 10_000, "xop_" + "A" * 42 + "\x00", "xmt_" + "A" * 43, "anything"],
+    ids=["10kb", "nul", "member-shape", "no-prefix"],
+)
+async def test_a_bearer_token_not_of_the_issued_shape_is_401_without_a_query(
+    client: httpx.AsyncClient,
+    database_url: str,
+    postgres: EmbeddedPostgres,
+    token: str,
+) -> None:
+    await _block_database(database_url, postgres)
+    headers = [(b"authorization", b"Bearer " + token.encode("latin-1"))]
+    response = await client.get("/v1/admin/partners", headers=headers)
+    assert_problem(response, 401, "unauthorized")
+    # The database really is gone: a token of the right shape needs it, and fails 503.
+    well_formed = {"Authorization": "Bearer xop_" + "A" * 43}
+    assert (await client.get("/v1/admin/partners", headers=well_formed)).status_code == 503
+
+
+async def test_a_member_token_not_of_the_issued_shape_is_401_without_a_query(
+    client: httpx.AsyncClient, database_url: str, postgres: EmbeddedPostgres
+) -> None:
+    await _block_database(database_url, postgres)
+    path = "/v1/members/mem_" + "0" * 32 + "/transactions"
+    for token in ("xmt_" + "A" * 5_000, "xmt_" + "A" * 42 + "\x00", "xop_" + "A" * 43):
+        headers = [(b"authorization", b"Bearer " + token.encode("latin-1"))]
+        assert_problem(await client.get(path, headers=headers), 401, "unauthorized")
+    well_formed = {"Authorization": "Bearer xmt_" + "A" * 43}
+    assert (await client.get(path, headers=well_formed)).status_code == 503
