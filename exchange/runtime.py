@@ -6,17 +6,21 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.batching import GroupCommitter
 from exchange.clock import Clock
 from exchange.config import Settings
+from exchange.logs import get_logger
 from exchange.ratelimit import RateLimiter
 from exchange.service import LedgerRequest, LedgerService, Outcome
 from partners.gateway import SignatureGateway
 from partners.registry import revoke_unacceptable_keys
 
 __all__ = ["Services", "services_of"]
+
+_log = get_logger("exchange.runtime")
 
 
 @dataclass
@@ -44,7 +48,12 @@ class Services:
         return cls(settings, engine, clock, ledger, RateLimiter(settings), committer, gateway)
 
     async def start(self) -> None:
-        await revoke_unacceptable_keys(self.engine, self.clock)
+        try:
+            await revoke_unacceptable_keys(self.engine, self.clock)
+        except (SQLAlchemyError, OSError) as exc:
+            # Not migrated yet, or the database is away: /ready says so. Requests still
+            # refuse such keys one by one (partners.signing.verify_headers).
+            _log.warning("key_check_skipped", error=type(exc).__name__)
         await self.gateway.start()
 
     async def stop(self) -> None:
