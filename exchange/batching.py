@@ -13,9 +13,11 @@ and its requests retried one by one, so one bad request never fails its neighbou
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import deque
 from collections.abc import Sequence
 
+from exchange.errors import Unprocessable
 from exchange.logs import get_logger
 from exchange.service import LedgerRequest, LedgerService, Outcome
 
@@ -38,7 +40,13 @@ class GroupCommitter:
         self.requests = 0
 
     async def submit(self, request: LedgerRequest) -> Outcome:
-        """Queue one request; resolve with its outcome once its batch has committed."""
+        """Queue one request; resolve with its outcome once its batch has committed.
+
+        A request carrying a value PostgreSQL cannot store is refused here, before it
+        joins a batch: otherwise its data error would fail the whole batch's database
+        transaction and every neighbour would be re-run one by one.
+        """
+        _refuse_unstorable(request)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._queue.append((request, future))
         self._start_batches()
@@ -84,6 +92,16 @@ class GroupCommitter:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
             else:
                 self._start_batches()
+
+
+def _refuse_unstorable(request: LedgerRequest) -> None:
+    """PostgreSQL text cannot hold NUL; the HTTP edge refuses it first, this is the
+    ledger's own guard for any other caller."""
+    command = request.command
+    for field in dataclasses.fields(command):
+        value = getattr(command, field.name)
+        if isinstance(value, str) and "\x00" in value:
+            raise Unprocessable(f"{field.name} contains a NUL character.")
 
 
 def _resolve_error(future: asyncio.Future[Outcome], exc: BaseException) -> None:

@@ -45,7 +45,7 @@ SUPERUSER = "postgres"
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
 SYSTEM_USER = "embedded_postgres"
 START_TIMEOUT_S = 60
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 def _bin_path() -> Path:
@@ -127,7 +127,7 @@ class EmbeddedPostgres:
 
     def ensure_database(self, name: str, template: str | None = None) -> None:
         """Create database `name` if it does not exist (optionally from a template)."""
-        if not _IDENTIFIER.match(name) or (template and not _IDENTIFIER.match(template)):
+        if not _IDENTIFIER.fullmatch(name) or (template and not _IDENTIFIER.fullmatch(template)):
             raise EmbeddedPostgresError(f"not a plain database name: {name!r}")
         exists = self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'", "postgres")  # noqa: S608
         if exists.strip() == "1":

@@ -7,7 +7,6 @@ at, so a price change only ever affects postings made after it.
 
 from __future__ import annotations
 
-import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exchange.clock import Clock
 from exchange.errors import AlreadyExists, NotFound, PartnerNotFound, Unprocessable
+from exchange.ids import KEY_ID_SHAPE, PARTNER_ID_SHAPE
 from exchange.logs import get_logger
 from exchange.money import minor_unit, parse_price
 from exchange.tables import partner_terms, partners
@@ -44,7 +44,7 @@ __all__ = [
 
 PartnerStatus = Literal["active", "suspended"]
 _log = get_logger("partners.registry")
-_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_SLUG = PARTNER_ID_SHAPE
 
 
 class Unchanged:
@@ -102,8 +102,17 @@ class PartnerRecord:
     keys: tuple[KeyInfo, ...]
 
 
+def _known_shape(partner_id: str, key_id: str | None = None) -> None:
+    """Ids of a shape the registry never issued name nothing: 404 without a query (a NUL
+    byte in a path would otherwise reach PostgreSQL)."""
+    if not PARTNER_ID_SHAPE.fullmatch(partner_id):
+        raise PartnerNotFound("No partner has that id.")
+    if key_id is not None and not KEY_ID_SHAPE.fullmatch(key_id):
+        raise NotFound(f"Partner {partner_id} has no key with that id.")
+
+
 def _validate(spec: PartnerSpec) -> None:
-    if not _SLUG.match(spec.partner_id):
+    if not _SLUG.fullmatch(spec.partner_id):
         raise Unprocessable(
             "partner_id must be a slug: lower-case letters, digits and '-', 1-63 characters."
         )
@@ -197,6 +206,7 @@ async def update_partner(
     changed_by: str | None = None,
 ) -> PartnerRecord:
     """Apply a PATCH: new terms take effect now, for postings made from now on."""
+    _known_shape(partner_id)
     async with engine.begin() as conn:
         current = (
             await conn.execute(
@@ -266,6 +276,7 @@ async def _load(conn: AsyncConnection, partner_ids: list[str] | None) -> list[Pa
 
 
 async def get_partner(engine: AsyncEngine, partner_id: str) -> PartnerRecord:
+    _known_shape(partner_id)
     async with engine.connect() as conn:
         found = await _load(conn, [partner_id])
     if not found:
@@ -326,6 +337,7 @@ async def _notify_key_change(conn: AsyncConnection, subject: str) -> None:
 
 async def add_key(engine: AsyncEngine, clock: Clock, partner_id: str, public_key: str) -> KeyInfo:
     """Register a public key; the partner may hold several active keys (rotation)."""
+    _known_shape(partner_id)
     raw = decode_public_key(public_key)
     key_id = f"key_{secrets.token_hex(12)}"
     now = clock.now()
@@ -350,6 +362,7 @@ async def add_key(engine: AsyncEngine, clock: Clock, partner_id: str, public_key
 
 async def revoke_key(engine: AsyncEngine, clock: Clock, partner_id: str, key_id: str) -> KeyInfo:
     """Revoke a key at once. Postings it signed stay verifiable (the key is kept)."""
+    _known_shape(partner_id, key_id)
     async with engine.begin() as conn:
         row = (
             await conn.execute(

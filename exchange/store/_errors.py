@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import asyncpg
 from sqlalchemy.exc import DBAPIError
 
-from exchange.errors import InvariantViolation
+from exchange.errors import InvariantViolation, Unprocessable
 
 __all__ = ["RetryableConflict", "translate_errors"]
 
@@ -34,8 +34,9 @@ def _sqlstate(exc: BaseException) -> str | None:
 
 @contextmanager
 def translate_errors() -> Iterator[None]:
-    """Map driver errors (asyncpg's or SQLAlchemy's) to retryable conflicts and broken
-    invariants; anything else (connection trouble) passes through to the 503 mapping."""
+    """Map driver errors (asyncpg's or SQLAlchemy's) to retryable conflicts, refused data
+    (SQLSTATE class 22, 422) and broken invariants; anything else (connection trouble)
+    passes through to the 503 mapping."""
     try:
         yield
     except (DBAPIError, asyncpg.PostgresError) as exc:
@@ -44,6 +45,12 @@ def translate_errors() -> Iterator[None]:
             raise RetryableConflict(state) from exc
         if state == "23505" and "idempotency_keys" in str(exc):
             raise RetryableConflict(state) from exc
+        if state is not None and state.startswith("22"):
+            # A data exception (a NUL byte, a value out of range): the request carried a
+            # value PostgreSQL cannot hold. The edges check formats first; this is the net.
+            raise Unprocessable(
+                "A value in the request cannot be stored (bad characters or out of range)."
+            ) from exc
         if state is not None and (state.startswith("23") or state == "P0001"):
             raise InvariantViolation(f"database refused a write ({state}): {exc}") from exc
         raise

@@ -294,3 +294,171 @@ async def test_a_member_token_not_of_the_issued_shape_is_401_without_a_query(
         assert_problem(await client.get(path, headers=headers), 401, "unauthorized")
     well_formed = {"Authorization": "Bearer xmt_" + "A" * 43}
     assert (await client.get(path, headers=well_formed)).status_code == 503
+
+
+# --- NUL and control characters, strict ids -----------------------------------------------
+
+
+@pytest.fixture
+async def member_id(grocer: OnboardedPartner) -> str:
+    member = await grocer.client.enrol_member(reference="card-1")
+    await grocer.client.earn(member["member_id"], 500, reference="welcome")
+    member_id: str = member["member_id"]
+    return member_id
+
+
+async def signed(
+    client: httpx.AsyncClient,
+    grocer: OnboardedPartner,
+    clock: FrozenClock,
+    method: str,
+    path: str,
+    *,
+    query: str = "",
+    body: Any = None,
+) -> httpx.Response:
+    raw = json_body(body) if body is not None else b""
+    headers = sign_headers(grocer, clock, method, path, query=query, body=raw)
+    return await client.request(method, url(path, query), content=raw, headers=headers)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"member_id": "mem_" + "0" * 31 + "\x00"},
+        {"member_id": "\x00"},
+        {"member_id": "mem_" + "0" * 32 + "\n"},
+        {"reference": "order-1\x00"},
+        {"reference": "order-1\n"},
+        {"reference": "order-\u202e1"},
+        {"reference": "order\u20281"},
+        {"reference": "order-\x851"},
+    ],
+    ids=[
+        "member-nul",
+        "member-only-nul",
+        "member-newline",
+        "ref-nul",
+        "ref-newline",
+        "ref-bidi",
+        "ref-line-separator",
+        "ref-c1",
+    ],
+)
+async def test_control_characters_in_a_body_are_422_and_change_nothing(
+    client: httpx.AsyncClient,
+    grocer: OnboardedPartner,
+    member_id: str,
+    clock: FrozenClock,
+    change: dict[str, str],
+) -> None:
+    body = {"member_id": member_id, "points": 10, "reference": "order-1"} | change
+    response = await signed(client, grocer, clock, "POST", "/v1/earn", body=body)
+    assert_problem(response, 422, "validation_error")
+    response = await signed(client, grocer, clock, "POST", "/v1/burn", body=body)
+    assert_problem(response, 422, "validation_error")
+    assert (await grocer.client.balance(member_id))["available"] == 500
+
+
+@pytest.mark.parametrize("segment", ["%00", "mem_%00", "%0A", "x" * 300])
+async def test_a_malformed_member_id_in_a_path_is_404(
+    client: httpx.AsyncClient, grocer: OnboardedPartner, clock: FrozenClock, segment: str
+) -> None:
+    path = f"/v1/members/{segment}/balance"
+    assert_problem(await signed(client, grocer, clock, "GET", path), 404, "member_not_found")
+    path = f"/v1/members/{segment}/sessions"
+    response = await signed(client, grocer, clock, "POST", path, body={})
+    assert_problem(response, 404, "member_not_found")
+
+
+async def test_malformed_ids_in_admin_and_settlement_paths_are_404(
+    client: httpx.AsyncClient, admin_headers: dict[str, str], grocer: OnboardedPartner
+) -> None:
+    for path, code in [
+        ("/v1/admin/partners/%00", "partner_not_found"),
+        ("/v1/admin/partners/grocer%0A", "partner_not_found"),
+        ("/v1/settlements/%00", "settlement_not_found"),
+        ("/v1/settlements/%00/report.csv", "settlement_not_found"),
+    ]:
+        response = await client.get(url(path), headers=admin_headers)
+        assert_problem(response, 404, code)
+    response = await client.patch(
+        url("/v1/admin/partners/%00"), json={"name": "x"}, headers=admin_headers
+    )
+    assert_problem(response, 404, "partner_not_found")
+    response = await client.delete(url("/v1/admin/partners/grocer/keys/%00"), headers=admin_headers)
+    assert_problem(response, 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "reference=%00",
+        "reference=a%0A",
+        "member_id=%00",
+        "member_id=mem_x",
+        "after=%00",
+        "reference=" + "r" * 129,
+    ],
+)
+async def test_a_malformed_query_filter_is_422(
+    client: httpx.AsyncClient, grocer: OnboardedPartner, clock: FrozenClock, query: str
+) -> None:
+    response = await signed(client, grocer, clock, "GET", "/v1/transactions", query=query)
+    assert_problem(response, 422, "validation_error")
+
+
+async def test_a_settlement_cursor_with_a_nul_is_422(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    response = await client.get(url("/v1/settlements", "after=%00"), headers=admin_headers)
+    assert_problem(response, 422, "validation_error")
+
+
+def _cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        _cursor("0001-01-01T00:00:00+14:00|" + "0" * 32),
+        _cursor("9999-12-31T23:59:59-23:59|" + "0" * 32),
+        _cursor("2026-11-23T10:00:00|" + "0" * 32),  # naive
+        _cursor("2026-11-23T10:00:00+00:00|{" + "0" * 32 + "}"),
+    ],
+    ids=["year-1", "year-9999", "naive", "braced-uuid"],
+)
+async def test_a_crafted_cursor_is_422(
+    client: httpx.AsyncClient,
+    grocer: OnboardedPartner,
+    member_id: str,
+    clock: FrozenClock,
+    cursor: str,
+) -> None:
+    query = f"after={cursor}"
+    response = await signed(client, grocer, clock, "GET", "/v1/transactions", query=query)
+    assert_problem(response, 422, "validation_error")
+
+
+@pytest.mark.parametrize(
+    "moment",
+    ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-23:59", "1900-01-01T00:00:00Z"],
+)
+async def test_extreme_dates_are_422(
+    client: httpx.AsyncClient,
+    grocer: OnboardedPartner,
+    member_id: str,
+    clock: FrozenClock,
+    admin_headers: dict[str, str],
+    moment: str,
+) -> None:
+    for field in ("available_at", "expires_at"):
+        body = {"member_id": member_id, "points": 10, "reference": "o-1", field: moment}
+        response = await signed(client, grocer, clock, "POST", "/v1/earn", body=body)
+        assert_problem(response, 422, "validation_error")
+    response = await client.post(
+        "/v1/admin/settlements", json={"period_end": moment}, headers=admin_headers
+    )
+    assert_problem(response, 422, "validation_error")
+    assert (await grocer.client.balance(member_id))["available"] == 500
