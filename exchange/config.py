@@ -103,6 +103,7 @@ class Settings:
     member_rate_limit: str = "20/second"
     group_commit_max: int = 64
     group_commit_concurrency: int = 2
+    workers: int = 1
 
     @property
     def authority(self) -> str:
@@ -160,6 +161,7 @@ _PARSERS: dict[str, Any] = {
     "member_rate_limit": _rate_limit,
     "group_commit_max": lambda v: _positive_int(v, high=1000),
     "group_commit_concurrency": lambda v: _positive_int(v, high=100),
+    "workers": lambda v: _positive_int(v, high=64),
 }
 
 VARIABLES: tuple[Variable, ...] = (
@@ -246,21 +248,22 @@ VARIABLES: tuple[Variable, ...] = (
         "partner_rate_limit",
         "1000/second",
         "limits such as 1000/second;50000/minute",
-        "Requests allowed per partner key, per server process (over it: 429 and Retry-After).",
+        "Requests allowed per partner key, for the whole service on this host (over it: 429 "
+        "and Retry-After).",
     ),
     Variable(
         "EXCHANGE_OPERATOR_RATE_LIMIT",
         "operator_rate_limit",
         "100/second",
         "limits such as 100/second",
-        "Requests allowed per operator token, per server process.",
+        "Requests allowed per operator token, for the whole service on this host.",
     ),
     Variable(
         "EXCHANGE_MEMBER_RATE_LIMIT",
         "member_rate_limit",
         "20/second",
         "limits such as 20/second",
-        "Requests allowed per member token, per server process.",
+        "Requests allowed per member token, for the whole service on this host.",
     ),
     Variable(
         "EXCHANGE_GROUP_COMMIT_MAX",
@@ -275,6 +278,14 @@ VARIABLES: tuple[Variable, ...] = (
         "2",
         "an integer 1-100",
         "Posting transactions in flight per server process; fewer means bigger batches.",
+    ),
+    Variable(
+        "EXCHANGE_WORKERS",
+        "workers",
+        "1",
+        "an integer 1-64",
+        "Server processes sharing the rate limits (each enforces 1/N of them); "
+        "`exchange serve --workers N` sets it.",
     ),
 )
 
