@@ -14,6 +14,7 @@ import msgspec
 
 from exchange.ids import MEMBER_ID_PATTERN
 from exchange.ledger import HOLD_EXPIRES_IN_S_DEFAULT, HOLD_EXPIRES_IN_S_MAX, POINTS_PER_REQUEST_MAX
+from exchange.text import UNPRINTABLE_CLASS
 
 __all__ = [
     "REFERENCE_PATTERN",
@@ -40,9 +41,7 @@ __all__ = [
 Points = Annotated[int, msgspec.Meta(ge=1, le=POINTS_PER_REQUEST_MAX)]
 # Printable: no C0/C1 controls, DEL, line or paragraph separators, or bidi controls
 # (which could make a reference display as something else in a report or a log).
-REFERENCE_PATTERN = (
-    r"\A[^\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]+\Z"
-)
+REFERENCE_PATTERN = f"\\A[^{UNPRINTABLE_CLASS}]+\\Z"
 Reference = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=REFERENCE_PATTERN)]
 MemberId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=MEMBER_ID_PATTERN)]
 Time = Annotated[datetime, msgspec.Meta(tz=True)]

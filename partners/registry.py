@@ -23,6 +23,7 @@ from exchange.ids import KEY_ID_SHAPE, PARTNER_ID_SHAPE
 from exchange.logs import get_logger
 from exchange.money import minor_unit, parse_price
 from exchange.tables import partner_terms, partners
+from exchange.text import UNPRINTABLE
 from partners import signing
 from partners.tables import partner_keys
 
@@ -116,8 +117,7 @@ def _validate(spec: PartnerSpec) -> None:
         raise Unprocessable(
             "partner_id must be a slug: lower-case letters, digits and '-', 1-63 characters."
         )
-    if not 1 <= len(spec.name.strip()) <= 200:
-        raise Unprocessable("name must be 1-200 characters.")
+    _validate_name(spec.name)
     minor_unit(spec.settlement_currency)
     _validate_terms(
         spec.issue_price,
@@ -126,6 +126,14 @@ def _validate(spec: PartnerSpec) -> None:
         spec.credit_limit,
         spec.settlement_currency,
     )
+
+
+def _validate_name(name: str) -> None:
+    """1-200 printable characters: a name appears in CSV reports and logs."""
+    if not 1 <= len(name.strip()) <= 200:
+        raise Unprocessable("name must be 1-200 characters.")
+    if UNPRINTABLE.search(name):
+        raise Unprocessable("name must not contain control, line-separator or bidi characters.")
 
 
 def _validate_terms(
@@ -207,6 +215,8 @@ async def update_partner(
 ) -> PartnerRecord:
     """Apply a PATCH: new terms take effect now, for postings made from now on."""
     _known_shape(partner_id)
+    if not isinstance(changes.name, Unchanged):
+        _validate_name(changes.name)
     async with engine.begin() as conn:
         current = (
             await conn.execute(
