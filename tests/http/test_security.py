@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exchange.clock import FrozenClock
 from exchange.config import Settings
 from exchange.embedded import EmbeddedPostgres
+from exchange.tables import idempotency_keys
 from partners.signing import generate_keypair, is_acceptable_public_key, verify_signature_base
 from partners.tables import partner_keys, signature_nonces
 from tests.conftest import running
@@ -576,3 +577,36 @@ async def test_the_csv_report_neutralises_formulas_after_leading_spaces(
     )
     rows = list(csv.DictReader(io.StringIO(report.text)))
     assert rows[0]["partner_name"] == "'" + name
+
+
+async def test_a_member_token_is_never_stored_in_the_idempotency_record(
+    client: httpx.AsyncClient,
+    grocer: OnboardedPartner,
+    member_id: str,
+    clock: FrozenClock,
+    engine: AsyncEngine,
+) -> None:
+    path = f"/v1/members/{member_id}/sessions"
+    body = json_body({"ttl_seconds": 600})
+    sent = {"Idempotency-Key": "session-1"}
+    headers = sign_headers(grocer, clock, "POST", path, body=body, headers=sent)
+    first = await client.post(url(path), content=body, headers=headers)
+    assert first.status_code == 201, first.text
+    token = first.json()["token"]
+    async with engine.connect() as conn:
+        stored = await conn.scalar(select(idempotency_keys.c.response))
+    assert token.encode() not in stored
+    assert token.removeprefix("xmt_").encode() not in stored
+
+    headers = sign_headers(grocer, clock, "POST", path, body=body, headers=sent)
+    again = await client.post(url(path), content=body, headers=headers)
+    assert again.status_code == 201
+    assert again.headers["idempotency-replayed"] == "true"
+    assert again.json()["expires_at"] == first.json()["expires_at"]
+    # Both tokens work for that member, until the one expiry.
+    for bearer in (token, again.json()["token"]):
+        response = await client.get(
+            f"/v1/members/{member_id}/balance", headers={"Authorization": f"Bearer {bearer}"}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["available"] == 500
