@@ -68,14 +68,14 @@ def share(rate: Rate, workers: int) -> Rate:
 
 class RateLimiter:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
-        workers = settings.workers
+        configured: tuple[tuple[CallerKind, str], ...] = (
+            ("partner", settings.partner_rate_limit),
+            ("operator", settings.operator_rate_limit),
+            ("member", settings.member_rate_limit),
+        )
         self._rates: dict[CallerKind, list[Rate]] = {
-            kind: [share(rate, workers) for rate in parse_rates(text)]
-            for kind, text in (
-                ("partner", settings.partner_rate_limit),
-                ("operator", settings.operator_rate_limit),
-                ("member", settings.member_rate_limit),
-            )
+            kind: [share(rate, settings.workers) for rate in parse_rates(text)]
+            for kind, text in configured
         }
         self._clock = clock
         # (kind, caller, rate index) -> theoretical arrival time of the next request
