@@ -22,10 +22,11 @@ is retried by its client with the same Idempotency-Key, which posts it exactly o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import deque
 from collections.abc import Sequence
 
-from exchange.errors import DatabaseUnavailable, ServiceUnavailable
+from exchange.errors import DatabaseUnavailable, ServiceUnavailable, Unprocessable
 from exchange.logs import get_logger
 from exchange.service import LedgerRequest, LedgerService, Outcome
 
@@ -62,7 +63,13 @@ class GroupCommitter:
         return len(self._queue)
 
     async def submit(self, request: LedgerRequest) -> Outcome:
-        """Queue one request; resolve with its outcome once its batch has committed."""
+        """Queue one request; resolve with its outcome once its batch has committed.
+
+        A request carrying a value PostgreSQL cannot store is refused here, before it
+        joins a batch: otherwise its data error would fail the whole batch's database
+        transaction and every neighbour would be re-run one by one.
+        """
+        _refuse_unstorable(request)
         if len(self._queue) >= self.queue_max:
             raise ServiceUnavailable(
                 "Too many postings are waiting to be committed; retry shortly with the "
@@ -114,6 +121,16 @@ class GroupCommitter:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
             else:
                 self._start_batches()
+
+
+def _refuse_unstorable(request: LedgerRequest) -> None:
+    """PostgreSQL text cannot hold NUL; the HTTP edge refuses it first, this is the
+    ledger's own guard for any other caller."""
+    command = request.command
+    for field in dataclasses.fields(command):
+        value = getattr(command, field.name)
+        if isinstance(value, str) and "\x00" in value:
+            raise Unprocessable(f"{field.name} contains a NUL character.")
 
 
 def _resolve_error(future: asyncio.Future[Outcome], exc: BaseException) -> None:

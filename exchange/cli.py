@@ -72,6 +72,9 @@ def serve(host: str, port: int, workers: int) -> None:
     with using_database(settings) as database:
         # Worker processes read their settings from the environment: hand them the URL.
         os.environ["EXCHANGE_DATABASE_URL"] = database.url
+        # Each worker enforces 1/N of every rate limit, so the service as a whole keeps
+        # the documented limit (exchange.ratelimit).
+        os.environ["EXCHANGE_WORKERS"] = str(workers)
         if not os.environ.get("EXCHANGE_PUBLIC_URL"):
             # Partners sign the host they call; unset, that is where we listen.
             local = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104

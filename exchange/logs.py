@@ -7,12 +7,15 @@ SQLAlchemy and alembic, so an operator greps one format.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any, TextIO
 
 import structlog
 
-__all__ = ["configure_logging", "get_logger"]
+from exchange.text import UNPRINTABLE
+
+__all__ = ["configure_logging", "escape_controls", "get_logger"]
 
 _SHARED: list[Any] = [
     structlog.contextvars.merge_contextvars,
@@ -22,16 +25,36 @@ _SHARED: list[Any] = [
 ]
 
 
+# Characters that would end a console line, or make it display as something else.
+_UNSAFE = UNPRINTABLE
+
+
+def _escape(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
+def escape_controls(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Console lines: escape control, separator and bidi characters in every value (a
+    request path with %0A could otherwise forge a log line). JSON escapes them itself;
+    a traceback keeps its lines."""
+    for key, value in event.items():
+        if key != "exception" and isinstance(value, str) and _UNSAFE.search(value):
+            event[key] = _UNSAFE.sub(_escape, value)
+    return event
+
+
 def configure_logging(
     level: str = "INFO", log_format: str = "json", *, stream: TextIO | None = None
 ) -> None:
     """Configure structlog and route stdlib logging through the same renderer, onto
     `stream` (standard error unless given: `exchange demo` gives a file)."""
     renderer: Any
+    escaping: list[Any] = []
     if log_format == "json":
         renderer = structlog.processors.JSONRenderer()
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=False)
+        escaping = [escape_controls]
     structlog.configure(
         processors=[
             *_SHARED,
@@ -48,6 +71,7 @@ def configure_logging(
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            *escaping,
             renderer,
         ],
     )

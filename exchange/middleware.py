@@ -13,7 +13,7 @@ from exchange.logs import get_logger
 
 __all__ = ["RequestContext"]
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _log = get_logger("exchange.access")
 
 
@@ -63,7 +63,7 @@ def _incoming_request_id(scope: Any) -> str | None:
     for name, value in scope.get("headers", []):
         if name == b"x-request-id":
             text = value.decode("latin-1")
-            return text if _REQUEST_ID.match(text) else None
+            return text if _REQUEST_ID.fullmatch(text) else None
     return None
 
 

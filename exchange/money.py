@@ -55,7 +55,7 @@ MINOR_UNITS: dict[str, int] = {
     "ZAR": 2,
 }
 PRICE_DECIMALS_MAX = 6
-_DECIMAL = re.compile(r"^(0|[1-9][0-9]{0,17})(\.[0-9]+)?$")
+_DECIMAL = re.compile(r"(0|[1-9][0-9]{0,17})(\.[0-9]+)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +72,7 @@ def minor_unit(currency: str) -> int:
 
 
 def _decimal(text: str, what: str) -> Decimal:
-    if not _DECIMAL.match(text):
+    if not _DECIMAL.fullmatch(text):
         raise Unprocessable(f'{what} must be a non-negative decimal string such as "12.34".')
     try:
         return Decimal(text)

@@ -8,6 +8,7 @@ a slow password hash) is the right tool here.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,6 +21,7 @@ from exchange.errors import NotFound
 from exchange.tables import operator_tokens
 
 __all__ = [
+    "OPERATOR_TOKEN_SHAPE",
     "OperatorIdentity",
     "OperatorToken",
     "Role",
@@ -32,6 +34,8 @@ __all__ = [
 
 Role = Literal["admin", "finance"]
 TOKEN_PREFIX = "xop_"  # noqa: S105 - a prefix, not a secret
+# What `create_operator_token` issues: the prefix and token_urlsafe(32), 43 characters.
+OPERATOR_TOKEN_SHAPE = re.compile(r"xop_[A-Za-z0-9_-]{43}")
 
 
 @dataclass(frozen=True, slots=True)

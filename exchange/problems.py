@@ -18,7 +18,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.types import ExceptionHandlersMap
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from exchange.errors import (
@@ -211,11 +211,36 @@ def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Re
     )
 
 
+def _database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[bytes]:
+    """A driver error that escaped a store (the store maps them; this is the safety net).
+
+    A lost connection is the database being unavailable (503). SQLSTATE class 22 (data
+    exception: a NUL byte, an out-of-range date or number) means the request carried a
+    value PostgreSQL cannot hold: the caller's input, 422, never a 500.
+    """
+    if exc.connection_invalidated or is_unavailable(exc):
+        return _database_unavailable(request, exc)
+    state = getattr(getattr(exc, "orig", None), "sqlstate", None) or getattr(
+        getattr(getattr(exc, "orig", None), "__cause__", None), "sqlstate", None
+    )
+    if isinstance(state, str) and state.startswith("22"):
+        _log.warning("data_exception", sqlstate=state, path=request.url.path)
+        return problem_response(
+            422,
+            "validation_error",
+            "Invalid request",
+            "A value in the request cannot be stored or compared (bad characters or range).",
+            request_id=_request_id(request),
+        )
+    return _unexpected(request, exc)
+
+
 def exception_handlers() -> ExceptionHandlersMap:
     return {
         PoolTimeout: _database_unavailable,
         OperationalError: _database_unavailable,
         InterfaceError: _database_unavailable,
+        DBAPIError: _database_error,
         ExchangeError: _exchange_error,
         HTTPException: _http_exception,
         Exception: _unexpected,

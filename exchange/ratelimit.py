@@ -7,8 +7,15 @@ and no background work. The library's own in-memory strategies were measured at 
 15% of a server worker's CPU under load, almost all of it their expiry task handing
 work to a thread every few milliseconds.
 
-Each server process enforces the limits on its own, so N workers allow up to N times
-the limit in total; that keeps the check off the database.
+The limits hold for the whole service on a host: with `exchange serve --workers N`
+(EXCHANGE_WORKERS=N) each process enforces a 1/N share of every limit (`share`): the
+sustained rate divided by N, and the burst divided by N (at least 1). However requests
+spread over the processes, the service never allows more than the limit (a burst of
+at most `amount`, then `amount` per period); a caller whose requests all land on one
+process is held to 1/N of the burst. This keeps the check in memory, off the database
+(a shared counter in PostgreSQL would cost a round trip per request; see
+docs/operations.md, "Security"). Limits of fewer requests than workers cannot be split:
+each process still allows one.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from limits import parse_many
 from exchange.config import Settings
 from exchange.errors import RateLimited
 
-__all__ = ["CallerKind", "Rate", "RateLimiter"]
+__all__ = ["CallerKind", "Rate", "RateLimiter", "share"]
 
 CallerKind = Literal["partner", "operator", "member"]
 CALLERS_TRACKED_MAX = 100_000  # forget idle callers beyond this (their buckets are full)
@@ -50,12 +57,25 @@ def parse_rates(text: str) -> list[Rate]:
     return [Rate(item.amount, float(item.get_expiry())) for item in parse_many(text)]
 
 
+def share(rate: Rate, workers: int) -> Rate:
+    """One process's share of `rate` among `workers`: the same sustained interval times
+    N, and a burst of amount // N (at least 1)."""
+    if workers <= 1:
+        return rate
+    burst = max(1, rate.amount // workers)
+    return Rate(burst, burst * rate.interval_s * workers)
+
+
 class RateLimiter:
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        configured: tuple[tuple[CallerKind, str], ...] = (
+            ("partner", settings.partner_rate_limit),
+            ("operator", settings.operator_rate_limit),
+            ("member", settings.member_rate_limit),
+        )
         self._rates: dict[CallerKind, list[Rate]] = {
-            "partner": parse_rates(settings.partner_rate_limit),
-            "operator": parse_rates(settings.operator_rate_limit),
-            "member": parse_rates(settings.member_rate_limit),
+            kind: [share(rate, settings.workers) for rate in parse_rates(text)]
+            for kind, text in configured
         }
         self._clock = clock
         # (kind, caller, rate index) -> theoretical arrival time of the next request

@@ -12,9 +12,12 @@ from typing import Annotated
 
 import msgspec
 
+from exchange.ids import MEMBER_ID_PATTERN
 from exchange.ledger import HOLD_EXPIRES_IN_S_DEFAULT, HOLD_EXPIRES_IN_S_MAX, POINTS_PER_REQUEST_MAX
+from exchange.text import UNPRINTABLE_CLASS
 
 __all__ = [
+    "REFERENCE_PATTERN",
     "Balance",
     "BalanceAfter",
     "BurnCreate",
@@ -36,12 +39,13 @@ __all__ = [
 ]
 
 Points = Annotated[int, msgspec.Meta(ge=1, le=POINTS_PER_REQUEST_MAX)]
-Reference = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")
-]
-MemberId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+# Printable: no C0/C1 controls, DEL, line or paragraph separators, or bidi controls
+# (which could make a reference display as something else in a report or a log).
+REFERENCE_PATTERN = f"\\A[^{UNPRINTABLE_CLASS}]+\\Z"
+Reference = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=REFERENCE_PATTERN)]
+MemberId = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=MEMBER_ID_PATTERN)]
 Time = Annotated[datetime, msgspec.Meta(tz=True)]
-CurrencyCode = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+CurrencyCode = Annotated[str, msgspec.Meta(pattern=r"\A[A-Z]{3}\Z")]
 DecimalText = Annotated[str, msgspec.Meta(min_length=1, max_length=40)]
 
 

@@ -8,6 +8,7 @@ the database transaction, only to store the answer with the idempotency key.
 from __future__ import annotations
 
 import base64
+import binascii
 import uuid
 from datetime import datetime
 from typing import Any
@@ -144,10 +145,18 @@ def encode_cursor(posted_at: datetime, posting_id: uuid.UUID) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID] | None:
-    """The position a cursor points at, or None when it is not one of ours."""
+    """The position a cursor points at, or None when it is not one of ours.
+
+    Only a cursor that `encode_cursor` could have produced is accepted (it must encode
+    back to the very same text), so a crafted one with a naive or out-of-range time, or
+    a loosely spelled UUID, is refused here instead of failing in PostgreSQL.
+    """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         moment, _, hex_id = raw.partition("|")
-        return datetime.fromisoformat(moment), uuid.UUID(hex=hex_id)
-    except (ValueError, UnicodeDecodeError):
+        position = datetime.fromisoformat(moment), uuid.UUID(hex=hex_id)
+    except (ValueError, UnicodeDecodeError, binascii.Error):
         return None
+    if position[0].tzinfo is None or encode_cursor(*position) != cursor:
+        return None
+    return position

@@ -7,13 +7,15 @@ They receive the process's `services` as a dependency too (provided by `exchange
 
 Partner requests are verified on the raw ASGI request: the path as sent (`raw_path`,
 percent-encoding intact), the headers with duplicates, and the body bytes before any
-JSON parsing. Cheap checks (the Idempotency-Key, header shape, the time window) come
-before the database and the cryptography; nonces are recorded in PostgreSQL, and if
-that fails the request fails (closed).
+JSON parsing. Authentication comes first (contract §2.1 before §2.2): header shape and
+the time window, then the key and the cryptography over the headers, then the rate
+limit, then the Idempotency-Key, and only then the body and the nonce. Nonces are
+recorded in PostgreSQL, and if that fails the request fails (closed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass
@@ -24,11 +26,17 @@ from litestar import Request
 from litestar.di import NamedDependency
 
 from exchange.errors import Forbidden, IdempotencyKeyMissing, Unauthorized
-from exchange.operators import OperatorIdentity, authenticate_operator, hash_token
+from exchange.operators import (
+    OPERATOR_TOKEN_SHAPE,
+    OperatorIdentity,
+    authenticate_operator,
+    hash_token,
+)
 from exchange.service import Idempotency, SignatureProof
 from exchange.wiring import Services
 from partners import store
-from partners.signing import IncomingRequest, verify_request
+from partners.sessions import MEMBER_TOKEN_SHAPE
+from partners.signing import IncomingRequest, verify_body, verify_headers
 
 __all__ = [
     "Caller",
@@ -100,22 +108,33 @@ def _fingerprint(method: str, path: str, body: bytes) -> bytes:
 async def partner_caller(
     request: Request[Any, Any, Any], services: NamedDependency[Services]
 ) -> PartnerCaller:
-    """Verify the request's signature per contract §2.1 and return the calling partner."""
+    """Verify the request's signature per contract §2.1 and return the calling partner.
+
+    Authentication comes first: the signature is verified over the headers, then the key
+    is rate-limited, then the Idempotency-Key is checked, and only then is the body read,
+    its digest checked and the nonce written. A stranger's request costs no body read and
+    no database write; a flood by one key stops at the limiter.
+    """
     scope = request.scope
     method = scope["method"]
     path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
     query = scope.get("query_string", b"").decode("latin-1")
     headers = _headers(request)
-    key = _idempotency_key(method, headers)
-    body = await request.body()
-    verified = await verify_request(
-        IncomingRequest(method=method, path=path, query=query, headers=headers, body=body),
+    incoming = IncomingRequest(method=method, path=path, query=query, headers=headers, body=b"")
+    checked = await verify_headers(
+        incoming,
         authority=services.settings.authority,
         now=int(services.clock.now().timestamp()),
         resolve_key=services.gateway.resolve_key,
+    )
+    await services.limiter.check("partner", checked.params.key_id)
+    key = _idempotency_key(method, headers)
+    body = await request.body()
+    verified = await verify_body(
+        checked,
+        dataclasses.replace(incoming, body=body),
         record_nonce=lambda key_id, nonce, created: _record_nonce(services, key_id, nonce, created),
     )
-    await services.limiter.check("partner", verified.key_id)
     scope["state"]["caller_log"] = {"partner_id": verified.partner_id, "key_id": verified.key_id}
     proof = SignatureProof(
         key_id=verified.key_id,
@@ -147,16 +166,25 @@ def bearer_token(request: Request[Any, Any, Any]) -> str | None:
     return token.strip()
 
 
+def _issued_shape(token: str, shape: re.Pattern[str], what: str) -> str:
+    """Refuse a token that cannot have been issued before it costs a hash or a query."""
+    if not shape.fullmatch(token):
+        raise Unauthorized(f"Unknown or revoked {what} token.")
+    return token
+
+
 async def _operator(
     request: Request[Any, Any, Any], services: Services, roles: tuple[str, ...]
 ) -> OperatorIdentity:
     token = bearer_token(request)
     if token is None:
         raise Unauthorized("An operator bearer token is required.")
+    _issued_shape(token, OPERATOR_TOKEN_SHAPE, "operator")
+    # Limited by the token itself, before the lookup: a flood costs no query.
+    await services.limiter.check("operator", hash_token(token)[:16])
     identity = await authenticate_operator(services.engine, token)
     if identity is None:
         raise Unauthorized("Unknown or revoked operator token.")
-    await services.limiter.check("operator", identity.token_id)
     request.scope["state"]["caller_log"] = {"operator": identity.token_id, "role": identity.role}
     if identity.role not in roles:
         raise Forbidden(f"This needs the {' or '.join(roles)} role; the token is {identity.role}.")
@@ -182,11 +210,12 @@ async def member_caller(
     token = bearer_token(request)
     if token is None:
         raise Unauthorized("A member bearer token is required.")
+    token_hash = hash_token(_issued_shape(token, MEMBER_TOKEN_SHAPE, "member"))
+    await services.limiter.check("member", token_hash[:16])
     async with services.engine.connect() as conn:
-        member_id = await store.find_session(conn, hash_token(token), services.clock.now())
+        member_id = await store.find_session(conn, token_hash, services.clock.now())
     if member_id is None:
         raise Unauthorized("Unknown or expired member token.")
-    await services.limiter.check("member", hash_token(token)[:16])
     request.scope["state"]["caller_log"] = {"member_id": member_id}
     return MemberCaller(member_id)
 

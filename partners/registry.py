@@ -7,24 +7,24 @@ at, so a price change only ever affects postings made after it.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exchange.clock import Clock
 from exchange.errors import AlreadyExists, NotFound, PartnerNotFound, Unprocessable
+from exchange.ids import KEY_ID_SHAPE, PARTNER_ID_SHAPE
+from exchange.logs import get_logger
 from exchange.money import minor_unit, parse_price
 from exchange.tables import partner_terms, partners
+from exchange.text import UNPRINTABLE
+from partners import signing
 from partners.tables import partner_keys
 
 __all__ = [
@@ -39,11 +39,13 @@ __all__ = [
     "get_partner",
     "list_partners",
     "revoke_key",
+    "revoke_unacceptable_keys",
     "update_partner",
 ]
 
 PartnerStatus = Literal["active", "suspended"]
-_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_log = get_logger("partners.registry")
+_SLUG = PARTNER_ID_SHAPE
 
 
 class Unchanged:
@@ -101,13 +103,21 @@ class PartnerRecord:
     keys: tuple[KeyInfo, ...]
 
 
+def _known_shape(partner_id: str, key_id: str | None = None) -> None:
+    """Ids of a shape the registry never issued name nothing: 404 without a query (a NUL
+    byte in a path would otherwise reach PostgreSQL)."""
+    if not PARTNER_ID_SHAPE.fullmatch(partner_id):
+        raise PartnerNotFound("No partner has that id.")
+    if key_id is not None and not KEY_ID_SHAPE.fullmatch(key_id):
+        raise NotFound(f"Partner {partner_id} has no key with that id.")
+
+
 def _validate(spec: PartnerSpec) -> None:
-    if not _SLUG.match(spec.partner_id):
+    if not _SLUG.fullmatch(spec.partner_id):
         raise Unprocessable(
             "partner_id must be a slug: lower-case letters, digits and '-', 1-63 characters."
         )
-    if not 1 <= len(spec.name.strip()) <= 200:
-        raise Unprocessable("name must be 1-200 characters.")
+    _validate_name(spec.name)
     minor_unit(spec.settlement_currency)
     _validate_terms(
         spec.issue_price,
@@ -116,6 +126,14 @@ def _validate(spec: PartnerSpec) -> None:
         spec.credit_limit,
         spec.settlement_currency,
     )
+
+
+def _validate_name(name: str) -> None:
+    """1-200 printable characters: a name appears in CSV reports and logs."""
+    if not 1 <= len(name.strip()) <= 200:
+        raise Unprocessable("name must be 1-200 characters.")
+    if UNPRINTABLE.search(name):
+        raise Unprocessable("name must not contain control, line-separator or bidi characters.")
 
 
 def _validate_terms(
@@ -196,6 +214,9 @@ async def update_partner(
     changed_by: str | None = None,
 ) -> PartnerRecord:
     """Apply a PATCH: new terms take effect now, for postings made from now on."""
+    _known_shape(partner_id)
+    if not isinstance(changes.name, Unchanged):
+        _validate_name(changes.name)
     async with engine.begin() as conn:
         current = (
             await conn.execute(
@@ -265,6 +286,7 @@ async def _load(conn: AsyncConnection, partner_ids: list[str] | None) -> list[Pa
 
 
 async def get_partner(engine: AsyncEngine, partner_id: str) -> PartnerRecord:
+    _known_shape(partner_id)
     async with engine.connect() as conn:
         found = await _load(conn, [partner_id])
     if not found:
@@ -278,20 +300,41 @@ async def list_partners(engine: AsyncEngine) -> list[PartnerRecord]:
 
 
 def decode_public_key(text: str) -> bytes:
-    """base64url (padding optional) of a raw 32-byte Ed25519 public key, checked."""
+    """The raw key from its base64url, by the signing profile's one strict decoder; 422."""
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        raise Unprocessable(
-            "public_key must be base64url of the raw 32-byte Ed25519 key."
-        ) from None
-    if len(raw) != 32:
-        raise Unprocessable(f"public_key decodes to {len(raw)} bytes; an Ed25519 key has 32.")
-    try:
-        Ed25519PublicKey.from_public_bytes(raw)
-    except ValueError:
-        raise Unprocessable("public_key is not a valid Ed25519 public key.") from None
-    return raw
+        return signing.decode_public_key(text)
+    except ValueError as exc:
+        raise Unprocessable(f"public_key: {exc}.") from None
+
+
+async def revoke_unacceptable_keys(engine: AsyncEngine, clock: Clock) -> list[str]:
+    """Revoke every active stored key that the strict decoder would refuse today.
+
+    Keys registered before the small-order check existed (or written to the table by
+    other means) could let anyone sign as the partner; at start-up they are revoked and
+    logged, so they fail closed (`key_revoked`). Returns the key ids revoked.
+    """
+    async with engine.begin() as conn:
+        rows = await conn.execute(
+            select(partner_keys.c.key_id, partner_keys.c.public_key).where(
+                partner_keys.c.status == "active"
+            )
+        )
+        bad = [
+            row.key_id
+            for row in rows
+            if not signing.is_acceptable_public_key(bytes(row.public_key))
+        ]
+        if bad:
+            await conn.execute(
+                update(partner_keys)
+                .where(partner_keys.c.key_id.in_(bad), partner_keys.c.status == "active")
+                .values(status="revoked", revoked_at=clock.now())
+            )
+            await _notify_key_change(conn, "startup-check")
+    for key_id in bad:
+        _log.error("unacceptable_key_revoked", key_id=key_id, reason="small order or non-canonical")
+    return bad
 
 
 async def _notify_key_change(conn: AsyncConnection, subject: str) -> None:
@@ -304,6 +347,7 @@ async def _notify_key_change(conn: AsyncConnection, subject: str) -> None:
 
 async def add_key(engine: AsyncEngine, clock: Clock, partner_id: str, public_key: str) -> KeyInfo:
     """Register a public key; the partner may hold several active keys (rotation)."""
+    _known_shape(partner_id)
     raw = decode_public_key(public_key)
     key_id = f"key_{secrets.token_hex(12)}"
     now = clock.now()
@@ -328,6 +372,7 @@ async def add_key(engine: AsyncEngine, clock: Clock, partner_id: str, public_key
 
 async def revoke_key(engine: AsyncEngine, clock: Clock, partner_id: str, key_id: str) -> KeyInfo:
     """Revoke a key at once. Postings it signed stay verifiable (the key is kept)."""
+    _known_shape(partner_id, key_id)
     async with engine.begin() as conn:
         row = (
             await conn.execute(

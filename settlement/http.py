@@ -16,7 +16,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from exchange.http import decode_body
+from exchange.http import decode_body, wire_time
 from exchange.operators import OperatorIdentity
 from partners.auth import PartnerCaller, admin_caller, partner_caller, staff_caller
 from settlement import reports, schemas
@@ -46,7 +46,8 @@ class SettlementController(Controller):
     ) -> Response[schemas.Run]:
         data = decode_body(request, await request.body(), schemas.SettlementCreate)
         result = await settlement.run_settlement(
-            data.period_end, created_by=f"operator:{admin.name}"
+            wire_time(data.period_end, "period_end"),
+            created_by=f"operator:{admin.name}",
         )
         return Response(
             content=reports.run_view(result.run), status_code=201 if result.created else 200

@@ -178,8 +178,12 @@ def statement_view(run: StoredRun, partner_id: str) -> schemas.Statement:
 
 
 def _cell(text: str) -> str:
-    """Spreadsheets execute cells starting with = + - @: neutralise names that do."""
-    return "'" + text if text.startswith(_FORMULA_PREFIXES) else text
+    """Spreadsheets execute cells starting with = + - @ (OWASP "CSV injection"), also
+    after leading spaces, and treat a leading tab, CR or LF as the same risk: such cells
+    get a leading apostrophe, which spreadsheets show as text."""
+    stripped = text.lstrip(" \t\r\n")
+    risky = stripped.startswith(_FORMULA_PREFIXES) or text[:1] in ("\t", "\r", "\n")
+    return "'" + text if risky else text
 
 
 def run_csv(run: StoredRun) -> str:

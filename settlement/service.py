@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exchange.clock import Clock, utc
 from exchange.errors import InvariantViolation, ServiceUnavailable, Unprocessable
+from exchange.ids import RUN_ID_SHAPE
 from exchange.logs import get_logger
 from exchange.retry import retry_conflicts
 from exchange.service import LedgerService
@@ -174,6 +175,8 @@ class SettlementService:
     # -- reads --------------------------------------------------------------------------------
 
     async def get_run(self, run_id: str) -> store.StoredRun:
+        if not RUN_ID_SHAPE.fullmatch(run_id):
+            raise SettlementNotFound("No settlement run has that id.")
         async with self.engine.connect() as conn:
             run = await store.load_run(conn, run_id)
         if run is None:
@@ -189,6 +192,8 @@ class SettlementService:
         async with self.engine.connect() as conn:
             before = None
             if after is not None:
+                if not RUN_ID_SHAPE.fullmatch(after):
+                    raise Unprocessable("after is not a run_id this API returned.")
                 cursor = await store.load_header(conn, after)
                 if cursor is None:
                     raise Unprocessable("after is not a run_id this API returned.")

@@ -20,7 +20,7 @@ import asyncpg
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from exchange.errors import DatabaseUnavailable, ExchangeError, InvariantViolation
+from exchange.errors import DatabaseUnavailable, ExchangeError, InvariantViolation, Unprocessable
 
 __all__ = [
     "RetryableConflict",
@@ -128,8 +128,9 @@ def unavailable_as_503() -> Iterator[None]:
 
 @contextmanager
 def translate_errors() -> Iterator[None]:
-    """Map driver errors (asyncpg's or SQLAlchemy's) to retryable conflicts, broken
-    invariants, and an unavailable database; anything else passes through."""
+    """Map driver errors (asyncpg's or SQLAlchemy's) to retryable conflicts, refused data
+    (SQLSTATE class 22, 422), broken invariants, and an unavailable database (503);
+    anything else passes through."""
     try:
         yield
     except (DBAPIError, asyncpg.PostgresError) as exc:
@@ -138,6 +139,12 @@ def translate_errors() -> Iterator[None]:
             raise RetryableConflict(state) from exc
         if state == "23505" and "idempotency_keys" in str(exc):
             raise RetryableConflict(state) from exc
+        if state is not None and state.startswith("22"):
+            # A data exception (a NUL byte, a value out of range): the request carried a
+            # value PostgreSQL cannot hold. The edges check formats first; this is the net.
+            raise Unprocessable(
+                "A value in the request cannot be stored (bad characters or out of range)."
+            ) from exc
         if state is not None and (state.startswith("23") or state == "P0001"):
             raise InvariantViolation(f"database refused a write ({state}): {exc}") from exc
         if is_unavailable(exc):

@@ -26,13 +26,19 @@ nor cryptography; each step raises the error named in `partners.errors`:
    ...) and derived components other than the four above are outside the profile
    (signature_invalid).
 5. Every covered header appears exactly once (else signature_invalid).
-6. Content-Digest (whenever present, and so always with a body) is checked against the raw
+6. Key: unknown → key_unknown.
+7. Signature base (RFC 9421 §2.5) and Ed25519 with the registered key; the algorithm comes
+   from the key record, never from the request (else signature_invalid). A stored key
+   that is not acceptable (small order, see `_ed25519`) is key_revoked.
+8. Only a caller whose signature verified learns the key's status: inactive →
+   key_revoked, partner inactive → partner_suspended.
+   Steps 1-8 (`verify_headers`) need no body: the base covers the Content-Digest header.
+   The server rate-limits the key here, before it reads the body or writes anything.
+9. Content-Digest (whenever present, and so always with a body) is checked against the raw
    body bytes: every `sha-256` / `sha-512` member must match and at least one must be
    there; members of other algorithms are ignored (RFC 9530 §2) (else digest_mismatch).
-7. Key: unknown → key_unknown, inactive → key_revoked, partner inactive → partner_suspended.
-8. Signature base (RFC 9421 §2.5) and Ed25519 with the registered key; the algorithm comes
-   from the key record, never from the request (else signature_invalid).
-9. Only then is `(keyid, nonce)` recorded; a second use → nonce_replayed.
+   Coverage is checked again with the body known.
+10. Only then is `(keyid, nonce)` recorded; a second use → nonce_replayed.
 
 No error detail contains a signature base, a key or a stack trace.
 """
@@ -60,6 +66,7 @@ from partners.signing._data import (
     SignatureParams,
     VerifiedSignature,
 )
+from partners.signing._ed25519 import is_acceptable_public_key
 from partners.signing._keys import (
     b64url_decode,
     b64url_encode,
@@ -77,7 +84,14 @@ from partners.signing._parse import (
     parse_signature_headers,
 )
 from partners.signing._sign import sign_components, sign_request
-from partners.signing._verify import verify_message_signature, verify_request, verify_signature_base
+from partners.signing._verify import (
+    VerifiedHeaders,
+    verify_body,
+    verify_headers,
+    verify_message_signature,
+    verify_request,
+    verify_signature_base,
+)
 
 __all__ = [
     "BODY_COMPONENTS",
@@ -99,6 +113,7 @@ __all__ = [
     "NonceRecorder",
     "ParsedSignature",
     "SignatureParams",
+    "VerifiedHeaders",
     "VerifiedSignature",
     "b64url_decode",
     "b64url_encode",
@@ -109,12 +124,15 @@ __all__ = [
     "decode_public_key",
     "decode_signature_member",
     "generate_keypair",
+    "is_acceptable_public_key",
     "load_private_key",
     "parse_signature_headers",
     "public_key_b64url",
     "sign_components",
     "sign_request",
     "signature_base",
+    "verify_body",
+    "verify_headers",
     "verify_message_signature",
     "verify_request",
     "verify_signature_base",

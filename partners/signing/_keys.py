@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from http_message_signatures import ContentDigest
 
+from partners.signing._ed25519 import ED25519_KEY_BYTES, is_acceptable_public_key
 from partners.signing._parse import _signature_bytes, _single_member
 
 __all__ = [
@@ -23,7 +24,8 @@ __all__ = [
     "public_key_b64url",
 ]
 
-_ED25519_KEY_BYTES: Final = 32
+_ED25519_KEY_BYTES: Final = ED25519_KEY_BYTES
+_ED25519_KEY_B64_CHARS: Final = 43  # ceil(32 * 4 / 3), unpadded
 
 
 # --- keys and encodings ---------------------------------------------------------------------
@@ -57,11 +59,24 @@ def load_private_key(b64url: str) -> Ed25519PrivateKey:
 
 
 def decode_public_key(b64url: str) -> bytes:
-    """The raw 32 bytes of an Ed25519 public key given as base64url; ValueError otherwise."""
-    raw = b64url_decode(b64url)
-    if len(raw) != _ED25519_KEY_BYTES:
-        raise ValueError("an Ed25519 public key is 32 raw bytes")
-    Ed25519PublicKey.from_public_bytes(raw)
+    """The raw 32 bytes of an Ed25519 public key given as base64url; ValueError otherwise.
+
+    The one decoder for partner keys (registration, start-up checks): strict base64url
+    (43 characters, optionally one '=' of padding, the unused low bits zero, so that one
+    key has exactly one spelling) of a canonical encoding of a point of large order.
+    Small-order keys are refused because a fixed signature verifies for any request
+    under them (see `_ed25519`).
+    """
+    text = b64url[:-1] if b64url.endswith("=") else b64url
+    if len(text) != _ED25519_KEY_B64_CHARS:
+        raise ValueError("an Ed25519 public key is 32 raw bytes: 43 base64url characters")
+    raw = b64url_decode(text)
+    if b64url_encode(raw) != text:
+        raise ValueError("the base64url is not canonical (its unused low bits are not zero)")
+    if not is_acceptable_public_key(raw):
+        raise ValueError(
+            "not an acceptable Ed25519 public key: not a canonical curve point of large order"
+        )
     return raw
 
 

@@ -44,6 +44,7 @@ from partners.signing._data import (
 
 __all__ = [
     "check_content_digest",
+    "check_content_digest_field",
     "check_coverage",
     "check_signature_params",
     "parse_signature_headers",
@@ -215,11 +216,8 @@ def check_coverage(parsed: ParsedSignature, request: IncomingRequest) -> None:
             )
 
 
-def check_content_digest(request: IncomingRequest) -> str | None:
-    """Content-Digest against the raw body bytes (rule 6); returns the header value if any.
-
-    Must run on the raw bytes before anything parses the body.
-    """
+def _digest_members(request: IncomingRequest) -> tuple[str, dict[str, Any]] | None:
+    """The Content-Digest header parsed, with at least one supported member; no body read."""
     lines = _field_lines(request.headers, "content-digest")
     if not lines:
         return None
@@ -232,20 +230,43 @@ def check_content_digest(request: IncomingRequest) -> str | None:
         )
     except (ValueError, UnicodeEncodeError) as exc:
         raise DigestMismatch("Content-Digest is not a valid RFC 8941 dictionary") from exc
-    supported = [name for name in members if name in _DIGESTS]
+    supported = {name: members[name] for name in members if name in _DIGESTS}
     if not supported:
         raise DigestMismatch("Content-Digest needs a sha-256 or sha-512 member")
-    for name in supported:
+    return value, supported
+
+
+def check_content_digest_field(request: IncomingRequest) -> None:
+    """The Content-Digest header's shape (rule 6 without the body): cheap, before the body."""
+    _digest_members(request)
+
+
+def check_content_digest(request: IncomingRequest) -> str | None:
+    """Content-Digest against the raw body bytes (rule 6); returns the header value if any.
+
+    Must run on the raw bytes before anything parses the body.
+    """
+    found = _digest_members(request)
+    if found is None:
+        return None
+    value, supported = found
+    for name, member in supported.items():
         expected = _DIGESTS[name](request.body).digest()
-        digest = members[name][0]
+        digest = member[0]
         if not isinstance(digest, bytes) or not hmac.compare_digest(digest, expected):
             raise DigestMismatch(f"the {name} Content-Digest does not match the body sent")
     return value
 
 
-def _key_record(record: KeyRecord | None, key_id: str) -> KeyRecord:
+def _known_key(record: KeyRecord | None, key_id: str) -> KeyRecord:
     if record is None:
         raise KeyUnknown(f"no key is registered with keyid {key_id!r}")
+    return record
+
+
+def _key_status(record: KeyRecord, key_id: str) -> KeyRecord:
+    """Revoked key, suspended partner: told only to a caller whose signature verified,
+    so the status of someone else's key is never revealed to a stranger."""
     if not record.key_active:
         raise KeyRevoked(f"key {key_id!r} has been revoked")
     if not record.partner_active:

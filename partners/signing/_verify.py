@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import Final
 
 import http_sf
@@ -14,7 +16,7 @@ from http_message_signatures import HTTPMessageSignaturesException, MappingKeyRe
 from http_message_signatures.algorithms import ED25519
 
 from exchange.errors import InvariantViolation
-from partners.errors import NonceReplayed, SignatureInvalid
+from partners.errors import KeyRevoked, NonceReplayed, SignatureInvalid
 from partners.signing._base import (
     _ComponentResolver,
     _FieldLines,
@@ -24,25 +26,36 @@ from partners.signing._base import (
 )
 from partners.signing._data import (
     IncomingRequest,
+    KeyRecord,
     KeyResolver,
     MessageSignature,
     NonceRecorder,
+    ParsedSignature,
+    SignatureParams,
     VerifiedSignature,
 )
+from partners.signing._ed25519 import is_acceptable_public_key
 from partners.signing._parse import (
-    _key_record,
+    _key_status,
+    _known_key,
     check_content_digest,
+    check_content_digest_field,
     check_coverage,
     check_signature_params,
     parse_signature_headers,
 )
 
 __all__ = [
+    "VerifiedHeaders",
+    "verify_body",
+    "verify_headers",
     "verify_message_signature",
     "verify_request",
     "verify_signature_base",
 ]
 
+# Bounded: one entry per distinct stored key seen, a few microseconds saved per request.
+_acceptable = functools.lru_cache(maxsize=4096)(is_acceptable_public_key)
 _SIGNATURE_PARAMS: Final = '"@signature-params"'  # the base's last line, as the library keys it
 
 
@@ -111,25 +124,40 @@ def verify_signature_base(
     return True
 
 
-async def verify_request(
-    request: IncomingRequest,
-    *,
-    authority: str,
-    now: int,
-    resolve_key: KeyResolver,
-    record_nonce: NonceRecorder,
-) -> VerifiedSignature:
-    """Every rule of the profile, in the order of the module docstring.
+@dataclass(frozen=True, slots=True)
+class VerifiedHeaders:
+    """A signature verified over the headers alone: the body and the nonce not yet checked.
 
-    `authority` is the exchange's public host, lower-cased, port only when not the
-    scheme's default; `now` is the server clock in Unix seconds. Exceptions from
-    `resolve_key` and `record_nonce` propagate (the caller fails closed).
+    The signature base covers the Content-Digest *header*, so the signature can be
+    verified (and the caller rate-limited) before a byte of the body is read.
+    """
+
+    parsed: ParsedSignature
+    params: SignatureParams
+    record: KeyRecord
+    signature_base: bytes
+    signature_input: str
+
+
+async def verify_headers(
+    request: IncomingRequest, *, authority: str, now: int, resolve_key: KeyResolver
+) -> VerifiedHeaders:
+    """Rules 1-5 and the key, on the headers (`request.body` may still be empty).
+
+    Order: structure, parameters and window, coverage, a known key, the cryptography,
+    and only then the key's and the partner's status (a stranger learns nothing of them).
     """
     parsed = parse_signature_headers(request.headers)
     params = check_signature_params(parsed, now=now)
     check_coverage(parsed, request)
-    digest = check_content_digest(request)
-    record = _key_record(await resolve_key(params.key_id), params.key_id)
+    if request.body:  # already read (not on the server's path): the cheap check first
+        check_content_digest(request)
+    else:
+        check_content_digest_field(request)
+    record = _known_key(await resolve_key(params.key_id), params.key_id)
+    if not _acceptable(record.public_key):
+        # Stored before the strict check (start-up revokes these): fail closed.
+        raise KeyRevoked(f"key {params.key_id!r} has been revoked")
     try:
         public_key = Ed25519PublicKey.from_public_bytes(record.public_key)
     except ValueError as exc:
@@ -140,18 +168,48 @@ async def verify_request(
             f"the signature does not verify for keyid {params.key_id!r}; sign @authority as "
             f'"{authority}" and @path and @query exactly as sent'
         )
+    _key_status(record, params.key_id)
+    return VerifiedHeaders(parsed, params, record, base, signature_input)
+
+
+async def verify_body(
+    verified: VerifiedHeaders, request: IncomingRequest, *, record_nonce: NonceRecorder
+) -> VerifiedSignature:
+    """Rules 4-7 with the body read: coverage again (a body needs its digest covered),
+    Content-Digest against the raw bytes, then the nonce (the one database write)."""
+    parsed, params = verified.parsed, verified.params
+    check_coverage(parsed, request)
+    digest = check_content_digest(request)
     if not await record_nonce(params.key_id, params.nonce, params.created):
         raise NonceReplayed(
             "this (keyid, nonce) pair was already used; sign each attempt with a new nonce"
         )
     return VerifiedSignature(
         key_id=params.key_id,
-        partner_id=record.partner_id,
+        partner_id=verified.record.partner_id,
         label=parsed.label,
         created=params.created,
         nonce=params.nonce,
-        signature_input=signature_input,
+        signature_input=verified.signature_input,
         signature=http_sf.ser({parsed.label: (parsed.signature, {})}),
         content_digest=digest,
-        signature_base=base,
+        signature_base=verified.signature_base,
     )
+
+
+async def verify_request(
+    request: IncomingRequest,
+    *,
+    authority: str,
+    now: int,
+    resolve_key: KeyResolver,
+    record_nonce: NonceRecorder,
+) -> VerifiedSignature:
+    """Every rule of the profile: `verify_headers` then `verify_body`.
+
+    `authority` is the exchange's public host, lower-cased, port only when not the
+    scheme's default; `now` is the server clock in Unix seconds. Exceptions from
+    `resolve_key` and `record_nonce` propagate (the caller fails closed).
+    """
+    verified = await verify_headers(request, authority=authority, now=now, resolve_key=resolve_key)
+    return await verify_body(verified, request, record_nonce=record_nonce)

@@ -62,3 +62,28 @@ async def test_idle_callers_are_forgotten_with_full_buckets(
     assert len(limiter._arrival) == 1
     await limiter.check("member", "a")
     await limiter.check("member", "a")  # a's bucket was full again
+
+
+async def test_each_of_n_workers_enforces_a_share_so_the_service_keeps_the_limit() -> None:
+    """However requests spread over the processes, together they allow the limit: a burst
+    of at most `amount`, then `amount` per period."""
+    clock = Clock()
+    settings = Settings(partner_rate_limit="10/second", workers=4)
+    workers = [RateLimiter(settings, clock=clock) for _ in range(4)]
+    allowed = 0
+    for index in range(40):
+        try:
+            await workers[index % 4].check("partner", "key_a")
+            allowed += 1
+        except RateLimited:
+            pass
+    assert allowed == 8  # 4 workers x a burst of 10 // 4
+    clock.now += 1.0  # one period: 10 more for the service, 2.5 per worker
+    allowed = 0
+    for index in range(40):
+        try:
+            await workers[index % 4].check("partner", "key_a")
+            allowed += 1
+        except RateLimited:
+            pass
+    assert allowed <= 10

@@ -96,7 +96,12 @@ def _pgbench(postgres: EmbeddedPostgres, *args: str, cwd: Path) -> subprocess.Po
         DATABASE,
     ]
     return subprocess.Popen(  # noqa: S603 - the wheel's own pgbench
-        command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=postgres.client_env(),
     )
 
 
