@@ -89,6 +89,14 @@ def is_connection_lost(exc: BaseException) -> bool:
     return False
 
 
+def _refuses_connections(exc: BaseException) -> bool:
+    """`ALTER DATABASE ... ALLOW_CONNECTIONS false` (or a database being dropped): 55000 at
+    connect time. The same SQLSTATE on a statement is the caller's bug, not an outage."""
+    return isinstance(
+        exc, asyncpg.exceptions.ObjectNotInPrerequisiteStateError
+    ) and "not currently accepting connections" in str(exc)
+
+
 def is_unavailable(exc: BaseException) -> bool:
     """The database cannot serve us now, for a reason that is not the request's fault and
     should pass: answer 503 and let the client retry (with the same Idempotency-Key)."""
@@ -97,6 +105,8 @@ def is_unavailable(exc: BaseException) -> bool:
     if any(isinstance(candidate, PoolTimeout) for candidate in _causes(exc)):
         return True
     if is_connection_lost(exc):
+        return True
+    if any(_refuses_connections(candidate) for candidate in _causes(exc)):
         return True
     state = _sqlstate(exc)
     return state is not None and (state.startswith(_UNAVAILABLE_PREFIXES) or state == _READ_ONLY)
