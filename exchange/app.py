@@ -20,6 +20,7 @@ from exchange.problems import exception_handlers
 from exchange.runtime import Services
 from partners.gateway import housekeeping_jobs
 from partners.http import PartnerAdminController
+from settlement.finance_http import FinanceController
 from settlement.http import SettlementController
 from settlement.schedule import Scheduler
 from settlement.service import SettlementService
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             MemberController,
             PartnerAdminController,
             SettlementController,
+            FinanceController,
         ],
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),

@@ -6,12 +6,16 @@ GET  /v1/settlements/{run_id}              admin, finance    the run (JSON)
 GET  /v1/settlements/{run_id}/report.csv   admin, finance    one row per partner
 GET  /v1/settlements/{run_id}/statement    signed partner    its own line only
 GET  /v1/reports/liabilities               admin, finance    outstanding points now
+
+Runs and statements show their approval `status` (contract §8); the approval itself and
+the rest of closing the month are in `settlement.finance_http`.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, QueryParameter
@@ -21,9 +25,14 @@ from exchange.operators import OperatorIdentity
 from exchange.runtime import services_of
 from partners.auth import PartnerCaller, admin_caller, partner_caller, staff_caller
 from settlement import reports, schemas
+from settlement.approval import Approval
+from settlement.finance import FinanceService
+from settlement.journal import ChartOfAccounts
 from settlement.service import RUNS_PAGE_MAX, SettlementService
 
-__all__ = ["SettlementController", "settlement_service"]
+__all__ = ["SettlementController", "finance_service", "settlement_service", "with_status"]
+
+Viewed = TypeVar("Viewed", schemas.Run, schemas.RunSummary, schemas.Statement)
 
 RUNS_PAGE_DEFAULT = 50
 Limit = Annotated[int, QueryParameter(ge=1, le=RUNS_PAGE_MAX)]
@@ -33,6 +42,38 @@ def settlement_service(request: Request[Any, Any, Any]) -> SettlementService:
     """The service over this process's engine, clock and ledger (stateless, cheap)."""
     services = services_of(request)
     return SettlementService(services.engine, services.clock, services.ledger)
+
+
+def finance_service(request: Request[Any, Any, Any]) -> FinanceService:
+    """Closing the month over this process's engine and clock, in its chart of accounts."""
+    services = services_of(request)
+    settings = services.settings
+    chart = ChartOfAccounts(
+        receivable=settings.account_receivable,
+        payable=settings.account_payable,
+        points_liability=settings.account_points_liability,
+        redemption_margin=settings.account_redemption_margin,
+        breakage_revenue=settings.account_breakage_revenue,
+        rounding=settings.account_rounding,
+    )
+    return FinanceService(services.engine, services.clock, chart)
+
+
+def with_status(view: Viewed, approval: Approval | None) -> Viewed:
+    if approval is None:
+        return view
+    return msgspec.structs.replace(
+        view,
+        status="approved",
+        approved_by=approval.approved_by,
+        approved_at=approval.approved_at,
+    )
+
+
+async def _run_view(request: Request[Any, Any, Any], run_id: str) -> schemas.Run:
+    run = await settlement_service(request).get_run(run_id)
+    approvals = await finance_service(request).approvals([run_id])
+    return with_status(reports.run_view(run), approvals.get(run_id))
 
 
 class SettlementController(Controller):
@@ -52,8 +93,10 @@ class SettlementController(Controller):
         result = await settlement_service(request).run_settlement(
             data.period_end, created_by=f"operator:{admin.name}"
         )
+        approvals = await finance_service(request).approvals([result.run.run_id])
         return Response(
-            content=reports.run_view(result.run), status_code=201 if result.created else 200
+            content=with_status(reports.run_view(result.run), approvals.get(result.run.run_id)),
+            status_code=201 if result.created else 200,
         )
 
     @get(
@@ -69,7 +112,11 @@ class SettlementController(Controller):
         limit: Limit = RUNS_PAGE_DEFAULT,
     ) -> schemas.RunPage:
         headers, cursor = await settlement_service(request).list_runs(limit=limit, after=after)
-        return schemas.RunPage(items=[reports.run_summary(h) for h in headers], next=cursor)
+        approvals = await finance_service(request).approvals([h.run_id for h in headers])
+        return schemas.RunPage(
+            items=[with_status(reports.run_summary(h), approvals.get(h.run_id)) for h in headers],
+            next=cursor,
+        )
 
     @get(
         "/settlements/{run_id:str}",
@@ -82,7 +129,7 @@ class SettlementController(Controller):
         staff: NamedDependency[OperatorIdentity],
         run_id: FromPath[str],
     ) -> schemas.Run:
-        return reports.run_view(await settlement_service(request).get_run(run_id))
+        return await _run_view(request, run_id)
 
     @get(
         "/settlements/{run_id:str}/report.csv",
@@ -115,7 +162,8 @@ class SettlementController(Controller):
         run_id: FromPath[str],
     ) -> schemas.Statement:
         run = await settlement_service(request).get_run(run_id)
-        return reports.statement_view(run, partner.partner_id)
+        approvals = await finance_service(request).approvals([run_id])
+        return with_status(reports.statement_view(run, partner.partner_id), approvals.get(run_id))
 
     @get(
         "/reports/liabilities",
