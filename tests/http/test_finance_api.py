@@ -6,6 +6,7 @@ as `as_of`, never read from the database's clock.
 
 from __future__ import annotations
 
+import csv
 import io
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -465,3 +466,307 @@ async def test_payments_settle_documents_oldest_first_and_refuse_what_does_not_f
     )
     audit = await _rows(engine, "SELECT action FROM audit_log WHERE action = 'payment.record'")
     assert len(audit) == 2
+
+
+# -- receivables -----------------------------------------------------------------------------
+
+
+def _buckets(**amounts: str) -> dict[str, dict[str, str]]:
+    names = ("not_due", "1_30", "31_60", "61_90", "over_90", "total")
+    return {name: {"amount": amounts.get(name, "0.00"), "currency": "EUR"} for name in names}
+
+
+async def _receivables(
+    client: httpx.AsyncClient, headers: dict[str, str], as_of: str
+) -> dict[str, Any]:
+    response = await client.get(f"/v1/reports/receivables?as_of={as_of}", headers=headers)
+    assert response.status_code == 200, response.text
+    return {partner["partner_id"]: partner for partner in response.json()["partners"]}
+
+
+async def test_receivables_are_aged_as_of_any_date(
+    onboard: PartnerFactory,
+    client: httpx.AsyncClient,
+    clock: FrozenClock,
+    admin_headers: dict[str, str],
+    finance_headers: dict[str, str],
+) -> None:
+    documents = await _approved_example(onboard, client, clock, admin_headers, finance_headers)
+    partial = _payment("grocer", "4000.00", value_date="2026-12-01")
+    assert (
+        await client.post(PAYMENTS, json=partial, headers=_pay(finance_headers, "r-1"))
+    ).status_code == 201
+    fuel = _payment("fuel", "3000.00", value_date="2026-12-10")
+    assert (
+        await client.post(PAYMENTS, json=fuel, headers=_pay(finance_headers, "r-2"))
+    ).status_code == 201
+
+    before_issue = await _receivables(client, finance_headers, "2026-11-23")
+    assert before_issue == {}
+    # Before the grocer's payment's value date: the whole invoice, not yet due.
+    early = await _receivables(client, finance_headers, "2026-11-30")
+    assert early["grocer"]["totals"] == _buckets(not_due="9000.00", total="9000.00")
+    assert early["grocer"]["documents"][0]["days_past_due"] == -8
+    # 12 days past the due date (2026-12-08): 1-30; fuel's overpayment is an unapplied credit.
+    later = await _receivables(client, finance_headers, "2026-12-20")
+    grocer = later["grocer"]
+    assert grocer["documents"] == [
+        {
+            "document_id": documents["grocer"]["document_id"],
+            "number": "INV-2026-000002",
+            "type": "invoice",
+            "issue_date": ISSUE_DATE,
+            "due_date": DUE_DATE,
+            "amount": {"amount": "9000.00", "currency": "EUR"},
+            "amount_open": {"amount": "5000.00", "currency": "EUR"},
+            "days_past_due": 12,
+            "bucket": "1_30",
+        }
+    ]
+    assert grocer["totals"] == _buckets(**{"1_30": "5000.00", "total": "5000.00"})
+    assert later["fuel"]["documents"] == []
+    assert later["fuel"]["unapplied_credits"] == {
+        "received": {"amount": "200.00", "currency": "EUR"},
+        "paid": {"amount": "0.00", "currency": "EUR"},
+    }
+    assert later["cinema"]["payables"] == _buckets(**{"1_30": "5000.00", "total": "5000.00"})
+    assert later["cinema"]["totals"] == _buckets()
+    # 92 days past due: over 90.
+    much_later = await _receivables(client, finance_headers, "2027-03-10")
+    assert much_later["grocer"]["documents"][0]["days_past_due"] == 92
+    assert much_later["grocer"]["totals"]["over_90"]["amount"] == "5000.00"
+
+    as_csv = await client.get(
+        "/v1/reports/receivables?as_of=2026-12-20",
+        headers=finance_headers | {"Accept": "text/csv"},
+    )
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(as_csv.text)))
+    assert [(r["partner_id"], r["type"], r["amount_open"], r["bucket"]) for r in rows] == [
+        ("cinema", "credit_note", "5000.00", "1_30"),
+        ("fuel", "unapplied_received", "200.00", ""),
+        ("grocer", "invoice", "5000.00", "1_30"),
+    ]
+    same = await client.get("/v1/reports/receivables.csv?as_of=2026-12-20", headers=finance_headers)
+    assert same.text == as_csv.text
+    for bad in ("", "?as_of=20261220", "?as_of=2026-13-01", "?as_of=tomorrow"):
+        response = await client.get(f"/v1/reports/receivables{bad}", headers=finance_headers)
+        assert response.status_code == 422, bad
+
+
+# -- credit limits ---------------------------------------------------------------------------
+
+
+async def test_credit_headroom_returns_when_the_partner_pays_not_when_a_run_is_computed(
+    onboard: PartnerFactory,
+    client: httpx.AsyncClient,
+    clock: FrozenClock,
+    admin_headers: dict[str, str],
+    finance_headers: dict[str, str],
+) -> None:
+    airline = await onboard(
+        "airline", issue_price="0.01", credit_limit={"amount": "10.00", "currency": "EUR"}
+    )
+    member = (await airline.client.enrol_member())["member_id"]
+    await airline.client.earn(member, 1000, reference="o-1")  # 10.00: the whole limit
+
+    async def refused(reference: str, points: int = 1) -> None:
+        with pytest.raises(PartnerAPIError) as caught:
+            await airline.client.earn(member, points, reference=reference)
+        assert (caught.value.status, caught.value.code) == (422, "credit_limit_exceeded")
+
+    await refused("before-run")
+    clock.set(datetime(2026, 11, 24, 6, 0, tzinfo=UTC))
+    await _compute(client, admin_headers, PERIOD_END)
+    await refused("computed")
+    await _approve(client, finance_headers, RUN_ID)
+    await refused("approved")
+    partial = _payment("airline", "4.00")
+    assert (
+        await client.post(PAYMENTS, json=partial, headers=_pay(finance_headers, "c-1"))
+    ).status_code == 201
+    await refused("partly-paid", points=401)  # 6.00 unpaid + 4.01 > 10.00
+    await airline.client.earn(member, 400, reference="within")  # 6.00 + 4.00 = 10.00
+    await refused("full-again")
+    rest = _payment("airline", "6.00")
+    assert (
+        await client.post(PAYMENTS, json=rest, headers=_pay(finance_headers, "c-2"))
+    ).status_code == 201
+    await airline.client.earn(member, 600, reference="paid")  # 4.00 + 6.00 = 10.00
+
+
+# -- journal ---------------------------------------------------------------------------------
+
+
+def _balances(journal: dict[str, Any]) -> dict[tuple[str, str | None], Decimal]:
+    """Debit-positive balance per (account, partner) over the whole journal."""
+    balances: dict[tuple[str, str | None], Decimal] = {}
+    for entry in journal["entries"]:
+        for line in entry["lines"]:
+            key = (line["account"], line["partner_id"])
+            balances[key] = (
+                balances.get(key, Decimal(0)) + Decimal(line["debit"]) - Decimal(line["credit"])
+            )
+    return {key: value for key, value in balances.items() if value}
+
+
+async def test_the_worked_example_journal_balances_in_the_chart_of_accounts(
+    onboard: PartnerFactory,
+    client: httpx.AsyncClient,
+    clock: FrozenClock,
+    admin_headers: dict[str, str],
+    finance_headers: dict[str, str],
+) -> None:
+    await _approved_example(onboard, client, clock, admin_headers, finance_headers)
+
+    response = await client.get(f"/v1/settlements/{RUN_ID}/journal", headers=finance_headers)
+
+    assert response.status_code == 200, response.text
+    journal = response.json()
+    assert journal["status"] == "approved"
+    assert journal["totals"] == [
+        {"currency": "EUR", "debit": "33800.00", "credit": "33800.00", "balanced": True}
+    ]
+    for entry in journal["entries"]:  # every entry balances on its own
+        debit = sum(Decimal(line["debit"]) for line in entry["lines"])
+        assert debit == sum(Decimal(line["credit"]) for line in entry["lines"]), entry
+    # What the books show after the run (domain.md): the operator is owed 11,800 and owes
+    # 5,000; 2,000 margin on 1,000,000 redeemed points; 4,800 liability behind the 400,000
+    # points still outstanding, at their issue price.
+    assert _balances(journal) == {
+        ("1200", "fuel"): Decimal("2800.00"),
+        ("1200", "grocer"): Decimal("9000.00"),
+        ("2100", "cinema"): Decimal("-5000.00"),
+        ("2400", None): Decimal("-4800.00"),
+        ("4100", None): Decimal("-2000.00"),
+    }
+    kinds = [(entry["partner_id"], entry["kind"]) for entry in journal["entries"]]
+    assert kinds == [
+        ("cinema", "redemption"),
+        ("fuel", "issuance"),
+        ("fuel", "redemption"),
+        ("fuel", "netting"),
+        ("grocer", "issuance"),
+        ("grocer", "redemption"),
+        ("grocer", "netting"),
+    ]
+
+    as_csv = await client.get(
+        f"/v1/settlements/{RUN_ID}/journal", headers=finance_headers | {"Accept": "text/csv"}
+    )
+    rows = list(csv.DictReader(io.StringIO(as_csv.text)))
+    assert sum(Decimal(r["debit"]) for r in rows) == sum(Decimal(r["credit"]) for r in rows)
+    assert sum(Decimal(r["debit"]) for r in rows) == Decimal("33800.00")
+    dot_csv = await client.get(f"/v1/settlements/{RUN_ID}/journal.csv", headers=finance_headers)
+    assert dot_csv.text == as_csv.text
+    missing = await client.get("/v1/settlements/stl_nope/journal", headers=finance_headers)
+    assert missing.status_code == 404
+
+
+async def test_breakage_enters_the_journal_at_issue_price(
+    onboard: PartnerFactory,
+    client: httpx.AsyncClient,
+    clock: FrozenClock,
+    admin_headers: dict[str, str],
+    finance_headers: dict[str, str],
+) -> None:
+    grocer = await onboard("grocer")
+    member = (await grocer.client.enrol_member())["member_id"]
+    await grocer.client.earn(
+        member, 1_000, reference="promo", expires_at=clock.now() + timedelta(hours=2)
+    )
+    await grocer.client.earn(member, 500, reference="order")
+    clock.set(datetime(2026, 11, 24, 6, 0, tzinfo=UTC))
+    run_id = await _compute(client, admin_headers, PERIOD_END)
+
+    journal = (
+        await client.get(f"/v1/settlements/{run_id}/journal", headers=finance_headers)
+    ).json()
+
+    assert journal["status"] == "computed"
+    [breakage] = [entry for entry in journal["entries"] if entry["kind"] == "breakage"]
+    assert [(line["account"], line["debit"], line["credit"]) for line in breakage["lines"]] == [
+        ("2400", "12.00", "0.00"),
+        ("4200", "0.00", "12.00"),
+    ]
+    assert _balances(journal) == {
+        ("1200", "grocer"): Decimal("18.00"),  # 1,500 points x 0.012
+        ("2400", None): Decimal("-6.00"),  # 500 points outstanding x 0.012
+        ("4200", None): Decimal("-12.00"),
+    }
+    assert journal["totals"][0]["balanced"] is True
+
+
+async def test_account_codes_come_from_the_settings(
+    onboard: PartnerFactory,
+    app: Any,
+    client: httpx.AsyncClient,
+    clock: FrozenClock,
+    admin_headers: dict[str, str],
+    finance_headers: dict[str, str],
+) -> None:
+    services = app.state.services
+    services.settings = services.settings.with_changes(
+        account_receivable="AR-100", account_points_liability="L-2400"
+    )
+    await _approved_example(onboard, client, clock, admin_headers, finance_headers)
+    journal = (
+        await client.get(f"/v1/settlements/{RUN_ID}/journal", headers=finance_headers)
+    ).json()
+    accounts = {line["account"] for entry in journal["entries"] for line in entry["lines"]}
+    assert accounts == {"AR-100", "2100", "L-2400", "4100"}
+
+
+# -- month-end close, end to end -------------------------------------------------------------
+
+
+async def test_month_end_close_end_to_end(
+    onboard: PartnerFactory,
+    client: httpx.AsyncClient,
+    clock: FrozenClock,
+    admin_headers: dict[str, str],
+    finance_headers: dict[str, str],
+) -> None:
+    """Trade, compute, approve, list documents, read the PDF, pay in part then in full,
+    age the receivables on a later date, and balance the journal."""
+    grocer, fuel, cinema = await _worked_example(onboard, clock)
+    run_id = await _compute(client, admin_headers, PERIOD_END)
+    approved = await _approve(client, finance_headers, run_id)
+    assert approved["status"] == "approved"
+
+    documents = await _documents(client, finance_headers, run_id)
+    invoice = documents["fuel"]
+    assert (invoice["number"], invoice["total"]["amount"]) == ("INV-2026-000001", "2800.00")
+    pdf = await fuel.client.request("GET", f"/v1/documents/{invoice['document_id']}.pdf")
+    printed = _pdf_text(pdf.content)
+    for expected in ("INV-2026-000001", "Fuel", "2,800.00 EUR", DUE_DATE):
+        assert expected in printed, expected
+
+    part = _payment("fuel", "1000.00", document_id=invoice["document_id"], value_date="2026-12-05")
+    first = await client.post(PAYMENTS, json=part, headers=_pay(finance_headers, "e2e-1"))
+    assert first.json()["allocations"][0]["amount"]["amount"] == "1000.00"
+    middle = await _receivables(client, finance_headers, "2026-12-31")
+    assert middle["fuel"]["documents"][0]["amount_open"]["amount"] == "1800.00"
+    assert middle["fuel"]["documents"][0]["days_past_due"] == 23
+    rest = _payment("fuel", "1800.00", value_date="2027-01-15")
+    second = await client.post(PAYMENTS, json=rest, headers=_pay(finance_headers, "e2e-2"))
+    assert second.json()["unapplied"]["amount"] == "0.00"
+    fetched = await fuel.client.request("GET", f"/v1/documents/{invoice['document_id']}")
+    assert fetched.json()["status"] == "paid"
+
+    aged = await _receivables(client, finance_headers, "2027-02-01")
+    assert "fuel" not in aged  # paid in full, no credit left over
+    assert aged["grocer"]["totals"]["31_60"]["amount"] == "9000.00"  # 55 days past due
+    assert aged["cinema"]["payables"]["31_60"]["amount"] == "5000.00"
+    # Before the second payment's value date, it was still partly open.
+    assert (await _receivables(client, finance_headers, "2027-01-14"))["fuel"]["totals"]["31_60"][
+        "amount"
+    ] == "1800.00"
+
+    journal = (
+        await client.get(f"/v1/settlements/{run_id}/journal", headers=finance_headers)
+    ).json()
+    assert [(t["currency"], t["balanced"]) for t in journal["totals"]] == [("EUR", True)]
+    assert journal["totals"][0]["debit"] == journal["totals"][0]["credit"]
+    assert (await grocer.client.statement(run_id))["status"] == "approved"
+    assert (await cinema.client.statement(run_id))["line"]["direction"] == "operator_pays"
