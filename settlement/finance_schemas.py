@@ -115,6 +115,9 @@ class ReceivableItem(_Out, frozen=True):
 
 
 class Buckets(_Out, frozen=True):
+    """Open amounts by days past due at as_of (wire names: not_due, 1_30, 31_60, 61_90,
+    over_90, total)."""
+
     not_due: Money
     d1_30: Money = msgspec.field(name="1_30")
     d31_60: Money = msgspec.field(name="31_60")

@@ -12,7 +12,7 @@ from settlement import finance_schemas as s
 from settlement.documents import Document
 from settlement.journal import JournalEntry, totals
 from settlement.payments import Payment
-from settlement.receivables import BUCKETS, PartnerAgeing
+from settlement.receivables import PartnerAgeing
 from settlement.schemas import Money
 from settlement.store import StoredRun
 
@@ -93,8 +93,17 @@ def payment_view(payment: Payment) -> s.PaymentOut:
 
 
 def _buckets(values: dict[str, Decimal], currency: str) -> s.Buckets:
-    money = [_money(values[name], currency) for name in BUCKETS]
-    return s.Buckets(*money, total=_money(sum(values.values(), Decimal(0)), currency))
+    def bucket(name: str) -> Money:
+        return _money(values[name], currency)
+
+    return s.Buckets(
+        not_due=bucket("not_due"),
+        d1_30=bucket("1_30"),
+        d31_60=bucket("31_60"),
+        d61_90=bucket("61_90"),
+        over_90=bucket("over_90"),
+        total=_money(sum(values.values(), Decimal(0)), currency),
+    )
 
 
 def receivables_view(as_of: date, ageing: list[PartnerAgeing]) -> s.ReceivablesReport:
