@@ -80,7 +80,8 @@ def _header(pdf: FPDF, document: Document) -> None:
 
 
 def render_pdf(document: Document) -> bytes:
-    """The document as PDF bytes (deterministic apart from nothing: no creation clock)."""
+    """The document as PDF bytes: the same document always gives the same bytes (the PDF's
+    creation date is the document's, not the clock's)."""
     pdf = FPDF(format="A4")
     pdf.set_creation_date(document.created_at)
     pdf.set_title(_latin1(f"{TITLES[document.kind].title()} {document.number}"))

@@ -126,3 +126,23 @@ async def test_documents_and_approvals_refuse_update_and_delete(
                 await conn.execute(text(statement))
     documents = await _rows(engine, "SELECT count(*) AS n FROM settlement_documents")
     assert documents[0].n == 3
+
+
+async def test_simultaneous_first_approvals_of_one_run_issue_its_documents_once(
+    engine: AsyncEngine, clock: FrozenClock, ledger: LedgerService
+) -> None:
+    run_ids = await _runs(engine, clock, ledger)
+    finance = FinanceService(engine, clock, ChartOfAccounts())
+    others = [OperatorIdentity(f"opt_{n}", f"closer-{n}", "finance") for n in range(4)]
+
+    approved = await asyncio.gather(*(finance.approve(run_ids[0], who) for who in others))
+
+    assert len({(a.approval.approved_by, a.approval.approved_at) for a in approved}) == 1
+    documents = await _rows(engine, "SELECT number FROM settlement_documents")
+    assert sorted(row.number for row in documents) == [
+        "CN-2026-000001",
+        "INV-2026-000001",
+        "INV-2026-000002",
+    ]
+    audit = await _rows(engine, "SELECT actor FROM audit_log")
+    assert [row.actor for row in audit] == [approved[0].approval.approved_by]

@@ -7,7 +7,7 @@ from datetime import date
 from decimal import Decimal
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exchange.errors import Unprocessable
@@ -76,6 +76,7 @@ def test_reversals_beyond_postings_swap_the_sides() -> None:
 amounts = st.decimals(min_value=-1000, max_value=100_000, places=6, allow_nan=False)
 
 
+@settings(max_examples=200, deadline=None)  # pure and fast; no deadline on a busy machine
 @given(
     st.lists(st.tuples(amounts, amounts, amounts, amounts), min_size=1, max_size=6),
     st.sampled_from(["EUR", "JPY", "BHD"]),
