@@ -87,7 +87,7 @@ class FinanceService:
         terms = await documents.partner_terms(conn, [line.partner_id for line in lines])
         numbers = []
         for draft in documents.draft_documents(lines, terms, now.date()):
-            document_id = await documents.insert_document(
+            document_id, number = await documents.insert_document(
                 conn,
                 draft,
                 run_id=run.run_id,
@@ -95,18 +95,10 @@ class FinanceService:
                 created_at=now,
                 created_by=by,
             )
-            document = await documents.load_document(conn, document_id)
-            if document is None:  # pragma: no cover - inserted just above
-                raise DocumentNotFound(document_id)
             await events.statement_ready(
-                conn,
-                draft.line.partner_id,
-                run.run_id,
-                document_id,
-                number=document.number,
-                at=now,
+                conn, draft.line.partner_id, run.run_id, document_id, number=number, at=now
             )
-            numbers.append(document.number)
+            numbers.append(number)
         return numbers
 
     async def approvals(self, run_ids: list[str]) -> dict[str, approval.Approval]:

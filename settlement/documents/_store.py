@@ -69,16 +69,17 @@ async def insert_document(
     period: tuple[datetime, datetime],
     created_at: datetime,
     created_by: str,
-) -> str:
-    """Draw the draft's number and store it; returns the new document_id."""
+) -> tuple[str, str]:
+    """Draw the draft's number and store it; returns the new document_id and number."""
     year = draft.issue_date.year
     sequence = await next_number(conn, draft.series, year)
     document_id = f"doc_{secrets.token_hex(12)}"
     line = draft.line
+    number = format_number(draft.series, year, sequence)
     await conn.execute(
         settlement_documents.insert().values(
             document_id=document_id,
-            number=format_number(draft.series, year, sequence),
+            number=number,
             series=draft.series,
             year=year,
             sequence=sequence,
@@ -103,7 +104,7 @@ async def insert_document(
             created_by=created_by,
         )
     )
-    return document_id
+    return document_id, number
 
 
 _ALLOCATED = (
