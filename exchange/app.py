@@ -27,6 +27,8 @@ from exchange.middleware import RequestContext
 from exchange.problems import exception_handlers
 from exchange.wiring import Services, build_services
 from partners.http import PartnerAdminController
+from settlement.finance import FinanceService
+from settlement.finance_http import FinanceController
 from settlement.http import SettlementController
 from settlement.service import SettlementService
 
@@ -71,11 +73,13 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             MemberController,
             PartnerAdminController,
             SettlementController,
+            FinanceController,
         ],
         lifespan=[lifespan],
         dependencies={
             "services": Provide(_services, sync_to_thread=False),
             "settlement": Provide(_settlement, sync_to_thread=False),
+            "finance": Provide(_finance, sync_to_thread=False),
         },
         exception_handlers=exception_handlers(),
         request_max_body_size=REQUEST_BODY_MAX_BYTES,
@@ -100,3 +104,7 @@ def _services(state: State) -> Services:
 
 def _settlement(state: State) -> SettlementService:
     return _services(state).settlement
+
+
+def _finance(state: State) -> FinanceService:
+    return _services(state).finance

@@ -7,6 +7,7 @@ accepts; nothing reads `os.environ` after `Settings.from_env()`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -69,6 +70,12 @@ def _rate_limit(value: str) -> str:
     return value
 
 
+def _account_code(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,31}", value):
+        raise ValueError("must be 1-32 letters, digits, '.', '_', ':' or '-'")
+    return value
+
+
 def _database_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in {"postgresql", "postgres", "postgresql+asyncpg"}:
@@ -105,6 +112,12 @@ class Settings:
     group_commit_concurrency: int = 2
     group_commit_queue_max: int = 1000
     workers: int = 1
+    account_receivable: str = "1200"
+    account_payable: str = "2100"
+    account_points_liability: str = "2400"
+    account_redemption_margin: str = "4100"
+    account_breakage_revenue: str = "4200"
+    account_rounding: str = "6990"
 
     @property
     def authority(self) -> str:
@@ -164,6 +177,12 @@ _PARSERS: dict[str, Any] = {
     "group_commit_concurrency": lambda v: _positive_int(v, high=100),
     "group_commit_queue_max": lambda v: _positive_int(v, high=100_000),
     "workers": lambda v: _positive_int(v, high=64),
+    "account_receivable": _account_code,
+    "account_payable": _account_code,
+    "account_points_liability": _account_code,
+    "account_redemption_margin": _account_code,
+    "account_breakage_revenue": _account_code,
+    "account_rounding": _account_code,
 }
 
 VARIABLES: tuple[Variable, ...] = (
@@ -295,6 +314,48 @@ VARIABLES: tuple[Variable, ...] = (
         "an integer 1-64",
         "Server processes sharing the rate limits (each enforces 1/N of them); "
         "`exchange serve --workers N` sets it.",
+    ),
+    Variable(
+        "EXCHANGE_ACCOUNT_RECEIVABLE",
+        "account_receivable",
+        "1200",
+        "an account code (1-32 characters)",
+        "Journal account of partner receivables (what partners owe; per-partner sub-ledger).",
+    ),
+    Variable(
+        "EXCHANGE_ACCOUNT_PAYABLE",
+        "account_payable",
+        "2100",
+        "an account code (1-32 characters)",
+        "Journal account of partner payables (what the operator owes partners).",
+    ),
+    Variable(
+        "EXCHANGE_ACCOUNT_POINTS_LIABILITY",
+        "account_points_liability",
+        "2400",
+        "an account code (1-32 characters)",
+        "Journal account of the points liability, carried at issue price.",
+    ),
+    Variable(
+        "EXCHANGE_ACCOUNT_REDEMPTION_MARGIN",
+        "account_redemption_margin",
+        "4100",
+        "an account code (1-32 characters)",
+        "Journal account of the redemption margin (issue value - redemption credit).",
+    ),
+    Variable(
+        "EXCHANGE_ACCOUNT_BREAKAGE_REVENUE",
+        "account_breakage_revenue",
+        "4200",
+        "an account code (1-32 characters)",
+        "Journal account of breakage revenue (expired points at issue price).",
+    ),
+    Variable(
+        "EXCHANGE_ACCOUNT_ROUNDING",
+        "account_rounding",
+        "6990",
+        "an account code (1-32 characters)",
+        "Journal account of rounding differences when a net is rounded to the minor unit.",
     ),
 )
 

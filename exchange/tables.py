@@ -106,11 +106,18 @@ partners = Table(
     Column("credit_limit", MONEY, nullable=True),
     # Issuance value already covered by closed settlement runs (for the credit limit).
     Column("settled_issuance", MONEY, nullable=False, server_default="0"),
+    # Positive nets of closed runs not yet paid (computed, approved or invoiced): counts
+    # against the credit limit until a payment settles it (contract §8).
+    Column("receivable_open", MONEY, nullable=False, server_default="0"),
+    Column("payment_terms_days", SmallInteger, nullable=False, server_default="14"),
+    Column("tax_note", Text, nullable=True),
     _timestamp("created_at", default_now=True),
     _timestamp("updated_at", default_now=True),
     CheckConstraint("status IN ('active', 'suspended')", name="status"),
     CheckConstraint("issue_price >= 0 AND redemption_value >= 0", name="prices"),
     CheckConstraint("credit_limit IS NULL OR credit_limit >= 0", name="credit_limit"),
+    CheckConstraint("payment_terms_days BETWEEN 0 AND 365", name="payment_terms_days"),
+    CheckConstraint("receivable_open >= 0", name="receivable_open"),
 )
 
 partner_terms = Table(

@@ -31,6 +31,8 @@ from exchange.ratelimit import RateLimiter
 from exchange.service import LedgerRequest, LedgerService, Outcome
 from partners.gateway import SignatureGateway, housekeeping_jobs
 from partners.registry import revoke_unacceptable_keys
+from settlement.finance import FinanceService
+from settlement.journal import ChartOfAccounts
 from settlement.schedule import Scheduler
 from settlement.service import SettlementService
 
@@ -51,6 +53,7 @@ class Services:
     committer: GroupCommitter
     gateway: SignatureGateway
     settlement: SettlementService
+    finance: FinanceService
     scheduler: Scheduler
 
     async def start(self) -> None:
@@ -106,5 +109,17 @@ def build_services(settings: Settings, engine: AsyncEngine, clock: Clock) -> Ser
         committer=committer,
         gateway=SignatureGateway(engine, settings.database_url or ""),
         settlement=settlement,
+        finance=FinanceService(engine, clock, _chart_of_accounts(settings)),
         scheduler=scheduler,
+    )
+
+
+def _chart_of_accounts(settings: Settings) -> ChartOfAccounts:
+    return ChartOfAccounts(
+        receivable=settings.account_receivable,
+        payable=settings.account_payable,
+        points_liability=settings.account_points_liability,
+        redemption_margin=settings.account_redemption_margin,
+        breakage_revenue=settings.account_breakage_revenue,
+        rounding=settings.account_rounding,
     )

@@ -44,6 +44,7 @@ __all__ = [
     "PartnerCaller",
     "admin_caller",
     "bearer_token",
+    "idempotency_of",
     "member_caller",
     "member_or_partner_caller",
     "partner_caller",
@@ -103,6 +104,17 @@ def _fingerprint(method: str, path: str, body: bytes) -> bytes:
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
     return digest.digest()
+
+
+def idempotency_of(request: Request[Any, Any, Any], body: bytes) -> tuple[str, bytes]:
+    """An operator POST's Idempotency-Key (400 if missing or malformed) and its request
+    fingerprint: the partner path's rules (contract §2.2), for operator writes (§8)."""
+    scope = request.scope
+    path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    key = _idempotency_key("POST", _headers(request))
+    if key is None:  # pragma: no cover - a POST always yields a key or raises
+        raise IdempotencyKeyMissing()
+    return key, _fingerprint("POST", path, body)
 
 
 async def partner_caller(

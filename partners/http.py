@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from litestar import Controller, Request, delete, get, patch, post
@@ -21,6 +21,8 @@ from partners.auth import admin_caller, staff_caller
 from partners.schemas import KeyCreate, KeyOut, MoneyOut, PartnerCreate, PartnerOut, PartnerUpdate
 
 __all__ = ["PartnerAdminController"]
+
+T = TypeVar("T")
 
 
 def _plain(value: Decimal) -> str:
@@ -50,6 +52,8 @@ def _partner_out(record: registry.PartnerRecord) -> PartnerOut:
         redemption_value=_plain(record.redemption_value),
         earn_rates={currency: _plain(rate) for currency, rate in sorted(record.earn_rates.items())},
         credit_limit=limit,
+        payment_terms_days=record.payment_terms_days,
+        tax_note=record.tax_note,
         terms_version=record.terms_version,
         created_at=record.created_at,
         updated_at=record.updated_at,
@@ -70,6 +74,10 @@ def _limit(money: MoneyIn | None, currency: str) -> Decimal | None:
     if money.currency != currency:
         raise Unprocessable(f"credit_limit must be in the settlement currency {currency}.")
     return parse_amount(money.amount, money.currency, what="credit_limit.amount").amount
+
+
+def _unset_or(value: T | msgspec.UnsetType) -> T | registry.Unchanged:
+    return registry.UNCHANGED if value is msgspec.UNSET else value
 
 
 class PartnerAdminController(Controller):
@@ -97,6 +105,8 @@ class PartnerAdminController(Controller):
             redemption_value=parse_price(data.redemption_value, what="redemption_value"),
             earn_rates=_rates(data.earn_rates),
             credit_limit=_limit(data.credit_limit, data.settlement_currency),
+            payment_terms_days=data.payment_terms_days,
+            tax_note=data.tax_note,
         )
         record = await registry.create_partner(
             services.engine, services.clock, spec, changed_by=admin.name
@@ -138,6 +148,8 @@ class PartnerAdminController(Controller):
                 if data.credit_limit is msgspec.UNSET
                 else _limit(data.credit_limit, current.settlement_currency)
             ),
+            payment_terms_days=_unset_or(data.payment_terms_days),
+            tax_note=_unset_or(data.tax_note),
         )
         record = await registry.update_partner(
             services.engine, services.clock, partner_id, changes, changed_by=admin.name

@@ -67,6 +67,8 @@ class PartnerSpec:
     redemption_value: Decimal
     earn_rates: dict[str, Decimal] = field(default_factory=dict)
     credit_limit: Decimal | None = None
+    payment_terms_days: int = 14
+    tax_note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,8 @@ class PartnerChanges:
     redemption_value: Decimal | Unchanged = UNCHANGED
     earn_rates: dict[str, Decimal] | Unchanged = UNCHANGED
     credit_limit: Decimal | Unchanged | None = UNCHANGED
+    payment_terms_days: int | Unchanged = UNCHANGED
+    tax_note: str | Unchanged | None = UNCHANGED
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +101,8 @@ class PartnerRecord:
     redemption_value: Decimal
     earn_rates: dict[str, Decimal]
     credit_limit: Decimal | None
+    payment_terms_days: int
+    tax_note: str | None
     terms_version: int
     created_at: datetime
     updated_at: datetime
@@ -191,6 +197,8 @@ async def create_partner(
         "redemption_value": spec.redemption_value,
         "earn_rates": {currency: f"{rate:f}" for currency, rate in spec.earn_rates.items()},
         "credit_limit": spec.credit_limit,
+        "payment_terms_days": spec.payment_terms_days,
+        "tax_note": spec.tax_note,
         "created_at": now,
         "updated_at": now,
     }
@@ -226,7 +234,15 @@ async def update_partner(
         if current is None:
             raise PartnerNotFound(f"No partner {partner_id}.")
         row = dict(current._mapping)
-        for name in ("name", "status", "issue_price", "redemption_value", "credit_limit"):
+        for name in (
+            "name",
+            "status",
+            "issue_price",
+            "redemption_value",
+            "credit_limit",
+            "payment_terms_days",
+            "tax_note",
+        ):
             value = getattr(changes, name)
             if not isinstance(value, Unchanged):
                 row[name] = value
@@ -265,6 +281,8 @@ def _record(row: Any, keys: list[Any]) -> PartnerRecord:
         redemption_value=row.redemption_value,
         earn_rates={currency: Decimal(rate) for currency, rate in row.earn_rates.items()},
         credit_limit=row.credit_limit,
+        payment_terms_days=row.payment_terms_days,
+        tax_note=row.tax_note,
         terms_version=row.terms_version,
         created_at=row.created_at,
         updated_at=row.updated_at,

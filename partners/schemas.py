@@ -13,6 +13,8 @@ __all__ = ["KeyCreate", "KeyOut", "MoneyOut", "PartnerCreate", "PartnerOut", "Pa
 
 Slug = Annotated[str, msgspec.Meta(min_length=1, max_length=63)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+PaymentTermsDays = Annotated[int, msgspec.Meta(ge=0, le=365)]
+TaxNote = Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
 
 
 class _In(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -27,6 +29,8 @@ class PartnerCreate(_In, frozen=True):
     redemption_value: DecimalText
     earn_rates: dict[CurrencyCode, DecimalText] = {}
     credit_limit: MoneyIn | None = None
+    payment_terms_days: PaymentTermsDays = 14  # settlement documents fall due after these
+    tax_note: TaxNote | None = None  # printed on settlement documents; no VAT is computed
 
 
 class PartnerUpdate(_In, frozen=True):
@@ -36,6 +40,8 @@ class PartnerUpdate(_In, frozen=True):
     redemption_value: DecimalText | msgspec.UnsetType = msgspec.UNSET
     earn_rates: dict[CurrencyCode, DecimalText] | msgspec.UnsetType = msgspec.UNSET
     credit_limit: MoneyIn | msgspec.UnsetType | None = msgspec.UNSET  # null removes the limit
+    payment_terms_days: PaymentTermsDays | msgspec.UnsetType = msgspec.UNSET
+    tax_note: TaxNote | msgspec.UnsetType | None = msgspec.UNSET  # null removes the note
 
 
 class KeyCreate(_In, frozen=True):
@@ -65,6 +71,8 @@ class PartnerOut(msgspec.Struct, frozen=True):
     redemption_value: str
     earn_rates: dict[str, str]
     credit_limit: MoneyOut | None
+    payment_terms_days: int
+    tax_note: str | None
     terms_version: int
     created_at: datetime
     updated_at: datetime

@@ -6,12 +6,16 @@ GET  /v1/settlements/{run_id}              admin, finance    the run (JSON)
 GET  /v1/settlements/{run_id}/report.csv   admin, finance    one row per partner
 GET  /v1/settlements/{run_id}/statement    signed partner    its own line only
 GET  /v1/reports/liabilities               admin, finance    outstanding points now
+
+Runs and statements show their approval `status` (contract §8); the approval itself and
+the rest of closing the month are in `settlement.finance_http`.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, QueryParameter
@@ -20,12 +24,35 @@ from exchange.http import decode_body, wire_time
 from exchange.operators import OperatorIdentity
 from partners.auth import PartnerCaller, admin_caller, partner_caller, staff_caller
 from settlement import reports, schemas
+from settlement.approval import Approval
+from settlement.finance import FinanceService
 from settlement.service import RUNS_PAGE_MAX, SettlementService
 
-__all__ = ["SettlementController"]
+__all__ = ["SettlementController", "with_status"]
+
+Viewed = TypeVar("Viewed", schemas.Run, schemas.RunSummary, schemas.Statement)
 
 RUNS_PAGE_DEFAULT = 50
 Limit = Annotated[int, QueryParameter(ge=1, le=RUNS_PAGE_MAX)]
+
+
+def with_status(view: Viewed, approval: Approval | None) -> Viewed:
+    if approval is None:
+        return view
+    return msgspec.structs.replace(
+        view,
+        status="approved",
+        approved_by=approval.approved_by,
+        approved_at=approval.approved_at,
+    )
+
+
+async def _run_view(
+    settlement: SettlementService, finance: FinanceService, run_id: str
+) -> schemas.Run:
+    run = await settlement.get_run(run_id)
+    approvals = await finance.approvals([run_id])
+    return with_status(reports.run_view(run), approvals.get(run_id))
 
 
 class SettlementController(Controller):
@@ -43,14 +70,17 @@ class SettlementController(Controller):
         request: Request[Any, Any, Any],
         admin: NamedDependency[OperatorIdentity],
         settlement: NamedDependency[SettlementService],
+        finance: NamedDependency[FinanceService],
     ) -> Response[schemas.Run]:
         data = decode_body(request, await request.body(), schemas.SettlementCreate)
         result = await settlement.run_settlement(
             wire_time(data.period_end, "period_end"),
             created_by=f"operator:{admin.name}",
         )
+        approvals = await finance.approvals([result.run.run_id])
         return Response(
-            content=reports.run_view(result.run), status_code=201 if result.created else 200
+            content=with_status(reports.run_view(result.run), approvals.get(result.run.run_id)),
+            status_code=201 if result.created else 200,
         )
 
     @get(
@@ -62,11 +92,16 @@ class SettlementController(Controller):
         self,
         staff: NamedDependency[OperatorIdentity],
         settlement: NamedDependency[SettlementService],
+        finance: NamedDependency[FinanceService],
         after: FromQuery[str | None] = None,
         limit: Limit = RUNS_PAGE_DEFAULT,
     ) -> schemas.RunPage:
         headers, cursor = await settlement.list_runs(limit=limit, after=after)
-        return schemas.RunPage(items=[reports.run_summary(h) for h in headers], next=cursor)
+        approvals = await finance.approvals([h.run_id for h in headers])
+        return schemas.RunPage(
+            items=[with_status(reports.run_summary(h), approvals.get(h.run_id)) for h in headers],
+            next=cursor,
+        )
 
     @get(
         "/settlements/{run_id:str}",
@@ -77,9 +112,10 @@ class SettlementController(Controller):
         self,
         staff: NamedDependency[OperatorIdentity],
         settlement: NamedDependency[SettlementService],
+        finance: NamedDependency[FinanceService],
         run_id: FromPath[str],
     ) -> schemas.Run:
-        return reports.run_view(await settlement.get_run(run_id))
+        return await _run_view(settlement, finance, run_id)
 
     @get(
         "/settlements/{run_id:str}/report.csv",
@@ -109,10 +145,12 @@ class SettlementController(Controller):
         self,
         partner: NamedDependency[PartnerCaller],
         settlement: NamedDependency[SettlementService],
+        finance: NamedDependency[FinanceService],
         run_id: FromPath[str],
     ) -> schemas.Statement:
         run = await settlement.get_run(run_id)
-        return reports.statement_view(run, partner.partner_id)
+        approvals = await finance.approvals([run_id])
+        return with_status(reports.statement_view(run, partner.partner_id), approvals.get(run_id))
 
     @get(
         "/reports/liabilities",

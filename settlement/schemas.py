@@ -105,6 +105,10 @@ class RunSummary(_Out, frozen=True):
     created_by: str
     reconciled: bool
     controls: Controls
+    # Contract §8: "computed" when stored, "approved" once finance approved it.
+    status: Literal["computed", "approved"] = "computed"
+    approved_by: str | None = None
+    approved_at: datetime | None = None
 
 
 class Run(_Out, frozen=True):
@@ -117,6 +121,10 @@ class Run(_Out, frozen=True):
     lines: list[Line]
     cross_brand: list[CrossBrand]
     controls: Controls
+    # Contract §8: "computed" when stored, "approved" once finance approved it.
+    status: Literal["computed", "approved"] = "computed"
+    approved_by: str | None = None
+    approved_at: datetime | None = None
 
 
 class RunPage(_Out, frozen=True):
@@ -135,6 +143,10 @@ class Statement(_Out, frozen=True):
     partner_id: str
     line: Line
     cross_brand: list[CrossBrand]
+    # Contract §8: "computed" when stored, "approved" once finance approved it.
+    status: Literal["computed", "approved"] = "computed"
+    approved_by: str | None = None
+    approved_at: datetime | None = None
 
 
 class AgeingBucket(_Out, frozen=True):

@@ -186,29 +186,35 @@ def _line_row(line: Line) -> dict[str, Any]:
 
 
 async def add_settled_issuance(conn: AsyncConnection, lines: Sequence[Line]) -> None:
-    """Hand the period's exact issuance value over from 'unsettled' to 'settled', so the
-    credit-limit check (issued value - settled issuance) counts only unsettled issuance.
+    """Hand the period's exact issuance value over from 'unsettled' to 'settled', and the
+    line's net (when the partner pays) to `receivable_open`, where it counts against the
+    credit limit until a payment settles it (contract §8: headroom returns on payment,
+    not on computation). The credit check counts issued value - settled issuance +
+    receivable_open.
 
     Partner rows are locked in partner_id order first, the order posting transactions
     lock them in, so the two cannot deadlock."""
     changed = sorted(
-        (line.partner_id, line.issuance_charge_exact)
+        (line.partner_id, line.issuance_charge_exact, max(line.net, Decimal(0)))
         for line in lines
-        if line.issuance_charge_exact != 0
+        if line.issuance_charge_exact != 0 or line.net > 0
     )
     if not changed:
         return
     await conn.execute(
         select(partners.c.partner_id)
-        .where(partners.c.partner_id.in_([partner_id for partner_id, _ in changed]))
+        .where(partners.c.partner_id.in_([partner_id for partner_id, _, _ in changed]))
         .order_by(partners.c.partner_id)
         .with_for_update(key_share=True)
     )
-    for partner_id, value in changed:
+    for partner_id, value, receivable in changed:
         await conn.execute(
             update(partners)
             .where(partners.c.partner_id == partner_id)
-            .values(settled_issuance=partners.c.settled_issuance + value)
+            .values(
+                settled_issuance=partners.c.settled_issuance + value,
+                receivable_open=partners.c.receivable_open + receivable,
+            )
         )
 
 

@@ -13,7 +13,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("exchange", "partners", "settlement")
-HTTP_MODULES = {"exchange.http", "exchange.health", "partners.http", "settlement.http"}
+HTTP_MODULES = {
+    "exchange.http",
+    "exchange.health",
+    "partners.http",
+    "settlement.http",
+    "settlement.finance_http",
+}
 # The composition root and the command line know every part; nothing else knows them.
 ROOTS = {"exchange.app", "exchange.wiring", "exchange.cli", "exchange.cli_support"}
 TOOLS = "exchange.tools"  # the benchmark and the demo: around the product, not in it

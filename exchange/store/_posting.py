@@ -154,7 +154,7 @@ async def lock_members(
 
 _PARTNERS_SQL = """
 SELECT partner_id, status, settlement_currency, issue_price, redemption_value,
-       earn_rates::text AS earn_rates, credit_limit, settled_issuance
+       earn_rates::text AS earn_rates, credit_limit, settled_issuance, receivable_open
 FROM partners WHERE partner_id = ANY($1::text[])
 """
 # Credit-limited partners: lock, then read the exposure in a LATER statement, so that it
@@ -198,8 +198,12 @@ async def load_partner_terms(
         issued = {
             row["partner_id"]: row["issued"] for row in await conn.fetch(_EXPOSURE_SQL, limited)
         }
+        # Unsettled issuance of the open period, plus what closed runs billed and the
+        # partner has not paid yet (contract §8: headroom returns when it pays).
         exposures = {
-            partner_id: issued.get(partner_id, Decimal(0)) - rows[partner_id]["settled_issuance"]
+            partner_id: issued.get(partner_id, Decimal(0))
+            - rows[partner_id]["settled_issuance"]
+            + rows[partner_id]["receivable_open"]
             for partner_id in limited
         }
     return {

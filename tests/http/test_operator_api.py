@@ -155,6 +155,8 @@ async def test_create_partner_returns_it_with_its_terms(
         "redemption_value": "0.01",
         "earn_rates": {"EUR": "1"},
         "credit_limit": {"amount": "5000.00", "currency": "EUR"},
+        "payment_terms_days": 14,
+        "tax_note": None,
         "terms_version": 1,
         "created_at": "2026-11-23T10:00:00Z",
         "updated_at": "2026-11-23T10:00:00Z",

@@ -443,9 +443,12 @@ async def test_concurrent_runs_converge_on_one_run_and_never_overlap(
     assert await _scalar(engine, "SELECT sum(settled_issuance) FROM partners") == Decimal("1.2")
 
 
-async def test_settlement_frees_credit_limit_headroom(
+async def test_computing_a_run_does_not_free_credit_limit_headroom(
     engine: AsyncEngine, clock: FrozenClock, ledger: LedgerService, settlement: SettlementService
 ) -> None:
+    """Contract v1.1 §8 replaced v1's rule (headroom returned when a run was computed):
+    the run's net keeps counting until the partner pays it (tests/http/test_finance_api.py
+    follows it through approval and payment)."""
     await add_partner(engine, clock, "grocer", issue_price="0.01", credit_limit="10.00")
     member = await enrol(ledger, "grocer")
     await post(ledger, Earn("grocer", member, "o-1", points=1000))  # exposure 10.00
@@ -453,7 +456,12 @@ async def test_settlement_frees_credit_limit_headroom(
         "credit_limit_exceeded"
     )
     await _settle(settlement, clock, NOV24)
-    await post(ledger, Earn("grocer", member, "o-3", points=1000))  # settled: room again
+    assert await _scalar(
+        engine, "SELECT receivable_open FROM partners WHERE partner_id = 'grocer'"
+    ) == Decimal("10")
+    assert (await refused(ledger, Earn("grocer", member, "o-3", points=1))).code == (
+        "credit_limit_exceeded"
+    )
 
 
 # -- a run that does not reconcile -------------------------------------------------------------
