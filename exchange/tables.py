@@ -108,7 +108,11 @@ partners = Table(
     Column("settled_issuance", MONEY, nullable=False, server_default="0"),
     _timestamp("created_at", default_now=True),
     _timestamp("updated_at", default_now=True),
-    CheckConstraint("status IN ('active', 'suspended')", name="status"),
+    # A terminated partner stays terminated for ever (its lots stay attributed to it).
+    _timestamp("terminated_at", nullable=True),
+    # 'operator': the reserved row `operator`, issuer of goodwill points (migration 0006).
+    CheckConstraint("status IN ('active', 'suspended', 'terminated', 'operator')", name="status"),
+    CheckConstraint("(status = 'terminated') = (terminated_at IS NOT NULL)", name="terminated"),
     CheckConstraint("issue_price >= 0 AND redemption_value >= 0", name="prices"),
     CheckConstraint("credit_limit IS NULL OR credit_limit >= 0", name="credit_limit"),
 )
@@ -175,8 +179,9 @@ POSTING_TYPES = (
     "hold_release",
     "expiry",
     "maturation",
+    "adjustment",
 )
-ACCOUNTS = ("available", "held", "pending", "issued", "redeemed", "breakage")
+ACCOUNTS = ("available", "held", "pending", "issued", "redeemed", "breakage", "adjusted")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -204,7 +209,16 @@ postings = Table(
     Column("available_after", BigInteger, nullable=True),
     Column("held_after", BigInteger, nullable=True),
     Column("pending_after", BigInteger, nullable=True),
+    # The partner terms version the posting was priced with (disputes, price changes).
+    Column("terms_version", Integer, nullable=True),
+    # What an earn was for, when the partner sent a purchase (disputes).
+    Column("purchase_amount", MONEY, nullable=True),
+    Column("purchase_currency", String(3), nullable=True),
     CheckConstraint("points > 0", name="points"),
+    CheckConstraint(
+        "type <> 'adjustment' OR (partner_id IS NOT NULL AND unit_price IS NOT NULL)",
+        name="adjustment",
+    ),
     CheckConstraint(_in("type", POSTING_TYPES), name="type"),
     CheckConstraint(
         "type NOT IN ('earn', 'burn', 'earn_reversal', 'burn_reversal') "
