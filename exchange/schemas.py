@@ -26,6 +26,7 @@ __all__ = [
     "MemberCreate",
     "MemberCreated",
     "MoneyIn",
+    "MoneyOut",
     "Points",
     "Reference",
     "ReversalCreate",
@@ -56,6 +57,11 @@ class _Out(msgspec.Struct, frozen=True):
 class MoneyIn(_In):
     amount: DecimalText
     currency: CurrencyCode
+
+
+class MoneyOut(_Out):
+    amount: str
+    currency: str
 
 
 class MemberCreate(_In):
@@ -126,6 +132,10 @@ class Transaction(_Out, omit_defaults=True):
     balance_after: BalanceAfter | msgspec.UnsetType = msgspec.UNSET
     reverses: str | msgspec.UnsetType = msgspec.UNSET
     hold_id: str | msgspec.UnsetType = msgspec.UNSET
+    # Disputes (contract §8): what an earn was for and the prices it was charged at.
+    purchase: MoneyOut | msgspec.UnsetType = msgspec.UNSET
+    issue_price: str | msgspec.UnsetType = msgspec.UNSET  # earns and their reversals
+    redemption_value: str | msgspec.UnsetType = msgspec.UNSET  # burns and their reversals
 
 
 class TransactionPage(_Out):

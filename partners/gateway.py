@@ -124,6 +124,7 @@ class SignatureGateway:
                 public_key=bytes(row["public_key"]),
                 key_active=row["status"] == "active",
                 partner_active=row["partner_status"] == "active",
+                partner_terminated=row["partner_status"] == "terminated",
             )
         if self._listener is not None:
             self._keys[key_id] = (time.monotonic() + KEY_CACHE_TTL_S, record)

@@ -22,7 +22,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exchange.clock import Clock
-from exchange.errors import AlreadyExists, NotFound, PartnerNotFound, Unprocessable
+from exchange.errors import (
+    AlreadyExists,
+    NotFound,
+    PartnerNotFound,
+    TerminationFinal,
+    Unprocessable,
+)
 from exchange.money import minor_unit, parse_price
 from exchange.tables import partner_terms, partners
 from partners.tables import partner_keys
@@ -42,7 +48,8 @@ __all__ = [
     "update_partner",
 ]
 
-PartnerStatus = Literal["active", "suspended"]
+PartnerStatus = Literal["active", "suspended", "terminated"]
+OPERATOR_ISSUER = "operator"  # the reserved row of migration 0006: goodwill points
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
@@ -187,6 +194,22 @@ async def create_partner(
     return await get_partner(engine, spec.partner_id)
 
 
+def _check_status_change(row: dict[str, Any], changes: PartnerChanges, clock: Clock) -> None:
+    """Termination is for ever; the operator's reserved row has no status to change."""
+    wanted = changes.status
+    if isinstance(wanted, Unchanged):
+        return
+    if row["status"] == "operator":
+        raise Unprocessable("The operator's issuer row has no status to change.")
+    if row["status"] == "terminated" and wanted != "terminated":
+        raise TerminationFinal(
+            f"Partner {row['partner_id']} was terminated on "
+            f"{row['terminated_at']:%Y-%m-%d}; termination cannot be undone."
+        )
+    if wanted == "terminated" and row["terminated_at"] is None:
+        row["terminated_at"] = clock.now()
+
+
 async def update_partner(
     engine: AsyncEngine,
     clock: Clock,
@@ -205,6 +228,7 @@ async def update_partner(
         if current is None:
             raise PartnerNotFound(f"No partner {partner_id}.")
         row = dict(current._mapping)
+        _check_status_change(row, changes, clock)
         for name in ("name", "status", "issue_price", "redemption_value", "credit_limit"):
             value = getattr(changes, name)
             if not isinstance(value, Unchanged):
@@ -313,6 +337,13 @@ async def add_key(engine: AsyncEngine, clock: Clock, partner_id: str, public_key
         )
         if not exists:
             raise PartnerNotFound(f"No partner {partner_id}.")
+        status = await conn.scalar(
+            select(partners.c.status).where(partners.c.partner_id == partner_id)
+        )
+        if status == "operator":
+            raise Unprocessable("The operator's issuer row cannot hold keys.")
+        if status == "terminated":
+            raise TerminationFinal(f"Partner {partner_id} has been terminated.")
         await conn.execute(
             insert(partner_keys).values(
                 key_id=key_id,

@@ -31,7 +31,7 @@ class PartnerCreate(_In):
 
 class PartnerUpdate(_In):
     name: Name | msgspec.UnsetType = msgspec.UNSET
-    status: Literal["active", "suspended"] | msgspec.UnsetType = msgspec.UNSET
+    status: Literal["active", "suspended", "terminated"] | msgspec.UnsetType = msgspec.UNSET
     issue_price: DecimalText | msgspec.UnsetType = msgspec.UNSET
     redemption_value: DecimalText | msgspec.UnsetType = msgspec.UNSET
     earn_rates: dict[CurrencyCode, DecimalText] | msgspec.UnsetType = msgspec.UNSET

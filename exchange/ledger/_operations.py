@@ -129,8 +129,10 @@ def earn(
     reference: str | None,
     available_at: datetime | None = None,
     expires_at: datetime | None = None,
+    purchase: tuple[Decimal, str] | None = None,
 ) -> Posting:
-    """Issue `points` to the member as a new lot (pending until `available_at`)."""
+    """Issue `points` to the member as a new lot (pending until `available_at`);
+    `purchase` (amount, currency) is recorded for disputes."""
     terms = partner.terms
     available, expiry = _earn_dates(ctx, available_at, expires_at)
     value = terms.issue_price * points
@@ -180,6 +182,9 @@ def earn(
             currency=terms.settlement_currency,
             available_at=available,
             expires_at=expiry,
+            terms_version=terms.version,
+            purchase_amount=purchase[0] if purchase else None,
+            purchase_currency=purchase[1] if purchase else None,
         ),
     )
 
@@ -219,6 +224,7 @@ def burn(
             reference=reference,
             unit_price=terms.redemption_value,
             currency=terms.settlement_currency,
+            terms_version=terms.version,
         ),
     )
 
@@ -320,6 +326,7 @@ def capture_hold(
             hold_id=hold.hold_id,
             unit_price=terms.redemption_value,
             currency=terms.settlement_currency,
+            terms_version=terms.version,
         ),
     )
     hold.status = HoldStatus.CAPTURED

@@ -18,6 +18,7 @@ from partners.errors import (
     KeyRevoked,
     KeyUnknown,
     PartnerSuspended,
+    PartnerTerminated,
     SignatureExpired,
     SignatureInsufficient,
     SignatureInvalid,
@@ -248,6 +249,8 @@ def _key_record(record: KeyRecord | None, key_id: str) -> KeyRecord:
         raise KeyUnknown(f"no key is registered with keyid {key_id!r}")
     if not record.key_active:
         raise KeyRevoked(f"key {key_id!r} has been revoked")
+    if record.partner_terminated:
+        raise PartnerTerminated("the partner this key belongs to has been terminated")
     if not record.partner_active:
         raise PartnerSuspended("the partner this key belongs to is suspended")
     return record
