@@ -11,6 +11,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 
 from exchange.clock import Clock, SystemClock
 from exchange.config import Settings
+from exchange.adjustments_http import AdjustmentController
 from exchange.db import create_engine
 from exchange.health import HealthController
 from exchange.http import BalanceController, MemberController, PartnerController
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             MemberController,
             PartnerAdminController,
             SettlementController,
+            AdjustmentController,
         ],
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),

@@ -8,6 +8,7 @@ import uuid
 from exchange.ledger import new_id
 
 __all__ = [
+    "new_adjustment_id",
     "format_hold_id",
     "format_transaction_id",
     "new_member_id",
@@ -47,3 +48,7 @@ def parse_hold_id(text: str) -> uuid.UUID | None:
 
 def new_member_id() -> str:
     return _format("mem_", new_id())
+
+
+def new_adjustment_id() -> str:
+    return _format("adj_", new_id())

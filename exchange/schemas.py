@@ -15,6 +15,8 @@ import msgspec
 from exchange.ledger import HOLD_EXPIRES_IN_S_DEFAULT, HOLD_EXPIRES_IN_S_MAX, POINTS_PER_REQUEST_MAX
 
 __all__ = [
+    "Adjustment",
+    "AdjustmentCreate",
     "Balance",
     "BalanceAfter",
     "BurnCreate",
@@ -169,3 +171,34 @@ class Balance(_Out):
     pending: int
     expiring: list[Expiring]
     as_of: datetime
+
+
+# -- operator adjustments (contract §8) --------------------------------------------------------
+
+SignedPoints = Annotated[int, msgspec.Meta(ge=-POINTS_PER_REQUEST_MAX, le=POINTS_PER_REQUEST_MAX)]
+IssuerId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Reason = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=500, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]+$")
+]
+
+
+class AdjustmentCreate(_In):
+    member_id: MemberId
+    points: SignedPoints  # + credits the member, - debits; never 0
+    issuer: IssuerId  # a partner_id, or "operator" for goodwill points
+    reason: Reason
+
+
+class Adjustment(_Out, omit_defaults=True):
+    adjustment_id: str
+    status: str  # pending | posted | expired
+    member_id: str
+    points: int
+    issuer: str
+    reason: str
+    requested_by: str
+    requested_at: datetime
+    expires_at: datetime
+    approved_by: str | msgspec.UnsetType = msgspec.UNSET
+    approved_at: datetime | msgspec.UnsetType = msgspec.UNSET
+    transaction_id: str | msgspec.UnsetType = msgspec.UNSET

@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 __all__ = [
+    "adjustments",
     "allocations",
     "entries",
     "holds",
@@ -360,4 +361,35 @@ ledger_state = Table(
     Column("id", SmallInteger, primary_key=True),
     _timestamp("closed_until"),
     CheckConstraint("id = 1", name="singleton"),
+)
+
+# -- operator adjustments (migration 0006) -----------------------------------------------------
+
+# Requested by one operator token, posted only when a different token approves it (four
+# eyes; the database refuses the same token in both columns). Once posted it names its
+# `adjustment` posting; a pending one expires after ADJUSTMENT_PENDING_DAYS.
+adjustments = Table(
+    "adjustments",
+    metadata,
+    Column("adjustment_id", ID, primary_key=True),
+    Column("member_id", ID, ForeignKey("members.member_id"), nullable=False),
+    Column("issuer_id", ID, ForeignKey("partners.partner_id"), nullable=False),
+    Column("points", BigInteger, nullable=False),  # signed: + credit, - debit
+    Column("reason", String(500), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("requested_by", String(128), nullable=False),
+    Column("requested_token_id", String(32), nullable=False),
+    _timestamp("requested_at"),
+    _timestamp("expires_at"),
+    Column("approved_by", String(128), nullable=True),
+    Column("approved_token_id", String(32), nullable=True),
+    _timestamp("approved_at", nullable=True),
+    Column("posting_id", Uuid, ForeignKey("postings.posting_id"), nullable=True),
+    CheckConstraint("points <> 0", name="points"),
+    CheckConstraint("status IN ('pending', 'posted', 'expired')", name="status"),
+    CheckConstraint("(status = 'posted') = (posting_id IS NOT NULL)", name="posted"),
+    CheckConstraint(
+        "approved_token_id IS NULL OR approved_token_id <> requested_token_id", name="four_eyes"
+    ),
+    Index("ix_adjustments_member_id", "member_id"),
 )

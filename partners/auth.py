@@ -36,6 +36,7 @@ __all__ = [
     "bearer_token",
     "member_caller",
     "member_or_partner_caller",
+    "operator_idempotency",
     "partner_caller",
     "staff_caller",
 ]
@@ -187,3 +188,14 @@ async def member_or_partner_caller(request: Request[Any, Any, Any]) -> Caller:
     if request.headers.get("authorization") is not None:
         return Caller(member_id=(await member_caller(request)).member_id)
     return Caller(partner_id=(await partner_caller(request)).partner_id)
+
+
+def operator_idempotency(request: Request[Any, Any, Any], body: bytes) -> Idempotency:
+    """An operator POST's Idempotency-Key (contract §8 follows §2.2 exactly): missing or
+    malformed -> 400; the fingerprint is the same method, path and body as a partner's."""
+    key = _idempotency_key("POST", _headers(request))
+    if key is None:  # pragma: no cover - POST always yields a key or raises
+        raise IdempotencyKeyMissing()
+    scope = request.scope
+    path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    return Idempotency(key, _fingerprint("POST", path, body))

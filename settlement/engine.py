@@ -17,7 +17,7 @@ The contract's rules (§6), restated as the invariants `settle` keeps:
   rounded ONCE, half-even, to the currency's minor unit; net is rounded from the exact
   difference, never computed from two rounded figures.
 - A run is reconciled only if four checks hold: conservation (outstanding_end =
-  outstanding_start + issued - redeemed - expired, outstanding read from the member
+  outstanding_start + issued - redeemed - expired + adjusted, outstanding read from the member
   accounts of the journal), partner accounts (each line equals the journal's
   issued/redeemed/breakage accounts of that partner for the period, in the partner's
   settlement currency), cross-brand (the matrix's columns add up to each redeemer's
@@ -81,6 +81,8 @@ class PartnerActivity:
     issuance_exact: Decimal = ZERO  # earns x price - earn reversals x original price
     redemption_exact: Decimal = ZERO  # burns x price - burn reversals x original price
     foreign_postings: int = 0  # priced postings in another currency: must be 0
+    expired_value_exact: Decimal = ZERO  # expired points x the price they were issued at
+    final: bool = False  # terminated within the period: its last line
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +109,7 @@ class PeriodFigures:
     cross_brand: tuple[CrossBrandFlow, ...]  # sorted by (issuer_id, redeemer_id)
     outstanding_start: int
     outstanding_end: int
+    adjusted: int = 0  # operator adjustments' net effect on member accounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,14 @@ class Line:
     issuance_charge: Decimal
     redemption_credit: Decimal
     net: Decimal  # > 0: the partner pays the operator; < 0: the operator pays the partner
+    expired_value_exact: Decimal = ZERO
+    final: bool = False
+
+    @property
+    def rounding_difference(self) -> Decimal:
+        """net - (issuance_charge - redemption_credit): what rounding each amount once
+        left over (at most one minor unit either way), so every line foots."""
+        return self.net - (self.issuance_charge - self.redemption_credit)
 
     @property
     def issued_points(self) -> int:
@@ -146,6 +157,7 @@ class Controls:
     burn_reversed: int
     outstanding_start: int
     outstanding_end: int
+    adjusted: int = 0  # operator adjustments, + credited to members, - debited
 
     @property
     def reversed(self) -> int:
@@ -202,8 +214,10 @@ WITH activity AS (
            coalesce(sum(points * unit_price) FILTER (WHERE type = 'burn'), 0)
              - coalesce(sum(points * unit_price) FILTER (WHERE type = 'burn_reversal'), 0)
                AS redemption_exact,
-           min(currency) AS currency_min,
-           max(currency) AS currency_max
+           coalesce(sum(points * unit_price) FILTER (WHERE type = 'expiry'), 0)
+               AS expired_value_exact,
+           min(currency) FILTER (WHERE type <> 'expiry') AS currency_min,
+           max(currency) FILTER (WHERE type <> 'expiry') AS currency_max
     FROM postings
     WHERE posted_at >= :start AND posted_at < :end
       AND type IN ('earn', 'earn_reversal', 'burn', 'burn_reversal', 'expiry')
@@ -214,9 +228,11 @@ SELECT p.partner_id, p.name, p.settlement_currency,
        coalesce(a.expired, 0) AS expired,
        coalesce(a.issuance_exact, 0) AS issuance_exact,
        coalesce(a.redemption_exact, 0) AS redemption_exact,
-       a.currency_min, a.currency_max
+       coalesce(a.expired_value_exact, 0) AS expired_value_exact,
+       a.currency_min, a.currency_max,
+       coalesce(p.terminated_at >= :start AND p.terminated_at < :end, false) AS final
 FROM partners p LEFT JOIN activity a ON a.partner_id = p.partner_id
-WHERE p.created_at < :end OR a.partner_id IS NOT NULL
+WHERE (p.created_at < :end AND p.status <> 'operator') OR a.partner_id IS NOT NULL
 ORDER BY p.partner_id"""
 
 _ACCOUNTS_SQL = """
@@ -246,11 +262,15 @@ ORDER BY l.issuer_id, p.partner_id"""
 
 # Outstanding at T = every member account entry stamped before T (negative balances
 # included), read from the journal itself in one pass for both ends of the period.
+# Adjustments: minus the `adjusted` accounts' movement in the period (what members got).
 _OUTSTANDING_SQL = """
-SELECT coalesce(sum(amount) FILTER (WHERE posted_at < :start), 0) AS outstanding_start,
-       coalesce(sum(amount), 0) AS outstanding_end
+SELECT coalesce(sum(amount) FILTER (
+           WHERE posted_at < :start AND account <> 'adjusted'), 0) AS outstanding_start,
+       coalesce(sum(amount) FILTER (WHERE account <> 'adjusted'), 0) AS outstanding_end,
+       -coalesce(sum(amount) FILTER (
+           WHERE posted_at >= :start AND account = 'adjusted'), 0) AS adjusted
 FROM entries
-WHERE account IN ('available', 'held', 'pending') AND posted_at < :end"""
+WHERE account IN ('available', 'held', 'pending', 'adjusted') AND posted_at < :end"""
 
 
 async def read_period(conn: AsyncConnection, period: Period) -> PeriodFigures:
@@ -272,6 +292,8 @@ async def read_period(conn: AsyncConnection, period: Period) -> PeriodFigures:
             expired_points=int(row.expired),
             issuance_exact=Decimal(row.issuance_exact),
             redemption_exact=Decimal(row.redemption_exact),
+            expired_value_exact=Decimal(row.expired_value_exact),
+            final=bool(row.final),
             foreign_postings=sum(
                 1
                 for code in {row.currency_min, row.currency_max}
@@ -296,6 +318,7 @@ async def read_period(conn: AsyncConnection, period: Period) -> PeriodFigures:
         cross_brand=flows,
         outstanding_start=int(outstanding.outstanding_start),
         outstanding_end=int(outstanding.outstanding_end),
+        adjusted=int(outstanding.adjusted),
     )
 
 
@@ -321,6 +344,8 @@ def _line(activity: PartnerActivity) -> Line:
         issuance_charge=round_money(activity.issuance_exact, currency),
         redemption_credit=round_money(activity.redemption_exact, currency),
         net=round_money(net_exact, currency),
+        expired_value_exact=activity.expired_value_exact,
+        final=activity.final,
     )
 
 
@@ -358,10 +383,15 @@ def settle(figures: PeriodFigures, *, previous_outstanding_end: int | None) -> S
         burn_reversed=sum(line.burn_reversed_points for line in lines),
         outstanding_start=figures.outstanding_start,
         outstanding_end=figures.outstanding_end,
+        adjusted=figures.adjusted,
     )
     checks = Checks(
         conservation=controls.outstanding_end
-        == controls.outstanding_start + controls.issued - controls.redeemed - controls.expired,
+        == controls.outstanding_start
+        + controls.issued
+        - controls.redeemed
+        - controls.expired
+        + controls.adjusted,
         partner_accounts=_accounts_match(figures, lines),
         cross_brand=_cross_brand_matches(figures, lines)
         and sum(flow.points for flow in figures.cross_brand) == controls.redeemed,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 
-from exchange.money import format_amount
+from exchange.money import format_amount, round_money
 from settlement import schemas
 from settlement.engine import Checks, Controls, CrossBrandFlow, Line
 from settlement.errors import SettlementNotFound
@@ -51,6 +51,9 @@ CSV_COLUMNS = (
     "issuance_charge_exact",
     "redemption_credit_exact",
     "net_exact",
+    "expired_value",
+    "rounding_difference",
+    "final",
 )
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
@@ -100,7 +103,11 @@ def _line(line: Line) -> schemas.Line:
             issuance_charge=plain_decimal(line.issuance_charge_exact),
             redemption_credit=plain_decimal(line.redemption_credit_exact),
             net=plain_decimal(line.net_exact),
+            expired_value=plain_decimal(line.expired_value_exact),
         ),
+        expired_value=_money(round_money(line.expired_value_exact, line.currency), line.currency),
+        rounding_difference=_money(line.rounding_difference, line.currency),
+        final=line.final,
     )
 
 
@@ -118,6 +125,7 @@ def _controls(controls: Controls, checks: Checks) -> schemas.Controls:
         burn_reversed=controls.burn_reversed,
         outstanding_start=controls.outstanding_start,
         outstanding_end=controls.outstanding_end,
+        adjusted=controls.adjusted,
         checks=schemas.Checks(
             conservation=checks.conservation,
             partner_accounts=checks.partner_accounts,
@@ -213,6 +221,9 @@ def run_csv(run: StoredRun) -> str:
                 plain_decimal(line.issuance_charge_exact),
                 plain_decimal(line.redemption_credit_exact),
                 plain_decimal(line.net_exact),
+                format_amount(round_money(line.expired_value_exact, line.currency), line.currency),
+                format_amount(line.rounding_difference, line.currency),
+                "true" if line.final else "false",
             ]
         )
     return buffer.getvalue()

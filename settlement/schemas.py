@@ -52,6 +52,7 @@ class ExactAmounts(_Out, frozen=True):
     issuance_charge: str
     redemption_credit: str
     net: str
+    expired_value: str = "0"
 
 
 class Line(_Out, frozen=True):
@@ -70,6 +71,12 @@ class Line(_Out, frozen=True):
     net: Money
     direction: Direction
     exact: ExactAmounts
+    # Breakage at the prices the expired points were issued at (the operator keeps it).
+    expired_value: Money | None = None
+    # net - (issuance_charge - redemption_credit): each amount is rounded once from its
+    # exact sum, so this is at most one minor unit either way; with it every line foots.
+    rounding_difference: Money | None = None
+    final: bool = False  # the partner was terminated in this period: its last line
 
 
 class CrossBrand(_Out, frozen=True):
@@ -95,6 +102,7 @@ class Controls(_Out, frozen=True):
     outstanding_start: int
     outstanding_end: int
     checks: Checks
+    adjusted: int = 0  # operator adjustments: + credited to members, - debited
 
 
 class RunSummary(_Out, frozen=True):

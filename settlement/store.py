@@ -133,6 +133,7 @@ async def insert_run(
             burn_reversed_points=controls.burn_reversed,
             outstanding_start=controls.outstanding_start,
             outstanding_end=controls.outstanding_end,
+            adjusted_points=controls.adjusted,
             conservation_ok=checks.conservation,
             partner_accounts_ok=checks.partner_accounts,
             cross_brand_ok=checks.cross_brand,
@@ -175,6 +176,8 @@ def _line_row(line: Line) -> dict[str, Any]:
         "issuance_charge": line.issuance_charge,
         "redemption_credit": line.redemption_credit,
         "net": line.net,
+        "expired_value_exact": line.expired_value_exact,
+        "final": line.final,
     }
 
 
@@ -223,6 +226,7 @@ def _header(row: Any) -> RunHeader:
             burn_reversed=row.burn_reversed_points,
             outstanding_start=row.outstanding_start,
             outstanding_end=row.outstanding_end,
+            adjusted=row.adjusted_points,
         ),
         checks=Checks(
             conservation=row.conservation_ok,
@@ -249,6 +253,8 @@ def _line(row: Any) -> Line:
         issuance_charge=row.issuance_charge,
         redemption_credit=row.redemption_credit,
         net=row.net,
+        expired_value_exact=row.expired_value_exact,
+        final=row.final,
     )
 
 
@@ -374,7 +380,9 @@ SELECT p.partner_id, p.name, p.settlement_currency,
        coalesce(sum(b.points) FILTER (WHERE b.bucket = 3), 0) AS p3,
        coalesce(sum(b.value) FILTER (WHERE b.bucket = 3), 0) AS v3
 FROM partners p LEFT JOIN bucketed b ON b.issuer_id = p.partner_id
-GROUP BY p.partner_id, p.name, p.settlement_currency
+GROUP BY p.partner_id, p.name, p.settlement_currency, p.status
+-- The operator's goodwill row shows only once it has issued points that are outstanding.
+HAVING p.status <> 'operator' OR count(b.issuer_id) > 0
 ORDER BY p.partner_id"""
 
 

@@ -16,6 +16,12 @@ Layout: `_commands` (what callers pass in and get back), `_ledger` (`LedgerServi
 `_idempotency` (`replay_or_claim` and `remember` for single idempotent requests).
 """
 
+from exchange.service._adjustments import (
+    ADJUSTMENT_PENDING_DAYS,
+    AdjustmentService,
+    Approver,
+    adjustment_view,
+)
 from exchange.service._commands import (
     Burn,
     CaptureHold,
@@ -34,6 +40,10 @@ from exchange.service._idempotency import remember, replay_or_claim
 from exchange.service._ledger import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, LedgerService
 
 __all__ = [
+    "ADJUSTMENT_PENDING_DAYS",
+    "AdjustmentService",
+    "Approver",
+    "adjustment_view",
     "PAGE_SIZE_DEFAULT",
     "PAGE_SIZE_MAX",
     "Burn",
