@@ -36,7 +36,7 @@ def _approver(identity: OperatorIdentity) -> Approver:
 class AdjustmentController(Controller):
     path = "/v1/adjustments"
     tags = ["finance"]
-    dependencies = {"staff": Provide(staff_caller)}  # noqa: RUF012 - litestar's own shape
+    dependencies = {"staff": Provide(staff_caller)}
 
     @post("/", status_code=201, summary="Request an adjustment (a second operator approves)")
     async def create(

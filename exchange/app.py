@@ -9,9 +9,9 @@ from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
+from exchange.adjustments_http import AdjustmentController
 from exchange.clock import Clock, SystemClock
 from exchange.config import Settings
-from exchange.adjustments_http import AdjustmentController
 from exchange.db import create_engine
 from exchange.health import HealthController
 from exchange.http import BalanceController, MemberController, PartnerController

@@ -72,7 +72,9 @@ def _query_time(value: str | None, name: str) -> datetime | None:
         # An unencoded "+02:00" offset arrives as " 02:00" (form decoding): undo that.
         moment = datetime.fromisoformat(value.replace(" ", "+"))
     except ValueError:
-        raise Unprocessable(f"{name} must be an RFC 3339 time, e.g. 2026-11-01T00:00:00Z.") from None
+        raise Unprocessable(
+            f"{name} must be an RFC 3339 time, e.g. 2026-11-01T00:00:00Z."
+        ) from None
     if moment.tzinfo is None:
         raise Unprocessable(f"{name} needs a UTC offset (e.g. Z).")
     return moment

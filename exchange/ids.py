@@ -8,9 +8,9 @@ import uuid
 from exchange.ledger import new_id
 
 __all__ = [
-    "new_adjustment_id",
     "format_hold_id",
     "format_transaction_id",
+    "new_adjustment_id",
     "new_member_id",
     "parse_hold_id",
     "parse_transaction_id",

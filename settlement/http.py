@@ -5,7 +5,8 @@ GET  /v1/settlements                       admin, finance    runs, newest first
 GET  /v1/settlements/{run_id}              admin, finance    the run (JSON)
 GET  /v1/settlements/{run_id}/report.csv   admin, finance    one row per partner
 GET  /v1/settlements/{run_id}/statement    signed partner    its own line only
-GET  /v1/reports/liabilities               admin, finance    outstanding points now
+GET  /v1/reports/liabilities               admin, finance    outstanding points now, or the
+                                                             roll-forward to ?as_of=<period_end>
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, QueryParameter
 
+from exchange.errors import Unprocessable
 from exchange.http import decode_body
 from exchange.operators import OperatorIdentity
 from exchange.runtime import services_of
 from partners.auth import PartnerCaller, admin_caller, partner_caller, staff_caller
-from settlement import reports, schemas
+from settlement import reports, rollforward_views, schemas
 from settlement.service import RUNS_PAGE_MAX, SettlementService
 
 __all__ = ["SettlementController", "settlement_service"]
@@ -123,7 +125,27 @@ class SettlementController(Controller):
         summary="Outstanding points per issuing partner now, valued and aged by expiry",
     )
     async def liabilities(
-        self, request: Request[Any, Any, Any], staff: NamedDependency[OperatorIdentity]
-    ) -> schemas.LiabilityReport:
-        as_of, rows = await settlement_service(request).liabilities()
-        return reports.liabilities_view(as_of, rows)
+        self,
+        request: Request[Any, Any, Any],
+        staff: NamedDependency[OperatorIdentity],
+        as_of: FromQuery[str | None] = None,
+    ) -> Response[Any]:
+        """Without as_of: outstanding now (v1). With as_of = a run's period_end: the
+        roll-forward of that run's period per issuer (§8), JSON or CSV (Accept)."""
+        service = settlement_service(request)
+        if as_of is None:
+            now, rows = await service.liabilities()
+            return Response(content=reports.liabilities_view(now, rows))
+        moment = rollforward_views.parse_as_of(as_of)
+        if moment is None:
+            raise Unprocessable("as_of must be an RFC 3339 time: a run's period_end.")
+        report = await service.roll_forward(moment)
+        if "text/csv" in request.headers.get("accept", ""):
+            return Response(
+                content=rollforward_views.roll_forward_csv(report),
+                media_type="text/csv; charset=utf-8",
+                headers={
+                    "Content-Disposition": f'attachment; filename="liabilities-{report.run_id}.csv"'
+                },
+            )
+        return Response(content=rollforward_views.roll_forward_view(report))

@@ -27,13 +27,19 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exchange.clock import Clock, utc
-from exchange.errors import InvariantViolation, ServiceUnavailable, Unprocessable
+from exchange.errors import (
+    InvariantViolation,
+    NotARunPeriodEnd,
+    ServiceUnavailable,
+    Unprocessable,
+)
 from exchange.logs import get_logger
 from exchange.service import LedgerService
 from exchange.store import close_journal_until
 from settlement import store
 from settlement.engine import BEGINNING_OF_TIME, Period, read_period, settle
 from settlement.errors import PeriodClosed, SettlementNotFound
+from settlement.rollforward import RollForwardReport, load_roll_forward
 
 __all__ = ["RUNS_PAGE_MAX", "RunResult", "SettlementService", "run_id_for"]
 
@@ -207,3 +213,16 @@ class SettlementService:
             conn = await plain.execution_options(isolation_level="REPEATABLE READ")
             async with conn.begin():
                 return now, await store.liabilities(conn, now)
+
+    async def roll_forward(self, as_of: datetime) -> RollForwardReport:
+        """The liability roll-forward of the run ending at `as_of`, in one snapshot."""
+        async with self.engine.connect() as plain:
+            conn = await plain.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                report = await load_roll_forward(conn, utc(as_of))
+        if report is None:
+            raise NotARunPeriodEnd(
+                f"No settlement run ends at {utc(as_of):%Y-%m-%dT%H:%M:%SZ}; as_of must be the "
+                "period_end of a run (GET /v1/settlements lists them)."
+            )
+        return report

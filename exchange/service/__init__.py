@@ -41,11 +41,10 @@ from exchange.service._ledger import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, LedgerSer
 
 __all__ = [
     "ADJUSTMENT_PENDING_DAYS",
-    "AdjustmentService",
-    "Approver",
-    "adjustment_view",
     "PAGE_SIZE_DEFAULT",
     "PAGE_SIZE_MAX",
+    "AdjustmentService",
+    "Approver",
     "Burn",
     "CaptureHold",
     "Command",
@@ -59,6 +58,7 @@ __all__ = [
     "SignatureProof",
     "SweepResult",
     "VoidHold",
+    "adjustment_view",
     "remember",
     "replay_or_claim",
 ]

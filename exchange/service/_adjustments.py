@@ -78,9 +78,7 @@ def adjustment_view(row: store.AdjustmentRow) -> schemas.Adjustment:
         expires_at=row.expires_at,
         approved_by=row.approved_by if row.approved_by is not None else msgspec.UNSET,
         approved_at=row.approved_at if row.approved_at is not None else msgspec.UNSET,
-        transaction_id=(
-            format_transaction_id(row.posting_id) if row.posting_id else msgspec.UNSET
-        ),
+        transaction_id=(format_transaction_id(row.posting_id) if row.posting_id else msgspec.UNSET),
     )
 
 
@@ -212,9 +210,7 @@ class AdjustmentService:
         )
         return posted
 
-    async def _post(
-        self, conn: Connection, row: store.AdjustmentRow, now: datetime
-    ) -> uuid.UUID:
+    async def _post(self, conn: Connection, row: store.AdjustmentRow, now: datetime) -> uuid.UUID:
         debts, closed_until = await store.lock_members(conn, [row.member_id])
         if row.member_id not in debts:
             raise MemberNotFound(f"No member {row.member_id}.")

@@ -44,12 +44,12 @@ from exchange.store._records import (
 from exchange.store._write import BatchWrite, write_batch
 
 __all__ = [
+    "COUNTER_SHARDS",
+    "SETTLEMENT_BARRIER_KEY",
     "AdjustmentRow",
     "BatchWrite",
-    "COUNTER_SHARDS",
     "IdempotencyRecord",
     "RetryableConflict",
-    "SETTLEMENT_BARRIER_KEY",
     "SignatureRecord",
     "StoredResponse",
     "adjustment_partner_status",

@@ -75,9 +75,7 @@ async def fetch_adjustment(conn: AsyncConnection, adjustment_id: str) -> Adjustm
 _LOCK_SQL = "SELECT * FROM adjustments WHERE adjustment_id = $1 FOR UPDATE"
 
 
-async def lock_adjustment(
-    conn: asyncpg.Connection, adjustment_id: str
-) -> AdjustmentRow | None:
+async def lock_adjustment(conn: asyncpg.Connection, adjustment_id: str) -> AdjustmentRow | None:
     """The adjustment, locked until the end of the database transaction: two approvals
     racing each other post it once."""
     row = await conn.fetchrow(_LOCK_SQL, adjustment_id)

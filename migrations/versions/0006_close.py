@@ -54,9 +54,7 @@ def upgrade() -> None:
         "postings",
         "type <> 'adjustment' OR (partner_id IS NOT NULL AND unit_price IS NOT NULL)",
     )
-    op.add_column(
-        "partners", sa.Column("terminated_at", sa.DateTime(timezone=True), nullable=True)
-    )
+    op.add_column("partners", sa.Column("terminated_at", sa.DateTime(timezone=True), nullable=True))
     op.create_check_constraint(
         op.f("ck_partners_terminated"),
         "partners",
@@ -137,9 +135,7 @@ def _create_adjustments() -> None:
         ),
         sa.PrimaryKeyConstraint("adjustment_id", name=op.f("pk_adjustments")),
     )
-    op.create_index(
-        "ix_adjustments_member_id", "adjustments", ["member_id"], unique=False
-    )
+    op.create_index("ix_adjustments_member_id", "adjustments", ["member_id"], unique=False)
 
 
 def downgrade() -> None:
