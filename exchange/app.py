@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from zoneinfo import ZoneInfo
 
 from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
@@ -58,6 +59,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             cycle=settings.settlement_cycle,
             interval_s=settings.scheduler_interval_s,
             housekeeping=housekeeping_jobs(engine),
+            zone=ZoneInfo(settings.settlement_timezone),
         )
         app.state.scheduler = scheduler
         if settings.scheduler_enabled:
