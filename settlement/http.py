@@ -134,8 +134,8 @@ class SettlementController(Controller):
         roll-forward of that run's period per issuer (§8), JSON or CSV (Accept)."""
         service = settlement_service(request)
         if as_of is None:
-            now, rows = await service.liabilities()
-            return Response(content=reports.liabilities_view(now, rows))
+            now, rows, items = await service.liabilities_report()
+            return Response(content=reports.liabilities_view(now, rows, items))
         moment = rollforward_views.parse_as_of(as_of)
         if moment is None:
             raise Unprocessable("as_of must be an RFC 3339 time: a run's period_end.")

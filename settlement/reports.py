@@ -16,7 +16,7 @@ from exchange.money import format_amount, round_money
 from settlement import schemas
 from settlement.engine import Checks, Controls, CrossBrandFlow, Line
 from settlement.errors import SettlementNotFound
-from settlement.store import LiabilityRow, RunHeader, StoredRun
+from settlement.store import LiabilityReconciliation, LiabilityRow, RunHeader, StoredRun
 
 __all__ = [
     "CSV_COLUMNS",
@@ -233,7 +233,28 @@ def _bucket(points: int, value: Decimal, currency: str) -> schemas.AgeingBucket:
     return schemas.AgeingBucket(points=points, value=_money(value, currency))
 
 
-def liabilities_view(as_of: datetime, rows: Sequence[LiabilityRow]) -> schemas.LiabilityReport:
+def _reconciliation(
+    outstanding: int, items: LiabilityReconciliation
+) -> schemas.LiabilityReconciliation:
+    return schemas.LiabilityReconciliation(
+        outstanding_points=outstanding,
+        expired_not_yet_swept=items.expired_not_yet_swept,
+        held_on_expired_lots=items.held_on_expired_lots,
+        member_debt=items.member_debt,
+        member_accounts=items.member_accounts,
+        ties=items.member_accounts
+        == outstanding
+        + items.expired_not_yet_swept
+        + items.held_on_expired_lots
+        - items.member_debt,
+    )
+
+
+def liabilities_view(
+    as_of: datetime,
+    rows: Sequence[LiabilityRow],
+    reconciliation: LiabilityReconciliation | None = None,
+) -> schemas.LiabilityReport:
     partners = []
     totals: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
     for row in rows:
@@ -266,4 +287,9 @@ def liabilities_view(as_of: datetime, rows: Sequence[LiabilityRow]) -> schemas.L
             schemas.CurrencyTotal(currency, int(points), _money(value, currency))
             for currency, (points, value) in sorted(totals.items())
         ],
+        reconciliation=_reconciliation(
+            sum(partner.outstanding_points for partner in partners), reconciliation
+        )
+        if reconciliation is not None
+        else None,
     )

@@ -19,6 +19,7 @@ __all__ = [
     "CrossBrand",
     "CurrencyTotal",
     "ExactAmounts",
+    "LiabilityReconciliation",
     "LiabilityReport",
     "Line",
     "Money",
@@ -176,7 +177,21 @@ class CurrencyTotal(_Out, frozen=True):
     value: Money
 
 
-class LiabilityReport(_Out, frozen=True):
+class LiabilityReconciliation(_Out, frozen=True):
+    """From the issuers' outstanding points to the members' accounts in the journal:
+    member_accounts = outstanding_points + expired_not_yet_swept + held_on_expired_lots
+    - member_debt (`ties` says it holds)."""
+
+    outstanding_points: int
+    expired_not_yet_swept: int
+    held_on_expired_lots: int
+    member_debt: int
+    member_accounts: int
+    ties: bool
+
+
+class LiabilityReport(_Out, frozen=True, omit_defaults=True):
     as_of: datetime
     partners: list[PartnerLiability]
     totals: list[CurrencyTotal]
+    reconciliation: LiabilityReconciliation | None = None

@@ -206,6 +206,17 @@ class SettlementService:
         async with self.engine.connect() as conn:
             return await store.earliest_posting(conn)
 
+    async def liabilities_report(
+        self,
+    ) -> tuple[datetime, list[store.LiabilityRow], store.LiabilityReconciliation]:
+        """The v1 report and its reconciling items, in one consistent snapshot."""
+        now = self.clock.now()
+        async with self.engine.connect() as plain:
+            conn = await plain.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                rows = await store.liabilities(conn, now)
+                return now, rows, await store.liability_reconciliation(conn, now)
+
     async def liabilities(self) -> tuple[datetime, list[store.LiabilityRow]]:
         """Outstanding points per issuer now, in one consistent snapshot."""
         now = self.clock.now()

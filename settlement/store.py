@@ -32,6 +32,7 @@ from settlement.tables import settlement_cross_brand, settlement_lines, settleme
 
 __all__ = [
     "AGEING_LIMITS_DAYS",
+    "LiabilityReconciliation",
     "LiabilityRow",
     "RunCollision",
     "RunHeader",
@@ -43,6 +44,7 @@ __all__ = [
     "insert_run",
     "latest_run",
     "liabilities",
+    "liability_reconciliation",
     "list_runs",
     "load_header",
     "load_run",
@@ -405,3 +407,36 @@ async def liabilities(conn: AsyncConnection, now: datetime) -> list[LiabilityRow
         )
         for row in rows
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class LiabilityReconciliation:
+    """What separates the issuers' outstanding points from the members' accounts now:
+    points past expiry that the sweep has not posted yet (still in members' accounts),
+    points open holds reserve from lots already past expiry (they expire when the hold is
+    released, unless captured first), and members' negative balances (owed by members,
+    netted against no issuer)."""
+
+    expired_not_yet_swept: int
+    held_on_expired_lots: int
+    member_debt: int
+    member_accounts: int  # available + held + pending over all members, from the journal
+
+
+_RECONCILIATION_SQL = """
+SELECT (SELECT coalesce(sum(remaining), 0) FROM lots
+        WHERE remaining > 0 AND expires_at <= :now) AS unswept,
+       (SELECT coalesce(sum(a.points), 0) FROM holds h
+        JOIN allocations a ON a.posting_id = h.hold_posting_id AND a.kind = 'draw'
+        JOIN lots l ON l.lot_id = a.lot_id
+        WHERE h.status = 'open' AND l.expires_at <= :now) AS held_expired,
+       (SELECT coalesce(sum(debt), 0) FROM members) AS debt,
+       (SELECT coalesce(sum(amount), 0) FROM entries
+        WHERE account IN ('available', 'held', 'pending')) AS accounts"""
+
+
+async def liability_reconciliation(conn: AsyncConnection, now: datetime) -> LiabilityReconciliation:
+    row = (await conn.execute(text(_RECONCILIATION_SQL), {"now": now})).one()
+    return LiabilityReconciliation(
+        int(row.unswept), int(row.held_expired), int(row.debt), int(row.accounts)
+    )

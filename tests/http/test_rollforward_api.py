@@ -279,6 +279,41 @@ async def test_as_of_must_be_a_runs_period_end(
     assert offset.status_code == 200  # the same instant, written with an offset
     assert offset.json()["issuers"][0]["closing"]["points"] == 100
     assert unauthenticated.status_code == 401
-    # Without as_of: the v1 report, unchanged.
-    now = await client.get("/v1/reports/liabilities", headers=finance_headers)
-    assert set(now.json()) == {"as_of", "partners", "totals"}
+    # Without as_of: the v1 report (plus its reconciling items).
+    now = (await client.get("/v1/reports/liabilities", headers=finance_headers)).json()
+    assert set(now) == {"as_of", "partners", "totals", "reconciliation"}
+    assert now["partners"][0]["outstanding_points"] == 100
+
+
+async def test_the_liabilities_report_reconciles_to_member_accounts(
+    onboard: PartnerFactory,
+    client: httpx.AsyncClient,
+    clock: FrozenClock,
+    finance_headers: dict[str, str],
+) -> None:
+    """Points held from a lot past expiry, points past expiry not yet swept, and negative
+    balances are the reconciling items between issuers' liability and members' accounts."""
+    grocer = await onboard("grocer")
+    holder, debtor, sleeper = [(await grocer.client.enrol_member())["member_id"] for _ in "abc"]
+    tomorrow = clock.now() + timedelta(days=1)
+    await grocer.client.earn(holder, 100, reference="promo", expires_at=tomorrow)
+    await grocer.client.earn(holder, 100, reference="regular")
+    await grocer.client.create_hold(holder, 150, expires_in=HOLD_WEEK_S)  # promo 100 + 50
+    spent = await grocer.client.earn(debtor, 50, reference="returned")
+    await grocer.client.burn(debtor, 50)
+    await grocer.client.reverse(spent["transaction_id"])  # debtor owes 50
+    await grocer.client.earn(sleeper, 30, reference="sleeper", expires_at=tomorrow)
+    clock.advance(timedelta(days=2))  # promo lots expired; no sweep has run
+
+    report = (await client.get("/v1/reports/liabilities", headers=finance_headers)).json()
+
+    [line] = report["partners"]
+    assert (line["outstanding_points"], line["held_points"]) == (100, 50)
+    assert report["reconciliation"] == {
+        "outstanding_points": 100,
+        "expired_not_yet_swept": 30,
+        "held_on_expired_lots": 100,
+        "member_debt": 50,
+        "member_accounts": 180,
+        "ties": True,
+    }
