@@ -310,3 +310,38 @@ async def test_partners_filter_their_transactions_by_posting_time(
     with pytest.raises(PartnerAPIError) as naive:
         await grocer.client.list_transactions(posted_before="2026-11-23T10:00:00")
     assert naive.value.status == 422
+
+
+# -- run lines foot --------------------------------------------------------------------------
+
+
+async def test_every_run_line_foots_with_its_rounding_difference(
+    onboard: PartnerFactory,
+    client: httpx.AsyncClient,
+    clock: FrozenClock,
+    admin_headers: dict[str, str],
+) -> None:
+    """Each amount is rounded once from its exact sum (kept), so net can differ from
+    charge - credit by a cent; the line shows that cent."""
+    odd = await onboard("odd", issue_price="0.0125", redemption_value="0.0075")
+    member = (await odd.client.enrol_member())["member_id"]
+    await odd.client.earn(member, 2, reference="e")  # 0.025 -> 0.02
+    await odd.client.burn(member, 2, reference="b")  # 0.015 -> 0.02
+    clock.set(datetime(2026, 11, 24, tzinfo=UTC))
+
+    run = (
+        await client.post(
+            "/v1/admin/settlements",
+            json={"period_end": "2026-11-24T00:00:00Z"},
+            headers=admin_headers,
+        )
+    ).json()
+
+    [line] = run["lines"]
+    amounts = [
+        line[name]["amount"]
+        for name in ("issuance_charge", "redemption_credit", "net", "rounding_difference")
+    ]
+    assert amounts == ["0.02", "0.02", "0.01", "0.01"]
+    assert line["expired_value"] == {"amount": "0.00", "currency": "EUR"}
+    assert line["final"] is False
