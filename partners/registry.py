@@ -281,6 +281,8 @@ async def _load(conn: AsyncConnection, partner_ids: list[str] | None) -> list[Pa
     if partner_ids is not None:
         query = query.where(partners.c.partner_id.in_(partner_ids))
         key_query = key_query.where(partner_keys.c.partner_id.in_(partner_ids))
+    else:  # the operator's goodwill row is no partner; it is fetched by name only
+        query = query.where(partners.c.status != "operator")
     rows = list(await conn.execute(query))
     keys: dict[str, list[Any]] = {}
     for key in await conn.execute(key_query):
