@@ -216,6 +216,10 @@ class AdjustmentService:
             raise MemberNotFound(f"No member {row.member_id}.")
         terms = await store.load_partner_terms(conn, [row.issuer_id])
         issuer = PartnerState(terms[row.issuer_id])
+        if row.points > 0 and issuer.terms.terminated:  # terminated since the request
+            raise Unprocessable(
+                f"Partner {row.issuer_id} has been terminated: it cannot issue new points."
+            )
         books = await store.load_books(conn, debts)
         book = books[row.member_id]
         ctx = Context(
