@@ -17,6 +17,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
+from exchange.adjustments_http import AdjustmentController
 from exchange.clock import Clock, SystemClock
 from exchange.config import Settings
 from exchange.db import create_engine
@@ -25,6 +26,7 @@ from exchange.http import BalanceController, MemberController, PartnerController
 from exchange.logs import configure_logging
 from exchange.middleware import RequestContext
 from exchange.problems import exception_handlers
+from exchange.service import AdjustmentService
 from exchange.wiring import Services, build_services
 from partners.http import PartnerAdminController
 from settlement.finance import FinanceService
@@ -74,12 +76,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             PartnerAdminController,
             SettlementController,
             FinanceController,
+            AdjustmentController,
         ],
         lifespan=[lifespan],
         dependencies={
             "services": Provide(_services, sync_to_thread=False),
             "settlement": Provide(_settlement, sync_to_thread=False),
             "finance": Provide(_finance, sync_to_thread=False),
+            "adjustments": Provide(_adjustments, sync_to_thread=False),
         },
         exception_handlers=exception_handlers(),
         request_max_body_size=REQUEST_BODY_MAX_BYTES,
@@ -108,3 +112,7 @@ def _settlement(state: State) -> SettlementService:
 
 def _finance(state: State) -> FinanceService:
     return _services(state).finance
+
+
+def _adjustments(state: State) -> AdjustmentService:
+    return _services(state).adjustments

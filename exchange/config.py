@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 __all__ = ["VARIABLES", "ConfigError", "Settings", "SettlementCycle", "Variable"]
 
@@ -76,6 +77,14 @@ def _account_code(value: str) -> str:
     return value
 
 
+def _timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("must be an IANA time zone name such as Europe/Riga") from None
+    return value
+
+
 def _database_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in {"postgresql", "postgres", "postgresql+asyncpg"}:
@@ -99,6 +108,7 @@ class Settings:
     public_url: str = "http://127.0.0.1:8000"
     points_ttl_days: int = 1095
     settlement_cycle: SettlementCycle = "daily"
+    settlement_timezone: str = "UTC"  # an IANA name: cut-offs fall at local midnight
     scheduler_enabled: bool = True
     scheduler_interval_s: int = 60
     db_pool_size: int = 10
@@ -164,6 +174,7 @@ _PARSERS: dict[str, Any] = {
     "public_url": _public_url,
     "points_ttl_days": lambda v: _positive_int(v, high=36500),
     "settlement_cycle": _choice(get_args(SettlementCycle)),
+    "settlement_timezone": _timezone,
     "scheduler_enabled": _boolean,
     "scheduler_interval_s": lambda v: _positive_int(v, high=86400),
     "db_pool_size": lambda v: _positive_int(v, high=1000),
@@ -220,7 +231,16 @@ VARIABLES: tuple[Variable, ...] = (
         "settlement_cycle",
         "daily",
         "daily, weekly, monthly",
-        "Automatic settlement period, cut at 00:00 UTC (weeks start on Monday).",
+        "Automatic settlement period, cut at local midnight in EXCHANGE_SETTLEMENT_TIMEZONE "
+        "(weeks start on Monday).",
+    ),
+    Variable(
+        "EXCHANGE_SETTLEMENT_TIMEZONE",
+        "settlement_timezone",
+        "UTC",
+        "an IANA time zone name",
+        "Where settlement cut-offs fall at local midnight (Europe/Riga: 22:00 UTC in winter, "
+        "21:00 UTC in summer). Times on the wire stay UTC.",
     ),
     Variable(
         "EXCHANGE_SCHEDULER_ENABLED",

@@ -9,16 +9,21 @@ mapping to RFC 9457 problem+json lives in `exchange.problems`. Errors raised in
     │   └── IdempotencyKeyMissing       (400 idempotency_key_missing)
     ├── Unauthorized                    (401 unauthorized; signature errors in partners.errors)
     ├── Forbidden                       (403 forbidden)
-    │   └── PartnerSuspended            (403 partner_suspended)
+    │   ├── PartnerSuspended            (403 partner_suspended)
+    │   ├── PartnerTerminated           (403 partner_terminated)
+    │   └── FourEyesRequired            (403 four_eyes_required)
     ├── NotFound                        (404 not_found)
     │   ├── MemberNotFound              (404 member_not_found)
     │   ├── TransactionNotFound         (404 transaction_not_found)
     │   ├── HoldNotFound                (404 hold_not_found)
-    │   └── PartnerNotFound             (404 partner_not_found)
+    │   ├── PartnerNotFound             (404 partner_not_found)
+    │   └── AdjustmentNotFound          (404 adjustment_not_found)
     ├── Conflict                        (409 conflict)
     │   ├── HoldNotOpen                 (409 hold_not_open)
     │   ├── RequestInProgress           (409 request_in_progress)
-    │   └── AlreadyExists               (409 already_exists)
+    │   ├── AlreadyExists               (409 already_exists)
+    │   ├── AdjustmentNotPending        (409 adjustment_not_pending)
+    │   └── TerminationFinal            (409 termination_final)
     ├── PayloadTooLarge                 (413 payload_too_large)
     ├── UnsupportedMediaType            (415 unsupported_media_type)
     ├── Unprocessable                   (422 validation_error)
@@ -27,7 +32,8 @@ mapping to RFC 9457 problem+json lives in `exchange.problems`. Errors raised in
     │   ├── CurrencyNotSupported        (422 currency_not_supported)
     │   ├── ReversalExceedsOriginal     (422 reversal_exceeds_original)
     │   ├── NotReversible               (422 not_reversible)
-    │   └── IdempotencyKeyReused        (422 idempotency_key_reused)
+    │   ├── IdempotencyKeyReused        (422 idempotency_key_reused)
+    │   └── NotARunPeriodEnd            (422 as_of_not_a_period_end)
     ├── RateLimited                     (429 rate_limited, carries retry_after_s)
     ├── ServiceUnavailable              (503 service_unavailable, with Retry-After)
     │   └── DatabaseUnavailable         (503 service_unavailable: PostgreSQL away or read-only)
@@ -43,6 +49,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 __all__ = [
+    "AdjustmentNotFound",
+    "AdjustmentNotPending",
     "AlreadyExists",
     "BadRequest",
     "Conflict",
@@ -51,6 +59,7 @@ __all__ = [
     "DatabaseUnavailable",
     "ExchangeError",
     "Forbidden",
+    "FourEyesRequired",
     "HoldNotFound",
     "HoldNotOpen",
     "IdempotencyKeyMissing",
@@ -58,15 +67,18 @@ __all__ = [
     "InsufficientPoints",
     "InvariantViolation",
     "MemberNotFound",
+    "NotARunPeriodEnd",
     "NotFound",
     "NotReversible",
     "PartnerNotFound",
     "PartnerSuspended",
+    "PartnerTerminated",
     "PayloadTooLarge",
     "RateLimited",
     "RequestInProgress",
     "ReversalExceedsOriginal",
     "ServiceUnavailable",
+    "TerminationFinal",
     "TransactionNotFound",
     "Unauthorized",
     "Unprocessable",
@@ -243,3 +255,36 @@ class InvariantViolation(ExchangeError):
     status = 500
     code = "invariant_violation"
     title = "Internal error"
+
+
+# -- closing the month (contract §8) ------------------------------------------------------------
+
+
+class PartnerTerminated(Forbidden):
+    code = "partner_terminated"
+    title = "Partner has been terminated"
+
+
+class FourEyesRequired(Forbidden):
+    code = "four_eyes_required"
+    title = "Another operator must approve this"
+
+
+class AdjustmentNotFound(NotFound):
+    code = "adjustment_not_found"
+    title = "Adjustment not found"
+
+
+class AdjustmentNotPending(Conflict):
+    code = "adjustment_not_pending"
+    title = "Adjustment is no longer pending"
+
+
+class TerminationFinal(Conflict):
+    code = "termination_final"
+    title = "A terminated partner stays terminated"
+
+
+class NotARunPeriodEnd(Unprocessable):
+    code = "as_of_not_a_period_end"
+    title = "as_of is not the period_end of a settlement run"

@@ -66,7 +66,27 @@ __all__ = [
 
 T = TypeVar("T")
 Limit = Annotated[int, QueryParameter(ge=1, le=PAGE_SIZE_MAX)]
-_MEMBER_HISTORY_TYPES = (*sorted(PARTNER_TRANSACTION_TYPES), PostingType.EXPIRY.value)
+_MEMBER_HISTORY_TYPES = (
+    *sorted(PARTNER_TRANSACTION_TYPES),
+    PostingType.EXPIRY.value,
+    PostingType.ADJUSTMENT.value,
+)
+
+
+def _query_time(value: str | None, name: str) -> datetime | None:
+    """An RFC 3339 time from the query string (any offset); a naive or bad one is 422."""
+    if value is None:
+        return None
+    try:
+        # An unencoded "+02:00" offset arrives as " 02:00" (form decoding): undo that.
+        moment = datetime.fromisoformat(value.replace(" ", "+"))
+    except ValueError:
+        raise Unprocessable(
+            f"{name} must be an RFC 3339 time, e.g. 2026-11-01T00:00:00Z."
+        ) from None
+    if moment.tzinfo is None:
+        raise Unprocessable(f"{name} needs a UTC offset (e.g. Z).")
+    return moment
 
 
 def decode_body(request: Request[Any, Any, Any], body: bytes, into: type[T]) -> T:
@@ -353,6 +373,8 @@ class PartnerController(Controller):
         transaction_type: Annotated[str | None, QueryParameter(name="type")] = None,
         after: FromQuery[str | None] = None,
         limit: Limit = PAGE_SIZE_DEFAULT,
+        posted_after: FromQuery[str | None] = None,
+        posted_before: FromQuery[str | None] = None,
     ) -> schemas.TransactionPage:
         types: tuple[str, ...] = tuple(sorted(PARTNER_TRANSACTION_TYPES))
         if transaction_type is not None:
@@ -368,6 +390,8 @@ class PartnerController(Controller):
             reference=_query_filter(reference, _REFERENCE_SHAPE, "reference"),
             after=_query_filter(after, _CURSOR_SHAPE, "after"),
             limit=limit,
+            posted_after=_query_time(posted_after, "posted_after"),
+            posted_before=_query_time(posted_before, "posted_before"),
         )
 
 

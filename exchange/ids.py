@@ -27,6 +27,7 @@ __all__ = [
     "RUN_ID_SHAPE",
     "format_hold_id",
     "format_transaction_id",
+    "new_adjustment_id",
     "new_id",
     "new_member_id",
     "parse_hold_id",
@@ -103,3 +104,7 @@ def parse_hold_id(text: str) -> uuid.UUID | None:
 
 def new_member_id() -> str:
     return _format("mem_", new_id())
+
+
+def new_adjustment_id() -> str:
+    return _format("adj_", new_id())

@@ -18,6 +18,8 @@ from exchange.text import UNPRINTABLE_CLASS
 
 __all__ = [
     "REFERENCE_PATTERN",
+    "Adjustment",
+    "AdjustmentCreate",
     "Balance",
     "BalanceAfter",
     "BurnCreate",
@@ -29,6 +31,7 @@ __all__ = [
     "MemberCreate",
     "MemberCreated",
     "MoneyIn",
+    "MoneyOut",
     "Points",
     "Reference",
     "ReversalCreate",
@@ -60,6 +63,11 @@ class _Out(msgspec.Struct, frozen=True):
 class MoneyIn(_In, frozen=True):
     amount: DecimalText
     currency: CurrencyCode
+
+
+class MoneyOut(_Out, frozen=True):
+    amount: str
+    currency: str
 
 
 class MemberCreate(_In, frozen=True):
@@ -130,6 +138,10 @@ class Transaction(_Out, frozen=True, omit_defaults=True):
     balance_after: BalanceAfter | msgspec.UnsetType = msgspec.UNSET
     reverses: str | msgspec.UnsetType = msgspec.UNSET
     hold_id: str | msgspec.UnsetType = msgspec.UNSET
+    # Disputes (contract §8): what an earn was for and the prices it was charged at.
+    purchase: MoneyOut | msgspec.UnsetType = msgspec.UNSET
+    issue_price: str | msgspec.UnsetType = msgspec.UNSET  # earns and their reversals
+    redemption_value: str | msgspec.UnsetType = msgspec.UNSET  # burns and their reversals
 
 
 class TransactionPage(_Out, frozen=True):
@@ -163,3 +175,34 @@ class Balance(_Out, frozen=True):
     pending: int
     expiring: list[Expiring]
     as_of: datetime
+
+
+# -- operator adjustments (contract §8) --------------------------------------------------------
+
+SignedPoints = Annotated[int, msgspec.Meta(ge=-POINTS_PER_REQUEST_MAX, le=POINTS_PER_REQUEST_MAX)]
+IssuerId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Reason = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=500, pattern=r"^[^\x00-\x08\x0b-\x1f\x7f]+$")
+]
+
+
+class AdjustmentCreate(_In, frozen=True):
+    member_id: MemberId
+    points: SignedPoints  # + credits the member, - debits; never 0
+    issuer: IssuerId  # a partner_id, or "operator" for goodwill points
+    reason: Reason
+
+
+class Adjustment(_Out, frozen=True, omit_defaults=True):
+    adjustment_id: str
+    status: str  # pending | posted | expired
+    member_id: str
+    points: int
+    issuer: str
+    reason: str
+    requested_by: str
+    requested_at: datetime
+    expires_at: datetime
+    approved_by: str | msgspec.UnsetType = msgspec.UNSET
+    approved_at: datetime | msgspec.UnsetType = msgspec.UNSET
+    transaction_id: str | msgspec.UnsetType = msgspec.UNSET

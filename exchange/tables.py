@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 __all__ = [
+    "adjustments",
     "allocations",
     "entries",
     "holds",
@@ -113,7 +114,11 @@ partners = Table(
     Column("tax_note", Text, nullable=True),
     _timestamp("created_at", default_now=True),
     _timestamp("updated_at", default_now=True),
-    CheckConstraint("status IN ('active', 'suspended')", name="status"),
+    # A terminated partner stays terminated for ever (its lots stay attributed to it).
+    _timestamp("terminated_at", nullable=True),
+    # 'operator': the reserved row `operator`, issuer of goodwill points (migration 0006).
+    CheckConstraint("status IN ('active', 'suspended', 'terminated', 'operator')", name="status"),
+    CheckConstraint("(status = 'terminated') = (terminated_at IS NOT NULL)", name="terminated"),
     CheckConstraint("issue_price >= 0 AND redemption_value >= 0", name="prices"),
     CheckConstraint("credit_limit IS NULL OR credit_limit >= 0", name="credit_limit"),
     CheckConstraint("payment_terms_days BETWEEN 0 AND 365", name="payment_terms_days"),
@@ -182,8 +187,9 @@ POSTING_TYPES = (
     "hold_release",
     "expiry",
     "maturation",
+    "adjustment",
 )
-ACCOUNTS = ("available", "held", "pending", "issued", "redeemed", "breakage")
+ACCOUNTS = ("available", "held", "pending", "issued", "redeemed", "breakage", "adjusted")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -211,7 +217,16 @@ postings = Table(
     Column("available_after", BigInteger, nullable=True),
     Column("held_after", BigInteger, nullable=True),
     Column("pending_after", BigInteger, nullable=True),
+    # The partner terms version the posting was priced with (disputes, price changes).
+    Column("terms_version", Integer, nullable=True),
+    # What an earn was for, when the partner sent a purchase (disputes).
+    Column("purchase_amount", MONEY, nullable=True),
+    Column("purchase_currency", String(3), nullable=True),
     CheckConstraint("points > 0", name="points"),
+    CheckConstraint(
+        "type <> 'adjustment' OR (partner_id IS NOT NULL AND unit_price IS NOT NULL)",
+        name="adjustment",
+    ),
     CheckConstraint(_in("type", POSTING_TYPES), name="type"),
     CheckConstraint(
         "type NOT IN ('earn', 'burn', 'earn_reversal', 'burn_reversal') "
@@ -353,4 +368,35 @@ ledger_state = Table(
     Column("id", SmallInteger, primary_key=True),
     _timestamp("closed_until"),
     CheckConstraint("id = 1", name="singleton"),
+)
+
+# -- operator adjustments (migration 0006) -----------------------------------------------------
+
+# Requested by one operator token, posted only when a different token approves it (four
+# eyes; the database refuses the same token in both columns). Once posted it names its
+# `adjustment` posting; a pending one expires after ADJUSTMENT_PENDING_DAYS.
+adjustments = Table(
+    "adjustments",
+    metadata,
+    Column("adjustment_id", ID, primary_key=True),
+    Column("member_id", ID, ForeignKey("members.member_id"), nullable=False),
+    Column("issuer_id", ID, ForeignKey("partners.partner_id"), nullable=False),
+    Column("points", BigInteger, nullable=False),  # signed: + credit, - debit
+    Column("reason", String(500), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("requested_by", String(128), nullable=False),
+    Column("requested_token_id", String(32), nullable=False),
+    _timestamp("requested_at"),
+    _timestamp("expires_at"),
+    Column("approved_by", String(128), nullable=True),
+    Column("approved_token_id", String(32), nullable=True),
+    _timestamp("approved_at", nullable=True),
+    Column("posting_id", Uuid, ForeignKey("postings.posting_id"), nullable=True),
+    CheckConstraint("points <> 0", name="points"),
+    CheckConstraint("status IN ('pending', 'posted', 'expired')", name="status"),
+    CheckConstraint("(status = 'posted') = (posting_id IS NOT NULL)", name="posted"),
+    CheckConstraint(
+        "approved_token_id IS NULL OR approved_token_id <> requested_token_id", name="four_eyes"
+    ),
+    Index("ix_adjustments_member_id", "member_id"),
 )

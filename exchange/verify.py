@@ -11,7 +11,8 @@ Checks:
   available = matured lots' remaining - debt; pending = unmatured lots' remaining;
   held = points of open holds; and every open hold's points equal what it drew;
 - reversals never exceed their originals;
-- issued - redeemed - expired = outstanding (the sum of all member accounts);
+- issued - redeemed - expired + adjusted = outstanding (the sum of all member accounts;
+  `adjusted` is what operator adjustments gave members, net of what they took back);
 - the partner counters (liability points and value, issuance value) match the lots and
   postings they summarise.
 """
@@ -109,12 +110,14 @@ _CHECKS: dict[str, str] = {
             SELECT -coalesce(sum(amount) FILTER (WHERE account = 'issued'), 0) AS issued,
                    coalesce(sum(amount) FILTER (WHERE account = 'redeemed'), 0) AS redeemed,
                    coalesce(sum(amount) FILTER (WHERE account = 'breakage'), 0) AS expired,
+                   -coalesce(sum(amount) FILTER (WHERE account = 'adjusted'), 0) AS adjusted,
                    coalesce(sum(amount) FILTER (
                        WHERE account IN ('available', 'held', 'pending')), 0) AS outstanding
             FROM entries)
-        SELECT 'issued - redeemed - expired' AS subject,
-               (issued - redeemed - expired)::text AS expected, outstanding::text AS actual
-        FROM t WHERE issued - redeemed - expired <> outstanding""",
+        SELECT 'issued - redeemed - expired + adjusted' AS subject,
+               (issued - redeemed - expired + adjusted)::text AS expected,
+               outstanding::text AS actual
+        FROM t WHERE issued - redeemed - expired + adjusted <> outstanding""",
     "partner_counters": """
         WITH counted AS (
             SELECT partner_id, sum(liability_points) AS points, sum(liability_value) AS value,
@@ -152,6 +155,7 @@ _TOTALS = """
            -coalesce(sum(amount) FILTER (WHERE account = 'issued'), 0) AS issued,
            coalesce(sum(amount) FILTER (WHERE account = 'redeemed'), 0) AS redeemed,
            coalesce(sum(amount) FILTER (WHERE account = 'breakage'), 0) AS expired,
+           -coalesce(sum(amount) FILTER (WHERE account = 'adjusted'), 0) AS adjusted,
            coalesce(sum(amount) FILTER (WHERE account IN ('available', 'held', 'pending')), 0)
                AS outstanding
     FROM entries"""

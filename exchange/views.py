@@ -11,13 +11,15 @@ import base64
 import binascii
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import msgspec
 
 from exchange import schemas
 from exchange.ids import format_hold_id, format_transaction_id
-from exchange.ledger import Balance, Effect, Hold, HoldStatus, Posting
+from exchange.ledger import Balance, Effect, Hold, HoldStatus, Posting, PostingType
+from exchange.money import format_amount
 
 __all__ = [
     "balance_view",
@@ -37,18 +39,57 @@ def _after(balance: Balance) -> schemas.BalanceAfter:
     )
 
 
+_ISSUE_PRICED = (PostingType.EARN.value, PostingType.EARN_REVERSAL.value)
+_REDEMPTION_PRICED = (PostingType.BURN.value, PostingType.BURN_REVERSAL.value)
+
+
+def _plain(value: Decimal) -> str:
+    return f"{value.normalize():f}"
+
+
+def _dispute_fields(
+    kind: str,
+    unit_price: Decimal | None,
+    purchase_amount: Decimal | None,
+    purchase_currency: str | None,
+) -> dict[str, Any]:
+    """The figures a disputed transaction is checked against (contract §8)."""
+    fields: dict[str, Any] = {}
+    if unit_price is not None and kind in _ISSUE_PRICED:
+        fields["issue_price"] = _plain(unit_price)
+    if unit_price is not None and kind in _REDEMPTION_PRICED:
+        fields["redemption_value"] = _plain(unit_price)
+    if purchase_amount is not None and purchase_currency is not None:
+        fields["purchase"] = schemas.MoneyOut(
+            amount=format_amount(purchase_amount, purchase_currency), currency=purchase_currency
+        )
+    return fields
+
+
+def _signed_points(kind: str, points: int, expires_at: datetime | None) -> int:
+    """Adjustments are shown signed: a credit creates a lot (so it has an expiry), a
+    debit draws on lots (so it has none). Every other type's points are positive."""
+    if kind == PostingType.ADJUSTMENT.value and expires_at is None:
+        return -points
+    return points
+
+
 def transaction_view(posting: Posting, after: Balance) -> schemas.Transaction:
+    kind = posting.type.value
     return schemas.Transaction(
         transaction_id=format_transaction_id(posting.posting_id),
-        type=posting.type.value,
+        type=kind,
         partner_id=posting.partner_id or "",
         member_id=posting.member_id,
-        points=posting.points,
+        points=_signed_points(kind, posting.points, posting.expires_at),
         reference=posting.reference,
         posted_at=posting.posted_at,
         balance_after=_after(after),
         reverses=format_transaction_id(posting.reverses) if posting.reverses else msgspec.UNSET,
         hold_id=format_hold_id(posting.hold_id) if posting.hold_id else msgspec.UNSET,
+        **_dispute_fields(
+            kind, posting.unit_price, posting.purchase_amount, posting.purchase_currency
+        ),
     )
 
 
@@ -74,12 +115,13 @@ def transaction_from_row(row: Any) -> schemas.Transaction:
         type=row.type,
         partner_id=row.partner_id or "",
         member_id=row.member_id,
-        points=row.points,
+        points=_signed_points(row.type, row.points, row.expires_at),
         reference=row.reference,
         posted_at=row.posted_at,
         balance_after=after,
         reverses=format_transaction_id(row.reverses) if row.reverses else msgspec.UNSET,
         hold_id=format_hold_id(row.hold_id) if row.hold_id else msgspec.UNSET,
+        **_dispute_fields(row.type, row.unit_price, row.purchase_amount, row.purchase_currency),
     )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,7 +29,7 @@ from exchange.config import Settings
 from exchange.errors import DatabaseUnavailable
 from exchange.logs import get_logger
 from exchange.ratelimit import RateLimiter
-from exchange.service import LedgerRequest, LedgerService, Outcome
+from exchange.service import AdjustmentService, LedgerRequest, LedgerService, Outcome
 from partners.gateway import SignatureGateway, housekeeping_jobs
 from partners.registry import revoke_unacceptable_keys
 from settlement.finance import FinanceService
@@ -54,6 +55,7 @@ class Services:
     gateway: SignatureGateway
     settlement: SettlementService
     finance: FinanceService
+    adjustments: AdjustmentService
     scheduler: Scheduler
 
     async def start(self) -> None:
@@ -99,6 +101,7 @@ def build_services(settings: Settings, engine: AsyncEngine, clock: Clock) -> Ser
         cycle=settings.settlement_cycle,
         interval_s=settings.scheduler_interval_s,
         housekeeping=housekeeping_jobs(engine),
+        zone=ZoneInfo(settings.settlement_timezone),
     )
     return Services(
         settings=settings,
@@ -110,6 +113,7 @@ def build_services(settings: Settings, engine: AsyncEngine, clock: Clock) -> Ser
         gateway=SignatureGateway(engine, settings.database_url or ""),
         settlement=settlement,
         finance=FinanceService(engine, clock, _chart_of_accounts(settings)),
+        adjustments=AdjustmentService(engine, clock, ledger),
         scheduler=scheduler,
     )
 

@@ -44,9 +44,9 @@ __all__ = [
     "PartnerCaller",
     "admin_caller",
     "bearer_token",
-    "idempotency_of",
     "member_caller",
     "member_or_partner_caller",
+    "operator_idempotency",
     "partner_caller",
     "staff_caller",
 ]
@@ -104,17 +104,6 @@ def _fingerprint(method: str, path: str, body: bytes) -> bytes:
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
     return digest.digest()
-
-
-def idempotency_of(request: Request[Any, Any, Any], body: bytes) -> tuple[str, bytes]:
-    """An operator POST's Idempotency-Key (400 if missing or malformed) and its request
-    fingerprint: the partner path's rules (contract §2.2), for operator writes (§8)."""
-    scope = request.scope
-    path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
-    key = _idempotency_key("POST", _headers(request))
-    if key is None:  # pragma: no cover - a POST always yields a key or raises
-        raise IdempotencyKeyMissing()
-    return key, _fingerprint("POST", path, body)
 
 
 async def partner_caller(
@@ -239,3 +228,14 @@ async def member_or_partner_caller(
     if request.headers.get("authorization") is not None:
         return Caller(member_id=(await member_caller(request, services)).member_id)
     return Caller(partner_id=(await partner_caller(request, services)).partner_id)
+
+
+def operator_idempotency(request: Request[Any, Any, Any], body: bytes) -> Idempotency:
+    """An operator POST's Idempotency-Key (contract §8 follows §2.2 exactly): missing or
+    malformed -> 400; the fingerprint is the same method, path and body as a partner's."""
+    key = _idempotency_key("POST", _headers(request))
+    if key is None:  # pragma: no cover - POST always yields a key or raises
+        raise IdempotencyKeyMissing()
+    scope = request.scope
+    path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    return Idempotency(key, _fingerprint("POST", path, body))

@@ -442,10 +442,20 @@ class _Endpoints(Generic[_R]):
         type: str | None = None,
         after: str | None = None,
         limit: int | None = None,
+        *,
+        posted_after: datetime | str | None = None,
+        posted_before: datetime | str | None = None,
     ) -> _R:
-        """GET /v1/transactions → {items, next}: newest first; pass `next` back as `after`."""
+        """GET /v1/transactions → {items, next}: newest first; pass `next` back as `after`.
+        `posted_after` (inclusive) and `posted_before` (exclusive) bound the posting time."""
         params = _fields(
-            reference=reference, member_id=member_id, type=type, after=after, limit=limit
+            reference=reference,
+            member_id=member_id,
+            type=type,
+            after=after,
+            limit=limit,
+            posted_after=_time(posted_after),
+            posted_before=_time(posted_before),
         )
         return self._call(_Call("GET", "/v1/transactions", params=params))
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from exchange.errors import PartnerSuspended, Unauthorized
+from exchange.errors import PartnerSuspended, PartnerTerminated, Unauthorized
 
 __all__ = [
     "DigestMismatch",
@@ -40,6 +40,7 @@ __all__ = [
     "NonceReplayed",
     "PartnerAPIError",
     "PartnerSuspended",
+    "PartnerTerminated",
     "SignatureExpired",
     "SignatureInsufficient",
     "SignatureInvalid",

@@ -219,6 +219,7 @@ class SignatureGateway:
             public_key=bytes(row["public_key"]),
             key_active=row["status"] == "active",
             partner_active=row["partner_status"] == "active",
+            partner_terminated=row["partner_status"] == "terminated",
         )
 
     async def _load_directory(self) -> None:

@@ -18,7 +18,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exchange.clock import Clock
-from exchange.errors import AlreadyExists, NotFound, PartnerNotFound, Unprocessable
+from exchange.errors import (
+    AlreadyExists,
+    NotFound,
+    PartnerNotFound,
+    TerminationFinal,
+    Unprocessable,
+)
 from exchange.ids import KEY_ID_SHAPE, PARTNER_ID_SHAPE
 from exchange.logs import get_logger
 from exchange.money import minor_unit, parse_price
@@ -43,7 +49,8 @@ __all__ = [
     "update_partner",
 ]
 
-PartnerStatus = Literal["active", "suspended"]
+PartnerStatus = Literal["active", "suspended", "terminated"]
+OPERATOR_ISSUER = "operator"  # the reserved row of migration 0006: goodwill points
 _log = get_logger("partners.registry")
 _SLUG = PARTNER_ID_SHAPE
 
@@ -213,6 +220,22 @@ async def create_partner(
     return await get_partner(engine, spec.partner_id)
 
 
+def _check_status_change(row: dict[str, Any], changes: PartnerChanges, clock: Clock) -> None:
+    """Termination is for ever; the operator's reserved row has no status to change."""
+    wanted = changes.status
+    if isinstance(wanted, Unchanged):
+        return
+    if row["status"] == "operator":
+        raise Unprocessable("The operator's issuer row has no status to change.")
+    if row["status"] == "terminated" and wanted != "terminated":
+        raise TerminationFinal(
+            f"Partner {row['partner_id']} was terminated on "
+            f"{row['terminated_at']:%Y-%m-%d}; termination cannot be undone."
+        )
+    if wanted == "terminated" and row["terminated_at"] is None:
+        row["terminated_at"] = clock.now()
+
+
 async def update_partner(
     engine: AsyncEngine,
     clock: Clock,
@@ -234,6 +257,7 @@ async def update_partner(
         if current is None:
             raise PartnerNotFound(f"No partner {partner_id}.")
         row = dict(current._mapping)
+        _check_status_change(row, changes, clock)
         for name in (
             "name",
             "status",
@@ -296,6 +320,8 @@ async def _load(conn: AsyncConnection, partner_ids: list[str] | None) -> list[Pa
     if partner_ids is not None:
         query = query.where(partners.c.partner_id.in_(partner_ids))
         key_query = key_query.where(partner_keys.c.partner_id.in_(partner_ids))
+    else:  # the operator's goodwill row is no partner; it is fetched by name only
+        query = query.where(partners.c.status != "operator")
     rows = list(await conn.execute(query))
     keys: dict[str, list[Any]] = {}
     for key in await conn.execute(key_query):
@@ -375,6 +401,13 @@ async def add_key(engine: AsyncEngine, clock: Clock, partner_id: str, public_key
         )
         if not exists:
             raise PartnerNotFound(f"No partner {partner_id}.")
+        status = await conn.scalar(
+            select(partners.c.status).where(partners.c.partner_id == partner_id)
+        )
+        if status == "operator":
+            raise Unprocessable("The operator's issuer row cannot hold keys.")
+        if status == "terminated":
+            raise TerminationFinal(f"Partner {partner_id} has been terminated.")
         await conn.execute(
             insert(partner_keys).values(
                 key_id=key_id,

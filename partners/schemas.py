@@ -35,7 +35,7 @@ class PartnerCreate(_In, frozen=True):
 
 class PartnerUpdate(_In, frozen=True):
     name: Name | msgspec.UnsetType = msgspec.UNSET
-    status: Literal["active", "suspended"] | msgspec.UnsetType = msgspec.UNSET
+    status: Literal["active", "suspended", "terminated"] | msgspec.UnsetType = msgspec.UNSET
     issue_price: DecimalText | msgspec.UnsetType = msgspec.UNSET
     redemption_value: DecimalText | msgspec.UnsetType = msgspec.UNSET
     earn_rates: dict[CurrencyCode, DecimalText] | msgspec.UnsetType = msgspec.UNSET

@@ -15,6 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import TypeVar
+from zoneinfo import ZoneInfo
 
 import click
 import msgspec
@@ -134,7 +135,9 @@ def settle(period_end: str | None) -> None:
     moment = (
         _parse_time(period_end)
         if period_end
-        else boundary_at_or_before(SystemClock().now(), settings.settlement_cycle)
+        else boundary_at_or_before(
+            SystemClock().now(), settings.settlement_cycle, ZoneInfo(settings.settlement_timezone)
+        )
     )
 
     async def work(service: SettlementService) -> RunResult:

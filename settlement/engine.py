@@ -15,7 +15,7 @@ The contract's rules (§6), restated as the invariants `settle` keeps:
   rounded ONCE, half-even, to the currency's minor unit; net is rounded from the exact
   difference, never computed from two rounded figures.
 - A run is reconciled only if four checks hold: conservation (outstanding_end =
-  outstanding_start + issued - redeemed - expired, outstanding read from the member
+  outstanding_start + issued - redeemed - expired + adjusted, outstanding read from the member
   accounts of the journal), partner accounts (each line equals the journal's
   issued/redeemed/breakage accounts of that partner for the period, in the partner's
   settlement currency), cross-brand (the matrix's columns add up to each redeemer's
@@ -73,6 +73,8 @@ class PartnerActivity:
     issuance_exact: Decimal = ZERO  # earns x price - earn reversals x original price
     redemption_exact: Decimal = ZERO  # burns x price - burn reversals x original price
     foreign_postings: int = 0  # priced postings in another currency: must be 0
+    expired_value_exact: Decimal = ZERO  # expired points x the price they were issued at
+    final: bool = False  # terminated within the period: its last line
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,7 @@ class PeriodFigures:
     cross_brand: tuple[CrossBrandFlow, ...]  # sorted by (issuer_id, redeemer_id)
     outstanding_start: int
     outstanding_end: int
+    adjusted: int = 0  # operator adjustments' net effect on member accounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,14 @@ class Line:
     issuance_charge: Decimal
     redemption_credit: Decimal
     net: Decimal  # > 0: the partner pays the operator; < 0: the operator pays the partner
+    expired_value_exact: Decimal = ZERO
+    final: bool = False
+
+    @property
+    def rounding_difference(self) -> Decimal:
+        """net - (issuance_charge - redemption_credit): what rounding each amount once
+        left over (at most one minor unit either way), so every line foots."""
+        return self.net - (self.issuance_charge - self.redemption_credit)
 
     @property
     def issued_points(self) -> int:
@@ -138,6 +149,7 @@ class Controls:
     burn_reversed: int
     outstanding_start: int
     outstanding_end: int
+    adjusted: int = 0  # operator adjustments, + credited to members, - debited
 
     @property
     def reversed(self) -> int:
@@ -198,6 +210,8 @@ def _line(activity: PartnerActivity) -> Line:
         issuance_charge=round_money(activity.issuance_exact, currency),
         redemption_credit=round_money(activity.redemption_exact, currency),
         net=round_money(net_exact, currency),
+        expired_value_exact=activity.expired_value_exact,
+        final=activity.final,
     )
 
 
@@ -235,10 +249,15 @@ def settle(figures: PeriodFigures, *, previous_outstanding_end: int | None) -> S
         burn_reversed=sum(line.burn_reversed_points for line in lines),
         outstanding_start=figures.outstanding_start,
         outstanding_end=figures.outstanding_end,
+        adjusted=figures.adjusted,
     )
     checks = Checks(
         conservation=controls.outstanding_end
-        == controls.outstanding_start + controls.issued - controls.redeemed - controls.expired,
+        == controls.outstanding_start
+        + controls.issued
+        - controls.redeemed
+        - controls.expired
+        + controls.adjusted,
         partner_accounts=_accounts_match(figures, lines),
         cross_brand=_cross_brand_matches(figures, lines)
         and sum(flow.points for flow in figures.cross_brand) == controls.redeemed,

@@ -25,7 +25,7 @@ from exchange.errors import Unprocessable
 from exchange.http import decode_body
 from exchange.operators import OperatorIdentity
 from exchange.wiring import Services
-from partners.auth import bearer_token, idempotency_of, partner_caller, staff_caller
+from partners.auth import bearer_token, operator_idempotency, partner_caller, staff_caller
 from settlement import finance_schemas, finance_views, reports
 from settlement.documents import render_pdf
 from settlement.finance import FinanceService
@@ -147,7 +147,8 @@ class FinanceController(Controller):
         finance: NamedDependency[FinanceService],
     ) -> Response[bytes]:
         body = await request.body()
-        key, fingerprint = idempotency_of(request, body)
+        idempotency = operator_idempotency(request, body)
+        key, fingerprint = idempotency.key, idempotency.fingerprint
         data = decode_body(request, body, PaymentCreate)
         reply = await finance.record_payment(
             data, staff, OperatorIdempotency(staff.token_id, key, fingerprint)

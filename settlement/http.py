@@ -5,7 +5,8 @@ GET  /v1/settlements                       admin, finance    runs, newest first
 GET  /v1/settlements/{run_id}              admin, finance    the run (JSON)
 GET  /v1/settlements/{run_id}/report.csv   admin, finance    one row per partner
 GET  /v1/settlements/{run_id}/statement    signed partner    its own line only
-GET  /v1/reports/liabilities               admin, finance    outstanding points now
+GET  /v1/reports/liabilities               admin, finance    outstanding points now, or the
+                                                             roll-forward to ?as_of=<period_end>
 
 Runs and statements show their approval `status` (contract §8); the approval itself and
 the rest of closing the month are in `settlement.finance_http`.
@@ -20,10 +21,11 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, QueryParameter
 
+from exchange.errors import Unprocessable
 from exchange.http import decode_body, wire_time
 from exchange.operators import OperatorIdentity
 from partners.auth import PartnerCaller, admin_caller, partner_caller, staff_caller
-from settlement import reports, schemas
+from settlement import reports, rollforward_views, schemas
 from settlement.approval import Approval
 from settlement.finance import FinanceService
 from settlement.service import RUNS_PAGE_MAX, SettlementService
@@ -159,8 +161,27 @@ class SettlementController(Controller):
     )
     async def liabilities(
         self,
+        request: Request[Any, Any, Any],
         staff: NamedDependency[OperatorIdentity],
         settlement: NamedDependency[SettlementService],
-    ) -> schemas.LiabilityReport:
-        as_of, rows = await settlement.liabilities()
-        return reports.liabilities_view(as_of, rows)
+        as_of: FromQuery[str | None] = None,
+    ) -> Response[Any]:
+        """Without as_of: outstanding now (v1). With as_of = a run's period_end: the
+        roll-forward of that run's period per issuer (§8), JSON or CSV (Accept)."""
+        service = settlement
+        if as_of is None:
+            now, rows, items = await service.liabilities_report()
+            return Response(content=reports.liabilities_view(now, rows, items))
+        moment = rollforward_views.parse_as_of(as_of)
+        if moment is None:
+            raise Unprocessable("as_of must be an RFC 3339 time: a run's period_end.")
+        report = await service.roll_forward(moment)
+        if "text/csv" in request.headers.get("accept", ""):
+            return Response(
+                content=rollforward_views.roll_forward_csv(report),
+                media_type="text/csv; charset=utf-8",
+                headers={
+                    "Content-Disposition": f'attachment; filename="liabilities-{report.run_id}.csv"'
+                },
+            )
+        return Response(content=rollforward_views.roll_forward_view(report))

@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 
-from exchange.money import format_amount
+from exchange.money import format_amount, round_money
 from settlement import schemas
 from settlement.engine import Checks, Controls, CrossBrandFlow, Line
 from settlement.errors import SettlementNotFound
-from settlement.store import LiabilityRow, RunHeader, StoredRun
+from settlement.store import LiabilityReconciliation, LiabilityRow, RunHeader, StoredRun
 
 __all__ = [
     "CSV_COLUMNS",
@@ -51,6 +51,9 @@ CSV_COLUMNS = (
     "issuance_charge_exact",
     "redemption_credit_exact",
     "net_exact",
+    "expired_value",
+    "rounding_difference",
+    "final",
 )
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
@@ -100,7 +103,11 @@ def _line(line: Line) -> schemas.Line:
             issuance_charge=plain_decimal(line.issuance_charge_exact),
             redemption_credit=plain_decimal(line.redemption_credit_exact),
             net=plain_decimal(line.net_exact),
+            expired_value=plain_decimal(line.expired_value_exact),
         ),
+        expired_value=_money(round_money(line.expired_value_exact, line.currency), line.currency),
+        rounding_difference=_money(line.rounding_difference, line.currency),
+        final=line.final,
     )
 
 
@@ -118,6 +125,7 @@ def _controls(controls: Controls, checks: Checks) -> schemas.Controls:
         burn_reversed=controls.burn_reversed,
         outstanding_start=controls.outstanding_start,
         outstanding_end=controls.outstanding_end,
+        adjusted=controls.adjusted,
         checks=schemas.Checks(
             conservation=checks.conservation,
             partner_accounts=checks.partner_accounts,
@@ -217,6 +225,9 @@ def run_csv(run: StoredRun) -> str:
                 plain_decimal(line.issuance_charge_exact),
                 plain_decimal(line.redemption_credit_exact),
                 plain_decimal(line.net_exact),
+                format_amount(round_money(line.expired_value_exact, line.currency), line.currency),
+                format_amount(line.rounding_difference, line.currency),
+                "true" if line.final else "false",
             ]
         )
     return buffer.getvalue()
@@ -226,7 +237,28 @@ def _bucket(points: int, value: Decimal, currency: str) -> schemas.AgeingBucket:
     return schemas.AgeingBucket(points=points, value=_money(value, currency))
 
 
-def liabilities_view(as_of: datetime, rows: Sequence[LiabilityRow]) -> schemas.LiabilityReport:
+def _reconciliation(
+    outstanding: int, items: LiabilityReconciliation
+) -> schemas.LiabilityReconciliation:
+    return schemas.LiabilityReconciliation(
+        outstanding_points=outstanding,
+        expired_not_yet_swept=items.expired_not_yet_swept,
+        held_on_expired_lots=items.held_on_expired_lots,
+        member_debt=items.member_debt,
+        member_accounts=items.member_accounts,
+        ties=items.member_accounts
+        == outstanding
+        + items.expired_not_yet_swept
+        + items.held_on_expired_lots
+        - items.member_debt,
+    )
+
+
+def liabilities_view(
+    as_of: datetime,
+    rows: Sequence[LiabilityRow],
+    reconciliation: LiabilityReconciliation | None = None,
+) -> schemas.LiabilityReport:
     partners = []
     totals: dict[str, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
     for row in rows:
@@ -259,4 +291,9 @@ def liabilities_view(as_of: datetime, rows: Sequence[LiabilityRow]) -> schemas.L
             schemas.CurrencyTotal(currency, int(points), _money(value, currency))
             for currency, (points, value) in sorted(totals.items())
         ],
+        reconciliation=_reconciliation(
+            sum(partner.outstanding_points for partner in partners), reconciliation
+        )
+        if reconciliation is not None
+        else None,
     )

@@ -13,8 +13,10 @@ Every `scheduler_interval_s` each server process wakes and calls `run_tick`, whi
 Exactly once: the advisory lock keeps two processes from doing the work side by side,
 and a run's UNIQUE(period_end) makes a second attempt at a period return the first run.
 
-Cycle boundaries are 00:00 UTC: every day (daily), every Monday (weekly), the 1st of
-each month (monthly). With no run yet, the first boundary settled is the first one after
+Cycle boundaries are local midnight in EXCHANGE_SETTLEMENT_TIMEZONE (default UTC): every
+day (daily), every Monday (weekly), the 1st of each month (monthly); each is stored and
+shown as the UTC instant it falls on (Europe/Riga: 22:00 UTC in winter, 21:00 in summer).
+With no run yet, the first boundary settled is the first one after
 the cycle boundary at or before the earliest posting (never a run per day since 1970).
 """
 
@@ -24,7 +26,8 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -40,6 +43,7 @@ __all__ = [
     "BACKOFF_S_MAX",
     "RUNS_PER_TICK_MAX",
     "SCHEDULER_LOCK_KEY",
+    "UTC_ZONE",
     "HousekeepingJob",
     "Scheduler",
     "TickReport",
@@ -61,11 +65,17 @@ HousekeepingJob = Callable[[datetime], Awaitable[object]]
 
 # -- cycle boundaries (pure) ----------------------------------------------------------------
 
+UTC_ZONE = ZoneInfo("UTC")
 
-def boundary_at_or_before(moment: datetime, cycle: SettlementCycle) -> datetime:
-    """The latest cycle boundary <= moment."""
-    moment = utc(moment)
-    day = datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
+
+def _local_midnight(day: date, zone: ZoneInfo) -> datetime:
+    """The first instant of `day` in `zone`, in UTC. Where a DST change skips midnight
+    (fold 0 of a gap), this is the first local time after the gap: still the day's start."""
+    return datetime(day.year, day.month, day.day, tzinfo=zone).astimezone(UTC)
+
+
+def _floor_day(moment: datetime, cycle: SettlementCycle, zone: ZoneInfo) -> date:
+    day = utc(moment).astimezone(zone).date()
     if cycle == "daily":
         return day
     if cycle == "weekly":
@@ -73,27 +83,42 @@ def boundary_at_or_before(moment: datetime, cycle: SettlementCycle) -> datetime:
     return day.replace(day=1)
 
 
-def next_boundary(moment: datetime, cycle: SettlementCycle) -> datetime:
-    """The earliest cycle boundary strictly after moment."""
-    floor = boundary_at_or_before(moment, cycle)
+def _following_day(day: date, cycle: SettlementCycle) -> date:
     if cycle == "daily":
-        return floor + timedelta(days=1)
+        return day + timedelta(days=1)
     if cycle == "weekly":
-        return floor + timedelta(days=7)
-    if floor.month == 12:
-        return floor.replace(year=floor.year + 1, month=1)
-    return floor.replace(month=floor.month + 1)
+        return day + timedelta(days=7)
+    if day.month == 12:
+        return day.replace(year=day.year + 1, month=1)
+    return day.replace(month=day.month + 1)
+
+
+def boundary_at_or_before(
+    moment: datetime, cycle: SettlementCycle, zone: ZoneInfo = UTC_ZONE
+) -> datetime:
+    """The latest cycle boundary <= moment: local midnight in `zone`, as a UTC instant."""
+    return _local_midnight(_floor_day(moment, cycle, zone), zone)
+
+
+def next_boundary(moment: datetime, cycle: SettlementCycle, zone: ZoneInfo = UTC_ZONE) -> datetime:
+    """The earliest cycle boundary strictly after moment."""
+    return _local_midnight(_following_day(_floor_day(moment, cycle, zone), cycle), zone)
 
 
 def due_boundaries(
-    after: datetime, now: datetime, cycle: SettlementCycle, *, limit: int = RUNS_PER_TICK_MAX
+    after: datetime,
+    now: datetime,
+    cycle: SettlementCycle,
+    *,
+    limit: int = RUNS_PER_TICK_MAX,
+    zone: ZoneInfo = UTC_ZONE,
 ) -> list[datetime]:
     """Boundaries in (after, now], oldest first, at most `limit`."""
     found: list[datetime] = []
-    boundary = next_boundary(after, cycle)
+    boundary = next_boundary(after, cycle, zone)
     while boundary <= now and len(found) < limit:
         found.append(boundary)
-        boundary = next_boundary(boundary, cycle)
+        boundary = next_boundary(boundary, cycle, zone)
     return found
 
 
@@ -120,7 +145,11 @@ class TickReport:
 
 
 async def _settle_due(
-    settlement: SettlementService, now: datetime, cycle: SettlementCycle, report: TickReport
+    settlement: SettlementService,
+    now: datetime,
+    cycle: SettlementCycle,
+    report: TickReport,
+    zone: ZoneInfo,
 ) -> None:
     latest = await settlement.latest_run()
     if latest is not None:
@@ -129,8 +158,8 @@ async def _settle_due(
         earliest = await settlement.earliest_posting()
         if earliest is None:
             return  # an empty ledger: nothing to settle yet
-        after = boundary_at_or_before(earliest, cycle)
-    for boundary in due_boundaries(after, now, cycle):
+        after = boundary_at_or_before(earliest, cycle, zone)
+    for boundary in due_boundaries(after, now, cycle, zone=zone):
         try:
             result = await settlement.run_settlement(boundary, created_by="scheduler", sweep=False)
         except PeriodClosed:
@@ -157,6 +186,8 @@ async def run_tick(
     settlement: SettlementService,
     cycle: SettlementCycle,
     jobs: Sequence[HousekeepingJob] = (),
+    *,
+    zone: ZoneInfo = UTC_ZONE,
 ) -> TickReport:
     """One scheduler tick (see the module docstring). Plain and awaitable: tests drive it
     with a FrozenClock, two of them at once to check that the work happens once."""
@@ -173,7 +204,7 @@ async def run_tick(
         now = clock.now()
         swept = await settlement.ledger.sweep()
         report.swept_members = swept.members
-        await _settle_due(settlement, now, cycle, report)
+        await _settle_due(settlement, now, cycle, report, zone)
         await _housekeeping(jobs, now, report)
     if report.settled:
         _log.info("scheduled_settlement", runs=report.settled)
@@ -192,12 +223,14 @@ class Scheduler:
         cycle: SettlementCycle,
         interval_s: float,
         housekeeping: Sequence[HousekeepingJob] = (),
+        zone: ZoneInfo = UTC_ZONE,
     ) -> None:
         self.engine = engine
         self.clock = clock
         self.settlement = settlement
         self.cycle: SettlementCycle = cycle
         self.interval_s = interval_s
+        self.zone = zone  # cut-offs fall at local midnight here (EXCHANGE_SETTLEMENT_TIMEZONE)
         self.housekeeping: list[HousekeepingJob] = list(housekeeping)
         self._task: asyncio.Task[None] | None = None
 
@@ -207,7 +240,12 @@ class Scheduler:
 
     async def tick(self) -> TickReport:
         return await run_tick(
-            self.engine, self.clock, self.settlement, self.cycle, tuple(self.housekeeping)
+            self.engine,
+            self.clock,
+            self.settlement,
+            self.cycle,
+            tuple(self.housekeeping),
+            zone=self.zone,
         )
 
     def start(self) -> None:

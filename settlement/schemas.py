@@ -19,6 +19,7 @@ __all__ = [
     "CrossBrand",
     "CurrencyTotal",
     "ExactAmounts",
+    "LiabilityReconciliation",
     "LiabilityReport",
     "Line",
     "Money",
@@ -52,6 +53,7 @@ class ExactAmounts(_Out, frozen=True):
     issuance_charge: str
     redemption_credit: str
     net: str
+    expired_value: str = "0"
 
 
 class Line(_Out, frozen=True):
@@ -70,6 +72,12 @@ class Line(_Out, frozen=True):
     net: Money
     direction: Direction
     exact: ExactAmounts
+    # Breakage at the prices the expired points were issued at (the operator keeps it).
+    expired_value: Money | None = None
+    # net - (issuance_charge - redemption_credit): each amount is rounded once from its
+    # exact sum, so this is at most one minor unit either way; with it every line foots.
+    rounding_difference: Money | None = None
+    final: bool = False  # the partner was terminated in this period: its last line
 
 
 class CrossBrand(_Out, frozen=True):
@@ -95,6 +103,7 @@ class Controls(_Out, frozen=True):
     outstanding_start: int
     outstanding_end: int
     checks: Checks
+    adjusted: int = 0  # operator adjustments: + credited to members, - debited
 
 
 class RunSummary(_Out, frozen=True):
@@ -180,7 +189,21 @@ class CurrencyTotal(_Out, frozen=True):
     value: Money
 
 
-class LiabilityReport(_Out, frozen=True):
+class LiabilityReconciliation(_Out, frozen=True):
+    """From the issuers' outstanding points to the members' accounts in the journal:
+    member_accounts = outstanding_points + expired_not_yet_swept + held_on_expired_lots
+    - member_debt (`ties` says it holds)."""
+
+    outstanding_points: int
+    expired_not_yet_swept: int
+    held_on_expired_lots: int
+    member_debt: int
+    member_accounts: int
+    ties: bool
+
+
+class LiabilityReport(_Out, frozen=True, omit_defaults=True):
     as_of: datetime
     partners: list[PartnerLiability]
     totals: list[CurrencyTotal]
+    reconciliation: LiabilityReconciliation | None = None

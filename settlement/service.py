@@ -25,7 +25,12 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exchange.clock import Clock, utc
-from exchange.errors import InvariantViolation, ServiceUnavailable, Unprocessable
+from exchange.errors import (
+    InvariantViolation,
+    NotARunPeriodEnd,
+    ServiceUnavailable,
+    Unprocessable,
+)
 from exchange.ids import RUN_ID_SHAPE
 from exchange.logs import get_logger
 from exchange.retry import retry_conflicts
@@ -34,6 +39,7 @@ from exchange.store import close_journal_until
 from settlement import store
 from settlement.engine import BEGINNING_OF_TIME, Period, settle
 from settlement.errors import PeriodClosed, SettlementNotFound
+from settlement.rollforward import RollForwardReport, load_roll_forward
 
 __all__ = ["RUNS_PAGE_MAX", "RunResult", "SettlementService", "run_id_for"]
 
@@ -210,6 +216,17 @@ class SettlementService:
         async with self.engine.connect() as conn:
             return await store.earliest_posting(conn)
 
+    async def liabilities_report(
+        self,
+    ) -> tuple[datetime, list[store.LiabilityRow], store.LiabilityReconciliation]:
+        """The v1 report and its reconciling items, in one consistent snapshot."""
+        now = self.clock.now()
+        async with self.engine.connect() as plain:
+            conn = await plain.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                rows = await store.liabilities(conn, now)
+                return now, rows, await store.liability_reconciliation(conn, now)
+
     async def liabilities(self) -> tuple[datetime, list[store.LiabilityRow]]:
         """Outstanding points per issuer now, in one consistent snapshot."""
         now = self.clock.now()
@@ -217,3 +234,16 @@ class SettlementService:
             conn = await plain.execution_options(isolation_level="REPEATABLE READ")
             async with conn.begin():
                 return now, await store.liabilities(conn, now)
+
+    async def roll_forward(self, as_of: datetime) -> RollForwardReport:
+        """The liability roll-forward of the run ending at `as_of`, in one snapshot."""
+        async with self.engine.connect() as plain:
+            conn = await plain.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                report = await load_roll_forward(conn, utc(as_of))
+        if report is None:
+            raise NotARunPeriodEnd(
+                f"No settlement run ends at {utc(as_of):%Y-%m-%dT%H:%M:%SZ}; as_of must be the "
+                "period_end of a run (GET /v1/settlements lists them)."
+            )
+        return report

@@ -37,6 +37,7 @@ from settlement.tables import settlement_cross_brand, settlement_lines, settleme
 __all__ = [
     "AGEING_LIMITS_DAYS",
     "SETTLEMENT_WORK_MEM_MB",
+    "LiabilityReconciliation",
     "LiabilityRow",
     "RunCollision",
     "RunHeader",
@@ -48,6 +49,7 @@ __all__ = [
     "insert_run",
     "latest_run",
     "liabilities",
+    "liability_reconciliation",
     "list_runs",
     "load_header",
     "load_run",
@@ -140,6 +142,7 @@ async def insert_run(
             burn_reversed_points=controls.burn_reversed,
             outstanding_start=controls.outstanding_start,
             outstanding_end=controls.outstanding_end,
+            adjusted_points=controls.adjusted,
             conservation_ok=checks.conservation,
             partner_accounts_ok=checks.partner_accounts,
             cross_brand_ok=checks.cross_brand,
@@ -182,6 +185,8 @@ def _line_row(line: Line) -> dict[str, Any]:
         "issuance_charge": line.issuance_charge,
         "redemption_credit": line.redemption_credit,
         "net": line.net,
+        "expired_value_exact": line.expired_value_exact,
+        "final": line.final,
     }
 
 
@@ -236,6 +241,7 @@ def _header(row: Any) -> RunHeader:
             burn_reversed=row.burn_reversed_points,
             outstanding_start=row.outstanding_start,
             outstanding_end=row.outstanding_end,
+            adjusted=row.adjusted_points,
         ),
         checks=Checks(
             conservation=row.conservation_ok,
@@ -262,6 +268,8 @@ def _line(row: Any) -> Line:
         issuance_charge=row.issuance_charge,
         redemption_credit=row.redemption_credit,
         net=row.net,
+        expired_value_exact=row.expired_value_exact,
+        final=row.final,
     )
 
 
@@ -387,7 +395,9 @@ SELECT p.partner_id, p.name, p.settlement_currency,
        coalesce(sum(b.points) FILTER (WHERE b.bucket = 3), 0) AS p3,
        coalesce(sum(b.value) FILTER (WHERE b.bucket = 3), 0) AS v3
 FROM partners p LEFT JOIN bucketed b ON b.issuer_id = p.partner_id
-GROUP BY p.partner_id, p.name, p.settlement_currency
+GROUP BY p.partner_id, p.name, p.settlement_currency, p.status
+-- The operator's goodwill row shows only once it has issued points that are outstanding.
+HAVING p.status <> 'operator' OR count(b.issuer_id) > 0
 ORDER BY p.partner_id"""
 
 
@@ -412,6 +422,39 @@ async def liabilities(conn: AsyncConnection, now: datetime) -> list[LiabilityRow
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class LiabilityReconciliation:
+    """What separates the issuers' outstanding points from the members' accounts now:
+    points past expiry that the sweep has not posted yet (still in members' accounts),
+    points open holds reserve from lots already past expiry (they expire when the hold is
+    released, unless captured first), and members' negative balances (owed by members,
+    netted against no issuer)."""
+
+    expired_not_yet_swept: int
+    held_on_expired_lots: int
+    member_debt: int
+    member_accounts: int  # available + held + pending over all members, from the journal
+
+
+_RECONCILIATION_SQL = """
+SELECT (SELECT coalesce(sum(remaining), 0) FROM lots
+        WHERE remaining > 0 AND expires_at <= :now) AS unswept,
+       (SELECT coalesce(sum(a.points), 0) FROM holds h
+        JOIN allocations a ON a.posting_id = h.hold_posting_id AND a.kind = 'draw'
+        JOIN lots l ON l.lot_id = a.lot_id
+        WHERE h.status = 'open' AND l.expires_at <= :now) AS held_expired,
+       (SELECT coalesce(sum(debt), 0) FROM members) AS debt,
+       (SELECT coalesce(sum(amount), 0) FROM entries
+        WHERE account IN ('available', 'held', 'pending')) AS accounts"""
+
+
+async def liability_reconciliation(conn: AsyncConnection, now: datetime) -> LiabilityReconciliation:
+    row = (await conn.execute(text(_RECONCILIATION_SQL), {"now": now})).one()
+    return LiabilityReconciliation(
+        int(row.unswept), int(row.held_expired), int(row.debt), int(row.accounts)
+    )
+
+
 # -- measuring a period (SQL) ------------------------------------------------------------------
 
 # Every partner that existed before the period ended gets a line (zeros included, so a
@@ -430,8 +473,10 @@ WITH activity AS (
            coalesce(sum(points * unit_price) FILTER (WHERE type = 'burn'), 0)
              - coalesce(sum(points * unit_price) FILTER (WHERE type = 'burn_reversal'), 0)
                AS redemption_exact,
-           min(currency) AS currency_min,
-           max(currency) AS currency_max
+           coalesce(sum(points * unit_price) FILTER (WHERE type = 'expiry'), 0)
+               AS expired_value_exact,
+           min(currency) FILTER (WHERE type <> 'expiry') AS currency_min,
+           max(currency) FILTER (WHERE type <> 'expiry') AS currency_max
     FROM postings
     WHERE posted_at >= :start AND posted_at < :end
       AND type IN ('earn', 'earn_reversal', 'burn', 'burn_reversal', 'expiry')
@@ -442,9 +487,11 @@ SELECT p.partner_id, p.name, p.settlement_currency,
        coalesce(a.expired, 0) AS expired,
        coalesce(a.issuance_exact, 0) AS issuance_exact,
        coalesce(a.redemption_exact, 0) AS redemption_exact,
-       a.currency_min, a.currency_max
+       coalesce(a.expired_value_exact, 0) AS expired_value_exact,
+       a.currency_min, a.currency_max,
+       coalesce(p.terminated_at >= :start AND p.terminated_at < :end, false) AS final
 FROM partners p LEFT JOIN activity a ON a.partner_id = p.partner_id
-WHERE p.created_at < :end OR a.partner_id IS NOT NULL
+WHERE (p.created_at < :end AND p.status <> 'operator') OR a.partner_id IS NOT NULL
 ORDER BY p.partner_id"""
 
 _ACCOUNTS_SQL = """
@@ -474,11 +521,15 @@ ORDER BY l.issuer_id, p.partner_id"""
 
 # Outstanding at T = every member account entry stamped before T (negative balances
 # included), read from the journal itself in one pass for both ends of the period.
+# Adjustments: minus the `adjusted` accounts' movement in the period (what members got).
 _OUTSTANDING_SQL = """
-SELECT coalesce(sum(amount) FILTER (WHERE posted_at < :start), 0) AS outstanding_start,
-       coalesce(sum(amount), 0) AS outstanding_end
+SELECT coalesce(sum(amount) FILTER (
+           WHERE posted_at < :start AND account <> 'adjusted'), 0) AS outstanding_start,
+       coalesce(sum(amount) FILTER (WHERE account <> 'adjusted'), 0) AS outstanding_end,
+       -coalesce(sum(amount) FILTER (
+           WHERE posted_at >= :start AND account = 'adjusted'), 0) AS adjusted
 FROM entries
-WHERE account IN ('available', 'held', 'pending') AND posted_at < :end"""
+WHERE account IN ('available', 'held', 'pending', 'adjusted') AND posted_at < :end"""
 
 
 async def read_period(conn: AsyncConnection, period: Period) -> PeriodFigures:
@@ -500,6 +551,8 @@ async def read_period(conn: AsyncConnection, period: Period) -> PeriodFigures:
             expired_points=int(row.expired),
             issuance_exact=Decimal(row.issuance_exact),
             redemption_exact=Decimal(row.redemption_exact),
+            expired_value_exact=Decimal(row.expired_value_exact),
+            final=bool(row.final),
             foreign_postings=sum(
                 1
                 for code in {row.currency_min, row.currency_max}
@@ -524,4 +577,5 @@ async def read_period(conn: AsyncConnection, period: Period) -> PeriodFigures:
         cross_brand=flows,
         outstanding_start=int(outstanding.outstanding_start),
         outstanding_end=int(outstanding.outstanding_end),
+        adjusted=int(outstanding.adjusted),
     )

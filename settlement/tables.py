@@ -34,6 +34,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -75,6 +76,8 @@ settlement_runs = Table(
     _points("burn_reversed_points"),
     _points("outstanding_start"),  # member accounts before period_start
     _points("outstanding_end"),  # member accounts before period_end
+    # Operator adjustments' net effect on members' points (migration 0006).
+    Column("adjusted_points", BigInteger, nullable=False, server_default="0"),
     # The individual checks behind `reconciled` (all must hold).
     Column("conservation_ok", Boolean, nullable=False),
     Column("partner_accounts_ok", Boolean, nullable=False),
@@ -107,6 +110,10 @@ settlement_lines = Table(
     Column("issuance_charge", MONEY, nullable=False),
     Column("redemption_credit", MONEY, nullable=False),
     Column("net", MONEY, nullable=False),
+    # Breakage valued at the prices the expired points were issued at (migration 0006).
+    Column("expired_value_exact", MONEY, nullable=False, server_default="0"),
+    # The partner's last line: it was terminated before the period ended.
+    Column("final", Boolean, nullable=False, server_default=text("false")),
     PrimaryKeyConstraint("run_id", "partner_id"),
     CheckConstraint("net_exact = issuance_charge_exact - redemption_credit_exact", name="net"),
 )

@@ -16,6 +16,7 @@ PACKAGES = ("exchange", "partners", "settlement")
 HTTP_MODULES = {
     "exchange.http",
     "exchange.health",
+    "exchange.adjustments_http",
     "partners.http",
     "settlement.http",
     "settlement.finance_http",

@@ -9,6 +9,7 @@ first, in order, never stamped inside a closed period) is the docstring of `_ope
 (`settle_due`); `_operations` earns, burns, holds and balances; `_reversals` reversals.
 """
 
+from exchange.ledger._adjustments import adjust
 from exchange.ledger._common import Context, OriginalPosting, PartnerState
 from exchange.ledger._model import (
     EXPIRING_LOTS_SHOWN_MAX,
@@ -70,6 +71,7 @@ __all__ = [
     "PartnerTerms",
     "Posting",
     "PostingType",
+    "adjust",
     "balance",
     "burn",
     "capture_hold",

@@ -48,6 +48,7 @@ class PostingType(StrEnum):
     HOLD_RELEASE = "hold_release"  # a void or an expired hold: held -> available
     EXPIRY = "expiry"  # breakage: available -> issuer's breakage
     MATURATION = "maturation"  # pending -> available once available_at passes
+    ADJUSTMENT = "adjustment"  # an operator's four-eyes correction: issuer <-> available
 
 
 PARTNER_TRANSACTION_TYPES = frozenset(
@@ -65,6 +66,7 @@ class Account(StrEnum):
     ISSUED = "issued"  # partner: minus the points it has issued
     REDEEMED = "redeemed"  # partner: the points burned with it
     BREAKAGE = "breakage"  # partner (issuer): its points that expired
+    ADJUSTED = "adjusted"  # partner or operator: the counterpart of adjustments
 
 
 MEMBER_ACCOUNTS = frozenset({Account.AVAILABLE, Account.HELD, Account.PENDING})
@@ -122,6 +124,9 @@ class Posting:
     currency: str | None = None
     available_at: datetime | None = None
     expires_at: datetime | None = None
+    terms_version: int | None = None  # the partner terms the price came from
+    purchase_amount: Decimal | None = None  # earns: what the points were for (disputes)
+    purchase_currency: str | None = None
 
 
 @dataclass(slots=True)
@@ -194,6 +199,8 @@ class PartnerTerms:
     earn_rates: dict[str, Decimal]
     credit_limit: Decimal | None
     exposure: Decimal  # unsettled issuance value before this batch (for the credit limit)
+    version: int | None = None  # partners.terms_version read with these terms
+    terminated: bool = False
 
 
 @dataclass(frozen=True, slots=True)

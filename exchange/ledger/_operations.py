@@ -134,8 +134,10 @@ def earn(
     reference: str | None,
     available_at: datetime | None = None,
     expires_at: datetime | None = None,
+    purchase: tuple[Decimal, str] | None = None,
 ) -> Effect:
-    """Issue `points` to the member as a new lot (pending until `available_at`)."""
+    """Issue `points` to the member as a new lot (pending until `available_at`);
+    `purchase` (amount, currency) is recorded for disputes."""
     before = len(book.postings)
     terms = partner.terms
     available, expiry = _earn_dates(ctx, available_at, expires_at)
@@ -186,6 +188,9 @@ def earn(
             currency=terms.settlement_currency,
             available_at=available,
             expires_at=expiry,
+            terms_version=terms.version,
+            purchase_amount=purchase[0] if purchase else None,
+            purchase_currency=purchase[1] if purchase else None,
         ),
     )
     return _effect(book, before, posting)
@@ -227,6 +232,7 @@ def burn(
             reference=reference,
             unit_price=terms.redemption_value,
             currency=terms.settlement_currency,
+            terms_version=terms.version,
         ),
     )
     return _effect(book, before, posting)
@@ -331,6 +337,7 @@ def capture_hold(
             hold_id=hold.hold_id,
             unit_price=terms.redemption_value,
             currency=terms.settlement_currency,
+            terms_version=terms.version,
         ),
     )
     hold.status = HoldStatus.CAPTURED

@@ -16,6 +16,12 @@ Layout: `_commands` (what callers pass in and get back), `_ledger` (`LedgerServi
 `_idempotency` (`replay_or_claim` and `remember` for single idempotent requests).
 """
 
+from exchange.service._adjustments import (
+    ADJUSTMENT_PENDING_DAYS,
+    AdjustmentService,
+    Approver,
+    adjustment_view,
+)
 from exchange.service._commands import (
     Burn,
     CaptureHold,
@@ -35,8 +41,11 @@ from exchange.service._idempotency import remember, replay_or_claim
 from exchange.service._ledger import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, LedgerService
 
 __all__ = [
+    "ADJUSTMENT_PENDING_DAYS",
     "PAGE_SIZE_DEFAULT",
     "PAGE_SIZE_MAX",
+    "AdjustmentService",
+    "Approver",
     "Burn",
     "CaptureHold",
     "Command",
@@ -51,6 +60,7 @@ __all__ = [
     "SignatureProof",
     "SweepResult",
     "VoidHold",
+    "adjustment_view",
     "remember",
     "replay_or_claim",
 ]

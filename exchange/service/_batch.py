@@ -7,7 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from exchange import store
-from exchange.errors import ExchangeError, PartnerNotFound, PartnerSuspended, Unprocessable
+from exchange.errors import (
+    ExchangeError,
+    PartnerNotFound,
+    PartnerSuspended,
+    PartnerTerminated,
+    Unprocessable,
+)
 from exchange.ledger import (
     Balance,
     Context,
@@ -73,6 +79,8 @@ def _apply(
     try:
         if partner is None:
             raise PartnerNotFound(f"No partner {command.partner_id}.")
+        if partner.terms.terminated:
+            raise PartnerTerminated(f"Partner {command.partner_id} has been terminated.")
         if not partner.terms.active:
             raise PartnerSuspended(f"Partner {command.partner_id} is suspended.")
         settle_due(book, ctx)
@@ -135,6 +143,9 @@ def _execute(
                 reference=command.reference,
                 available_at=command.available_at,
                 expires_at=command.expires_at,
+                purchase=(command.purchase.amount, command.purchase.currency)
+                if command.purchase is not None
+                else None,
             )
         case Burn():
             return burn(book, ctx, partner, command.points, reference=command.reference)

@@ -313,8 +313,11 @@ class LedgerService:
         reference: str | None = None,
         after: str | None = None,
         limit: int = PAGE_SIZE_DEFAULT,
+        posted_after: datetime | None = None,
+        posted_before: datetime | None = None,
     ) -> TransactionPage:
-        """Newest first; `after` is the `next` cursor of the previous page."""
+        """Newest first; `after` is the `next` cursor of the previous page; `posted_after`
+        (inclusive) and `posted_before` (exclusive) bound the posting time."""
         before = None
         if after is not None:
             before = decode_cursor(after)
@@ -329,6 +332,8 @@ class LedgerService:
                 member_id=member_id,
                 reference=reference,
                 before=before,
+                posted_after=posted_after,
+                posted_before=posted_before,
             )
         page = rows[:limit]
         cursor = (

@@ -3,6 +3,16 @@ statement in `_write`, with the balance and sweep reads in `_reads`); everything
 through SQLAlchemy Core (`_queries`). Driver errors stop here (`_errors`).
 """
 
+from exchange.store._adjustments import (
+    AdjustmentRow,
+    adjustment_partner_status,
+    fetch_adjustment,
+    insert_adjustment,
+    lock_adjustment,
+    mark_adjustment_expired,
+    mark_adjustment_posted,
+    member_exists,
+)
 from exchange.store._errors import (
     RetryableConflict,
     is_connection_lost,
@@ -42,18 +52,22 @@ from exchange.store._write import BatchWrite, write_batch
 __all__ = [
     "COUNTER_SHARDS",
     "SETTLEMENT_BARRIER_KEY",
+    "AdjustmentRow",
     "BatchWrite",
     "IdempotencyRecord",
     "RetryableConflict",
     "SignatureRecord",
     "StoredResponse",
+    "adjustment_partner_status",
     "claim_idempotency_keys",
     "claim_keys",
     "close_journal_until",
     "create_member",
     "due_member_ids",
+    "fetch_adjustment",
     "fetch_hold",
     "fetch_posting",
+    "insert_adjustment",
     "is_connection_lost",
     "is_linked",
     "is_unavailable",
@@ -62,7 +76,11 @@ __all__ = [
     "load_books",
     "load_originals",
     "load_partner_terms",
+    "lock_adjustment",
     "lock_members",
+    "mark_adjustment_expired",
+    "mark_adjustment_posted",
+    "member_exists",
     "read_book",
     "resolve_targets",
     "save_idempotency",

@@ -154,7 +154,8 @@ async def lock_members(
 
 _PARTNERS_SQL = """
 SELECT partner_id, status, settlement_currency, issue_price, redemption_value,
-       earn_rates::text AS earn_rates, credit_limit, settled_issuance, receivable_open
+       earn_rates::text AS earn_rates, credit_limit, settled_issuance, receivable_open,
+       terms_version
 FROM partners WHERE partner_id = ANY($1::text[])
 """
 # Credit-limited partners: lock, then read the exposure in a LATER statement, so that it
@@ -177,6 +178,10 @@ def _terms(row: Any, exposure: Decimal) -> PartnerTerms:
         earn_rates={currency: Decimal(rate) for currency, rate in rates.items()},
         credit_limit=row["credit_limit"],
         exposure=exposure,
+        # Kept on each posting: a price change committing while this batch runs is
+        # visible afterwards as the version the posting was really priced with.
+        version=row["terms_version"],
+        terminated=row["status"] == "terminated",
     )
 
 

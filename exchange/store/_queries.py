@@ -166,9 +166,16 @@ async def list_postings(
     member_id: str | None = None,
     reference: str | None = None,
     before: tuple[datetime, uuid.UUID] | None = None,
+    posted_after: datetime | None = None,
+    posted_before: datetime | None = None,
 ) -> list[Any]:
-    """Postings newest first, keyset-paginated on (posted_at, posting_id)."""
+    """Postings newest first, keyset-paginated on (posted_at, posting_id); optionally only
+    those posted in [posted_after, posted_before)."""
     query = select(postings).where(postings.c.type.in_(list(types)))
+    if posted_after is not None:
+        query = query.where(postings.c.posted_at >= posted_after)
+    if posted_before is not None:
+        query = query.where(postings.c.posted_at < posted_before)
     if partner_id is not None:
         query = query.where(postings.c.partner_id == partner_id)
     if member_id is not None:

@@ -34,6 +34,8 @@ _TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("unit_price", "numeric"), ("currency", "text"), ("posted_at", "timestamptz"),
         ("available_at", "timestamptz"), ("expires_at", "timestamptz"),
         ("available_after", "bigint"), ("held_after", "bigint"), ("pending_after", "bigint"),
+        ("terms_version", "integer"), ("purchase_amount", "numeric"),
+        ("purchase_currency", "text"),
     ),
     "entries": (
         ("posting_id", "uuid"), ("line", "smallint"), ("account", "text"), ("owner", "text"),
@@ -197,7 +199,8 @@ class BatchWrite:
             posting.points, posting.reference, posting.reverses, posting.hold_id,
             posting.unit_price, posting.currency, posting.posted_at, posting.available_at,
             posting.expires_at, after.available if after else None, after.held if after else None,
-            after.pending if after else None,
+            after.pending if after else None, posting.terms_version, posting.purchase_amount,
+            posting.purchase_currency,
         ))  # fmt: skip
         for line, entry in enumerate(posting.entries):
             self.entries.append((

@@ -55,6 +55,7 @@ class KeyRecord:
     public_key: bytes
     key_active: bool
     partner_active: bool
+    partner_terminated: bool = False  # for ever: 403 partner_terminated, not suspended
 
 
 @dataclass(frozen=True, slots=True)

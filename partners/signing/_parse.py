@@ -18,6 +18,7 @@ from partners.errors import (
     KeyRevoked,
     KeyUnknown,
     PartnerSuspended,
+    PartnerTerminated,
     SignatureExpired,
     SignatureInsufficient,
     SignatureInvalid,
@@ -269,6 +270,8 @@ def _key_status(record: KeyRecord, key_id: str) -> KeyRecord:
     so the status of someone else's key is never revealed to a stranger."""
     if not record.key_active:
         raise KeyRevoked(f"key {key_id!r} has been revoked")
+    if record.partner_terminated:
+        raise PartnerTerminated("the partner this key belongs to has been terminated")
     if not record.partner_active:
         raise PartnerSuspended("the partner this key belongs to is suspended")
     return record

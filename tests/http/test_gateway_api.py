@@ -276,6 +276,7 @@ async def test_earn_returns_the_transaction_object(
         "reference": "order-991",
         "posted_at": "2026-11-23T10:00:00Z",
         "balance_after": {"available": 620, "held": 0, "pending": 0},
+        "issue_price": "0.012",  # contract §8 (disputes)
     }
     fetched = await grocer.client.get_transaction(earned["transaction_id"])
     assert fetched["points"] == 120

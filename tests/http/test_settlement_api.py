@@ -121,6 +121,7 @@ async def test_worked_example_through_the_signed_api(
         "burn_reversed": 0,
         "outstanding_start": 0,
         "outstanding_end": 400_000,
+        "adjusted": 0,
     }
     assert controls["outstanding_end"] - controls["outstanding_start"] == 400_000
     assert set(controls["checks"].values()) == {True}
@@ -198,6 +199,9 @@ async def test_the_csv_report_has_a_header_and_one_row_per_partner(
         "issuance_charge_exact",
         "redemption_credit_exact",
         "net_exact",
+        "expired_value",
+        "rounding_difference",
+        "final",
     ]
     assert [
         (

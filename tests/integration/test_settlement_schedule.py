@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import text
@@ -194,3 +195,44 @@ async def test_the_app_starts_and_stops_its_scheduler(
         scheduler.add_housekeeping(job)
         await asyncio.wait_for(ticked.wait(), timeout=10)
     assert [run_id for run_id, _, _ in await _runs(engine)] == ["stl_20261124T000000Z"]
+
+
+async def test_the_scheduler_cuts_riga_months_at_local_midnight_across_dst(
+    engine: AsyncEngine, clock: FrozenClock, ledger: LedgerService
+) -> None:
+    """Europe/Riga: October ends at 22:00 UTC (winter time since the 25th), March at
+    21:00 UTC (summer time since the 28th). Postings half an hour either side of the
+    October cut-off land in the months their local time says."""
+    riga = ZoneInfo("Europe/Riga")
+    await add_partner(engine, clock, "grocer")
+    clock.set(_at("2026-10-20T10:00"))
+    member = await enrol(ledger, "grocer")
+    await post(ledger, Earn("grocer", member, "mid-october", points=100))
+    clock.set(_at("2026-10-31T21:30"))  # 23:30 on 31 October in Riga
+    await post(ledger, Earn("grocer", member, "last-evening", points=20))
+    clock.set(_at("2026-10-31T22:30"))  # 00:30 on 1 November in Riga
+    await post(ledger, Earn("grocer", member, "first-night", points=3))
+
+    clock.set(_at("2026-11-01T06:00"))
+    first = await run_tick(engine, clock, _service(engine, clock), "monthly", zone=riga)
+    clock.set(_at("2027-04-01T06:00"))
+    later = await run_tick(engine, clock, _service(engine, clock), "monthly", zone=riga)
+
+    assert first.settled == ["stl_20261031T220000Z"]
+    assert later.settled == [
+        "stl_20261130T220000Z",
+        "stl_20261231T220000Z",
+        "stl_20270131T220000Z",
+        "stl_20270228T220000Z",
+        "stl_20270331T210000Z",
+    ]
+    async with engine.connect() as conn:
+        issued = dict(
+            (await conn.execute(text("SELECT run_id, issued_points FROM settlement_runs"))).all()
+        )
+    assert (issued["stl_20261031T220000Z"], issued["stl_20261130T220000Z"]) == (120, 3)
+    runs = await _runs(engine)
+    assert [(start, end) for _, start, end in runs[1:3]] == [
+        (_at("2026-10-31T22:00"), _at("2026-11-30T22:00")),
+        (_at("2026-11-30T22:00"), _at("2026-12-31T22:00")),
+    ]

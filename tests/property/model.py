@@ -28,6 +28,7 @@ EXPIRING_SHOWN_MAX = 5
 HOLD_EXPIRES_IN_S_MAX = 604_800
 OPEN, CAPTURED, VOIDED, EXPIRED = "open", "captured", "voided", "expired"
 EARN, BURN, EARN_REVERSAL, BURN_REVERSAL = "earn", "burn", "earn_reversal", "burn_reversal"
+ADJUSTMENT = "adjustment"  # an operator's four-eyes correction (contract §8)
 
 
 class Refused(Exception):
@@ -115,7 +116,15 @@ class Model:
         self.issued = 0
         self.redeemed = 0
         self.expired = 0
-        self.postings = {EARN: 0, BURN: 0, EARN_REVERSAL: 0, BURN_REVERSAL: 0, "hold": 0}
+        self.adjusted = 0  # + credited to members by adjustments, - debited
+        self.postings = {
+            EARN: 0,
+            BURN: 0,
+            EARN_REVERSAL: 0,
+            BURN_REVERSAL: 0,
+            "hold": 0,
+            ADJUSTMENT: 0,
+        }
         self._seq = 0
 
     def copy(self) -> Model:
@@ -235,7 +244,7 @@ class Model:
         status, each member's debt; keyed by the model's own numbers."""
         lots = {}
         for txn in self.txns.values():
-            if txn.kind == EARN and txn.lot is not None:
+            if txn.kind in (EARN, ADJUSTMENT) and txn.lot is not None:
                 lot = self.members[txn.member].lots[txn.lot]
                 lots[txn.seq] = (lot.remaining, lot.matured)
         return {
@@ -391,6 +400,21 @@ class Model:
                 left -= part
         if left:
             raise AssertionError("model refunded more than the burn drew")
+
+    def adjust(self, member_id: str, issuer: str, points: int) -> Txn:
+        """A credit is a new spendable lot with the default expiry (repaying debt first, like
+        an earn); a debit draws soonest-expiring first, like a burn, never beyond available."""
+        member = self._member(member_id)
+        if points < 0:
+            self._draw_available(member, -points)
+            self.adjusted += points
+            return self._txn(Txn(self._next(), ADJUSTMENT, issuer, member_id, -points))
+        lot = LotState(self._next(), issuer, points, points, self.now, self.now + self.points_ttl)
+        lot.matured = True
+        member.lots[lot.seq] = lot
+        self.adjusted += points
+        self._tidy(member, self.now, Settled())
+        return self._txn(Txn(self._next(), ADJUSTMENT, issuer, member_id, points, lot=lot.seq))
 
     def _txn(self, txn: Txn) -> Txn:
         self.txns[txn.seq] = txn

@@ -1,11 +1,12 @@
 """The real ledger and an in-memory model of the contract, driven side by side.
 
-A hypothesis `RuleBasedStateMachine` sends earns, burns, holds, captures, voids, reversals
-and replays to `LedgerService` on its own PostgreSQL database (one per example), moves the
-clock and sweeps; `tests.property.model` predicts every outcome. After every step:
+A hypothesis `RuleBasedStateMachine` sends earns, burns, holds, captures, voids, reversals,
+operator adjustments (four eyes) and replays to `LedgerService` on its own PostgreSQL
+database (one per example), moves the clock and sweeps; `tests.property.model` predicts
+every outcome. After every step:
 
 - the trial balance: `exchange verify` finds nothing, and
-  issued - redeemed - expired == outstanding, each figure exactly the model's;
+  issued - redeemed - expired + adjusted == outstanding, each figure exactly the model's;
 - every member's balance (available, held, pending, expiring) is the model's;
 - a balance is negative only for a member an earn reversal found spent;
 - every idempotency key had at most one effect (postings per type, keys stored);
@@ -52,12 +53,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from exchange.clock import FrozenClock
 from exchange.db import create_engine
 from exchange.embedded import EmbeddedPostgres
+from exchange.errors import ExchangeError
 from exchange.ids import parse_hold_id, parse_transaction_id
+from exchange.schemas import AdjustmentCreate
 from exchange.service import (
+    AdjustmentService,
+    Approver,
     Burn,
     CaptureHold,
     Command,
     Earn,
+    Idempotency,
     LedgerService,
     OpenHold,
     Reverse,
@@ -163,6 +169,8 @@ class LedgerMachine(RuleBasedStateMachine):
         self.holds: list[tuple[int, uuid.UUID]] = []  # (model seq, hold_id)
         self.txns: list[tuple[int, uuid.UUID]] = []  # (model seq, transaction_id)
         self.stored: dict[tuple[str, str], Sent] = {}  # keys with a stored response
+        self.adjustments: list[tuple[int, uuid.UUID]] = []  # (model seq, posting_id)
+        self.operator_keys = 0  # adjustment requests' keys (stored under `operator`)
         self.failed: dict[tuple[str, str], Sent] = {}  # refused requests: keys still free
         self.sent = 0
 
@@ -402,6 +410,45 @@ class LedgerMachine(RuleBasedStateMachine):
                 )
         self._send(sent)
 
+    @rule(
+        member=index,
+        issuer=st.sampled_from((*PARTNERS, "operator")),
+        amount=st.integers(min_value=-300, max_value=300).filter(bool),
+    )
+    def adjust(self, member: int, issuer: str, amount: int) -> None:
+        """Requested by one operator, approved by another; refused debits change nothing."""
+        member_id = self._member(member)
+        trial = self.model.copy()
+        try:
+            predicted: Txn | None = trial.adjust(member_id, issuer, amount)
+        except Refused as refusal:
+            predicted, refused_with = None, refusal.code
+        else:
+            refused_with = None
+        service = AdjustmentService(self.engine, self.clock, self.ledger)
+        body = AdjustmentCreate(member_id=member_id, points=amount, issuer=issuer, reason="x")
+        key = self._key()
+        request = service.request(
+            Approver("opt_requester", "requester"), body, Idempotency(key, key.encode())
+        )
+        try:
+            created = msgspec.json.decode(self.h.run(request).body)
+        except ExchangeError as error:
+            refused = error.code
+        else:
+            refused = None
+        assert refused == refused_with, (refused, refused_with)
+        if refused is not None:
+            return
+        self.operator_keys += 1
+        approve = service.approve(Approver("opt_approver", "approver"), created["adjustment_id"])
+        posted = self.h.run(approve)
+        assert predicted is not None
+        assert posted.status == "posted"
+        assert posted.posting_id is not None
+        self.model = trial
+        self.adjustments.append((predicted.seq, posted.posting_id))
+
     # -- rules: exactly once ------------------------------------------------------------------
 
     @precondition(lambda self: self.stored)
@@ -458,14 +505,18 @@ class LedgerMachine(RuleBasedStateMachine):
         report = await verify_ledger(self.engine)
         assert report.discrepancies == []
         totals = report.totals
-        assert totals["issued"] - totals["redeemed"] - totals["expired"] == totals["outstanding"]
+        assert (
+            totals["issued"] - totals["redeemed"] - totals["expired"] + totals["adjusted"]
+            == totals["outstanding"]
+        )
         model = self.model
         assert (
             totals["issued"],
             totals["redeemed"],
             totals["expired"],
+            totals["adjusted"],
             totals["outstanding"],
-        ) == (model.issued, model.redeemed, model.expired, model.outstanding())
+        ) == (model.issued, model.redeemed, model.expired, model.adjusted, model.outstanding())
         for member_id in self.members:
             balance = await self.ledger.read_balance(member_id)
             expected = model.balance(member_id)
@@ -484,12 +535,12 @@ class LedgerMachine(RuleBasedStateMachine):
             keys = (await conn.execute(text("SELECT count(*) FROM idempotency_keys"))).scalar()
             stored = await self._stored(conn)
         assert {kind: counts.get(kind, 0) for kind in model.postings} == model.postings
-        assert keys == len(self.stored)
+        assert keys == len(self.stored) + self.operator_keys
         assert stored == model.written()
 
     async def _stored(self, conn: AsyncConnection) -> dict[str, object]:
         """The sub-ledger as the database holds it, in the model's numbering."""
-        txn_seqs = {transaction_id: seq for seq, transaction_id in self.txns}
+        txn_seqs = {transaction_id: seq for seq, transaction_id in self.txns + self.adjustments}
         hold_seqs = {hold_id: seq for seq, hold_id in self.holds}
         lots = await conn.execute(text("SELECT earn_id, remaining, matured FROM lots"))
         holds = await conn.execute(text("SELECT hold_id, status FROM holds"))
