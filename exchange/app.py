@@ -9,12 +9,14 @@ from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
+from exchange import console, metrics
 from exchange.clock import Clock, SystemClock
 from exchange.config import Settings
 from exchange.db import create_engine
 from exchange.health import HealthController
 from exchange.http import BalanceController, MemberController, PartnerController
 from exchange.logs import configure_logging
+from exchange.metrics_http import MetricsController
 from exchange.middleware import RequestContext
 from exchange.problems import exception_handlers
 from exchange.runtime import Services
@@ -47,6 +49,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             pool_timeout_s=settings.db_pool_timeout_s,
         )
         app.state.engine = engine
+        metrics.instrument_engine(engine)
         services = Services.build(settings, engine, the_clock)
         app.state.services = services
         await services.start()
@@ -66,6 +69,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         finally:
             await scheduler.stop()
             await services.stop()
+            metrics.release_engine(engine)
             await engine.dispose()
 
     app = Litestar(
@@ -76,7 +80,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             MemberController,
             PartnerAdminController,
             SettlementController,
+            MetricsController,
+            console.router,
         ],
+        template_config=console.template_config(),
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),
         request_max_body_size=REQUEST_BODY_MAX_BYTES,

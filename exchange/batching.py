@@ -16,6 +16,7 @@ import asyncio
 from collections import deque
 from collections.abc import Sequence
 
+from exchange import metrics
 from exchange.logs import get_logger
 from exchange.service import LedgerRequest, LedgerService, Outcome
 
@@ -73,6 +74,7 @@ class GroupCommitter:
             for item in batch:
                 await self._commit([item])
             return
+        metrics.observe_batch((r.command, o) for (r, _), o in zip(batch, outcomes, strict=True))
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)

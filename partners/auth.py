@@ -21,7 +21,8 @@ from typing import Any
 
 from litestar import Request
 
-from exchange.errors import Forbidden, IdempotencyKeyMissing, Unauthorized
+from exchange import metrics
+from exchange.errors import ExchangeError, Forbidden, IdempotencyKeyMissing, Unauthorized
 from exchange.operators import OperatorIdentity, authenticate_operator, hash_token
 from exchange.runtime import Services, services_of
 from exchange.service import Idempotency, SignatureProof
@@ -105,13 +106,19 @@ async def partner_caller(request: Request[Any, Any, Any]) -> PartnerCaller:
     headers = _headers(request)
     key = _idempotency_key(method, headers)
     body = await request.body()
-    verified = await verify_request(
-        IncomingRequest(method=method, path=path, query=query, headers=headers, body=body),
-        authority=services.settings.authority,
-        now=int(services.clock.now().timestamp()),
-        resolve_key=services.gateway.resolve_key,
-        record_nonce=lambda key_id, nonce, created: _record_nonce(services, key_id, nonce, created),
-    )
+    try:
+        verified = await verify_request(
+            IncomingRequest(method=method, path=path, query=query, headers=headers, body=body),
+            authority=services.settings.authority,
+            now=int(services.clock.now().timestamp()),
+            resolve_key=services.gateway.resolve_key,
+            record_nonce=lambda key_id, nonce, created: _record_nonce(
+                services, key_id, nonce, created
+            ),
+        )
+    except ExchangeError as exc:
+        metrics.SIGNATURE_FAILURES.labels(exc.code).inc()
+        raise
     await services.limiter.check("partner", verified.key_id)
     scope["state"]["caller_log"] = {"partner_id": verified.partner_id, "key_id": verified.key_id}
     proof = SignatureProof(

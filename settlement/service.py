@@ -21,18 +21,20 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from exchange import metrics
 from exchange.clock import Clock, utc
 from exchange.errors import InvariantViolation, ServiceUnavailable, Unprocessable
 from exchange.logs import get_logger
 from exchange.service import LedgerService
 from exchange.store import close_journal_until
 from settlement import store
-from settlement.engine import BEGINNING_OF_TIME, Period, read_period, settle
+from settlement.engine import BEGINNING_OF_TIME, Period, Settlement, read_period, settle
 from settlement.errors import PeriodClosed, SettlementNotFound
 
 __all__ = ["RUNS_PAGE_MAX", "RunResult", "SettlementService", "run_id_for"]
@@ -81,13 +83,16 @@ class SettlementService:
             existing = await self._existing_or_check(conn, period_end)
         if existing is not None:
             return RunResult(existing, created=False)
+        started = time.perf_counter()
         if sweep:
             await self.ledger.sweep()
         async with self.engine.begin() as conn:
             await close_journal_until(conn, period_end)
         for attempt in range(RETRIES_MAX):
             try:
-                return await self._compute_and_store(period_end, created_by)
+                result = await self._compute_and_store(period_end, created_by)
+                metrics.SETTLEMENT_RUN_SECONDS.observe(time.perf_counter() - started)
+                return result
             except store.RunCollision as collision:
                 _log.info("settlement_run_collision", attempt=attempt, sqlstate=str(collision))
                 await asyncio.sleep(random.uniform(0, 0.01 * 2**attempt))
@@ -207,3 +212,31 @@ class SettlementService:
             conn = await plain.execution_options(isolation_level="REPEATABLE READ")
             async with conn.begin():
                 return now, await store.liabilities(conn, now)
+
+    async def open_period(self) -> Settlement:
+        """What the next run would show if the period closed now: a preview from one
+        snapshot. Nothing is closed or stored, and postings keep arriving, so the figures
+        are 'so far' (expiries the sweep has not posted yet are not in them)."""
+        now = self.clock.now()
+        async with self.engine.connect() as plain:
+            conn = await plain.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                latest = await store.latest_run(conn)
+                start = latest.period_end if latest is not None else BEGINNING_OF_TIME
+                # Periods are half-open; "so far" includes a posting stamped at `now`.
+                end = max(start, now + timedelta(microseconds=1))
+                figures = await read_period(conn, Period(start, end))
+        previous = latest.controls.outstanding_end if latest is not None else None
+        return settle(figures, previous_outstanding_end=previous)
+
+    async def line_postings(
+        self, run_id: str, partner_id: str, *, limit: int
+    ) -> tuple[store.StoredRun, list[store.PeriodPosting]]:
+        """A run and the postings behind one partner's line of it (oldest first)."""
+        run = await self.get_run(run_id)
+        period = run.settlement.period
+        async with self.engine.connect() as conn:
+            rows = await store.period_postings(
+                conn, partner_id, period.start, period.end, limit=limit
+            )
+        return run, rows

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.errors import InvariantViolation
-from exchange.tables import ledger_state, partners
+from exchange.tables import ledger_state, partners, postings
 from settlement.engine import (
     Checks,
     Controls,
@@ -32,7 +32,9 @@ from settlement.tables import settlement_cross_brand, settlement_lines, settleme
 
 __all__ = [
     "AGEING_LIMITS_DAYS",
+    "LINE_POSTING_TYPES",
     "LiabilityRow",
+    "PeriodPosting",
     "RunCollision",
     "RunHeader",
     "StoredRun",
@@ -46,6 +48,7 @@ __all__ = [
     "list_runs",
     "load_header",
     "load_run",
+    "period_postings",
     "translate_errors",
 ]
 
@@ -396,4 +399,53 @@ async def liabilities(conn: AsyncConnection, now: datetime) -> list[LiabilityRow
             ),
         )
         for row in rows
+    ]
+
+
+# -- the postings behind a line (console drill-down) ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodPosting:
+    posting_id: str
+    type: str
+    member_id: str
+    points: int
+    unit_price: Decimal | None
+    currency: str | None
+    reference: str | None
+    posted_at: datetime
+
+
+LINE_POSTING_TYPES = ("earn", "earn_reversal", "burn", "burn_reversal", "expiry")
+
+
+async def period_postings(
+    conn: AsyncConnection, partner_id: str, start: datetime, end: datetime, *, limit: int
+) -> list[PeriodPosting]:
+    """A partner's settlement postings stamped in `[start, end)`, oldest first: exactly
+    the rows `engine.read_period` sums into that partner's line."""
+    query = (
+        select(postings)
+        .where(
+            postings.c.partner_id == partner_id,
+            postings.c.type.in_(LINE_POSTING_TYPES),
+            postings.c.posted_at >= start,
+            postings.c.posted_at < end,
+        )
+        .order_by(postings.c.posted_at, postings.c.posting_id)
+        .limit(limit)
+    )
+    return [
+        PeriodPosting(
+            posting_id=str(row.posting_id),
+            type=row.type,
+            member_id=row.member_id,
+            points=int(row.points),
+            unit_price=row.unit_price,
+            currency=row.currency,
+            reference=row.reference,
+            posted_at=row.posted_at,
+        )
+        for row in await conn.execute(query)
     ]
