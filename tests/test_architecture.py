@@ -10,7 +10,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("exchange", "partners", "settlement")
-HTTP_MODULES = {"exchange.http", "exchange.health", "partners.http", "settlement.http"}
+HTTP_MODULES = {
+    "exchange.http",
+    "exchange.health",
+    "exchange.metrics_http",
+    "partners.http",
+    "settlement.http",
+}
+# The web console is a presentation leaf over every package, like the composition root.
+CONSOLE = "exchange.console"
 
 
 def _modules() -> dict[str, Path]:
@@ -60,9 +68,22 @@ def test_http_modules_are_leaves() -> None:
     offenders = {
         module: _ours(_imports(path)) & HTTP_MODULES
         for module, path in MODULES.items()
-        if module != "exchange.app" and module not in HTTP_MODULES
+        if module != "exchange.app"
+        and module not in HTTP_MODULES
+        and not module.startswith(CONSOLE)
     }
     assert {module: found for module, found in offenders.items() if found} == {}
+
+
+def test_only_the_composition_root_knows_the_console() -> None:
+    offenders = {
+        module
+        for module, path in MODULES.items()
+        if module != "exchange.app"
+        and not module.startswith(CONSOLE)
+        and any(name.startswith(CONSOLE) for name in _imports(path))
+    }
+    assert offenders == set()
 
 
 def test_the_ledger_never_imports_settlement() -> None:
@@ -71,6 +92,7 @@ def test_the_ledger_never_imports_settlement() -> None:
         for module, path in MODULES.items()
         if module.startswith("exchange.")
         and module not in {"exchange.app", "exchange.cli"}
+        and not module.startswith(CONSOLE)
         and any(name.startswith("settlement") for name in _imports(path))
     }
     assert offenders == set()
