@@ -13,10 +13,12 @@ from dataclasses import dataclass
 __all__ = ["HEAT_BINS", "Bar", "BarChart", "HeatCell", "HeatMap", "bar_chart", "heat_map"]
 
 HEAT_BINS = 6  # heat-0 (nothing) .. heat-5 (the largest flow); colours in console.css
-LABEL_W = 170
-BAR_W_MAX = 360
-VALUE_W = 150
-ROW_H = 30
+# Each row: its label and value as text on one line, the bar under it. Narrow enough that a
+# card on a phone shows the text at nearly full size.
+CHART_W = 400
+ROW_H = 44
+TEXT_H = 16
+BAR_H = 18
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,8 +36,8 @@ class BarChart:
     bars: tuple[Bar, ...]
     width: int
     height: int
-    label_w: int = LABEL_W
-    row_h: int = ROW_H
+    text_h: int = TEXT_H
+    bar_h: int = BAR_H
 
 
 def bar_chart(title: str, items: Sequence[tuple[str, int, str]]) -> BarChart:
@@ -47,14 +49,14 @@ def bar_chart(title: str, items: Sequence[tuple[str, int, str]]) -> BarChart:
             value=value,
             caption=caption,
             y=index * ROW_H,
-            width=(max(value, 0) * BAR_W_MAX // largest) if largest > 0 else 0,
+            width=(max(value, 0) * CHART_W // largest) if largest > 0 else 0,
         )
         for index, (label, value, caption) in enumerate(items)
     )
     return BarChart(
         title=title,
         bars=bars,
-        width=LABEL_W + BAR_W_MAX + VALUE_W,
+        width=CHART_W,
         height=max(len(bars), 1) * ROW_H,
     )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from litestar import Controller, Request, get
+from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Template
@@ -108,6 +108,21 @@ class ConsolePages(Controller):
         flows = [(flow.issuer_id, flow.redeemer_id, flow.points) for flow in run.cross_brand]
         heat = charts.heat_map(flows, [line.partner_id for line in run.lines])
         return render("run.html", session, request, run=run, heat=heat)
+
+    @get("/runs/{run_id:str}/report.csv", media_type="text/csv")
+    async def run_csv(
+        self,
+        request: Request[Any, Any, Any],
+        session: NamedDependency[ConsoleSession],
+        run_id: FromPath[str],
+    ) -> Response[str]:
+        """The API's CSV (one row per partner), for a browser that has no bearer token."""
+        run = await settlement(request).get_run(run_id)
+        return Response(
+            content=reports.run_csv(run),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{run.run_id}.csv"'},
+        )
 
     @get("/runs/{run_id:str}/statements/{partner_id:str}")
     async def statement(

@@ -243,6 +243,11 @@ async def test_run_statement_and_overview_show_the_apis_numbers(
     assert cell.groups() == ("5", "500,000")
     assert "Conservation: <strong>passed" in page.text
 
+    csv = await client.get(f"/console/runs/{RUN_ID}/report.csv")
+    assert csv.status_code == 200
+    api_csv = await client.get(f"/v1/settlements/{RUN_ID}/report.csv", headers=finance_headers)
+    assert csv.text == api_csv.text
+
     statement = await client.get(f"/console/runs/{RUN_ID}/statements/grocer")
     assert statement.status_code == 200
     assert _field(statement.text, "earned_points") == "1,000,000"
