@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.errors import InvariantViolation
+from exchange.ids import format_transaction_id
 from exchange.tables import ledger_state, partners, postings
 from settlement.engine import (
     Checks,
@@ -407,7 +408,7 @@ async def liabilities(conn: AsyncConnection, now: datetime) -> list[LiabilityRow
 
 @dataclass(frozen=True, slots=True)
 class PeriodPosting:
-    posting_id: str
+    transaction_id: str  # as partners see it (txn_...)
     type: str
     member_id: str
     points: int
@@ -438,7 +439,7 @@ async def period_postings(
     )
     return [
         PeriodPosting(
-            posting_id=str(row.posting_id),
+            transaction_id=format_transaction_id(row.posting_id),
             type=row.type,
             member_id=row.member_id,
             points=int(row.points),
