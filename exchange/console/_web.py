@@ -138,15 +138,17 @@ def _not_signed_in(request: Request[Any, Any, Any], _: Exception) -> Response[An
     return Redirect("/console/sign-in", status_code=303)
 
 
-def _error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    assert isinstance(exc, ExchangeError)
+def _error_page(request: Request[Any, Any, Any], exc: ExchangeError) -> Response[Any]:
+    """The API's errors as a page: the same status, title and detail as its problem+json.
+    A server error shows no detail (the log has it), as in `exchange.problems`."""
+    detail = exc.detail if exc.status < 500 else "An internal error occurred."
     return render(
         "error.html",
         None,
         request,
         status_code=exc.status,
         title=exc.title,
-        detail=exc.detail,
+        detail=detail,
         code=exc.code,
     )
 

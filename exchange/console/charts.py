@@ -10,7 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["HEAT_BINS", "Bar", "BarChart", "HeatCell", "HeatMap", "bar_chart", "heat_map"]
+__all__ = [
+    "CHART_W",
+    "HEAT_BINS",
+    "Bar",
+    "BarChart",
+    "HeatCell",
+    "HeatMap",
+    "bar_chart",
+    "heat_map",
+]
 
 HEAT_BINS = 6  # heat-0 (nothing) .. heat-5 (the largest flow); colours in console.css
 # Each row: its label and value as text on one line, the bar under it. Narrow enough that a
