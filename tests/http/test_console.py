@@ -4,7 +4,7 @@ API's. (tests/browser drives the same pages in a real Chromium against `exchange
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -277,3 +277,14 @@ async def test_run_statement_and_overview_show_the_apis_numbers(
     runs = await client.get("/console/runs")
     assert RUN_ID in runs.text
     assert "Run settlement" not in runs.text
+
+
+async def test_a_session_ends_after_eight_hours(
+    client: httpx.AsyncClient, engine: AsyncEngine, clock: FrozenClock
+) -> None:
+    _, token = await _token(engine, "finance", "fin")
+    await _sign_in(client, token)
+    clock.advance(timedelta(hours=7, minutes=59))
+    assert (await client.get("/console/runs")).status_code == 200
+    clock.advance(timedelta(minutes=1))
+    assert (await client.get("/console/runs")).status_code == 303
