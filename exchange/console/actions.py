@@ -150,11 +150,12 @@ class ConsoleActions(Controller):
     ) -> Response[Any]:
         form = await posted_form(request, session)
         require_admin(session)
-        status = form.get("status", "")
-        if status not in ("active", "suspended"):
+        statuses: dict[str, registry.PartnerStatus] = {"active": "active", "suspended": "suspended"}
+        status = statuses.get(form.get("status", ""))
+        if status is None:
             raise Unprocessable("status must be active or suspended.")
         services = services_of(request)
-        changes = registry.PartnerChanges(status=status)  # type: ignore[arg-type]
+        changes = registry.PartnerChanges(status=status)
         await registry.update_partner(
             services.engine, services.clock, partner_id, changes, changed_by=session.identity.name
         )

@@ -190,6 +190,13 @@ async def test_admin_onboards_suspends_and_manages_keys_through_forms(
     assert [key["status"] for key in api["keys"]] == ["revoked"]
     page = await client.get("/console/partners/grocer")
     assert _field(page.text, "status") == "suspended"
+    terminated = await client.post(
+        "/console/partners/grocer/status", data={"csrf_token": csrf, "status": "gone"}
+    )
+    assert terminated.status_code == 422
+    assert (await client.get("/v1/admin/partners/grocer", headers=admin_headers)).json()[
+        "status"
+    ] == "suspended"
 
 
 @pytest.fixture
