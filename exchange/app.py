@@ -17,6 +17,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 
+from exchange import console, metrics
 from exchange.adjustments_http import AdjustmentController
 from exchange.clock import Clock, SystemClock
 from exchange.config import Settings
@@ -24,6 +25,7 @@ from exchange.db import create_engine
 from exchange.health import HealthController
 from exchange.http import BalanceController, MemberController, PartnerController
 from exchange.logs import configure_logging
+from exchange.metrics_http import MetricsController
 from exchange.middleware import RequestContext
 from exchange.problems import exception_handlers
 from exchange.service import AdjustmentService
@@ -57,6 +59,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             pool_timeout_s=settings.db_pool_timeout_s,
         )
         app.state.engine = engine
+        metrics.instrument_engine(engine)
         services = build_services(settings, engine, the_clock)
         app.state.services = services
         app.state.scheduler = services.scheduler
@@ -65,6 +68,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             yield
         finally:
             await services.stop()
+            metrics.release_engine(engine)
             await engine.dispose()
 
     app = Litestar(
@@ -77,7 +81,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             SettlementController,
             FinanceController,
             AdjustmentController,
+            MetricsController,
+            console.router,
         ],
+        template_config=console.template_config(),
         lifespan=[lifespan],
         dependencies={
             "services": Provide(_services, sync_to_thread=False),

@@ -26,6 +26,7 @@ import dataclasses
 from collections import deque
 from collections.abc import Sequence
 
+from exchange import metrics
 from exchange.errors import DatabaseUnavailable, ServiceUnavailable, Unprocessable
 from exchange.logs import get_logger
 from exchange.service import LedgerRequest, LedgerService, Outcome
@@ -110,6 +111,7 @@ class GroupCommitter:
             for item in batch:
                 await self._commit([item])
             return
+        metrics.observe_batch((r.command, o) for (r, _), o in zip(batch, outcomes, strict=True))
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -69,7 +74,7 @@ def serve(host: str, port: int, workers: int) -> None:
     # uvicorn re-raises SIGTERM once it has shut down; make that a normal exit so the
     # embedded PostgreSQL is left (and stopped if we were its last user) on the way out.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    with using_database(settings) as database:
+    with using_database(settings) as database, _metrics_folder(settings.data_dir, workers):
         # Worker processes read their settings from the environment: hand them the URL.
         os.environ["EXCHANGE_DATABASE_URL"] = database.url
         # Each worker enforces 1/N of every rate limit, so the service as a whole keeps
@@ -90,6 +95,24 @@ def serve(host: str, port: int, workers: int) -> None:
             lifespan="on",
             timeout_graceful_shutdown=10,
         )
+
+
+@contextmanager
+def _metrics_folder(data_dir: Path, workers: int) -> Iterator[None]:
+    """With several workers, prometheus-client keeps its values in files they share (see
+    exchange.metrics): a fresh folder per `serve`, set before the workers are spawned and
+    removed when the server stops. One process keeps them in memory instead."""
+    if workers == 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    parent = data_dir / "metrics"
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="serve-", dir=parent)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 
+from exchange import metrics
 from exchange.logs import get_logger
 
 __all__ = ["RequestContext"]
@@ -48,12 +49,16 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
+            # By route template, never the raw path: one series per endpoint, not per id.
+            route = scope.get("path_template") or "unmatched"
+            metrics.observe_request(scope["method"], route, status, elapsed)
             _log.info(
                 "request",
                 method=scope["method"],
                 path=scope["path"],
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(elapsed * 1000, 2),
                 **_bound_identity(scope),
             )
             structlog.contextvars.clear_contextvars()

@@ -37,6 +37,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 __all__ = [
     "adjustments",
     "allocations",
+    "console_sessions",
     "entries",
     "holds",
     "idempotency_keys",
@@ -88,6 +89,18 @@ operator_tokens = Table(
     _timestamp("created_at", default_now=True),
     _timestamp("revoked_at", nullable=True),
     CheckConstraint("role IN ('admin', 'finance')", name="role"),
+)
+
+# Web console sign-ins: the sha256 of the session cookie, never the cookie itself. A
+# session dies with its expiry, its sign-out, or the revocation of its operator token.
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("session_hash", String(64), primary_key=True),
+    Column("token_id", String(32), ForeignKey("operator_tokens.token_id"), nullable=False),
+    _timestamp("created_at"),
+    _timestamp("expires_at"),
+    Index("ix_console_sessions_expires_at", "expires_at"),
 )
 
 # -- partners (owners of partner accounts, and their terms) ----------------------------------

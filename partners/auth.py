@@ -25,7 +25,8 @@ from typing import Any
 from litestar import Request
 from litestar.di import NamedDependency
 
-from exchange.errors import Forbidden, IdempotencyKeyMissing, Unauthorized
+from exchange import metrics
+from exchange.errors import ExchangeError, Forbidden, IdempotencyKeyMissing, Unauthorized
 from exchange.operators import (
     OPERATOR_TOKEN_SHAPE,
     OperatorIdentity,
@@ -122,20 +123,30 @@ async def partner_caller(
     query = scope.get("query_string", b"").decode("latin-1")
     headers = _headers(request)
     incoming = IncomingRequest(method=method, path=path, query=query, headers=headers, body=b"")
-    checked = await verify_headers(
-        incoming,
-        authority=services.settings.authority,
-        now=int(services.clock.now().timestamp()),
-        resolve_key=services.gateway.resolve_key,
-    )
+    try:
+        checked = await verify_headers(
+            incoming,
+            authority=services.settings.authority,
+            now=int(services.clock.now().timestamp()),
+            resolve_key=services.gateway.resolve_key,
+        )
+    except ExchangeError as exc:
+        metrics.SIGNATURE_FAILURES.labels(exc.code).inc()
+        raise
     await services.limiter.check("partner", checked.params.key_id)
     key = _idempotency_key(method, headers)
     body = await request.body()
-    verified = await verify_body(
-        checked,
-        dataclasses.replace(incoming, body=body),
-        record_nonce=lambda key_id, nonce, created: _record_nonce(services, key_id, nonce, created),
-    )
+    try:
+        verified = await verify_body(
+            checked,
+            dataclasses.replace(incoming, body=body),
+            record_nonce=lambda key_id, nonce, created: _record_nonce(
+                services, key_id, nonce, created
+            ),
+        )
+    except ExchangeError as exc:
+        metrics.SIGNATURE_FAILURES.labels(exc.code).inc()
+        raise
     scope["state"]["caller_log"] = {"partner_id": verified.partner_id, "key_id": verified.key_id}
     proof = SignatureProof(
         key_id=verified.key_id,

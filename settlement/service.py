@@ -19,11 +19,13 @@ and the others look again and return it (or refuse with period_closed).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from exchange import metrics
 from exchange.clock import Clock, utc
 from exchange.errors import (
     InvariantViolation,
@@ -37,7 +39,7 @@ from exchange.retry import retry_conflicts
 from exchange.service import LedgerService
 from exchange.store import close_journal_until
 from settlement import store
-from settlement.engine import BEGINNING_OF_TIME, Period, settle
+from settlement.engine import BEGINNING_OF_TIME, Period, Settlement, settle
 from settlement.errors import PeriodClosed, SettlementNotFound
 from settlement.rollforward import RollForwardReport, load_roll_forward
 
@@ -92,11 +94,12 @@ class SettlementService:
             existing = await self._existing_or_check(conn, period_end)
         if existing is not None:
             return RunResult(existing, created=False)
+        started = time.perf_counter()
         if sweep:
             await self.ledger.sweep()
         async with self.engine.begin() as conn:
             await close_journal_until(conn, period_end)
-        return await retry_conflicts(
+        result = await retry_conflicts(
             lambda: self._compute_and_store(period_end, created_by),
             conflict=store.RunCollision,
             attempts=RETRIES_MAX,
@@ -104,6 +107,8 @@ class SettlementService:
             exhausted=ServiceUnavailable("Settlement kept colliding with concurrent runs; retry."),
             on_retry=_log_collision,
         )
+        metrics.SETTLEMENT_RUN_SECONDS.observe(time.perf_counter() - started)
+        return result
 
     async def _existing_or_check(
         self, conn: AsyncConnection, period_end: datetime
@@ -247,3 +252,31 @@ class SettlementService:
                 "period_end of a run (GET /v1/settlements lists them)."
             )
         return report
+
+    async def open_period(self) -> Settlement:
+        """What the next run would show if the period closed now: a preview from one
+        snapshot. Nothing is closed or stored, and postings keep arriving, so the figures
+        are 'so far' (expiries the sweep has not posted yet are not in them)."""
+        now = self.clock.now()
+        async with self.engine.connect() as plain:
+            conn = await plain.execution_options(isolation_level="REPEATABLE READ")
+            async with conn.begin():
+                latest = await store.latest_run(conn)
+                start = latest.period_end if latest is not None else BEGINNING_OF_TIME
+                # Periods are half-open; "so far" includes a posting stamped at `now`.
+                end = max(start, now + timedelta(microseconds=1))
+                figures = await store.read_period(conn, Period(start, end))
+        previous = latest.controls.outstanding_end if latest is not None else None
+        return settle(figures, previous_outstanding_end=previous)
+
+    async def line_postings(
+        self, run_id: str, partner_id: str, *, limit: int
+    ) -> tuple[store.StoredRun, list[store.PeriodPosting]]:
+        """A run and the postings behind one partner's line of it (oldest first)."""
+        run = await self.get_run(run_id)
+        period = run.settlement.period
+        async with self.engine.connect() as conn:
+            rows = await store.period_postings(
+                conn, partner_id, period.start, period.end, limit=limit
+            )
+        return run, rows

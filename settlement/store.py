@@ -20,7 +20,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.errors import InvariantViolation
-from exchange.tables import ledger_state, partners
+from exchange.ids import format_transaction_id
+from exchange.tables import ledger_state, partners, postings
 from settlement.engine import (
     Checks,
     Controls,
@@ -36,9 +37,11 @@ from settlement.tables import settlement_cross_brand, settlement_lines, settleme
 
 __all__ = [
     "AGEING_LIMITS_DAYS",
+    "LINE_POSTING_TYPES",
     "SETTLEMENT_WORK_MEM_MB",
     "LiabilityReconciliation",
     "LiabilityRow",
+    "PeriodPosting",
     "RunCollision",
     "RunHeader",
     "StoredRun",
@@ -53,6 +56,7 @@ __all__ = [
     "list_runs",
     "load_header",
     "load_run",
+    "period_postings",
     "read_period",
     "translate_errors",
 ]
@@ -579,3 +583,52 @@ async def read_period(conn: AsyncConnection, period: Period) -> PeriodFigures:
         outstanding_end=int(outstanding.outstanding_end),
         adjusted=int(outstanding.adjusted),
     )
+
+
+# -- the postings behind a line (console drill-down) ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodPosting:
+    transaction_id: str  # as partners see it (txn_...)
+    type: str
+    member_id: str
+    points: int
+    unit_price: Decimal | None
+    currency: str | None
+    reference: str | None
+    posted_at: datetime
+
+
+LINE_POSTING_TYPES = ("earn", "earn_reversal", "burn", "burn_reversal", "expiry")
+
+
+async def period_postings(
+    conn: AsyncConnection, partner_id: str, start: datetime, end: datetime, *, limit: int
+) -> list[PeriodPosting]:
+    """A partner's settlement postings stamped in `[start, end)`, oldest first: exactly
+    the rows `engine.read_period` sums into that partner's line."""
+    query = (
+        select(postings)
+        .where(
+            postings.c.partner_id == partner_id,
+            postings.c.type.in_(LINE_POSTING_TYPES),
+            postings.c.posted_at >= start,
+            postings.c.posted_at < end,
+        )
+        .order_by(postings.c.posted_at, postings.c.posting_id)
+        .limit(limit)
+    )
+    return [
+        PeriodPosting(
+            transaction_id=format_transaction_id(row.posting_id),
+            type=row.type,
+            member_id=row.member_id,
+            points=int(row.points),
+            unit_price=row.unit_price,
+            currency=row.currency,
+            reference=row.reference,
+            posted_at=row.posted_at,
+        )
+        for row in await conn.execute(query)
+    ]

@@ -17,6 +17,7 @@ HTTP_MODULES = {
     "exchange.http",
     "exchange.health",
     "exchange.adjustments_http",
+    "exchange.metrics_http",
     "partners.http",
     "settlement.http",
     "settlement.finance_http",
@@ -40,6 +41,8 @@ DRIVERS = {"asyncpg", "sqlalchemy"}
 # Holding an engine or connection to hand to a store is fine; SQL, driver errors and
 # driver connections are the database modules' business.
 DATABASE_HANDLES = {"sqlalchemy.ext.asyncio"}
+# The web console is a presentation leaf over every package, like the composition root.
+CONSOLE = "exchange.console"
 
 
 def _modules() -> dict[str, Path]:
@@ -223,9 +226,22 @@ def test_http_modules_are_leaves() -> None:
     offenders = {
         module: _ours(_imports(path)) & HTTP_MODULES
         for module, path in MODULES.items()
-        if module != "exchange.app" and module not in HTTP_MODULES
+        if module != "exchange.app"
+        and module not in HTTP_MODULES
+        and not module.startswith(CONSOLE)
     }
     assert {module: found for module, found in offenders.items() if found} == {}
+
+
+def test_only_the_composition_root_knows_the_console() -> None:
+    offenders = {
+        module
+        for module, path in MODULES.items()
+        if module != "exchange.app"
+        and not module.startswith(CONSOLE)
+        and any(name.startswith(CONSOLE) for name in _imports(path))
+    }
+    assert offenders == set()
 
 
 def test_the_ledger_never_imports_settlement() -> None:
@@ -236,6 +252,7 @@ def test_the_ledger_never_imports_settlement() -> None:
         for module, path in PRODUCT.items()
         if module.startswith("exchange.")
         and module not in ROOTS
+        and not module.startswith(CONSOLE)
         and any(name.startswith("settlement") for name in _imports(path))
     }
     assert offenders == set()

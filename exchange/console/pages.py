@@ -1,0 +1,176 @@
+"""The console's read pages: overview, runs, a run, a statement with its postings,
+liabilities, partners. Each calls the same services and report views as the JSON API, so
+a number on a page is the number the API gives."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, QueryParameter
+from litestar.response import Template
+
+from exchange.console import charts
+from exchange.console._web import render, services_of
+from exchange.console.sessions import ConsoleSession
+from partners import registry
+from settlement import reports
+from settlement.errors import SettlementNotFound
+from settlement.service import SettlementService
+
+__all__ = ["ConsolePages", "settlement"]
+
+RUNS_PAGE = 25
+POSTINGS_SHOWN_MAX = 500
+After = Annotated[str | None, QueryParameter(max_length=64)]
+
+
+def settlement(request: Request[Any, Any, Any]) -> SettlementService:
+    return services_of(request).settlement
+
+
+def _liability_chart(report: Any) -> charts.BarChart:
+    return charts.bar_chart(
+        "Outstanding points by issuer",
+        [
+            (
+                line.partner_name,
+                line.outstanding_points,
+                f"{line.outstanding_points:,} pts · {line.value.currency} {line.value.amount}",
+            )
+            for line in report.partners
+        ],
+    )
+
+
+def _period_chart(preview: Any) -> charts.BarChart:
+    controls = preview.controls
+    return charts.bar_chart(
+        "This period so far",
+        [
+            ("Issued", controls.issued, f"{controls.issued:,} pts"),
+            ("Redeemed", controls.redeemed, f"{controls.redeemed:,} pts"),
+            ("Expired", controls.expired, f"{controls.expired:,} pts"),
+        ],
+    )
+
+
+class ConsolePages(Controller):
+    path = "/"
+
+    @get("/", name="console-overview")
+    async def overview(
+        self, request: Request[Any, Any, Any], session: NamedDependency[ConsoleSession]
+    ) -> Template:
+        service = settlement(request)
+        as_of, rows = await service.liabilities()
+        report = reports.liabilities_view(as_of, rows)
+        preview = await service.open_period()
+        latest = await service.latest_run()
+        return render(
+            "overview.html",
+            session,
+            request,
+            report=report,
+            liability_chart=_liability_chart(report),
+            preview=preview,
+            period_chart=_period_chart(preview),
+            latest=reports.run_summary(latest) if latest is not None else None,
+        )
+
+    @get("/runs")
+    async def runs(
+        self,
+        request: Request[Any, Any, Any],
+        session: NamedDependency[ConsoleSession],
+        after: FromQuery[After] = None,
+    ) -> Template:
+        headers, cursor = await settlement(request).list_runs(limit=RUNS_PAGE, after=after)
+        return render(
+            "runs.html",
+            session,
+            request,
+            runs=[reports.run_summary(header) for header in headers],
+            next_cursor=cursor,
+        )
+
+    @get("/runs/{run_id:str}")
+    async def run(
+        self,
+        request: Request[Any, Any, Any],
+        session: NamedDependency[ConsoleSession],
+        run_id: FromPath[str],
+    ) -> Template:
+        run = reports.run_view(await settlement(request).get_run(run_id))
+        flows = [(flow.issuer_id, flow.redeemer_id, flow.points) for flow in run.cross_brand]
+        heat = charts.heat_map(flows, [line.partner_id for line in run.lines])
+        return render("run.html", session, request, run=run, heat=heat)
+
+    @get("/runs/{run_id:str}/report.csv", media_type="text/csv")
+    async def run_csv(
+        self,
+        request: Request[Any, Any, Any],
+        session: NamedDependency[ConsoleSession],
+        run_id: FromPath[str],
+    ) -> Response[str]:
+        """The API's CSV (one row per partner), for a browser that has no bearer token."""
+        run = await settlement(request).get_run(run_id)
+        return Response(
+            content=reports.run_csv(run),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{run.run_id}.csv"'},
+        )
+
+    @get("/runs/{run_id:str}/statements/{partner_id:str}")
+    async def statement(
+        self,
+        request: Request[Any, Any, Any],
+        session: NamedDependency[ConsoleSession],
+        run_id: FromPath[str],
+        partner_id: FromPath[str],
+    ) -> Template:
+        stored, postings = await settlement(request).line_postings(
+            run_id, partner_id, limit=POSTINGS_SHOWN_MAX + 1
+        )
+        if partner_id not in {line.partner_id for line in stored.settlement.lines}:
+            raise SettlementNotFound(f"Run {run_id} has no line for partner {partner_id}.")
+        totals: dict[str, int] = {}
+        for posting in postings[:POSTINGS_SHOWN_MAX]:
+            totals[posting.type] = totals.get(posting.type, 0) + posting.points
+        return render(
+            "statement.html",
+            session,
+            request,
+            statement=reports.statement_view(stored, partner_id),
+            postings=postings[:POSTINGS_SHOWN_MAX],
+            truncated=len(postings) > POSTINGS_SHOWN_MAX,
+            totals=totals,
+        )
+
+    @get("/liabilities")
+    async def liabilities(
+        self, request: Request[Any, Any, Any], session: NamedDependency[ConsoleSession]
+    ) -> Template:
+        as_of, rows = await settlement(request).liabilities()
+        report = reports.liabilities_view(as_of, rows)
+        return render(
+            "liabilities.html", session, request, report=report, chart=_liability_chart(report)
+        )
+
+    @get("/partners")
+    async def partners(
+        self, request: Request[Any, Any, Any], session: NamedDependency[ConsoleSession]
+    ) -> Template:
+        records = await registry.list_partners(services_of(request).engine)
+        return render("partners.html", session, request, partners=records)
+
+    @get("/partners/{partner_id:str}")
+    async def partner(
+        self,
+        request: Request[Any, Any, Any],
+        session: NamedDependency[ConsoleSession],
+        partner_id: FromPath[str],
+    ) -> Template:
+        record = await registry.get_partner(services_of(request).engine, partner_id)
+        return render("partner.html", session, request, partner=record)
