@@ -113,7 +113,9 @@ async def test_a_debit_adjustment_draws_like_a_burn_and_never_beyond_available(
 
     too_much = await _request(client, finance_headers, debit | {"points": -401}, "too-much")
     zero = await _request(client, finance_headers, debit | {"points": 0}, "zero")
-    nobody = await _request(client, finance_headers, debit | {"member_id": "mem_" + "0" * 32}, "nobody")
+    nobody = await _request(
+        client, finance_headers, debit | {"member_id": "mem_" + "0" * 32}, "nobody"
+    )
     stranger = await _request(client, finance_headers, debit | {"issuer": "acme"}, "acme")
     extra = await _request(client, finance_headers, debit | {"amount": 1}, "extra")
     created = await _request(client, finance_headers, debit, "debit-1")
