@@ -15,6 +15,8 @@ from exchange.db import create_engine
 from exchange.health import HealthController
 from exchange.http import BalanceController, MemberController, PartnerController
 from exchange.logs import configure_logging
+from exchange.members.http import MemberAdminController, MemberRightsController
+from exchange.members.reminders import expiry_reminder_job
 from exchange.middleware import RequestContext
 from exchange.problems import exception_handlers
 from exchange.runtime import Services
@@ -56,7 +58,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             settlement=SettlementService(engine, the_clock, services.ledger),
             cycle=settings.settlement_cycle,
             interval_s=settings.scheduler_interval_s,
-            housekeeping=housekeeping_jobs(engine),
+            housekeeping=[
+                *housekeeping_jobs(engine),
+                expiry_reminder_job(engine, settings.expiry_reminder_days),
+            ],
         )
         app.state.scheduler = scheduler
         if settings.scheduler_enabled:
@@ -76,6 +81,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             MemberController,
             PartnerAdminController,
             SettlementController,
+            MemberRightsController,
+            MemberAdminController,
         ],
         lifespan=[lifespan],
         exception_handlers=exception_handlers(),

@@ -27,6 +27,7 @@ mapping to RFC 9457 problem+json lives in `exchange.problems`. Errors raised in
     │   ├── CurrencyNotSupported        (422 currency_not_supported)
     │   ├── ReversalExceedsOriginal     (422 reversal_exceeds_original)
     │   ├── NotReversible               (422 not_reversible)
+    │   ├── TransferLimitExceeded       (422 transfer_limit_exceeded)
     │   └── IdempotencyKeyReused        (422 idempotency_key_reused)
     ├── RateLimited                     (429 rate_limited, carries retry_after_s)
     ├── ServiceUnavailable              (503 service_unavailable)
@@ -66,6 +67,7 @@ __all__ = [
     "ReversalExceedsOriginal",
     "ServiceUnavailable",
     "TransactionNotFound",
+    "TransferLimitExceeded",
     "Unauthorized",
     "Unprocessable",
     "UnsupportedMediaType",
@@ -200,6 +202,11 @@ class ReversalExceedsOriginal(Unprocessable):
 class NotReversible(Unprocessable):
     code = "not_reversible"
     title = "Transaction cannot be reversed"
+
+
+class TransferLimitExceeded(Unprocessable):
+    code = "transfer_limit_exceeded"
+    title = "Transfer limit exceeded"
 
 
 class IdempotencyKeyReused(Unprocessable):

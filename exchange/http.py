@@ -26,6 +26,7 @@ from exchange.errors import (
 )
 from exchange.ids import parse_hold_id, parse_transaction_id
 from exchange.ledger import PARTNER_TRANSACTION_TYPES, PostingType
+from exchange.members.service import members_service, tier_view
 from exchange.money import MINOR_UNITS, parse_amount
 from exchange.runtime import services_of
 from exchange.service import (
@@ -56,7 +57,12 @@ __all__ = ["BalanceController", "MemberController", "PartnerController", "decode
 
 T = TypeVar("T")
 Limit = Annotated[int, QueryParameter(ge=1, le=PAGE_SIZE_MAX)]
-_MEMBER_HISTORY_TYPES = (*sorted(PARTNER_TRANSACTION_TYPES), PostingType.EXPIRY.value)
+_MEMBER_HISTORY_TYPES = (
+    *sorted(PARTNER_TRANSACTION_TYPES),
+    PostingType.EXPIRY.value,
+    PostingType.TRANSFER_OUT.value,
+    PostingType.TRANSFER_IN.value,
+)
 
 
 def decode_body(request: Request[Any, Any, Any], body: bytes, into: type[T]) -> T:
@@ -301,8 +307,10 @@ class BalanceController(Controller):
         services = services_of(request)
         if caller.partner_id is None and caller.member_id != member_id:
             raise MemberNotFound(f"No member {member_id}.")
-        balance = await services.ledger.read_balance(member_id, partner_id=caller.partner_id)
-        return balance_view(balance)
+        balance, tier = await members_service(services).read_balance(
+            member_id, partner_id=caller.partner_id
+        )
+        return balance_view(balance, tier_view(tier))
 
 
 class MemberController(Controller):

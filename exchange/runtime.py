@@ -30,7 +30,9 @@ class Services:
 
     @classmethod
     def build(cls, settings: Settings, engine: AsyncEngine, clock: Clock) -> Services:
-        ledger = LedgerService(engine, clock, points_ttl=timedelta(days=settings.points_ttl_days))
+        ledger = LedgerService(
+            engine, clock, points_ttl=timedelta(days=settings.points_ttl_days), tiers=settings.tiers
+        )
         # Few batches in flight, so that under load each one carries many postings (per
         # posting, a batch of 30 costs a third of the CPU of a batch of 5); never more
         # than half the pool, which must stay free for reads and authentication.

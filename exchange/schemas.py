@@ -26,11 +26,13 @@ __all__ = [
     "MemberCreate",
     "MemberCreated",
     "MoneyIn",
+    "NextTier",
     "Points",
     "Reference",
     "ReversalCreate",
     "SessionCreate",
     "SessionCreated",
+    "Tier",
     "Transaction",
     "TransactionPage",
 ]
@@ -152,10 +154,22 @@ class Expiring(_Out):
     expires_at: datetime
 
 
-class Balance(_Out):
+class NextTier(_Out):
+    name: str
+    points_needed: int
+
+
+class Tier(_Out, omit_defaults=True):
+    name: str
+    qualifying_points: int
+    next: NextTier | msgspec.UnsetType = msgspec.UNSET
+
+
+class Balance(_Out, omit_defaults=True):
     member_id: str
     available: int
     held: int
     pending: int
     expiring: list[Expiring]
     as_of: datetime
+    tier: Tier | msgspec.UnsetType = msgspec.UNSET

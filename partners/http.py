@@ -51,6 +51,7 @@ def _partner_out(record: registry.PartnerRecord) -> PartnerOut:
         earn_rates={currency: _plain(rate) for currency, rate in sorted(record.earn_rates.items())},
         credit_limit=limit,
         terms_version=record.terms_version,
+        tier_multipliers={tier: _plain(m) for tier, m in sorted(record.tier_multipliers.items())},
         created_at=record.created_at,
         updated_at=record.updated_at,
         keys=[_key_out(key) for key in record.keys],
@@ -61,6 +62,23 @@ def _rates(rates: dict[str, str]) -> dict[str, Decimal]:
     return {
         currency: parse_price(rate, what=f"earn_rates.{currency}")
         for currency, rate in rates.items()
+    }
+
+
+def _multipliers(
+    request: Request[Any, Any, Any], multipliers: dict[str, str]
+) -> dict[str, Decimal]:
+    """Earn multipliers per tier (contract §11); only the configured tiers (EXCHANGE_TIERS)."""
+    tiers = {name for name, _ in services_of(request).settings.tiers}
+    unknown = sorted(set(multipliers) - tiers)
+    if unknown:
+        raise Unprocessable(
+            f"tier_multipliers names unknown tiers {', '.join(unknown)}; "
+            f"tiers are {', '.join(sorted(tiers))}."
+        )
+    return {
+        tier: parse_price(value, what=f"tier_multipliers.{tier}")
+        for tier, value in multipliers.items()
     }
 
 
@@ -95,6 +113,7 @@ class PartnerAdminController(Controller):
             redemption_value=parse_price(data.redemption_value, what="redemption_value"),
             earn_rates=_rates(data.earn_rates),
             credit_limit=_limit(data.credit_limit, data.settlement_currency),
+            tier_multipliers=_multipliers(request, data.tier_multipliers),
         )
         record = await registry.create_partner(
             services.engine, services.clock, spec, changed_by=admin.name
@@ -135,6 +154,11 @@ class PartnerAdminController(Controller):
                 registry.UNCHANGED
                 if data.credit_limit is msgspec.UNSET
                 else _limit(data.credit_limit, current.settlement_currency)
+            ),
+            tier_multipliers=(
+                registry.UNCHANGED
+                if data.tier_multipliers is msgspec.UNSET
+                else _multipliers(request, data.tier_multipliers)
             ),
         )
         record = await registry.update_partner(

@@ -65,6 +65,7 @@ class PartnerSpec:
     redemption_value: Decimal
     earn_rates: dict[str, Decimal] = field(default_factory=dict)
     credit_limit: Decimal | None = None
+    tier_multipliers: dict[str, Decimal] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,7 @@ class PartnerChanges:
     redemption_value: Decimal | Unchanged = UNCHANGED
     earn_rates: dict[str, Decimal] | Unchanged = UNCHANGED
     credit_limit: Decimal | Unchanged | None = UNCHANGED
+    tier_multipliers: dict[str, Decimal] | Unchanged = UNCHANGED
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,7 @@ class PartnerRecord:
     created_at: datetime
     updated_at: datetime
     keys: tuple[KeyInfo, ...]
+    tier_multipliers: dict[str, Decimal] = field(default_factory=dict)
 
 
 def _validate(spec: PartnerSpec) -> None:
@@ -142,6 +145,15 @@ def _validate_terms(
             raise Unprocessable(f"credit_limit has more decimals than {currency} allows.")
 
 
+def _multipliers_row(multipliers: dict[str, Decimal]) -> dict[str, str]:
+    """Tier multipliers as stored: positive decimals with up to 6 places, as strings."""
+    for tier, multiplier in multipliers.items():
+        parse_price(f"{multiplier:f}", what=f"tier_multipliers.{tier}")
+        if multiplier <= 0:
+            raise Unprocessable(f"tier_multipliers.{tier} must be positive.")
+    return {tier: f"{multiplier:f}" for tier, multiplier in multipliers.items()}
+
+
 def _terms_row(
     partner_id: str, version: int, row: dict[str, Any], at: datetime, by: str | None
 ) -> dict[str, Any]:
@@ -154,6 +166,7 @@ def _terms_row(
         "earn_rates": row["earn_rates"],
         "credit_limit": row["credit_limit"],
         "status": row["status"],
+        "tier_multipliers": row["tier_multipliers"],
         "changed_by": by,
     }
 
@@ -173,6 +186,7 @@ async def create_partner(
         "redemption_value": spec.redemption_value,
         "earn_rates": {currency: f"{rate:f}" for currency, rate in spec.earn_rates.items()},
         "credit_limit": spec.credit_limit,
+        "tier_multipliers": _multipliers_row(spec.tier_multipliers),
         "created_at": now,
         "updated_at": now,
     }
@@ -213,6 +227,8 @@ async def update_partner(
             row["earn_rates"] = {
                 currency: f"{rate:f}" for currency, rate in changes.earn_rates.items()
             }
+        if not isinstance(changes.tier_multipliers, Unchanged):
+            row["tier_multipliers"] = _multipliers_row(changes.tier_multipliers)
         rates = {currency: Decimal(rate) for currency, rate in row["earn_rates"].items()}
         _validate_terms(
             row["issue_price"],
@@ -245,6 +261,7 @@ def _record(row: Any, keys: list[Any]) -> PartnerRecord:
         earn_rates={currency: Decimal(rate) for currency, rate in row.earn_rates.items()},
         credit_limit=row.credit_limit,
         terms_version=row.terms_version,
+        tier_multipliers={tier: Decimal(m) for tier, m in row.tier_multipliers.items()},
         created_at=row.created_at,
         updated_at=row.updated_at,
         keys=tuple(KeyInfo(key.key_id, key.status, key.created_at, key.revoked_at) for key in keys),

@@ -27,6 +27,7 @@ class PartnerCreate(_In):
     redemption_value: DecimalText
     earn_rates: dict[CurrencyCode, DecimalText] = {}
     credit_limit: MoneyIn | None = None
+    tier_multipliers: dict[str, DecimalText] = {}
 
 
 class PartnerUpdate(_In):
@@ -36,6 +37,7 @@ class PartnerUpdate(_In):
     redemption_value: DecimalText | msgspec.UnsetType = msgspec.UNSET
     earn_rates: dict[CurrencyCode, DecimalText] | msgspec.UnsetType = msgspec.UNSET
     credit_limit: MoneyIn | msgspec.UnsetType | None = msgspec.UNSET  # null removes the limit
+    tier_multipliers: dict[str, DecimalText] | msgspec.UnsetType = msgspec.UNSET
 
 
 class KeyCreate(_In):
@@ -68,6 +70,7 @@ class PartnerOut(msgspec.Struct, frozen=True):
     earn_rates: dict[str, str]
     credit_limit: MoneyOut | None
     terms_version: int
+    tier_multipliers: dict[str, str]
     created_at: datetime
     updated_at: datetime
     keys: list[KeyOut]

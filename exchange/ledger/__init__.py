@@ -6,7 +6,8 @@ rules produce and `exchange.service` runs them inside database transactions.
 The posting rules' contract (validate first, mutate after; time-driven changes applied
 first, in order, never stamped inside a closed period) is the docstring of `_operations`.
 `_model` holds the data; `_common` what the rules share; `_time` the time-driven changes
-(`settle_due`); `_operations` earns, burns, holds and balances; `_reversals` reversals.
+(`settle_due`); `_operations` earns, burns, holds and balances; `_reversals` reversals;
+`_transfers` member-to-member transfers.
 """
 
 from exchange.ledger._common import Context, OriginalPosting, PartnerState
@@ -44,6 +45,7 @@ from exchange.ledger._operations import (
 )
 from exchange.ledger._reversals import reverse
 from exchange.ledger._time import settle_due
+from exchange.ledger._transfers import TransferLimits, transfer
 
 __all__ = [
     "EXPIRING_LOTS_SHOWN_MAX",
@@ -69,6 +71,7 @@ __all__ = [
     "PartnerTerms",
     "Posting",
     "PostingType",
+    "TransferLimits",
     "balance",
     "burn",
     "capture_hold",
@@ -78,5 +81,6 @@ __all__ = [
     "points_for_purchase",
     "reverse",
     "settle_due",
+    "transfer",
     "void_hold",
 ]

@@ -47,6 +47,8 @@ class PostingType(StrEnum):
     HOLD_RELEASE = "hold_release"  # a void or an expired hold: held -> available
     EXPIRY = "expiry"  # breakage: available -> issuer's breakage
     MATURATION = "maturation"  # pending -> available once available_at passes
+    TRANSFER_OUT = "transfer_out"  # member to member: the sender's side
+    TRANSFER_IN = "transfer_in"  # member to member: the recipient's side
 
 
 PARTNER_TRANSACTION_TYPES = frozenset(
@@ -64,6 +66,7 @@ class Account(StrEnum):
     ISSUED = "issued"  # partner: minus the points it has issued
     REDEEMED = "redeemed"  # partner: the points burned with it
     BREAKAGE = "breakage"  # partner (issuer): its points that expired
+    TRANSFER = "transfer"  # clearing, owned by one transfer: out credits it, in debits it
 
 
 MEMBER_ACCOUNTS = frozenset({Account.AVAILABLE, Account.HELD, Account.PENDING})
@@ -138,6 +141,7 @@ class Lot:
     expires_at: datetime
     matured: bool  # True once its points sit in the member's available account
     created_at: datetime
+    source_lot_id: uuid.UUID | None = None  # a transferred lot: the sender's lot it came from
 
     def sort_key(self) -> tuple[datetime, datetime, uuid.UUID]:
         """Spending order: soonest-expiring first, ties oldest first."""
@@ -172,6 +176,7 @@ class PartnerTerms:
     earn_rates: dict[str, Decimal]
     credit_limit: Decimal | None
     exposure: Decimal  # unsettled issuance value before this batch (for the credit limit)
+    tier_multipliers: dict[str, Decimal] = field(default_factory=dict)  # purchase earns, by tier
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,11 +39,13 @@ from exchange.ledger import (
     new_id,
     settle_due,
 )
+from exchange.members import QUALIFYING_WINDOW, tier_status
 from exchange.schemas import Hold, MemberCreated, Transaction, TransactionPage
 from exchange.service._batch import _apply, _Batch
 from exchange.service._commands import (
     CaptureHold,
     Command,
+    Earn,
     Idempotency,
     LedgerRequest,
     Outcome,
@@ -65,10 +67,18 @@ SWEEP_ROUNDS_MAX = 100_000
 class LedgerService:
     """The ledger's use cases over one database (and one clock)."""
 
-    def __init__(self, engine: AsyncEngine, clock: Clock, *, points_ttl: timedelta) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        clock: Clock,
+        *,
+        points_ttl: timedelta,
+        tiers: Sequence[tuple[str, int]] = (("base", 0),),
+    ) -> None:
         self.engine = engine
         self.clock = clock
         self.points_ttl = points_ttl
+        self.tiers = tuple(tiers)
 
     async def submit(self, requests: Sequence[LedgerRequest]) -> list[Outcome]:
         """Run the requests in one database transaction; one outcome per request, in order."""
@@ -109,6 +119,7 @@ class LedgerService:
         partner_ids = {batch.requests[index].command.partner_id for index in batch.pending()}
         terms = await store.load_partner_terms(conn, partner_ids)
         partners = {partner_id: PartnerState(t) for partner_id, t in terms.items()}
+        await self._load_tiers(conn, batch, partners)
         batch.originals = await store.load_originals(conn, self._reversal_targets(batch))
         books = await store.load_books(
             conn,
@@ -124,6 +135,27 @@ class LedgerService:
         for index in batch.pending():
             _apply(batch, index, books[batch.members[index]], partners, ctx)
         return books
+
+    async def _load_tiers(
+        self, conn: Connection, batch: _Batch, partners: dict[str, PartnerState]
+    ) -> None:
+        """The tier of each member about to earn from a purchase with a partner that has
+        tier multipliers: from the journal as committed before this batch (under the
+        member's lock, so no other posting for the member is in flight)."""
+        members = {
+            batch.members[index]
+            for index in batch.pending()
+            if isinstance(command := batch.requests[index].command, Earn)
+            and command.purchase is not None
+            and command.points is None
+            and command.partner_id in partners
+            and partners[command.partner_id].terms.tier_multipliers
+        }
+        if not members:
+            return
+        since = self.clock.now() - QUALIFYING_WINDOW
+        points = await store.qualifying_points(conn, members, since)
+        batch.tiers = {m: tier_status(p, self.tiers).name for m, p in points.items()}
 
     @staticmethod
     def _commands(batch: _Batch) -> list[Command]:
@@ -252,7 +284,7 @@ class LedgerService:
         member_ids = await store.due_member_ids(conn, now, limit)
         if not member_ids:
             return True
-        debts, closed_until = await store.lock_members(conn, member_ids)
+        debts, closed_until = await store.lock_members(conn, member_ids, include_erased=True)
         books = await store.load_books(conn, debts)
         ctx = Context(now=now, closed_until=closed_until, points_ttl=self.points_ttl, ids=new_id)
         for book in books.values():

@@ -4,7 +4,15 @@ through SQLAlchemy Core (`_queries`). Driver errors stop here (`_errors`).
 """
 
 from exchange.store._errors import RetryableConflict, translate_errors
+from exchange.store._members import (
+    claim_member_key,
+    qualifying_points,
+    read_book_with_qualifying,
+    save_member_key,
+    transferred_since,
+)
 from exchange.store._posting import (
+    Connection,
     claim_keys,
     load_books,
     load_originals,
@@ -37,12 +45,14 @@ __all__ = [
     "COUNTER_SHARDS",
     "SETTLEMENT_BARRIER_KEY",
     "BatchWrite",
+    "Connection",
     "IdempotencyRecord",
     "RetryableConflict",
     "SignatureRecord",
     "StoredResponse",
     "claim_idempotency_keys",
     "claim_keys",
+    "claim_member_key",
     "close_journal_until",
     "create_member",
     "due_member_ids",
@@ -55,9 +65,13 @@ __all__ = [
     "load_originals",
     "load_partner_terms",
     "lock_members",
+    "qualifying_points",
     "read_book",
+    "read_book_with_qualifying",
     "resolve_targets",
     "save_idempotency",
+    "save_member_key",
+    "transferred_since",
     "translate_errors",
     "write_batch",
 ]
