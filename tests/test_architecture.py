@@ -10,7 +10,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("exchange", "partners", "settlement")
-HTTP_MODULES = {"exchange.http", "exchange.health", "partners.http", "settlement.http"}
+HTTP_MODULES = {
+    "exchange.http",
+    "exchange.health",
+    "exchange.members.http",
+    "partners.http",
+    "settlement.http",
+}
 
 
 def _modules() -> dict[str, Path]:

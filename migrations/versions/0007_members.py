@@ -96,9 +96,9 @@ def _members_and_partners() -> None:
 
 
 def _journal() -> None:
-    op.drop_constraint("ck_postings_type", "postings", type_="check")
+    op.drop_constraint(op.f("ck_postings_type"), "postings", type_="check")
     op.create_check_constraint(op.f("ck_postings_type"), "postings", _in("type", NEW_TYPES))
-    op.drop_constraint("ck_entries_account", "entries", type_="check")
+    op.drop_constraint(op.f("ck_entries_account"), "entries", type_="check")
     op.create_check_constraint(op.f("ck_entries_account"), "entries", _in("account", NEW_ACCOUNTS))
     op.create_index(
         "ix_postings_member_id_earned",
@@ -128,7 +128,7 @@ def _journal() -> None:
     op.create_foreign_key(
         op.f("fk_lots_source_lot_id_lots"), "lots", "lots", ["source_lot_id"], ["lot_id"]
     )
-    op.drop_constraint("uq_lots_earn_id", "lots", type_="unique")
+    op.drop_constraint(op.f("uq_lots_earn_id"), "lots", type_="unique")
     op.create_index(
         "uq_lots_earn_id",
         "lots",
@@ -212,12 +212,12 @@ def downgrade() -> None:
         "ix_postings_member_id_earned",
     ):
         op.drop_index(index, table_name="postings")
-    op.drop_constraint("ck_entries_account", "entries", type_="check")
+    op.drop_constraint(op.f("ck_entries_account"), "entries", type_="check")
     op.create_check_constraint(op.f("ck_entries_account"), "entries", _in("account", OLD_ACCOUNTS))
-    op.drop_constraint("ck_postings_type", "postings", type_="check")
+    op.drop_constraint(op.f("ck_postings_type"), "postings", type_="check")
     op.create_check_constraint(op.f("ck_postings_type"), "postings", _in("type", OLD_TYPES))
     for table in ("partner_terms", "partners"):
         op.drop_column(table, "tier_multipliers")
-    op.drop_constraint("ck_members_status", "members", type_="check")
+    op.drop_constraint(op.f("ck_members_status"), "members", type_="check")
     op.drop_column("members", "erased_at")
     op.drop_column("members", "status")
