@@ -171,8 +171,8 @@ class MembersService:
             await store.save_member_key(
                 conn,
                 member_id,
-                idempotency.key,
-                store.StoredResponse(idempotency.fingerprint, 201, body),
+                key=idempotency.key,
+                stored=store.StoredResponse(idempotency.fingerprint, 201, body),
                 posting_id=out_posting.posting_id,
                 at=now,
             )

@@ -201,13 +201,13 @@ async def test_a_transfer_moves_points_with_their_issuer_and_expiry(
     assert bob_balance["expiring"][0] == {"points": 300, "expires_at": soon}
     bob_bearer = await _bearer(cinema, bob)
     history = await client.get(f"/v1/members/{bob}/transactions", headers=bob_bearer)
-    assert [(i["type"], i["points"]) for i in history.json()["items"]][:1] == [
-        ("transfer_in", 400)
-    ]
+    assert [(i["type"], i["points"]) for i in history.json()["items"]][:1] == [("transfer_in", 400)]
     mine = await client.get(f"/v1/members/{alice}/transactions", headers=bearer)
     assert mine.json()["items"][0]["type"] == "transfer_out"
 
     # Bob spends the grocer's points at the cinema: attributed to the grocer as issuer.
+    # Soonest-expiring first: the 300 promotional points, then Bob's own 50 (same expiry
+    # as the grocer's other 100, but an older lot), then 70 of the transferred 100.
     await cinema.client.burn(bob, 420, reference="tickets")
     async with engine.connect() as conn:
         flows = (
@@ -220,8 +220,8 @@ async def test_a_transfer_moves_points_with_their_issuer_and_expiry(
             )
         ).all()
     assert sorted((issuer, int(points)) for issuer, points in flows) == [
-        ("cinema", 20),
-        ("grocer", 400),
+        ("cinema", 50),
+        ("grocer", 370),
     ]
     totals = await assert_ledger_verifies(engine)
     assert totals["transfers"] == 1
