@@ -156,6 +156,7 @@ async def test_create_partner_returns_it_with_its_terms(
         "earn_rates": {"EUR": "1"},
         "credit_limit": {"amount": "5000.00", "currency": "EUR"},
         "terms_version": 1,
+        "tier_multipliers": {},
         "created_at": "2026-11-23T10:00:00Z",
         "updated_at": "2026-11-23T10:00:00Z",
         "keys": [],
