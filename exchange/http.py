@@ -273,6 +273,8 @@ class PartnerController(Controller):
             if transaction_type not in PARTNER_TRANSACTION_TYPES:
                 raise Unprocessable(f"type must be one of {', '.join(types)}.")
             types = (transaction_type,)
+        if member_id is not None:
+            await members_service(services_of(request)).refuse_erased(member_id)
         return await services_of(request).ledger.list_transactions(
             partner_id=partner.partner_id,
             member_id=member_id,

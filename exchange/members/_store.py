@@ -21,7 +21,7 @@ from exchange.members.tables import member_idempotency_keys, webhook_outbox
 from exchange.tables import holds, idempotency_keys, lots, member_links, members, postings
 from partners.tables import member_sessions
 
-__all__ = ["EXPORT_SECTIONS", "erase_member", "export_sections"]
+__all__ = ["EXPORT_SECTIONS", "erase_member", "export_sections", "member_status"]
 
 # Which export section holds the rows of each table with a member_id column. A table
 # missing here is a table the export does not cover (tests/http/test_members_api.py
@@ -120,6 +120,12 @@ async def export_sections(conn: AsyncConnection, member_id: str) -> dict[str, An
             drop=("fingerprint", "response"),
         ),
     }
+
+
+async def member_status(conn: AsyncConnection, member_id: str) -> str | None:
+    return (
+        await conn.execute(select(members.c.status).where(members.c.member_id == member_id))
+    ).scalar_one_or_none()
 
 
 async def erase_member(conn: AsyncConnection, member_id: str, now: datetime) -> bool:

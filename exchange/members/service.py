@@ -211,6 +211,14 @@ class MembersService:
             **sections,
         )
 
+    async def refuse_erased(self, member_id: str) -> None:
+        """404 for an erased member: its transactions stay in partners' own lists, but a
+        request naming the member finds nothing."""
+        async with self.engine.connect() as conn:
+            status = await _store.member_status(conn, member_id)
+        if status == "erased":
+            raise MemberNotFound(f"No member {member_id}.")
+
     async def erase(self, member_id: str) -> Erased:
         """Scrub the member's references and links, revoke its sessions, mark it erased.
         The ledger keeps every amount under the pseudonymous member_id."""

@@ -430,6 +430,9 @@ async def test_erasure_scrubs_the_member_and_leaves_settlement_unchanged(
         with pytest.raises(Exception) as caught:  # noqa: PT011 - PartnerAPIError, checked below
             await refused
         assert (caught.value.status, caught.value.code) == (404, "member_not_found")  # type: ignore[attr-defined]
+    with pytest.raises(Exception) as listed:  # noqa: PT011 - PartnerAPIError, checked below
+        await grocer.client.list_transactions(member_id=alice)
+    assert listed.value.code == "member_not_found"  # type: ignore[attr-defined]
     bob_bearer = await _bearer(grocer, bob)
     _problem(await _transfer(client, bob_bearer, bob, alice, 1, "y"), 404, "member_not_found")
     gone = await client.get(f"/v1/members/{alice}/balance", headers=bearer)
