@@ -480,3 +480,25 @@ async def test_the_journal_refuses_any_other_change_during_an_erasure(
                 async with conn.begin_nested():
                     await conn.execute(text(statement), {"m": alice})
         await conn.rollback()
+
+
+async def test_a_transfer_whose_key_is_in_flight_is_409_and_changes_nothing(
+    client: httpx.AsyncClient, grocer: OnboardedPartner, engine: AsyncEngine
+) -> None:
+    alice = await _member(grocer, 500)
+    bob = await _member(grocer)
+    bearer = await _bearer(grocer, alice)
+    async with engine.connect() as conn, conn.begin():
+        # What the first request holds while it is being processed.
+        await conn.execute(
+            text(
+                "SELECT pg_advisory_xact_lock("
+                "hashtextextended('member' || chr(31) || :m || chr(31) || 'busy', 0))"
+            ),
+            {"m": alice},
+        )
+        _problem(await _transfer(client, bearer, alice, bob, 5, "busy"), 409,
+                 "request_in_progress")  # fmt: skip
+    assert (await grocer.client.balance(alice))["available"] == 500
+    # Once the first is done, the key is free (nothing was stored under it).
+    assert (await _transfer(client, bearer, alice, bob, 5, "busy")).status_code == 201
