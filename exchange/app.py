@@ -25,6 +25,8 @@ from exchange.db import create_engine
 from exchange.health import HealthController
 from exchange.http import BalanceController, MemberController, PartnerController
 from exchange.logs import configure_logging
+from exchange.members.http import MemberAdminController, MemberRightsController
+from exchange.members.service import MembersService
 from exchange.metrics_http import MetricsController
 from exchange.middleware import RequestContext
 from exchange.problems import exception_handlers
@@ -83,6 +85,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             AdjustmentController,
             MetricsController,
             console.router,
+            MemberRightsController,
+            MemberAdminController,
         ],
         template_config=console.template_config(),
         lifespan=[lifespan],
@@ -91,6 +95,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             "settlement": Provide(_settlement, sync_to_thread=False),
             "finance": Provide(_finance, sync_to_thread=False),
             "adjustments": Provide(_adjustments, sync_to_thread=False),
+            "members": Provide(_members, sync_to_thread=False),
         },
         exception_handlers=exception_handlers(),
         request_max_body_size=REQUEST_BODY_MAX_BYTES,
@@ -123,3 +128,7 @@ def _finance(state: State) -> FinanceService:
 
 def _adjustments(state: State) -> AdjustmentService:
     return _services(state).adjustments
+
+
+def _members(state: State) -> MembersService:
+    return _services(state).members

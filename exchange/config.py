@@ -99,6 +99,27 @@ def _public_url(value: str) -> str:
     return value.rstrip("/")
 
 
+def _tiers(value: str) -> tuple[tuple[str, int], ...]:
+    """`base:0,silver:5000,gold:20000`: names with ascending thresholds, the first at 0."""
+    tiers: list[tuple[str, int]] = []
+    for part in value.split(","):
+        name, _, threshold = part.strip().partition(":")
+        if not name.isidentifier() or not threshold.isdigit():
+            raise ValueError("each tier must be name:points")
+        tiers.append((name, int(threshold)))
+    thresholds = [threshold for _, threshold in tiers]
+    if thresholds[0] != 0 or thresholds != sorted(set(thresholds)):
+        raise ValueError("thresholds must start at 0 and strictly increase")
+    if len({name for name, _ in tiers}) != len(tiers):
+        raise ValueError("tier names must be unique")
+    return tuple(tiers)
+
+
+def _reminder_days(value: str) -> tuple[int, ...]:
+    days = sorted({_positive_int(part.strip(), high=3650) for part in value.split(",")})
+    return tuple(reversed(days))
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The exchange's configuration. Build it with `Settings.from_env()` or directly in tests."""
@@ -128,6 +149,10 @@ class Settings:
     account_redemption_margin: str = "4100"
     account_breakage_revenue: str = "4200"
     account_rounding: str = "6990"
+    tiers: tuple[tuple[str, int], ...] = (("base", 0), ("silver", 5000), ("gold", 20000))
+    transfer_points_max: int = 10_000
+    transfer_points_30d_max: int = 50_000
+    expiry_reminder_days: tuple[int, ...] = (30, 7)
 
     @property
     def authority(self) -> str:
@@ -194,6 +219,10 @@ _PARSERS: dict[str, Any] = {
     "account_redemption_margin": _account_code,
     "account_breakage_revenue": _account_code,
     "account_rounding": _account_code,
+    "tiers": _tiers,
+    "transfer_points_max": lambda v: _positive_int(v, high=10**12),
+    "transfer_points_30d_max": lambda v: _positive_int(v, high=10**12),
+    "expiry_reminder_days": _reminder_days,
 }
 
 VARIABLES: tuple[Variable, ...] = (
@@ -376,6 +405,34 @@ VARIABLES: tuple[Variable, ...] = (
         "6990",
         "an account code (1-32 characters)",
         "Journal account of rounding differences when a net is rounded to the minor unit.",
+    ),
+    Variable(
+        "EXCHANGE_TIERS",
+        "tiers",
+        "base:0,silver:5000,gold:20000",
+        "name:points,... ascending from 0",
+        "Member tiers by qualifying points (earned in the trailing 365 days, net of reversals).",
+    ),
+    Variable(
+        "EXCHANGE_TRANSFER_MAX_POINTS",
+        "transfer_points_max",
+        "10000",
+        "an integer 1-10^12",
+        "Most points one member-to-member transfer may move.",
+    ),
+    Variable(
+        "EXCHANGE_TRANSFER_MAX_POINTS_30D",
+        "transfer_points_30d_max",
+        "50000",
+        "an integer 1-10^12",
+        "Most points a member may transfer out in any 30 days.",
+    ),
+    Variable(
+        "EXCHANGE_EXPIRY_REMINDER_DAYS",
+        "expiry_reminder_days",
+        "30,7",
+        "integers 1-3650, comma-separated",
+        "Days before expiry at which member.points_expiring events are written.",
     ),
 )
 

@@ -32,6 +32,7 @@ mapping to RFC 9457 problem+json lives in `exchange.problems`. Errors raised in
     │   ├── CurrencyNotSupported        (422 currency_not_supported)
     │   ├── ReversalExceedsOriginal     (422 reversal_exceeds_original)
     │   ├── NotReversible               (422 not_reversible)
+    │   ├── TransferLimitExceeded       (422 transfer_limit_exceeded)
     │   ├── IdempotencyKeyReused        (422 idempotency_key_reused)
     │   └── NotARunPeriodEnd            (422 as_of_not_a_period_end)
     ├── RateLimited                     (429 rate_limited, carries retry_after_s)
@@ -80,6 +81,7 @@ __all__ = [
     "ServiceUnavailable",
     "TerminationFinal",
     "TransactionNotFound",
+    "TransferLimitExceeded",
     "Unauthorized",
     "Unprocessable",
     "UnsupportedMediaType",
@@ -214,6 +216,11 @@ class ReversalExceedsOriginal(Unprocessable):
 class NotReversible(Unprocessable):
     code = "not_reversible"
     title = "Transaction cannot be reversed"
+
+
+class TransferLimitExceeded(Unprocessable):
+    code = "transfer_limit_exceeded"
+    title = "Transfer limit exceeded"
 
 
 class IdempotencyKeyReused(Unprocessable):

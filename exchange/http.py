@@ -29,6 +29,7 @@ from exchange.errors import (
 )
 from exchange.ids import MEMBER_ID_SHAPE, parse_hold_id, parse_transaction_id
 from exchange.ledger import PARTNER_TRANSACTION_TYPES, PostingType
+from exchange.members.service import tier_view
 from exchange.money import MINOR_UNITS, parse_amount
 from exchange.service import (
     PAGE_SIZE_DEFAULT,
@@ -70,6 +71,8 @@ _MEMBER_HISTORY_TYPES = (
     *sorted(PARTNER_TRANSACTION_TYPES),
     PostingType.EXPIRY.value,
     PostingType.ADJUSTMENT.value,
+    PostingType.TRANSFER_OUT.value,
+    PostingType.TRANSFER_IN.value,
 )
 
 
@@ -383,6 +386,8 @@ class PartnerController(Controller):
             types = (transaction_type,)
         if reference is not None and len(reference) > 128:
             raise Unprocessable("reference is at most 128 characters.")
+        if member_id is not None:
+            await services.members.refuse_erased(member_id)
         return await services.ledger.list_transactions(
             partner_id=partner.partner_id,
             member_id=_query_filter(member_id, MEMBER_ID_SHAPE, "member_id"),
@@ -418,10 +423,10 @@ class BalanceController(Controller):
     ) -> schemas.Balance:
         if caller.partner_id is None and caller.member_id != member_id:
             raise MemberNotFound(f"No member {member_id}.")
-        balance = await services.ledger.read_balance(
+        balance, tier = await services.members.read_balance(
             _member_id(member_id), partner_id=caller.partner_id
         )
-        return balance_view(balance)
+        return balance_view(balance, tier_view(tier))
 
 
 class MemberController(Controller):

@@ -32,11 +32,13 @@ __all__ = [
     "MemberCreated",
     "MoneyIn",
     "MoneyOut",
+    "NextTier",
     "Points",
     "Reference",
     "ReversalCreate",
     "SessionCreate",
     "SessionCreated",
+    "Tier",
     "Transaction",
     "TransactionPage",
 ]
@@ -168,13 +170,25 @@ class Expiring(_Out, frozen=True):
     expires_at: datetime
 
 
-class Balance(_Out, frozen=True):
+class NextTier(_Out, frozen=True):
+    name: str
+    points_needed: int
+
+
+class Tier(_Out, frozen=True, omit_defaults=True):
+    name: str
+    qualifying_points: int
+    next: NextTier | msgspec.UnsetType = msgspec.UNSET
+
+
+class Balance(_Out, frozen=True, omit_defaults=True):
     member_id: str
     available: int
     held: int
     pending: int
     expiring: list[Expiring]
     as_of: datetime
+    tier: Tier | msgspec.UnsetType = msgspec.UNSET
 
 
 # -- operator adjustments (contract §8) --------------------------------------------------------

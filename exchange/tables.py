@@ -118,6 +118,8 @@ partners = Table(
     Column("redemption_value", PRICE, nullable=False),
     Column("earn_rates", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("credit_limit", MONEY, nullable=True),
+    # Earn multipliers per member tier, e.g. {"gold": "1.5"} (purchase-based earns only).
+    Column("tier_multipliers", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     # Issuance value already covered by closed settlement runs (for the credit limit).
     Column("settled_issuance", MONEY, nullable=False, server_default="0"),
     # Positive nets of closed runs not yet paid (computed, approved or invoiced): counts
@@ -149,6 +151,7 @@ partner_terms = Table(
     Column("earn_rates", JSONB, nullable=False),
     Column("credit_limit", MONEY, nullable=True),
     Column("status", String(16), nullable=False),
+    Column("tier_multipliers", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("changed_by", String(128), nullable=True),
     PrimaryKeyConstraint("partner_id", "version"),
 )
@@ -177,7 +180,12 @@ members = Table(
     # Points owed after an earn reversal found them spent (a negative balance).
     Column("debt", BigInteger, nullable=False, server_default="0"),
     _timestamp("created_at", default_now=True),
+    # `erased`: the member's data was erased (GDPR); the ledger keeps its amounts under the
+    # pseudonymous member_id and every request about the member answers 404.
+    Column("status", String(16), nullable=False, server_default="active"),
+    _timestamp("erased_at", nullable=True),
     CheckConstraint("debt >= 0", name="debt"),
+    CheckConstraint("status IN ('active', 'erased')", name="status"),
 )
 
 member_links = Table(
@@ -201,8 +209,21 @@ POSTING_TYPES = (
     "expiry",
     "maturation",
     "adjustment",
+    "transfer_out",
+    "transfer_in",
 )
-ACCOUNTS = ("available", "held", "pending", "issued", "redeemed", "breakage", "adjusted")
+# `transfer` is a clearing account owned by one transfer (its id): the sender's
+# transfer_out credits it, the recipient's transfer_in debits it, so it nets to zero.
+ACCOUNTS = (
+    "available",
+    "held",
+    "pending",
+    "issued",
+    "redeemed",
+    "breakage",
+    "adjusted",
+    "transfer",
+)
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -269,6 +290,27 @@ postings = Table(
     ),
     Index("ix_postings_reverses", "reverses", postgresql_where=text("reverses IS NOT NULL")),
     Index("ix_postings_posted_at", "posted_at"),
+    # A member's qualifying points (tiers) and 30-day transfer total: index-only sums.
+    Index(
+        "ix_postings_member_id_earned",
+        "member_id",
+        "posted_at",
+        postgresql_where=text("type = 'earn'"),
+        postgresql_include=["points"],
+    ),
+    Index(
+        "ix_postings_member_id_earn_reversed",
+        "member_id",
+        postgresql_where=text("type = 'earn_reversal'"),
+        postgresql_include=["reverses", "points"],
+    ),
+    Index(
+        "ix_postings_member_id_transferred",
+        "member_id",
+        "posted_at",
+        postgresql_where=text("type = 'transfer_out'"),
+        postgresql_include=["points"],
+    ),
 )
 
 entries = Table(
@@ -292,7 +334,8 @@ lots = Table(
     Column("lot_id", Uuid, primary_key=True),
     Column("member_id", ID, ForeignKey("members.member_id"), nullable=False),
     Column("issuer_id", ID, ForeignKey("partners.partner_id"), nullable=False),
-    Column("earn_id", Uuid, ForeignKey("postings.posting_id"), nullable=False, unique=True),
+    # The posting that created the lot: its earn, or the transfer_in that moved it here.
+    Column("earn_id", Uuid, ForeignKey("postings.posting_id"), nullable=False),
     Column("initial", BigInteger, nullable=False),
     Column("remaining", BigInteger, nullable=False),
     Column("unit_price", PRICE, nullable=False),
@@ -300,6 +343,8 @@ lots = Table(
     _timestamp("expires_at"),
     Column("matured", Boolean, nullable=False),
     _timestamp("created_at"),
+    # A transferred lot: the sender's lot it came from (same issuer, price and expiry).
+    Column("source_lot_id", Uuid, ForeignKey("lots.lot_id"), nullable=True),
     CheckConstraint("remaining >= 0 AND remaining <= initial", name="remaining"),
     CheckConstraint("expires_at > available_at", name="dates"),
     # A member's open lots: what a posting for that member loads.
@@ -311,6 +356,14 @@ lots = Table(
         "ix_lots_expires_at_open", "expires_at", "issuer_id", postgresql_where=text("remaining > 0")
     ),
     Index("ix_lots_available_at_pending", "available_at", postgresql_where=text("NOT matured")),
+    # One lot per earn; a transfer_in creates one lot per source lot.
+    Index(
+        "uq_lots_earn_id",
+        "earn_id",
+        unique=True,
+        postgresql_where=text("source_lot_id IS NULL"),
+    ),
+    Index("ix_lots_earn_id", "earn_id"),
 )
 
 allocations = Table(
@@ -412,4 +465,26 @@ adjustments = Table(
         "approved_token_id IS NULL OR approved_token_id <> requested_token_id", name="four_eyes"
     ),
     Index("ix_adjustments_member_id", "member_id"),
+)
+
+
+# Events for partners, written in the database transaction of the fact they report; the
+# delivery worker (contract §10) reads from here. Shared by settlement (statement.ready),
+# members (member.points_expiring) and partners (key.revoked, batch.completed).
+webhook_outbox = Table(
+    "webhook_outbox",
+    metadata,
+    Column("event_id", ID, primary_key=True),
+    Column("partner_id", ID, ForeignKey("partners.partner_id"), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("data", JSONB, nullable=False),
+    # Events that must be written once only (a reminder per member, lot and day count)
+    # carry a key; the unique constraint makes a repeated sweep a no-op.
+    Column("dedupe_key", Text, nullable=True, unique=True),
+)
+Index(
+    "ix_webhook_outbox_partner_id_created_at",
+    webhook_outbox.c.partner_id,
+    webhook_outbox.c.created_at,
 )

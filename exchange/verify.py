@@ -14,7 +14,11 @@ Checks:
 - issued - redeemed - expired + adjusted = outstanding (the sum of all member accounts;
   `adjusted` is what operator adjustments gave members, net of what they took back);
 - the partner counters (liability points and value, issuance value) match the lots and
-  postings they summarise.
+  postings they summarise;
+- every transfer is one transfer_out and one transfer_in of the same points whose
+  clearing entries net to zero, and its lots are conserved: each lot the transfer_out
+  drew from became a lot of the recipient with exactly those points and the same issuer,
+  price and expiry.
 """
 
 from __future__ import annotations
@@ -146,12 +150,57 @@ _CHECKS: dict[str, str] = {
         WHERE coalesce(r.points, 0) <> coalesce(c.points, 0)
            OR coalesce(r.value, 0) <> coalesce(c.value, 0)
            OR coalesce(r.issued, 0) <> coalesce(c.issued, 0)""",
+    "transfer_pairs": """
+        WITH t AS (
+            SELECT e.owner, sum(e.amount) AS net,
+                   count(*) FILTER (WHERE p.type = 'transfer_out') AS outs,
+                   count(*) FILTER (WHERE p.type = 'transfer_in') AS ins,
+                   sum(p.points) FILTER (WHERE p.type = 'transfer_out') AS out_points,
+                   sum(p.points) FILTER (WHERE p.type = 'transfer_in') AS in_points
+            FROM entries e JOIN postings p ON p.posting_id = e.posting_id
+            WHERE e.account = 'transfer' GROUP BY e.owner
+            UNION ALL
+            SELECT p.posting_id::text, 0, 0, 0, NULL, NULL FROM postings p
+            WHERE p.type IN ('transfer_out', 'transfer_in') AND NOT EXISTS (
+                SELECT 1 FROM entries e
+                WHERE e.posting_id = p.posting_id AND e.account = 'transfer'))
+        SELECT owner AS subject, 'one transfer_out, one transfer_in, equal points, net 0'
+                   AS expected,
+               format('out=%s (%s points) in=%s (%s points) net=%s', outs, out_points, ins,
+                      in_points, net) AS actual
+        FROM t
+        WHERE net <> 0 OR outs <> 1 OR ins <> 1 OR out_points IS DISTINCT FROM in_points""",
+    "transfer_lots": """
+        WITH pairs AS (
+            SELECT e.owner,
+                   (max(p.posting_id::text) FILTER (WHERE p.type = 'transfer_out'))::uuid AS out_id,
+                   (max(p.posting_id::text) FILTER (WHERE p.type = 'transfer_in'))::uuid AS in_id
+            FROM entries e JOIN postings p ON p.posting_id = e.posting_id
+            WHERE e.account = 'transfer' GROUP BY e.owner),
+        drawn AS (
+            SELECT pr.owner, a.lot_id, a.points
+            FROM pairs pr JOIN allocations a ON a.posting_id = pr.out_id AND a.kind = 'draw'),
+        created AS (
+            SELECT pr.owner, l.source_lot_id AS lot_id, l.initial AS points, l.issuer_id,
+                   l.unit_price, l.expires_at
+            FROM pairs pr JOIN lots l ON l.earn_id = pr.in_id AND l.source_lot_id IS NOT NULL)
+        SELECT coalesce(d.owner, c.owner) AS subject,
+               format('lot %s: %s points, issuer %s, price %s, expiry %s',
+                      s.lot_id, d.points, s.issuer_id, s.unit_price, s.expires_at) AS expected,
+               format('%s points, issuer %s, price %s, expiry %s',
+                      c.points, c.issuer_id, c.unit_price, c.expires_at) AS actual
+        FROM drawn d FULL JOIN created c ON c.owner = d.owner AND c.lot_id = d.lot_id
+        LEFT JOIN lots s ON s.lot_id = coalesce(d.lot_id, c.lot_id)
+        WHERE d.points IS DISTINCT FROM c.points OR s.issuer_id IS DISTINCT FROM c.issuer_id
+           OR s.unit_price IS DISTINCT FROM c.unit_price
+           OR s.expires_at IS DISTINCT FROM c.expires_at""",
 }
 
 _TOTALS = """
     SELECT (SELECT count(*) FROM postings) AS postings,
            (SELECT count(*) FROM members) AS members,
            (SELECT count(*) FROM lots) AS lots,
+           (SELECT count(*) FROM postings WHERE type = 'transfer_out') AS transfers,
            -coalesce(sum(amount) FILTER (WHERE account = 'issued'), 0) AS issued,
            coalesce(sum(amount) FILTER (WHERE account = 'redeemed'), 0) AS redeemed,
            coalesce(sum(amount) FILTER (WHERE account = 'breakage'), 0) AS expired,

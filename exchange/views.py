@@ -145,8 +145,9 @@ def hold_view(hold: Hold) -> schemas.Hold:
     )
 
 
-def balance_view(balance: Balance) -> schemas.Balance:
+def balance_view(balance: Balance, tier: schemas.Tier | None = None) -> schemas.Balance:
     return schemas.Balance(
+        tier=msgspec.UNSET if tier is None else tier,
         member_id=balance.member_id,
         available=balance.available,
         held=balance.held,

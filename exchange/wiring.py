@@ -28,6 +28,8 @@ from exchange.clock import Clock
 from exchange.config import Settings
 from exchange.errors import DatabaseUnavailable
 from exchange.logs import get_logger
+from exchange.members.reminders import expiry_reminder_job
+from exchange.members.service import MembersService
 from exchange.ratelimit import RateLimiter
 from exchange.service import AdjustmentService, LedgerRequest, LedgerService, Outcome
 from partners.gateway import SignatureGateway, housekeeping_jobs
@@ -56,6 +58,7 @@ class Services:
     settlement: SettlementService
     finance: FinanceService
     adjustments: AdjustmentService
+    members: MembersService
     scheduler: Scheduler
 
     async def start(self) -> None:
@@ -83,7 +86,9 @@ class Services:
 
 def build_services(settings: Settings, engine: AsyncEngine, clock: Clock) -> Services:
     """Every service of the exchange over one engine and one clock (no I/O happens here)."""
-    ledger = LedgerService(engine, clock, points_ttl=timedelta(days=settings.points_ttl_days))
+    ledger = LedgerService(
+        engine, clock, points_ttl=timedelta(days=settings.points_ttl_days), tiers=settings.tiers
+    )
     # Few batches in flight, so that under load each one carries many postings (per
     # posting, a batch of 30 costs a third of the CPU of a batch of 5); never more
     # than half the pool, which must stay free for reads and authentication.
@@ -100,7 +105,10 @@ def build_services(settings: Settings, engine: AsyncEngine, clock: Clock) -> Ser
         settlement=settlement,
         cycle=settings.settlement_cycle,
         interval_s=settings.scheduler_interval_s,
-        housekeeping=housekeeping_jobs(engine),
+        housekeeping=[
+            *housekeeping_jobs(engine),
+            expiry_reminder_job(engine, settings.expiry_reminder_days),
+        ],
         zone=ZoneInfo(settings.settlement_timezone),
     )
     return Services(
@@ -114,6 +122,7 @@ def build_services(settings: Settings, engine: AsyncEngine, clock: Clock) -> Ser
         settlement=settlement,
         finance=FinanceService(engine, clock, _chart_of_accounts(settings)),
         adjustments=AdjustmentService(engine, clock, ledger),
+        members=MembersService(engine, clock, settings),
         scheduler=scheduler,
     )
 

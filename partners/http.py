@@ -55,6 +55,7 @@ def _partner_out(record: registry.PartnerRecord) -> PartnerOut:
         payment_terms_days=record.payment_terms_days,
         tax_note=record.tax_note,
         terms_version=record.terms_version,
+        tier_multipliers={tier: _plain(m) for tier, m in sorted(record.tier_multipliers.items())},
         created_at=record.created_at,
         updated_at=record.updated_at,
         keys=[_key_out(key) for key in record.keys],
@@ -65,6 +66,21 @@ def _rates(rates: dict[str, str]) -> dict[str, Decimal]:
     return {
         currency: parse_price(rate, what=f"earn_rates.{currency}")
         for currency, rate in rates.items()
+    }
+
+
+def _multipliers(services: Services, multipliers: dict[str, str]) -> dict[str, Decimal]:
+    """Earn multipliers per tier (contract §11); only the configured tiers (EXCHANGE_TIERS)."""
+    tiers = {name for name, _ in services.settings.tiers}
+    unknown = sorted(set(multipliers) - tiers)
+    if unknown:
+        raise Unprocessable(
+            f"tier_multipliers names unknown tiers {', '.join(unknown)}; "
+            f"tiers are {', '.join(sorted(tiers))}."
+        )
+    return {
+        tier: parse_price(value, what=f"tier_multipliers.{tier}")
+        for tier, value in multipliers.items()
     }
 
 
@@ -107,6 +123,7 @@ class PartnerAdminController(Controller):
             credit_limit=_limit(data.credit_limit, data.settlement_currency),
             payment_terms_days=data.payment_terms_days,
             tax_note=data.tax_note,
+            tier_multipliers=_multipliers(services, data.tier_multipliers),
         )
         record = await registry.create_partner(
             services.engine, services.clock, spec, changed_by=admin.name
@@ -150,6 +167,11 @@ class PartnerAdminController(Controller):
             ),
             payment_terms_days=_unset_or(data.payment_terms_days),
             tax_note=_unset_or(data.tax_note),
+            tier_multipliers=(
+                registry.UNCHANGED
+                if data.tier_multipliers is msgspec.UNSET
+                else _multipliers(services, data.tier_multipliers)
+            ),
         )
         record = await registry.update_partner(
             services.engine, services.clock, partner_id, changes, changed_by=admin.name

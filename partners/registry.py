@@ -76,6 +76,7 @@ class PartnerSpec:
     credit_limit: Decimal | None = None
     payment_terms_days: int = 14
     tax_note: str | None = None
+    tier_multipliers: dict[str, Decimal] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,7 @@ class PartnerChanges:
     credit_limit: Decimal | Unchanged | None = UNCHANGED
     payment_terms_days: int | Unchanged = UNCHANGED
     tax_note: str | Unchanged | None = UNCHANGED
+    tier_multipliers: dict[str, Decimal] | Unchanged = UNCHANGED
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,7 @@ class PartnerRecord:
     created_at: datetime
     updated_at: datetime
     keys: tuple[KeyInfo, ...]
+    tier_multipliers: dict[str, Decimal] = field(default_factory=dict)
 
 
 def _known_shape(partner_id: str, key_id: str | None = None) -> None:
@@ -173,6 +176,15 @@ def _validate_terms(
             raise Unprocessable(f"credit_limit has more decimals than {currency} allows.")
 
 
+def _multipliers_row(multipliers: dict[str, Decimal]) -> dict[str, str]:
+    """Tier multipliers as stored: positive decimals with up to 6 places, as strings."""
+    for tier, multiplier in multipliers.items():
+        parse_price(f"{multiplier:f}", what=f"tier_multipliers.{tier}")
+        if multiplier <= 0:
+            raise Unprocessable(f"tier_multipliers.{tier} must be positive.")
+    return {tier: f"{multiplier:f}" for tier, multiplier in multipliers.items()}
+
+
 def _terms_row(
     partner_id: str, version: int, row: dict[str, Any], at: datetime, by: str | None
 ) -> dict[str, Any]:
@@ -185,6 +197,7 @@ def _terms_row(
         "earn_rates": row["earn_rates"],
         "credit_limit": row["credit_limit"],
         "status": row["status"],
+        "tier_multipliers": row["tier_multipliers"],
         "changed_by": by,
     }
 
@@ -206,6 +219,7 @@ async def create_partner(
         "credit_limit": spec.credit_limit,
         "payment_terms_days": spec.payment_terms_days,
         "tax_note": spec.tax_note,
+        "tier_multipliers": _multipliers_row(spec.tier_multipliers),
         "created_at": now,
         "updated_at": now,
     }
@@ -274,6 +288,8 @@ async def update_partner(
             row["earn_rates"] = {
                 currency: f"{rate:f}" for currency, rate in changes.earn_rates.items()
             }
+        if not isinstance(changes.tier_multipliers, Unchanged):
+            row["tier_multipliers"] = _multipliers_row(changes.tier_multipliers)
         rates = {currency: Decimal(rate) for currency, rate in row["earn_rates"].items()}
         _validate_terms(
             row["issue_price"],
@@ -308,6 +324,7 @@ def _record(row: Any, keys: list[Any]) -> PartnerRecord:
         payment_terms_days=row.payment_terms_days,
         tax_note=row.tax_note,
         terms_version=row.terms_version,
+        tier_multipliers={tier: Decimal(m) for tier, m in row.tier_multipliers.items()},
         created_at=row.created_at,
         updated_at=row.updated_at,
         keys=tuple(KeyInfo(key.key_id, key.status, key.created_at, key.revoked_at) for key in keys),

@@ -31,6 +31,7 @@ class PartnerCreate(_In, frozen=True):
     credit_limit: MoneyIn | None = None
     payment_terms_days: PaymentTermsDays = 14  # settlement documents fall due after these
     tax_note: TaxNote | None = None  # printed on settlement documents; no VAT is computed
+    tier_multipliers: dict[str, DecimalText] = {}
 
 
 class PartnerUpdate(_In, frozen=True):
@@ -42,6 +43,7 @@ class PartnerUpdate(_In, frozen=True):
     credit_limit: MoneyIn | msgspec.UnsetType | None = msgspec.UNSET  # null removes the limit
     payment_terms_days: PaymentTermsDays | msgspec.UnsetType = msgspec.UNSET
     tax_note: TaxNote | msgspec.UnsetType | None = msgspec.UNSET  # null removes the note
+    tier_multipliers: dict[str, DecimalText] | msgspec.UnsetType = msgspec.UNSET
 
 
 class KeyCreate(_In, frozen=True):
@@ -74,6 +76,7 @@ class PartnerOut(msgspec.Struct, frozen=True):
     payment_terms_days: int
     tax_note: str | None
     terms_version: int
+    tier_multipliers: dict[str, str]
     created_at: datetime
     updated_at: datetime
     keys: list[KeyOut]

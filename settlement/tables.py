@@ -38,7 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from exchange.tables import ID, MONEY, metadata
+from exchange.tables import ID, MONEY, metadata, webhook_outbox
 
 __all__ = [
     "audit_log",
@@ -225,23 +225,6 @@ payment_allocations = Table(
     CheckConstraint("amount > 0", name="amount"),
 )
 Index("ix_payment_allocations_document_id", payment_allocations.c.document_id)
-
-# Events for partners, written in the database transaction of the fact they report; the
-# delivery worker (contract §10) will read from here.
-webhook_outbox = Table(
-    "webhook_outbox",
-    metadata,
-    Column("event_id", ID, primary_key=True),
-    Column("partner_id", ID, ForeignKey("partners.partner_id"), nullable=False),
-    Column("type", String(64), nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("data", JSONB, nullable=False),
-)
-Index(
-    "ix_webhook_outbox_partner_id_created_at",
-    webhook_outbox.c.partner_id,
-    webhook_outbox.c.created_at,
-)
 
 # Who did what, when: one row per operator write (append-only).
 audit_log = Table(

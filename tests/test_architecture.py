@@ -16,6 +16,7 @@ PACKAGES = ("exchange", "partners", "settlement")
 HTTP_MODULES = {
     "exchange.http",
     "exchange.health",
+    "exchange.members.http",
     "exchange.adjustments_http",
     "exchange.metrics_http",
     "partners.http",

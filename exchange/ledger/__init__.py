@@ -6,7 +6,8 @@ rules produce and `exchange.service` runs them inside database transactions.
 The posting rules' contract (validate first, mutate after; time-driven changes applied
 first, in order, never stamped inside a closed period) is the docstring of `_operations`.
 `_model` holds the data; `_common` what the rules share; `_time` the time-driven changes
-(`settle_due`); `_operations` earns, burns, holds and balances; `_reversals` reversals.
+(`settle_due`); `_operations` earns, burns, holds and balances; `_reversals` reversals;
+`_transfers` member-to-member transfers.
 """
 
 from exchange.ledger._adjustments import adjust
@@ -45,6 +46,7 @@ from exchange.ledger._operations import (
 )
 from exchange.ledger._reversals import reverse
 from exchange.ledger._time import settle_due
+from exchange.ledger._transfers import TransferLimits, transfer
 
 __all__ = [
     "EXPIRING_LOTS_SHOWN_MAX",
@@ -71,6 +73,7 @@ __all__ = [
     "PartnerTerms",
     "Posting",
     "PostingType",
+    "TransferLimits",
     "adjust",
     "balance",
     "burn",
@@ -80,5 +83,6 @@ __all__ = [
     "points_for_purchase",
     "reverse",
     "settle_due",
+    "transfer",
     "void_hold",
 ]

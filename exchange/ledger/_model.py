@@ -49,6 +49,8 @@ class PostingType(StrEnum):
     EXPIRY = "expiry"  # breakage: available -> issuer's breakage
     MATURATION = "maturation"  # pending -> available once available_at passes
     ADJUSTMENT = "adjustment"  # an operator's four-eyes correction: issuer <-> available
+    TRANSFER_OUT = "transfer_out"  # member to member: the sender's side
+    TRANSFER_IN = "transfer_in"  # member to member: the recipient's side
 
 
 PARTNER_TRANSACTION_TYPES = frozenset(
@@ -67,6 +69,7 @@ class Account(StrEnum):
     REDEEMED = "redeemed"  # partner: the points burned with it
     BREAKAGE = "breakage"  # partner (issuer): its points that expired
     ADJUSTED = "adjusted"  # partner or operator: the counterpart of adjustments
+    TRANSFER = "transfer"  # clearing, owned by one transfer: out credits it, in debits it
 
 
 MEMBER_ACCOUNTS = frozenset({Account.AVAILABLE, Account.HELD, Account.PENDING})
@@ -144,6 +147,7 @@ class Lot:
     expires_at: datetime
     matured: bool  # True once its points sit in the member's available account
     created_at: datetime
+    source_lot_id: uuid.UUID | None = None  # a transferred lot: the sender's lot it came from
 
     def sort_key(self) -> tuple[datetime, datetime, uuid.UUID]:
         """Spending order: soonest-expiring first, ties oldest first."""
@@ -201,6 +205,7 @@ class PartnerTerms:
     exposure: Decimal  # unsettled issuance value before this batch (for the credit limit)
     version: int | None = None  # partners.terms_version read with these terms
     terminated: bool = False
+    tier_multipliers: dict[str, Decimal] = field(default_factory=dict)  # purchase earns, by tier
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,8 +91,11 @@ def balance(book: MemberBook, now: datetime) -> Balance:
     )
 
 
-def points_for_purchase(amount: Decimal, currency: str, terms: PartnerTerms) -> int:
-    """floor(amount x the partner's earn rate for the currency)."""
+def points_for_purchase(
+    amount: Decimal, currency: str, terms: PartnerTerms, tier: str | None = None
+) -> int:
+    """floor(amount x the partner's earn rate for the currency); then, if the partner has
+    a multiplier for the member's tier, floor(those points x the multiplier)."""
     rate = terms.earn_rates.get(currency)
     if rate is None:
         raise CurrencyNotSupported(
@@ -100,6 +103,9 @@ def points_for_purchase(amount: Decimal, currency: str, terms: PartnerTerms) -> 
             f"rates exist for: {', '.join(sorted(terms.earn_rates)) or 'none'}."
         )
     points = int((amount * rate).to_integral_value(rounding=ROUND_FLOOR))
+    multiplier = terms.tier_multipliers.get(tier) if tier is not None else None
+    if multiplier is not None:
+        points = int((points * multiplier).to_integral_value(rounding=ROUND_FLOOR))
     if points < 1:
         raise Unprocessable(f"A purchase of {amount} {currency} earns no points.")
     if points > POINTS_PER_REQUEST_MAX:

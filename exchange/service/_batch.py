@@ -58,6 +58,7 @@ class _Batch:
     signatures: list[store.SignatureRecord] = field(default_factory=list)
     links: set[tuple[str, str]] = field(default_factory=set)
     after: dict[uuid.UUID, Balance] = field(default_factory=dict)
+    tiers: dict[str, str] = field(default_factory=dict)  # member_id -> tier (multipliers)
 
     def fail(self, index: int, error: ExchangeError) -> None:
         self.outcomes[index] = Outcome(status_code=error.status, error=error)
@@ -131,7 +132,10 @@ def _execute(
             points = command.points
             if points is None and command.purchase is not None:
                 points = points_for_purchase(
-                    command.purchase.amount, command.purchase.currency, partner.terms
+                    command.purchase.amount,
+                    command.purchase.currency,
+                    partner.terms,
+                    batch.tiers.get(book.member_id),
                 )
             if points is None:
                 raise Unprocessable("Give either points or purchase.")

@@ -36,12 +36,14 @@ from exchange.ledger import (
     balance,
     settle_due,
 )
+from exchange.members import QUALIFYING_WINDOW, tier_status
 from exchange.retry import retry_conflicts
 from exchange.schemas import Hold, MemberCreated, Transaction, TransactionPage
 from exchange.service._batch import _apply, _Batch
 from exchange.service._commands import (
     CaptureHold,
     Command,
+    Earn,
     Idempotency,
     LedgerRequest,
     Outcome,
@@ -78,6 +80,7 @@ class LedgerService:
         *,
         points_ttl: timedelta,
         render: Render = render_effect,
+        tiers: Sequence[tuple[str, int]] = (("base", 0),),
     ) -> None:
         self.engine = engine
         self.clock = clock
@@ -85,6 +88,7 @@ class LedgerService:
         # The HTTP layer's rendering of an operation (status and bytes); the service only
         # stores what it returns with the idempotency key.
         self.render = render
+        self.tiers = tuple(tiers)
 
     async def submit(self, requests: Sequence[LedgerRequest]) -> list[Outcome]:
         """Run the requests in one database transaction; one outcome per request, in order."""
@@ -132,6 +136,7 @@ class LedgerService:
         partner_ids = {batch.requests[index].command.partner_id for index in batch.pending()}
         terms = await store.load_partner_terms(conn, partner_ids)
         partners = {partner_id: PartnerState(t) for partner_id, t in terms.items()}
+        await self._load_tiers(conn, batch, partners)
         batch.originals = await store.load_originals(conn, self._reversal_targets(batch))
         books = await store.load_books(
             conn,
@@ -147,6 +152,27 @@ class LedgerService:
         for index in batch.pending():
             _apply(batch, index, books[batch.members[index]], partners, ctx)
         return books
+
+    async def _load_tiers(
+        self, conn: Connection, batch: _Batch, partners: dict[str, PartnerState]
+    ) -> None:
+        """The tier of each member about to earn from a purchase with a partner that has
+        tier multipliers: from the journal as committed before this batch (under the
+        member's lock, so no other posting for the member is in flight)."""
+        members = {
+            batch.members[index]
+            for index in batch.pending()
+            if isinstance(command := batch.requests[index].command, Earn)
+            and command.purchase is not None
+            and command.points is None
+            and command.partner_id in partners
+            and partners[command.partner_id].terms.tier_multipliers
+        }
+        if not members:
+            return
+        since = self.clock.now() - QUALIFYING_WINDOW
+        points = await store.qualifying_points(conn, members, since)
+        batch.tiers = {m: tier_status(p, self.tiers).name for m, p in points.items()}
 
     @staticmethod
     def _commands(batch: _Batch) -> list[Command]:
@@ -282,7 +308,7 @@ class LedgerService:
         member_ids = await store.due_member_ids(conn, now, limit)
         if not member_ids:
             return True
-        debts, closed_until = await store.lock_members(conn, member_ids)
+        debts, closed_until = await store.lock_members(conn, member_ids, include_erased=True)
         books = await store.load_books(conn, debts)
         ctx = Context(now=now, closed_until=closed_until, points_ttl=self.points_ttl, ids=new_id)
         for book in books.values():

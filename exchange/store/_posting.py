@@ -133,7 +133,7 @@ async def resolve_targets(
 _LOCK_SQL = """
 SELECT m.member_id, m.debt, (SELECT closed_until FROM ledger_state WHERE id = 1) AS closed_until
 FROM members AS m
-WHERE m.member_id = ANY($1::text[])
+WHERE m.member_id = ANY($1::text[]) AND (m.status = 'active' OR $2::boolean)
 ORDER BY m.member_id
 FOR NO KEY UPDATE OF m
 """
@@ -141,10 +141,12 @@ _CLOSED_SQL = "SELECT closed_until FROM ledger_state WHERE id = 1"
 
 
 async def lock_members(
-    conn: Connection, member_ids: Iterable[str]
+    conn: Connection, member_ids: Iterable[str], *, include_erased: bool = False
 ) -> tuple[dict[str, int], datetime]:
-    """Lock member rows in member_id order; their debts, and the journal's closing time."""
-    rows = await conn.fetch(_LOCK_SQL, sorted(set(member_ids)))
+    """Lock member rows in member_id order; their debts, and the journal's closing time.
+    Erased members are left out (not found), except for the sweep (`include_erased`):
+    their points still expire on time."""
+    rows = await conn.fetch(_LOCK_SQL, sorted(set(member_ids)), include_erased)
     debts = {row["member_id"]: row["debt"] for row in rows}
     closed_until = rows[0]["closed_until"] if rows else await conn.fetchval(_CLOSED_SQL)
     return debts, closed_until
@@ -155,7 +157,7 @@ async def lock_members(
 _PARTNERS_SQL = """
 SELECT partner_id, status, settlement_currency, issue_price, redemption_value,
        earn_rates::text AS earn_rates, credit_limit, settled_issuance, receivable_open,
-       terms_version
+       terms_version, tier_multipliers::text AS tier_multipliers
 FROM partners WHERE partner_id = ANY($1::text[])
 """
 # Credit-limited partners: lock, then read the exposure in a LATER statement, so that it
@@ -169,6 +171,7 @@ FROM partner_counters WHERE partner_id = ANY($1::text[]) GROUP BY partner_id
 
 def _terms(row: Any, exposure: Decimal) -> PartnerTerms:
     rates = msgspec.json.decode(row["earn_rates"], type=dict[str, str])
+    multipliers = msgspec.json.decode(row["tier_multipliers"], type=dict[str, str])
     return PartnerTerms(
         partner_id=row["partner_id"],
         active=row["status"] == "active",
@@ -182,6 +185,7 @@ def _terms(row: Any, exposure: Decimal) -> PartnerTerms:
         # visible afterwards as the version the posting was really priced with.
         version=row["terms_version"],
         terminated=row["status"] == "terminated",
+        tier_multipliers={tier: Decimal(value) for tier, value in multipliers.items()},
     )
 
 

@@ -45,7 +45,7 @@ _TABLES: dict[str, tuple[tuple[str, str], ...]] = {
         ("lot_id", "uuid"), ("member_id", "text"), ("issuer_id", "text"), ("earn_id", "uuid"),
         ("initial", "bigint"), ("remaining", "bigint"), ("unit_price", "numeric"),
         ("available_at", "timestamptz"), ("expires_at", "timestamptz"), ("matured", "boolean"),
-        ("created_at", "timestamptz"),
+        ("created_at", "timestamptz"), ("source_lot_id", "uuid"),
     ),
     "allocations": (
         ("posting_id", "uuid"), ("lot_id", "uuid"), ("kind", "text"), ("points", "bigint"),
@@ -171,6 +171,7 @@ class BatchWrite:
             self.new_lots.append((
                 lot.lot_id, lot.member_id, lot.issuer_id, lot.earn_id, lot.initial, lot.remaining,
                 lot.unit_price, lot.available_at, lot.expires_at, lot.matured, lot.created_at,
+                lot.source_lot_id,
             ))  # fmt: skip
             counter = self.counters[lot.issuer_id]
             counter[1] += lot.initial

@@ -30,18 +30,26 @@ import httpx
 import uvicorn
 from rich.console import Console
 from rich.progress import Progress
+from rich.table import Table
 
 from exchange.app import create_app
 from exchange.clock import FrozenClock
 from exchange.config import Settings
 from exchange.db import create_engine, recreate_database
 from exchange.logs import configure_logging
+from exchange.members.reminders import write_expiry_reminders
 from exchange.operators import create_operator_token
 from partners.client import AsyncPartnerClient
 from partners.errors import PartnerAPIError
 from partners.signing import generate_keypair
 
-__all__ = ["DEMO_DATABASE", "DemoResult", "recreate_demo_database", "run_demo"]
+__all__ = [
+    "DEMO_DATABASE",
+    "DemoResult",
+    "members_chapter",
+    "recreate_demo_database",
+    "run_demo",
+]
 
 DEMO_DATABASE = "exchange_demo"
 PARTNERS: tuple[dict[str, Any], ...] = (
@@ -345,12 +353,69 @@ async def _run(
             }
             csv = await admin.get(f"/v1/settlements/{run['run_id']}/report.csv")
             csv.raise_for_status()
+            await members_chapter(admin, clients, settings, clock, console)
         finally:
             for client in clients.values():
                 await client.aclose()
     csv_path = out_dir / f"settlement-{run['run_id']}.csv"
     await asyncio.to_thread(_write_file, csv_path, csv.text)
     return DemoResult(run=run, statements=statements, csv_path=csv_path, counts=world.counts)
+
+
+async def members_chapter(
+    admin: httpx.AsyncClient,
+    clients: dict[str, AsyncPartnerClient],
+    settings: Settings,
+    clock: FrozenClock,
+    console: Console,
+) -> None:
+    """Members v1.1 in three steps, after settlement (so the run above is unchanged): a
+    tier change that a tier multiplier rewards, a transfer, and an expiry reminder."""
+    grocer, fuel = clients["grocer"], clients["fuel"]
+    changed = await admin.patch(
+        "/v1/admin/partners/grocer", json={"tier_multipliers": {"silver": "1.5", "gold": "2"}}
+    )
+    changed.raise_for_status()
+    table = Table(title="Members: tiers, a transfer, a reminder")
+    table.add_column("step")
+    table.add_column("what happened")
+    ana = (await grocer.enrol_member(reference="demo-ana"))["member_id"]
+    await grocer.earn(ana, 4_900, reference="demo-welcome")
+    before = (await grocer.balance(ana))["tier"]
+    first = await grocer.earn(ana, purchase=("120.00", "EUR"), reference="demo-basket-1")
+    after = (await grocer.balance(ana))["tier"]
+    second = await grocer.earn(ana, purchase=("120.00", "EUR"), reference="demo-basket-2")
+    table.add_row(
+        "tier",
+        f"{before['name']} ({before['qualifying_points']} points) -> {after['name']} "
+        f"({after['qualifying_points']}); 120 EUR earned {first['points']} points, then "
+        f"{second['points']} at {after['name']} (x1.5)",
+    )
+    ben = (await fuel.enrol_member(reference="demo-ben"))["member_id"]
+    token = (await grocer.create_session(ana))["token"]
+    sent = await admin.post(
+        f"/v1/members/{ana}/transfers",
+        json={"to_member_id": ben, "points": 300},
+        headers={"Authorization": f"Bearer {token}", "Idempotency-Key": "demo-gift"},
+    )
+    sent.raise_for_status()
+    moved = ", ".join(f"{lot['points']} of {lot['issuer']}'s" for lot in sent.json()["lots"])
+    table.add_row("transfer", f"Ana -> Ben: 300 points ({moved}, expiry kept)")
+    soon = clock.now() + timedelta(days=6)
+    await fuel.earn(ben, 50, reference="demo-promo", expires_at=soon)
+    engine = create_engine(settings.database_url or "", pool_size=2)
+    try:
+        written = await write_expiry_reminders(engine, clock.now(), settings.expiry_reminder_days)
+    finally:
+        await engine.dispose()
+    windows = ", ".join(str(days) for days in settings.expiry_reminder_days)
+    table.add_row(
+        "reminder",
+        f"the sweep wrote {written} member.points_expiring event(s) to the webhook outbox "
+        f"(one per member, lot, window of {windows} days and linked partner), among them "
+        f"Ben's 50 fuel points expiring {soon:%Y-%m-%d}",
+    )
+    console.print(table)
 
 
 async def recreate_demo_database(url: str) -> str:

@@ -104,6 +104,11 @@ async def test_enrol_returns_the_member_and_its_creation_time(grocer: OnboardedP
         "pending": 0,
         "expiring": [],
         "as_of": "2026-11-23T10:00:00Z",
+        "tier": {
+            "name": "base",
+            "qualifying_points": 0,
+            "next": {"name": "silver", "points_needed": 5000},
+        },
     }
 
 
@@ -127,6 +132,12 @@ async def test_balance_shows_available_held_pending_and_expiring(
             {"points": 250, "expires_at": "2029-11-22T10:00:00Z"},
         ],
         "as_of": "2026-11-23T10:00:00Z",
+        # pending points are earned points: they qualify (a return would deduct them)
+        "tier": {
+            "name": "base",
+            "qualifying_points": 750,
+            "next": {"name": "silver", "points_needed": 4250},
+        },
     }
 
 

@@ -164,6 +164,7 @@ async def test_create_partner_returns_it_with_its_terms(
         "payment_terms_days": 14,
         "tax_note": None,
         "terms_version": 1,
+        "tier_multipliers": {},
         "created_at": "2026-11-23T10:00:00Z",
         "updated_at": "2026-11-23T10:00:00Z",
         "keys": [],

@@ -46,6 +46,10 @@ async def test_the_demo_settles_reconciled_and_verifies_clean_and_repeats_exactl
     assert "reconciled" in first.stdout
     assert "Ledger verify: clean" in first.stdout
     _assert_the_server_log_went_to_its_file(first, tmp_path)
+    # The members chapter: a tier change, a transfer and an expiry reminder.
+    assert "base (4900 points) -> silver (5020)" in first.stdout
+    assert "Ana -> Ben: 300 points" in first.stdout
+    assert "member.points_expiring" in first.stdout
     csv_files = list((tmp_path / "demo").glob("settlement-*.csv"))
     assert len(csv_files) == 1
     first_csv = csv_files[0].read_text()

@@ -29,6 +29,8 @@ HOLD_EXPIRES_IN_S_MAX = 604_800
 OPEN, CAPTURED, VOIDED, EXPIRED = "open", "captured", "voided", "expired"
 EARN, BURN, EARN_REVERSAL, BURN_REVERSAL = "earn", "burn", "earn_reversal", "burn_reversal"
 ADJUSTMENT = "adjustment"  # an operator's four-eyes correction (contract §8)
+TRANSFER_OUT, TRANSFER_IN = "transfer_out", "transfer_in"
+TRANSFER_WINDOW = timedelta(days=30)
 
 
 class Refused(Exception):
@@ -48,6 +50,7 @@ class LotState:
     available_at: datetime
     expires_at: datetime
     matured: bool = False  # as the journal has it (set when the member is settled)
+    transferred: bool = False  # a lot a transfer created in the recipient's book
 
     def order(self) -> tuple[datetime, int]:
         """Spending order: soonest-expiring first, ties oldest first."""
@@ -118,13 +121,10 @@ class Model:
         self.expired = 0
         self.adjusted = 0  # + credited to members by adjustments, - debited
         self.postings = {
-            EARN: 0,
-            BURN: 0,
-            EARN_REVERSAL: 0,
-            BURN_REVERSAL: 0,
-            "hold": 0,
-            ADJUSTMENT: 0,
-        }
+            EARN: 0, BURN: 0, EARN_REVERSAL: 0, BURN_REVERSAL: 0, "hold": 0,
+            ADJUSTMENT: 0, TRANSFER_OUT: 0, TRANSFER_IN: 0,
+        }  # fmt: skip
+        self.transfers: list[tuple[datetime, str, int]] = []  # (when, sender, points)
         self._seq = 0
 
     def copy(self) -> Model:
@@ -247,8 +247,15 @@ class Model:
             if txn.kind in (EARN, ADJUSTMENT) and txn.lot is not None:
                 lot = self.members[txn.member].lots[txn.lot]
                 lots[txn.seq] = (lot.remaining, lot.matured)
+        transferred = sorted(
+            (member_id, lot.issuer, lot.expires_at, lot.initial, lot.remaining, lot.matured)
+            for member_id, member in self.members.items()
+            for lot in member.lots.values()
+            if lot.transferred
+        )
         return {
             "lots": lots,
+            "transferred": transferred,
             "holds": {seq: hold.status for seq, hold in self.holds.items()},
             "debts": {member_id: member.debt for member_id, member in self.members.items()},
         }
@@ -415,6 +422,44 @@ class Model:
         self.adjusted += points
         self._tidy(member, self.now, Settled())
         return self._txn(Txn(self._next(), ADJUSTMENT, issuer, member_id, points, lot=lot.seq))
+
+    def transfer(
+        self,
+        sender_id: str,
+        recipient_id: str,
+        points: int,
+        *,
+        per_transfer_max: int,
+        per_30d_max: int,
+    ) -> list[tuple[str, int, datetime]]:
+        """Member to member: the points leave the sender's spendable lots in spending order
+        and arrive as new lots of the recipient with the same issuer and expiry (which
+        repay a negative balance first). Neither issued nor redeemed moves. Returns
+        (issuer, points, expires_at) per lot drawn."""
+        if sender_id == recipient_id:
+            raise Refused("validation_error")
+        sent = sum(
+            moved
+            for at, who, moved in self.transfers
+            if who == sender_id and at > self.now - TRANSFER_WINDOW
+        )
+        if points > per_transfer_max or sent + points > per_30d_max:
+            raise Refused("transfer_limit_exceeded")
+        sender, recipient = self._member(sender_id), self._member(recipient_id)
+        moved = []
+        for lot_seq, part in self._draw_available(sender, points):
+            source = sender.lots[lot_seq]
+            lot = LotState(
+                self._next(), source.issuer, part, part, source.available_at, source.expires_at,
+                matured=True, transferred=True,
+            )  # fmt: skip
+            recipient.lots[lot.seq] = lot
+            moved.append((source.issuer, part, source.expires_at))
+        self._tidy(recipient, self.now, Settled())
+        self.transfers.append((self.now, sender_id, points))
+        self.postings[TRANSFER_OUT] += 1
+        self.postings[TRANSFER_IN] += 1
+        return moved
 
     def _txn(self, txn: Txn) -> Txn:
         self.txns[txn.seq] = txn

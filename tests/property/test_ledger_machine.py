@@ -1,7 +1,8 @@
 """The real ledger and an in-memory model of the contract, driven side by side.
 
 A hypothesis `RuleBasedStateMachine` sends earns, burns, holds, captures, voids, reversals,
-operator adjustments (four eyes) and replays to `LedgerService` on its own PostgreSQL
+operator adjustments (four eyes), member-to-member transfers (`MembersService`, with
+small limits) and replays to `LedgerService` on its own PostgreSQL
 database (one per example), moves the clock and sweeps; `tests.property.model` predicts
 every outcome. After every step:
 
@@ -10,8 +11,9 @@ every outcome. After every step:
 - every member's balance (available, held, pending, expiring) is the model's;
 - a balance is negative only for a member an earn reversal found spent;
 - every idempotency key had at most one effect (postings per type, keys stored);
-- the stored sub-ledger is the model's: every lot's remaining points and maturity, every
-  hold's status, every member's debt (this is what catches a wrong lot being drawn on
+- the stored sub-ledger is the model's: every lot's remaining points and maturity (and
+  every transferred lot's member, issuer, expiry and points), every hold's status, every
+  member's debt (this is what catches a wrong lot being drawn on
   long before it shows in a balance).
 
 Every response is checked too: status, error code, points, hold status, and the
@@ -51,10 +53,12 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exchange.clock import FrozenClock
+from exchange.config import Settings
 from exchange.db import create_engine
 from exchange.embedded import EmbeddedPostgres
 from exchange.errors import ExchangeError
 from exchange.ids import parse_hold_id, parse_transaction_id
+from exchange.members.service import MembersService
 from exchange.schemas import AdjustmentCreate
 from exchange.service import (
     AdjustmentService,
@@ -105,6 +109,8 @@ SETTINGS = settings(
     database=None,  # nothing written to .hypothesis/; every run is bounded
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+
+TRANSFER_MAX, TRANSFER_30D_MAX = 250, 600  # small, so that the limits are reached
 
 # Amounts of one scale, so that a burn or a hold often spans several lots.
 points = st.integers(min_value=1, max_value=300)
@@ -164,6 +170,11 @@ class LedgerMachine(RuleBasedStateMachine):
         self.engine = create_engine(self.h.postgres.url(self.database), pool_size=2)
         self.clock = FrozenClock(START)
         self.ledger = LedgerService(self.engine, self.clock, points_ttl=POINTS_TTL)
+        self.member_service = MembersService(
+            self.engine,
+            self.clock,
+            Settings(transfer_points_max=TRANSFER_MAX, transfer_points_30d_max=TRANSFER_30D_MAX),
+        )
         self.model = Model(START, POINTS_TTL)
         self.members: list[str] = []
         self.holds: list[tuple[int, uuid.UUID]] = []  # (model seq, hold_id)
@@ -476,6 +487,68 @@ class LedgerMachine(RuleBasedStateMachine):
         """A refused request left its key free: the same request runs afresh."""
         self._send(self._recent(list(self.failed.values()), which))
 
+    # -- rules: transfers ---------------------------------------------------------------------
+
+    @rule(
+        sender=index,
+        recipient=index,
+        amount=spend | st.sampled_from([TRANSFER_MAX, TRANSFER_MAX + 1]),
+    )
+    def transfer(self, sender: int, recipient: int, amount: int) -> None:
+        """Member to member (to oneself when the indexes meet: refused)."""
+        self._transfer(self._member(sender), self._member(recipient), amount)
+
+    @precondition(lambda self: len(self.members) > 1)
+    @rule(sender=index, amount=spend)
+    def transfer_to_another_member(self, sender: int, amount: int) -> None:
+        self._transfer(self._member(sender), self._member(sender + 1), amount)
+
+    def _transfer(self, sender_id: str, recipient_id: str, amount: int) -> None:
+        trial = self.model.copy()
+        try:
+            moved = trial.transfer(
+                sender_id,
+                recipient_id,
+                amount,
+                per_transfer_max=TRANSFER_MAX,
+                per_30d_max=TRANSFER_30D_MAX,
+            )
+        except Refused as refusal:
+            moved, refused_with = [], refusal.code
+        else:
+            refused_with = None
+        key = self._key()
+        idempotency = Idempotency(key, key.encode())
+        outcome = None
+        try:
+            outcome = self.h.run(
+                self.member_service.transfer(sender_id, recipient_id, amount, idempotency)
+            )
+        except ExchangeError as error:
+            refused_for_real = error
+        else:
+            refused_for_real = None
+        if refused_for_real is not None:
+            code = refused_for_real.code
+            assert refused_with == code, (refused_with, code, refused_for_real.detail)
+            return
+        assert outcome is not None
+        assert refused_with is None, f"expected {refused_with}, got {outcome.body!r}"
+        self.model = trial
+        body: dict[str, Any] = msgspec.json.decode(outcome.body)
+        assert outcome.status_code == 201
+        assert (body["type"], body["points"]) == ("transfer_out", amount)
+        assert [
+            (lot["issuer"], lot["points"], datetime.fromisoformat(lot["expires_at"]))
+            for lot in body["lots"]
+        ] == moved
+        after = self.model.balance(sender_id)
+        assert body["balance_after"] == {
+            "available": after.available,
+            "held": after.held,
+            "pending": after.pending,
+        }
+
     # -- rules: time --------------------------------------------------------------------------
 
     @rule(by=st.sampled_from(ADVANCE_BY))
@@ -542,13 +615,22 @@ class LedgerMachine(RuleBasedStateMachine):
         """The sub-ledger as the database holds it, in the model's numbering."""
         txn_seqs = {transaction_id: seq for seq, transaction_id in self.txns + self.adjustments}
         hold_seqs = {hold_id: seq for seq, hold_id in self.holds}
-        lots = await conn.execute(text("SELECT earn_id, remaining, matured FROM lots"))
+        lots = await conn.execute(
+            text("SELECT earn_id, remaining, matured FROM lots WHERE source_lot_id IS NULL")
+        )
+        transferred = await conn.execute(
+            text(
+                "SELECT member_id, issuer_id, expires_at, initial, remaining, matured "
+                "FROM lots WHERE source_lot_id IS NOT NULL"
+            )
+        )
         holds = await conn.execute(text("SELECT hold_id, status FROM holds"))
         debts = await conn.execute(text("SELECT member_id, debt FROM members"))
         return {
             "lots": {
                 txn_seqs[earn_id]: (remaining, matured) for earn_id, remaining, matured in lots
             },
+            "transferred": sorted(tuple(row) for row in transferred),
             "holds": {hold_seqs[hold_id]: status for hold_id, status in holds},
             "debts": {member_id: debt for member_id, debt in debts},
         }

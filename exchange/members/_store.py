@@ -1,0 +1,183 @@
+"""Members SQL off the posting path (SQLAlchemy Core): export and erasure.
+
+Erasure and the journal's append-only guard: a partner's `reference` on a posting is
+partner data about the member, so erasure must scrub it, while the journal refuses every
+UPDATE. Migration 0007 narrows the guard to one exception: inside a database
+transaction that has set `exchange.erasing_member` to the posting's member, an UPDATE
+that sets `reference` to NULL and changes nothing else is allowed. Amounts, types,
+times and prices can never change, so every settlement figure stays what it was.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from exchange.ids import format_hold_id, format_transaction_id
+from exchange.members.tables import member_idempotency_keys, webhook_outbox
+from exchange.tables import holds, idempotency_keys, lots, member_links, members, postings
+from partners.tables import member_sessions
+
+__all__ = ["EXPORT_SECTIONS", "erase_member", "export_sections", "member_status"]
+
+# Which export section holds the rows of each table with a member_id column. A table
+# missing here is a table the export does not cover (tests/http/test_members_api.py
+# compares this with information_schema).
+EXPORT_SECTIONS = {
+    "members": "member",
+    "member_links": "links",
+    "postings": "history",
+    "lots": "lots",
+    "holds": "holds",
+    "member_sessions": "sessions",
+    "member_idempotency_keys": "requests",
+}
+
+
+def _plain(row: Any, *, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {key: value for key, value in row._mapping.items() if key not in drop}
+
+
+async def _rows(conn: AsyncConnection, query: Any, **kwargs: Any) -> list[dict[str, Any]]:
+    return [_plain(row, **kwargs) for row in await conn.execute(query)]
+
+
+def _posting(row: dict[str, Any]) -> dict[str, Any]:
+    row["transaction_id"] = format_transaction_id(row.pop("posting_id"))
+    if row.get("reverses") is not None:
+        row["reverses"] = format_transaction_id(row["reverses"])
+    if row.get("hold_id") is not None:
+        row["hold_id"] = format_hold_id(row["hold_id"])
+    return row
+
+
+def _references(
+    member: dict[str, Any], history: list[dict[str, Any]], held: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    found = []
+    if member.get("reference") is not None:
+        found.append({"partner_id": member["enrolled_by"], "reference": member["reference"],
+                      "on": "enrolment"})  # fmt: skip
+    for kind, rows, id_field in (("transaction", history, "transaction_id"),
+                                 ("hold", held, "hold_id")):  # fmt: skip
+        found.extend(
+            {
+                "partner_id": row["partner_id"],
+                "reference": row["reference"],
+                "on": kind,
+                "id": row[id_field],
+            }
+            for row in rows
+            if row.get("reference") is not None
+        )
+    return found
+
+
+async def export_sections(conn: AsyncConnection, member_id: str) -> dict[str, Any] | None:
+    """Every row about the member, by section (see EXPORT_SECTIONS); None if unknown or
+    erased. Token hashes and stored response bytes are left out: they are secrets or
+    copies of what the export already shows."""
+    member_rows = await _rows(
+        conn, select(members).where(members.c.member_id == member_id, members.c.status == "active")
+    )
+    if not member_rows:
+        return None
+    member = member_rows[0]
+    order = (postings.c.posted_at, postings.c.posting_id)
+    history = [
+        _posting(row)
+        for row in await _rows(
+            conn, select(postings).where(postings.c.member_id == member_id).order_by(*order)
+        )
+    ]
+    held = await _rows(
+        conn, select(holds).where(holds.c.member_id == member_id).order_by(holds.c.created_at)
+    )
+    for row in held:
+        row["hold_id"] = format_hold_id(row["hold_id"])
+    return {
+        "member": member,
+        "links": await _rows(
+            conn, select(member_links).where(member_links.c.member_id == member_id)
+        ),
+        "references": _references(member, history, held),
+        "history": history,
+        "lots": await _rows(
+            conn, select(lots).where(lots.c.member_id == member_id).order_by(lots.c.created_at)
+        ),
+        "holds": held,
+        "sessions": await _rows(
+            conn,
+            select(member_sessions).where(member_sessions.c.member_id == member_id),
+            drop=("token_hash",),
+        ),
+        "requests": await _rows(
+            conn,
+            select(member_idempotency_keys).where(member_idempotency_keys.c.member_id == member_id),
+            drop=("fingerprint", "response"),
+        ),
+    }
+
+
+async def member_status(conn: AsyncConnection, member_id: str) -> str | None:
+    return (
+        await conn.execute(select(members.c.status).where(members.c.member_id == member_id))
+    ).scalar_one_or_none()
+
+
+async def erase_member(conn: AsyncConnection, member_id: str, now: datetime) -> bool:
+    """Erase one member in the caller's database transaction; False if unknown or erased.
+
+    The member row is locked first (FOR UPDATE waits for postings in flight for it; later
+    ones find it erased). Kept: the member row (status `erased`), postings, entries, lots,
+    allocations and holds, with their amounts. Scrubbed: every reference. Deleted: links,
+    sessions, the member's idempotency records and the partners' idempotency records
+    about it (a retry now gets 404, never a replay), and its undelivered reminders."""
+    status = (
+        await conn.execute(
+            select(members.c.status).where(members.c.member_id == member_id).with_for_update()
+        )
+    ).scalar_one_or_none()
+    if status != "active":
+        return False
+    await conn.execute(
+        text("SELECT set_config('exchange.erasing_member', :member_id, true)"),
+        {"member_id": member_id},
+    )
+    mine = select(postings.c.posting_id).where(postings.c.member_id == member_id)
+    await conn.execute(
+        update(postings)
+        .where(postings.c.member_id == member_id, postings.c.reference.is_not(None))
+        .values(reference=None)
+    )
+    await conn.execute(
+        update(holds)
+        .where(holds.c.member_id == member_id, holds.c.reference.is_not(None))
+        .values(reference=None)
+    )
+    await conn.execute(
+        update(members)
+        .where(members.c.member_id == member_id)
+        .values(reference=None, status="erased", erased_at=now)
+    )
+    for table in (member_links, member_sessions, member_idempotency_keys):
+        await conn.execute(delete(table).where(table.c.member_id == member_id))
+    # Enrolment and session responses name the member without a posting: found by content
+    # (a scan, acceptable for a rare operator action).
+    await conn.execute(
+        delete(idempotency_keys).where(
+            or_(
+                idempotency_keys.c.posting_id.in_(mine),
+                text(
+                    "position(convert_to(:member_id, 'UTF8') in idempotency_keys.response) > 0"
+                ).bindparams(member_id=member_id),
+            )
+        )
+    )
+    await conn.execute(
+        delete(webhook_outbox).where(webhook_outbox.c.data["member_id"].astext == member_id)
+    )
+    return True
