@@ -18,7 +18,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.ids import format_hold_id, format_transaction_id
 from exchange.members.tables import member_idempotency_keys, webhook_outbox
-from exchange.tables import holds, idempotency_keys, lots, member_links, members, postings
+from exchange.tables import (
+    adjustments,
+    holds,
+    idempotency_keys,
+    lots,
+    member_links,
+    members,
+    postings,
+)
 from partners.tables import member_sessions
 
 __all__ = ["EXPORT_SECTIONS", "erase_member", "export_sections", "member_status"]
@@ -34,6 +42,7 @@ EXPORT_SECTIONS = {
     "holds": "holds",
     "member_sessions": "sessions",
     "member_idempotency_keys": "requests",
+    "adjustments": "adjustments",
 }
 
 
@@ -118,6 +127,13 @@ async def export_sections(conn: AsyncConnection, member_id: str) -> dict[str, An
             conn,
             select(member_idempotency_keys).where(member_idempotency_keys.c.member_id == member_id),
             drop=("fingerprint", "response"),
+        ),
+        # Operators' corrections to the member's points (contract §8), with their reasons.
+        "adjustments": await _rows(
+            conn,
+            select(adjustments)
+            .where(adjustments.c.member_id == member_id)
+            .order_by(adjustments.c.requested_at),
         ),
     }
 

@@ -60,3 +60,4 @@ class MemberExport(msgspec.Struct, frozen=True):
     holds: list[dict[str, Any]]
     sessions: list[dict[str, Any]]
     requests: list[dict[str, Any]]
+    adjustments: list[dict[str, Any]]

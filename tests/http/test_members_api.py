@@ -19,7 +19,8 @@ from exchange.clock import FrozenClock
 from exchange.config import Settings
 from exchange.members._store import EXPORT_SECTIONS
 from partners.errors import PartnerAPIError
-from settlement.engine import Period, read_period, settle
+from settlement.engine import Period, settle
+from settlement.store import read_period
 from tests.http.conftest import OnboardedPartner, PartnerFactory
 from tests.support import assert_ledger_verifies
 
@@ -240,7 +241,7 @@ async def test_transfer_refusals_change_nothing(
 
     _problem(await _transfer(client, bearer, alice, bob, 1_001, "k1"), 422,
              "transfer_limit_exceeded")  # fmt: skip
-    _problem(await _transfer(client, bearer, alice, "mem_nobody", 10, "k2"), 404,
+    _problem(await _transfer(client, bearer, alice, "mem_" + "0" * 32, 10, "k2"), 404,
              "member_not_found")  # fmt: skip
     _problem(await _transfer(client, bearer, alice, alice, 10, "k3"), 422, "validation_error")
     _problem(await _transfer(client, bearer, alice, bob, 0, "k4"), 422, "validation_error")
@@ -340,6 +341,7 @@ async def test_the_export_covers_every_table_that_mentions_the_member(
     grocer: OnboardedPartner,
     cinema: OnboardedPartner,
     engine: AsyncEngine,
+    finance_headers: dict[str, str],
 ) -> None:
     alice = await _member(grocer, 700, reference="card-alice")
     bob = await _member(grocer, 10)
@@ -347,6 +349,12 @@ async def test_the_export_covers_every_table_that_mentions_the_member(
     await cinema.client.create_hold(alice, 30, reference="till-9")
     bearer = await _bearer(grocer, alice)
     assert (await _transfer(client, bearer, alice, bob, 100, "x")).status_code == 201
+    # An operator's correction still waiting for its second pair of eyes is about her too.
+    adjustment = {"member_id": alice, "points": 5, "issuer": "grocer", "reason": "goodwill"}
+    requested = await client.post(
+        "/v1/adjustments", json=adjustment, headers=finance_headers | {"Idempotency-Key": "a1"}
+    )
+    assert requested.status_code == 201, requested.text
 
     exported = await client.get(f"/v1/members/{alice}/export", headers=bearer)
     assert exported.status_code == 200, exported.text
