@@ -20,28 +20,23 @@ from dataclasses import dataclass
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.batching import GroupCommitter
 from exchange.clock import Clock
 from exchange.config import Settings
-from exchange.errors import DatabaseUnavailable
-from exchange.logs import get_logger
 from exchange.members.reminders import expiry_reminder_job
 from exchange.members.service import MembersService
 from exchange.ratelimit import RateLimiter
 from exchange.service import AdjustmentService, LedgerRequest, LedgerService, Outcome
 from partners.gateway import SignatureGateway, housekeeping_jobs
-from partners.registry import revoke_unacceptable_keys
+from partners.registry import check_stored_keys
 from settlement.finance import FinanceService
 from settlement.journal import ChartOfAccounts
 from settlement.schedule import Scheduler
 from settlement.service import SettlementService
 
 __all__ = ["Services", "build_services"]
-
-_log = get_logger("exchange.wiring")
 
 
 @dataclass
@@ -63,12 +58,7 @@ class Services:
 
     async def start(self) -> None:
         """Start the background parts a server needs (not the CLI: it only calls services)."""
-        try:
-            await revoke_unacceptable_keys(self.engine, self.clock)
-        except (SQLAlchemyError, OSError, DatabaseUnavailable) as exc:
-            # Not migrated yet, or the database is away: /ready says so. Requests still
-            # refuse such keys one by one (partners.signing.verify_headers).
-            _log.warning("key_check_skipped", error=type(exc).__name__)
+        await check_stored_keys(self.engine, self.clock)
         await self.gateway.start()
         if self.settings.scheduler_enabled:
             self.scheduler.start()

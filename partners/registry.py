@@ -14,12 +14,13 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from sqlalchemy import func, insert, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exchange.clock import Clock
 from exchange.errors import (
     AlreadyExists,
+    DatabaseUnavailable,
     NotFound,
     PartnerNotFound,
     TerminationFinal,
@@ -40,6 +41,7 @@ __all__ = [
     "PartnerSpec",
     "Unchanged",
     "add_key",
+    "check_stored_keys",
     "create_partner",
     "decode_public_key",
     "get_partner",
@@ -366,6 +368,16 @@ def decode_public_key(text: str) -> bytes:
         return signing.decode_public_key(text)
     except ValueError as exc:
         raise Unprocessable(f"public_key: {exc}.") from None
+
+
+async def check_stored_keys(engine: AsyncEngine, clock: Clock) -> None:
+    """At start-up: revoke stored keys the strict decoder refuses (see below). Skipped,
+    with a log line, when the schema is not there yet or the database is away: /ready
+    says so, and requests still refuse such keys one by one (verify_headers)."""
+    try:
+        await revoke_unacceptable_keys(engine, clock)
+    except (SQLAlchemyError, OSError, DatabaseUnavailable) as exc:
+        _log.warning("key_check_skipped", error=type(exc).__name__)
 
 
 async def revoke_unacceptable_keys(engine: AsyncEngine, clock: Clock) -> list[str]:

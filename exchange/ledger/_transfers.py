@@ -16,13 +16,16 @@ redemption: no partner account moves, and they never count as qualifying points.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from exchange.errors import InvariantViolation, TransferLimitExceeded, Unprocessable
 from exchange.ledger._common import Context, _draw, _member, _record, _repay_debt
 from exchange.ledger._model import Account, Entry, Lot, MemberBook, Posting, PostingType
 from exchange.ledger._operations import _require_available
+
+if TYPE_CHECKING:  # ids are values here: the core never makes one
+    import uuid
 
 __all__ = ["TransferLimits", "transfer"]
 

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.clock import FrozenClock
 from exchange.operators import create_operator_token
+from exchange.wiring import build_services
 from partners.errors import PartnerAPIError
 from tests.http.conftest import PartnerFactory
 from tests.http.test_settlement_api import PERIOD_END, RUN_ID, _worked_example
@@ -174,20 +175,25 @@ async def test_an_unreconciled_run_cannot_be_approved(
     async with engine.begin() as conn:
         await conn.execute(
             text(
-                "INSERT INTO settlement_runs VALUES ('stl_bad', '1970-01-01', '2026-11-20', "
-                "'2026-11-20', 'test', false, 0, 0, 0, 0, 0, 0, 5, false, true, true, true)"
+                "INSERT INTO settlement_runs VALUES ('stl_20261120T000000Z', '1970-01-01', "
+                "'2026-11-20', '2026-11-20', 'test', false, 0, 0, 0, 0, 0, 0, 5, "
+                "false, true, true, true)"
             )
         )
 
-    refused = await client.post("/v1/settlements/stl_bad/approval", headers=finance_headers)
+    refused = await client.post(
+        "/v1/settlements/stl_20261120T000000Z/approval", headers=finance_headers
+    )
 
     assert refused.status_code == 409
     assert refused.headers["content-type"].startswith("application/problem+json")
     assert refused.json()["code"] == "run_unreconciled"
     assert await _rows(engine, "SELECT * FROM settlement_approvals") == []
-    run = await client.get("/v1/settlements/stl_bad", headers=finance_headers)
+    run = await client.get("/v1/settlements/stl_20261120T000000Z", headers=finance_headers)
     assert run.json()["status"] == "computed"
-    missing = await client.post("/v1/settlements/stl_nope/approval", headers=admin_headers)
+    missing = await client.post(
+        "/v1/settlements/stl_20261121T000000Z/approval", headers=admin_headers
+    )
     assert (missing.status_code, missing.json()["code"]) == (404, "settlement_not_found")
 
 
@@ -659,7 +665,9 @@ async def test_the_worked_example_journal_balances_in_the_chart_of_accounts(
     assert sum(Decimal(r["debit"]) for r in rows) == Decimal("33800.00")
     dot_csv = await client.get(f"/v1/settlements/{RUN_ID}/journal.csv", headers=finance_headers)
     assert dot_csv.text == as_csv.text
-    missing = await client.get("/v1/settlements/stl_nope/journal", headers=finance_headers)
+    missing = await client.get(
+        "/v1/settlements/stl_20261121T000000Z/journal", headers=finance_headers
+    )
     assert missing.status_code == 404
 
 
@@ -706,9 +714,11 @@ async def test_account_codes_come_from_the_settings(
     finance_headers: dict[str, str],
 ) -> None:
     services = app.state.services
-    services.settings = services.settings.with_changes(
+    # The chart of accounts is read from the settings when the services are built.
+    changed = services.settings.with_changes(
         account_receivable="AR-100", account_points_liability="L-2400"
     )
+    services.finance = build_services(changed, services.engine, services.clock).finance
     await _approved_example(onboard, client, clock, admin_headers, finance_headers)
     journal = (
         await client.get(f"/v1/settlements/{RUN_ID}/journal", headers=finance_headers)
