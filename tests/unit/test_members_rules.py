@@ -10,6 +10,7 @@ import pytest
 
 from exchange.config import ConfigError, Settings
 from exchange.errors import InsufficientPoints, TransferLimitExceeded, Unprocessable
+from exchange.ids import new_id
 from exchange.ledger import (
     Account,
     Context,
@@ -17,7 +18,6 @@ from exchange.ledger import (
     MemberBook,
     PostingType,
     TransferLimits,
-    new_id,
     transfer,
 )
 from exchange.members import TierStatus, tier_status
