@@ -266,7 +266,7 @@ async def _payments(
     """The grocer pays its 17.00 in two parts: 10.00 on 10 January, the rest on the 20th."""
     invoice = documents["grocer"]["document_id"]
     part = _payment("grocer", "10.00", document_id=invoice, value_date="2027-01-10")
-    first = await client.post(PAYMENTS, json=part, headers=_pay(finance, "dec-grocer-1"))
+    first = await client.post(PAYMENTS, json=part, headers=_pay(finance, "SEPA-2027-01-10-0042"))
     assert first.status_code == 201, first.text
     assert first.json()["allocations"][0]["amount"]["amount"] == "10.00"
     half_paid = await client.get(f"/v1/documents/{invoice}", headers=finance)
@@ -275,7 +275,7 @@ async def _payments(
         "7.00",
     )
     rest = _payment("grocer", "7.00", document_id=invoice, value_date="2027-01-20")
-    second = await client.post(PAYMENTS, json=rest, headers=_pay(finance, "dec-grocer-2"))
+    second = await client.post(PAYMENTS, json=rest, headers=_pay(finance, "SEPA-2027-01-20-0107"))
     assert second.status_code == 201, second.text
     assert second.json()["unapplied"]["amount"] == "0.00"
     too_much = _payment("grocer", "0.01", document_id=invoice, value_date="2027-01-21")
@@ -292,7 +292,11 @@ async def _ageing(
     [grocer_open] = [
         d for d in between["grocer"]["documents"] if d["number"].startswith("INV-2027")
     ]
-    assert (grocer_open["amount_open"]["amount"], grocer_open["days_past_due"]) == ("7.00", -1)
+    assert (
+        grocer_open["amount_open"]["amount"],
+        grocer_open["days_past_due"],
+        grocer_open["bucket"],
+    ) == ("7.00", -1, "not_due")
 
     # 15 February: December's grocer invoice is paid; November's (issued 1 December, due
     # the 15th, never paid) is 62 days past due; December's others are 30 days past due.
