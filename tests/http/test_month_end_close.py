@@ -1,6 +1,6 @@
 """Issue 12, done when: a month closed end to end through the API, as finance does it.
 
-Four partners trade through November and December 2026 with their own Ed25519 keys;
+Five partners trade through November and December 2026 with their own Ed25519 keys;
 November is settled and approved (the opening balances); in December members earn,
 spend across brands, a hold is captured for less, a burn is refunded in part, an earn is
 returned, a promotion expires, finance asks for a goodwill adjustment that only a second
@@ -12,8 +12,10 @@ journal. The clock is the frozen test clock, moved step by step; nothing here re
 database's clock.
 
 Prices (per point): grocer and cinema issue at 0.012, fuel at 0.02, bakery at 0.015;
-every partner redeems at 0.010. Lots expire soonest first, so a burn draws on a member's
-oldest regular lot unless a promotion expires sooner.
+every partner redeems at 0.010. The diner settles in USD (issue 0.012 USD, redeem
+0.010 USD), so the run, the documents and the journal have two currencies. Lots expire
+soonest first, so a burn draws on a member's oldest regular lot unless a promotion
+expires sooner.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ async def _november(partners: dict[str, OnboardedPartner], clock: FrozenClock) -
         "ben": (await fuel.client.enrol_member())["member_id"],
         "cat": (await bakery.client.enrol_member())["member_id"],
         "dan": (await fuel.client.enrol_member())["member_id"],
+        "eve": (await partners["diner"].client.enrol_member())["member_id"],
     }
     await grocer.client.earn(members["ann"], 10_000, reference="nov-basket")
     await fuel.client.earn(members["ben"], 5_000, reference="nov-tank")
@@ -122,6 +125,10 @@ async def _december_trading(
     returned = await grocer.client.earn(ann, 250, reference="returned-order")
     clock.set(_at(12, 15))
     await grocer.client.reverse(returned["transaction_id"], reference="order-returned")
+    clock.set(_at(12, 21))
+    diner = partners["diner"]
+    await diner.client.earn(members["eve"], 1_000, reference="dinner")
+    await diner.client.burn(ann, 500, reference="grocer-points-for-dinner")  # EUR-issued points
 
 
 async def _goodwill_with_four_eyes(
@@ -194,11 +201,14 @@ def _check_run(run: dict[str, Any]) -> None:
     assert _amounts(lines["fuel"]) == (600, 1_000, "12.00", "10.00", "2.00")
     assert _amounts(lines["cinema"]) == (0, 3_600, "0.00", "36.00", "-36.00")
     assert _amounts(lines["bakery"]) == (800, 300, "12.00", "3.00", "9.00")
+    assert _amounts(lines["diner"]) == (1_000, 500, "12.00", "5.00", "7.00")
+    assert lines["diner"]["net"]["currency"] == "USD"
     assert {partner: line["final"] for partner, line in lines.items()} == {
         "grocer": False,
         "fuel": False,
         "cinema": False,
         "bakery": True,  # terminated in this period: its last regular settlement
+        "diner": False,
     }
     assert (lines["fuel"]["expired_points"], lines["fuel"]["expired_value"]["amount"]) == (
         600,
@@ -212,11 +222,12 @@ def _check_run(run: dict[str, Any]) -> None:
         ("fuel", "fuel", 1_000),
         ("fuel", "grocer", 500),
         ("grocer", "cinema", 3_600),
+        ("grocer", "diner", 500),
     ]
     controls = run["controls"]
-    assert (controls["outstanding_start"], controls["outstanding_end"]) == (15_000, 12_500)
-    assert (controls["issued"], controls["earn_reversed"]) == (3_400, 250)
-    assert (controls["redeemed"], controls["expired"], controls["adjusted"]) == (5_600, 600, 300)
+    assert (controls["outstanding_start"], controls["outstanding_end"]) == (15_000, 13_000)
+    assert (controls["issued"], controls["earn_reversed"]) == (4_400, 250)
+    assert (controls["redeemed"], controls["expired"], controls["adjusted"]) == (6_100, 600, 300)
 
 
 async def _approve_and_read_documents(
@@ -234,11 +245,13 @@ async def _approve_and_read_documents(
     documents = await _documents(client, finance, DECEMBER_RUN)
     # Numbered per series and year of issue, gap-free: CN first, then INV, partner by partner.
     numbered = {p: (d["number"], d["type"], d["total"]["amount"]) for p, d in documents.items()}
+    assert documents["diner"]["total"] == {"amount": "7.00", "currency": "USD"}
     assert numbered == {
         "cinema": ("CN-2027-000001", "credit_note", "36.00"),
         "bakery": ("INV-2027-000001", "invoice", "9.00"),
-        "fuel": ("INV-2027-000002", "invoice", "2.00"),
-        "grocer": ("INV-2027-000003", "invoice", "17.00"),
+        "diner": ("INV-2027-000002", "invoice", "7.00"),  # in USD: one series for all
+        "fuel": ("INV-2027-000003", "invoice", "2.00"),
+        "grocer": ("INV-2027-000004", "invoice", "17.00"),
     }  # fmt: skip
     invoice = documents["grocer"]
     assert (invoice["issue_date"], invoice["due_date"]) == ("2027-01-02", "2027-01-16")
@@ -250,7 +263,7 @@ async def _approve_and_read_documents(
     printed = _pdf_text(pdf.content)
     for expected in (
         "INVOICE",
-        "INV-2027-000003",
+        "INV-2027-000004",
         "Grocer",
         "24.00 EUR",
         "17.00 EUR",
@@ -285,6 +298,27 @@ async def _payments(
     assert (paid.json()["status"], paid.json()["amount_open"]["amount"]) == ("paid", "0.00")
 
 
+async def _bakery_settles_its_final_invoice(
+    client: httpx.AsyncClient,
+    partners: dict[str, OnboardedPartner],
+    documents: dict[str, Any],
+    finance: dict[str, str],
+) -> None:
+    """Gone from the API, the bakery still pays: finance records it and reads its PDF."""
+    invoice = documents["bakery"]
+    with pytest.raises(PartnerAPIError) as refused:
+        await partners["bakery"].client.request(
+            "GET", f"/v1/documents/{invoice['document_id']}.pdf"
+        )
+    assert (refused.value.status, refused.value.code) == (403, "partner_terminated")
+    pdf = await client.get(f"/v1/documents/{invoice['document_id']}.pdf", headers=finance)
+    assert "INV-2027-000001" in _pdf_text(pdf.content)
+    final = _payment("bakery", "9.00", value_date="2027-01-25")  # oldest open invoice first
+    paid = await client.post(PAYMENTS, json=final, headers=_pay(finance, "SEPA-2027-01-25-0003"))
+    assert paid.status_code == 201, paid.text
+    assert [a["number"] for a in paid.json()["allocations"]] == ["INV-2027-000001"]
+
+
 async def _ageing(
     client: httpx.AsyncClient, documents: dict[str, Any], finance: dict[str, str]
 ) -> None:
@@ -298,8 +332,9 @@ async def _ageing(
         grocer_open["bucket"],
     ) == ("7.00", -1, "not_due")
 
-    # 15 February: December's grocer invoice is paid; November's (issued 1 December, due
-    # the 15th, never paid) is 62 days past due; December's others are 30 days past due.
+    # 15 February: the grocer's and the bakery's December invoices are paid; November's
+    # (issued 1 December, due the 15th, never paid) are 62 days past due; December's other
+    # documents are 30 days past due.
     later = await _receivables(client, finance, "2027-02-15")
     aged = {
         (partner, d["number"]): (d["amount_open"]["amount"], d["days_past_due"], d["bucket"])
@@ -307,20 +342,22 @@ async def _ageing(
         for d in report["documents"]
     }
     assert aged == {
-        ("bakery", "INV-2027-000001"): ("9.00", 30, "1_30"),
         ("cinema", "CN-2027-000001"): ("36.00", 30, "1_30"),  # the operator owes this one
         ("fuel", "INV-2026-000001"): ("100.00", 62, "61_90"),
-        ("fuel", "INV-2027-000002"): ("2.00", 30, "1_30"),
+        ("diner", "INV-2027-000002"): ("7.00", 30, "1_30"),
+        ("fuel", "INV-2027-000003"): ("2.00", 30, "1_30"),
         ("grocer", "INV-2026-000002"): ("120.00", 62, "61_90"),
     }
     assert later["cinema"]["payables"]["1_30"]["amount"] == "36.00"
     assert later["grocer"]["totals"]["total"]["amount"] == "120.00"
+    assert later["diner"]["totals"]["1_30"] == {"amount": "7.00", "currency": "USD"}
+    assert "bakery" not in later  # its final invoice paid, nothing left over
 
 
 def _check_issuers(report: dict[str, Any]) -> None:
     """Each issuer's movements over December, in points and in money at issue prices."""
     issuers = {issuer["issuer"]: issuer for issuer in report["issuers"]}
-    assert sorted(issuers) == ["bakery", "cinema", "fuel", "grocer", "operator"]
+    assert sorted(issuers) == ["bakery", "cinema", "diner", "fuel", "grocer", "operator"]
     figures = {
         name: {field: issuer[field]["points"] for field in FIGURES if issuer[field]["points"]}
         for name, issuer in issuers.items()
@@ -330,8 +367,8 @@ def _check_issuers(report: dict[str, Any]) -> None:
             "opening": 10_000,
             "issued": 2_250,
             "reversed": -250,
-            "redeemed": -3_600,  # 3,000 + 1,000 captured - 400 refunded, all at the cinema
-            "closing": 8_400,
+            "redeemed": -4_100,  # cinema 3,000 + 1,000 captured - 400 refunded; diner 500
+            "closing": 7_900,
         },
         "fuel": {
             "opening": 5_000,
@@ -342,19 +379,22 @@ def _check_issuers(report: dict[str, Any]) -> None:
         },
         "bakery": {"issued": 800, "redeemed": -500, "closing": 300},
         "cinema": {},  # it only redeems: it owes no points
+        "diner": {"issued": 1_000, "closing": 1_000},
         "operator": {"adjusted": 300, "closing": 300},
     }
     closing_values = {
         name: issuer["closing"]["value"]["amount"] for name, issuer in issuers.items()
     }
     assert closing_values == {
-        "grocer": "100.80",
+        "grocer": "94.80",
         "fuel": "70.00",
         "bakery": "4.50",
         "cinema": "0.00",
+        "diner": "12.00",
         "operator": "3.00",
     }
     assert issuers["fuel"]["expired_value"]["amount"] == "12.00"
+    assert issuers["diner"]["closing"]["value"]["currency"] == "USD"
 
 
 async def _roll_forward(
@@ -378,8 +418,12 @@ async def _roll_forward(
 
 def _check_journal(journal: dict[str, Any]) -> None:
     assert journal["status"] == "approved"
-    assert [(t["currency"], t["balanced"]) for t in journal["totals"]] == [("EUR", True)]
-    assert journal["totals"][0]["debit"] == journal["totals"][0]["credit"]
+    assert [(t["currency"], t["balanced"]) for t in journal["totals"]] == [
+        ("EUR", True),
+        ("USD", True),
+    ]
+    for total in journal["totals"]:
+        assert total["debit"] == total["credit"], total
     for entry in journal["entries"]:
         debit = sum(Decimal(line["debit"]) for line in entry["lines"])
         assert debit == sum(Decimal(line["credit"]) for line in entry["lines"]), entry
@@ -388,6 +432,7 @@ def _check_journal(journal: dict[str, Any]) -> None:
     assert balances[("1200", "grocer")] == Decimal("17.00")
     assert balances[("1200", "fuel")] == Decimal("2.00")
     assert balances[("1200", "bakery")] == Decimal("9.00")
+    assert balances[("1200", "diner")] == Decimal("7.00")  # USD
     assert balances[("2100", "cinema")] == Decimal("-36.00")
     assert balances[("4200", None)] == Decimal("-12.00")  # fuel's expired promo, 600 x 0.02
 
@@ -405,6 +450,7 @@ async def test_finance_closes_december_end_to_end(
         "fuel": await onboard("fuel", issue_price="0.02"),
         "cinema": await onboard("cinema"),
         "bakery": await onboard("bakery", issue_price="0.015"),
+        "diner": await onboard("diner", settlement_currency="USD", earn_rates={"USD": "1"}),
     }
     members = await _november(partners, clock)
     november = await _settle(client, clock, admin_headers, NOVEMBER_END)
@@ -421,6 +467,7 @@ async def test_finance_closes_december_end_to_end(
         client, clock, partners, finance_headers, admin_headers
     )
     await _payments(client, documents, finance_headers)
+    await _bakery_settles_its_final_invoice(client, partners, documents, finance_headers)
     await _ageing(client, documents, finance_headers)
     await _roll_forward(client, engine, run, november_closing, finance_headers)
     journal = await client.get(f"/v1/settlements/{DECEMBER_RUN}/journal", headers=finance_headers)
