@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.clock import FrozenClock
+from exchange.config import Settings
 from exchange.operators import create_operator_token
 from partners.errors import PartnerAPIError
 from tests.http.conftest import PartnerFactory
@@ -174,18 +175,20 @@ async def test_an_unreconciled_run_cannot_be_approved(
     async with engine.begin() as conn:
         await conn.execute(
             text(
-                "INSERT INTO settlement_runs VALUES ('stl_bad', '1970-01-01', '2026-11-20', "
+                "INSERT INTO settlement_runs VALUES ('stl_20261120T000000Z', '1970-01-01', "
+                "'2026-11-20', "
                 "'2026-11-20', 'test', false, 0, 0, 0, 0, 0, 0, 5, false, true, true, true)"
             )
         )
 
-    refused = await client.post("/v1/settlements/stl_bad/approval", headers=finance_headers)
+    bad = "stl_20261120T000000Z"  # a well-formed id: run ids are strict
+    refused = await client.post(f"/v1/settlements/{bad}/approval", headers=finance_headers)
 
     assert refused.status_code == 409
     assert refused.headers["content-type"].startswith("application/problem+json")
     assert refused.json()["code"] == "run_unreconciled"
     assert await _rows(engine, "SELECT * FROM settlement_approvals") == []
-    run = await client.get("/v1/settlements/stl_bad", headers=finance_headers)
+    run = await client.get(f"/v1/settlements/{bad}", headers=finance_headers)
     assert run.json()["status"] == "computed"
     missing = await client.post("/v1/settlements/stl_nope/approval", headers=admin_headers)
     assert (missing.status_code, missing.json()["code"]) == (404, "settlement_not_found")
@@ -697,24 +700,26 @@ async def test_breakage_enters_the_journal_at_issue_price(
     assert journal["totals"][0]["balanced"] is True
 
 
-async def test_account_codes_come_from_the_settings(
-    onboard: PartnerFactory,
-    app: Any,
-    client: httpx.AsyncClient,
-    clock: FrozenClock,
-    admin_headers: dict[str, str],
-    finance_headers: dict[str, str],
-) -> None:
-    services = app.state.services
-    services.settings = services.settings.with_changes(
-        account_receivable="AR-100", account_points_liability="L-2400"
-    )
-    await _approved_example(onboard, client, clock, admin_headers, finance_headers)
-    journal = (
-        await client.get(f"/v1/settlements/{RUN_ID}/journal", headers=finance_headers)
-    ).json()
-    accounts = {line["account"] for entry in journal["entries"] for line in entry["lines"]}
-    assert accounts == {"AR-100", "2100", "L-2400", "4100"}
+class TestAccountCodes:
+    @pytest.fixture
+    def settings(self, settings: Settings) -> Settings:
+        """The app is built from these settings: the chart of accounts is read once, there."""
+        return settings.with_changes(account_receivable="AR-100", account_points_liability="L-2400")
+
+    async def test_account_codes_come_from_the_settings(
+        self,
+        onboard: PartnerFactory,
+        client: httpx.AsyncClient,
+        clock: FrozenClock,
+        admin_headers: dict[str, str],
+        finance_headers: dict[str, str],
+    ) -> None:
+        await _approved_example(onboard, client, clock, admin_headers, finance_headers)
+        journal = (
+            await client.get(f"/v1/settlements/{RUN_ID}/journal", headers=finance_headers)
+        ).json()
+        accounts = {line["account"] for entry in journal["entries"] for line in entry["lines"]}
+        assert accounts == {"AR-100", "2100", "L-2400", "4100"}
 
 
 # -- month-end close, end to end -------------------------------------------------------------
