@@ -19,8 +19,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.clock import FrozenClock
+from exchange.config import Settings
 from exchange.operators import create_operator_token
-from exchange.wiring import build_services
 from partners.errors import PartnerAPIError
 from tests.http.conftest import PartnerFactory
 from tests.http.test_settlement_api import PERIOD_END, RUN_ID, _worked_example
@@ -176,24 +176,21 @@ async def test_an_unreconciled_run_cannot_be_approved(
         await conn.execute(
             text(
                 "INSERT INTO settlement_runs VALUES ('stl_20261120T000000Z', '1970-01-01', "
-                "'2026-11-20', '2026-11-20', 'test', false, 0, 0, 0, 0, 0, 0, 5, "
-                "false, true, true, true)"
+                "'2026-11-20', "
+                "'2026-11-20', 'test', false, 0, 0, 0, 0, 0, 0, 5, false, true, true, true)"
             )
         )
 
-    refused = await client.post(
-        "/v1/settlements/stl_20261120T000000Z/approval", headers=finance_headers
-    )
+    bad = "stl_20261120T000000Z"  # a well-formed id: run ids are strict
+    refused = await client.post(f"/v1/settlements/{bad}/approval", headers=finance_headers)
 
     assert refused.status_code == 409
     assert refused.headers["content-type"].startswith("application/problem+json")
     assert refused.json()["code"] == "run_unreconciled"
     assert await _rows(engine, "SELECT * FROM settlement_approvals") == []
-    run = await client.get("/v1/settlements/stl_20261120T000000Z", headers=finance_headers)
+    run = await client.get(f"/v1/settlements/{bad}", headers=finance_headers)
     assert run.json()["status"] == "computed"
-    missing = await client.post(
-        "/v1/settlements/stl_20261121T000000Z/approval", headers=admin_headers
-    )
+    missing = await client.post("/v1/settlements/stl_nope/approval", headers=admin_headers)
     assert (missing.status_code, missing.json()["code"]) == (404, "settlement_not_found")
 
 
@@ -665,9 +662,7 @@ async def test_the_worked_example_journal_balances_in_the_chart_of_accounts(
     assert sum(Decimal(r["debit"]) for r in rows) == Decimal("33800.00")
     dot_csv = await client.get(f"/v1/settlements/{RUN_ID}/journal.csv", headers=finance_headers)
     assert dot_csv.text == as_csv.text
-    missing = await client.get(
-        "/v1/settlements/stl_20261121T000000Z/journal", headers=finance_headers
-    )
+    missing = await client.get("/v1/settlements/stl_nope/journal", headers=finance_headers)
     assert missing.status_code == 404
 
 
@@ -705,26 +700,26 @@ async def test_breakage_enters_the_journal_at_issue_price(
     assert journal["totals"][0]["balanced"] is True
 
 
-async def test_account_codes_come_from_the_settings(
-    onboard: PartnerFactory,
-    app: Any,
-    client: httpx.AsyncClient,
-    clock: FrozenClock,
-    admin_headers: dict[str, str],
-    finance_headers: dict[str, str],
-) -> None:
-    services = app.state.services
-    # The chart of accounts is read from the settings when the services are built.
-    changed = services.settings.with_changes(
-        account_receivable="AR-100", account_points_liability="L-2400"
-    )
-    services.finance = build_services(changed, services.engine, services.clock).finance
-    await _approved_example(onboard, client, clock, admin_headers, finance_headers)
-    journal = (
-        await client.get(f"/v1/settlements/{RUN_ID}/journal", headers=finance_headers)
-    ).json()
-    accounts = {line["account"] for entry in journal["entries"] for line in entry["lines"]}
-    assert accounts == {"AR-100", "2100", "L-2400", "4100"}
+class TestAccountCodes:
+    @pytest.fixture
+    def settings(self, settings: Settings) -> Settings:
+        """The app is built from these settings: the chart of accounts is read once, there."""
+        return settings.with_changes(account_receivable="AR-100", account_points_liability="L-2400")
+
+    async def test_account_codes_come_from_the_settings(
+        self,
+        onboard: PartnerFactory,
+        client: httpx.AsyncClient,
+        clock: FrozenClock,
+        admin_headers: dict[str, str],
+        finance_headers: dict[str, str],
+    ) -> None:
+        await _approved_example(onboard, client, clock, admin_headers, finance_headers)
+        journal = (
+            await client.get(f"/v1/settlements/{RUN_ID}/journal", headers=finance_headers)
+        ).json()
+        accounts = {line["account"] for entry in journal["entries"] for line in entry["lines"]}
+        assert accounts == {"AR-100", "2100", "L-2400", "4100"}
 
 
 # -- month-end close, end to end -------------------------------------------------------------
