@@ -44,7 +44,11 @@ webhook_deliveries = Table(
     Column("last_error", Text, nullable=True),
     Column("delivered_at", DateTime(timezone=True), nullable=True),
 )
-Index("ix_webhook_deliveries_status_next", webhook_deliveries.c.status, webhook_deliveries.c.next_attempt_at)
+Index(
+    "ix_webhook_deliveries_status_next",
+    webhook_deliveries.c.status,
+    webhook_deliveries.c.next_attempt_at,
+)
 Index("ix_webhook_deliveries_partner_id", webhook_deliveries.c.partner_id)
 
 # The exchange's Ed25519 keys for signing deliveries; old keys stay listed as `retired`
