@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, delete, get, post, put
 from litestar.di import NamedDependency, Provide
-from litestar.params import FromPath, QueryParameter
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from exchange.errors import BadRequest, Unprocessable, UnsupportedMediaType
 from partners.auth import PartnerCaller, partner_caller
@@ -68,8 +68,8 @@ class WebhookController(Controller):
         self,
         partner: NamedDependency[PartnerCaller],
         webhooks: NamedDependency[WebhookService],
-        status: str | None = None,
-        after: str | None = None,
+        status: FromQuery[str | None] = None,
+        after: FromQuery[str | None] = None,
         limit: Limit = 50,
     ) -> dict[str, Any]:
         return await webhooks.deliveries(partner.partner_id, status, after, limit)
