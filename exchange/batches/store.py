@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, func, select, update
+from sqlalchemy import Row, and_, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -104,12 +104,25 @@ async def record_results(
         )
         .on_conflict_do_nothing()
     )
-    for r in results:
-        await conn.execute(
-            update(batch_items)
-            .where(batch_items.c.batch_id == batch_id, batch_items.c.seq == r.seq)
-            .values(status=r.status, transaction_id=r.transaction_id, code=r.code)
-        )
+    # One executemany round trip for the chunk, not one statement per item.
+    await conn.execute(
+        update(batch_items)
+        .where(batch_items.c.batch_id == batch_id, batch_items.c.seq == bindparam("b_seq"))
+        .values(
+            status=bindparam("b_status"),
+            transaction_id=bindparam("b_transaction_id"),
+            code=bindparam("b_code"),
+        ),
+        [
+            {
+                "b_seq": r.seq,
+                "b_status": r.status,
+                "b_transaction_id": r.transaction_id,
+                "b_code": r.code,
+            }
+            for r in results
+        ],
+    )
 
 
 async def complete_batch(conn: AsyncConnection, batch: Row[Any], at: datetime) -> dict[str, Any]:

@@ -90,7 +90,8 @@ async def test_a_json_batch_posts_each_item_and_a_refused_item_affects_no_other(
     ]  # fmt: skip
     accepted = await _submit(client, grocer, clock, items)
     assert accepted.status_code == 202, accepted.text
-    assert accepted.json()["status"] == "accepted" and accepted.json()["items"] == 5
+    assert accepted.json()["status"] == "accepted"
+    assert accepted.json()["items"] == 5
     batch_id = accepted.json()["batch_id"]
     done = await _finished(client, grocer, clock, batch_id)
     assert (done["items"], done["posted"], done["rejected"]) == (5, 4, 1)
@@ -185,7 +186,8 @@ async def test_a_malformed_csv_is_refused_whole_with_its_line_numbers(
     )
     assert refused.status_code == 422, refused.text
     assert refused.json()["code"] == "batch_malformed"
-    assert "line 3" in refused.json()["detail"] and "line 5" in refused.json()["detail"]
+    assert "line 3" in refused.json()["detail"]
+    assert "line 5" in refused.json()["detail"]
     assert "line 2" not in refused.json()["detail"]
     await asyncio.sleep(0.2)
     assert await _balance(grocer, member_id) == 0  # nothing of it was accepted
@@ -251,6 +253,7 @@ async def test_another_partners_batch_is_not_found(
     cinema = await onboard("cinema")
     for path in (f"/v1/batches/{batch_id}", f"/v1/batches/{batch_id}/results"):
         got = await signed(client, cinema, clock, "GET", path)
-        assert got.status_code == 404 and got.json()["code"] == "batch_not_found"
+        assert got.status_code == 404
+        assert got.json()["code"] == "batch_not_found"
     unknown = await signed(client, grocer, clock, "GET", "/v1/batches/bat_nope")
     assert unknown.status_code == 404
