@@ -68,12 +68,14 @@ class Receiver:
             method="POST", url=f"http://127.0.0.1:{self.port}{path}", headers=headers
         )
         verifier = HTTPMessageVerifier(
-            signature_algorithm=ED25519, key_resolver=MappingKeyResolver(public_keys=self.keys)
+            signature_algorithm=ED25519,
+            key_resolver=MappingKeyResolver(public_keys=self.keys, private_keys={}),
         )
         results = verifier.verify(
             message,
             expect_tag="coalition-v1",
             require_components=("@method", "@authority", "@path", "content-digest"),
+            body=body,
         )
         digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
         if headers["Content-Digest"] != f"sha-256=:{digest}:":
@@ -118,6 +120,7 @@ def receiver() -> Iterator[Receiver]:
         yield state
     finally:
         server.shutdown()
+        server.server_close()
         thread.join(timeout=10)
 
 
@@ -242,8 +245,9 @@ async def test_a_receiver_that_keeps_failing_gets_a_failed_delivery(
         await asyncio.sleep(0.05)
     assert len(failed) == 1
     assert failed[0]["last_status"] == 500
-    # backoff 0.05 s doubling within a 2 s window: 0.05+0.1+0.2+0.4+0.8 < 2, then failed
-    assert failed[0]["attempts"] == len(receiver.seen) == 5
+    # Waits of 0.05 s doubling within a 2 s window: after attempts 1-5 the waits add up to
+    # 0.05+0.1+0.2+0.4+0.8 = 1.55 s; one more wait (1.6 s) would pass 2 s, so the 6th is last.
+    assert failed[0]["attempts"] == len(receiver.seen) == 6
     assert all(s["verified"] for s in receiver.seen)
 
 
