@@ -111,7 +111,7 @@ def _parse_json(body: bytes) -> tuple[list[Item], list[str]]:
     errors: list[str] = []
     for number, raw in enumerate(envelope.items, start=1):
         try:
-            items.append(msgspec.json.decode(raw, type=Item))  # type: ignore[arg-type]
+            items.append(msgspec.json.decode(raw, type=Item))
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             errors.append(f"item {number}: {exc}")
     return items, errors
@@ -173,4 +173,5 @@ def _csv_item(header: list[str], row: list[str]) -> Item:
             "amount": cells.get("purchase_amount", ""),
             "currency": cells.get("purchase_currency", ""),
         }
-    return msgspec.convert(fields, type=Item)  # type: ignore[arg-type]
+    item: Item = msgspec.convert(fields, type=Item)
+    return item

@@ -203,7 +203,7 @@ class BatchService:
     async def _post(self, partner_id: str, rows: Sequence[Any]) -> list[ItemResult | None]:
         async def one(row: Any) -> ItemResult | None:
             try:
-                item: Item = msgspec.convert(row.payload, type=Item)  # type: ignore[arg-type]
+                item: Item = msgspec.convert(row.payload, type=Item)
                 command = item_command(partner_id, item)
                 outcome = await self.committer.submit(
                     LedgerRequest(command, item_idempotency(row.item_id), None)

@@ -58,14 +58,14 @@ async def claim_next_batch(conn: AsyncConnection) -> Row[Any] | None:
     return (await conn.execute(query)).first()
 
 
-async def pending_items(conn: AsyncConnection, batch_id: str, limit: int) -> list[Row[Any]]:
+async def pending_items(conn: AsyncConnection, batch_id: str, limit: int) -> list[Any]:
     query = (
         select(batch_items.c.seq, batch_items.c.item_id, batch_items.c.payload)
         .where(batch_items.c.batch_id == batch_id, batch_items.c.status == "pending")
         .order_by(batch_items.c.seq)
         .limit(limit)
     )
-    return list((await conn.execute(query)).all())
+    return [row for row in (await conn.execute(query)).all()]
 
 
 async def first_results(
@@ -128,7 +128,7 @@ async def record_results(
 async def complete_batch(conn: AsyncConnection, batch: Row[Any], at: datetime) -> dict[str, Any]:
     """Mark the batch completed and write `batch.completed` in the same database
     transaction (contract §10: no fact without its event)."""
-    counts = dict(
+    counts: dict[str, int] = dict(
         (
             await conn.execute(
                 select(batch_items.c.status, func.count())
@@ -182,4 +182,4 @@ async def list_results(
         .order_by(batch_items.c.seq)
         .limit(limit)
     )
-    return list((await conn.execute(query)).all())
+    return [row for row in (await conn.execute(query)).all()]

@@ -174,7 +174,9 @@ class WebhookService:
                 try:
                     worked = await self.deliver_due(http)
                 except Exception as exc:  # the database away, not migrated: wait, resume
-                    _log.warning("webhook_worker_failed", error=type(exc).__name__, detail=str(exc)[:300])
+                    _log.warning(
+                        "webhook_worker_failed", error=type(exc).__name__, detail=str(exc)[:300]
+                    )
                     worked = 0
                 if not worked:
                     self._wake.clear()

@@ -30,13 +30,17 @@ __all__ = [
 
 async def put_subscription(
     conn: AsyncConnection, partner_id: str, url: str, events: list[str], at: datetime
-) -> Row[Any]:
+) -> Any:
     values = {"partner_id": partner_id, "url": url, "events": events, "updated_at": at}
-    statement = insert(webhook_subscriptions).values(**values)
-    statement = statement.on_conflict_do_update(
-        index_elements=[webhook_subscriptions.c.partner_id],
-        set_={"url": url, "events": events, "updated_at": at},
-    ).returning(webhook_subscriptions)
+    statement = (
+        insert(webhook_subscriptions)
+        .values(**values)
+        .on_conflict_do_update(
+            index_elements=[webhook_subscriptions.c.partner_id],
+            set_={"url": url, "events": events, "updated_at": at},
+        )
+        .returning(webhook_subscriptions)
+    )
     return (await conn.execute(statement)).one()
 
 

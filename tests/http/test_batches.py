@@ -80,11 +80,12 @@ async def test_a_json_batch_posts_each_item_and_a_refused_item_affects_no_other(
     client: httpx.AsyncClient, grocer: OnboardedPartner, clock: FrozenClock, app: Litestar
 ) -> None:
     member_id = await _member(grocer, points=10)
+    m = member_id
     items = [
-        {"item_id": "e-1", "type": "earn", "member_id": member_id, "reference": "o1", "points": 100},
+        {"item_id": "e-1", "type": "earn", "member_id": m, "reference": "o1", "points": 100},
         {"item_id": "b-1", "type": "burn", "member_id": member_id, "points": 5000},  # too many
         {"item_id": "b-2", "type": "burn", "member_id": member_id, "points": 30},
-        {"item_id": "e-1", "type": "earn", "member_id": member_id, "reference": "o1", "points": 100},
+        {"item_id": "e-1", "type": "earn", "member_id": m, "reference": "o1", "points": 100},
         {"item_id": "e-2", "type": "earn", "member_id": member_id, "reference": "o2",
          "purchase": {"amount": "12.00", "currency": "EUR"}},
     ]  # fmt: skip
