@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from settlement.events import emit
 from tests.conftest import PUBLIC_URL
 from tests.http.conftest import OnboardedPartner, PartnerFactory
 from tests.http.signed import signed
+from tests.integration.test_cli import EXCHANGE, _env
 
 BACKOFF_S = 0.05
 
@@ -358,3 +360,38 @@ async def test_subscription_is_shown_replaced_and_removed(
     assert (await signed(client, grocer, clock, "GET", "/v1/webhook")).json()[
         "code"
     ] == "webhook_not_found"
+
+
+async def test_key_rotation_lists_both_keys_and_signs_with_the_new_one(
+    client: httpx.AsyncClient,
+    grocer: OnboardedPartner,
+    clock: FrozenClock,
+    receiver: Receiver,
+    app: Litestar,
+    database_url: str,
+) -> None:
+    before = (await client.get("/v1/exchange-keys")).json()["keys"]
+    assert [k["status"] for k in before] == ["active"]
+    rotated = await asyncio.to_thread(
+        subprocess.run,
+        [*EXCHANGE, "webhooks", "rotate-key"],
+        env=_env(EXCHANGE_DATABASE_URL=database_url),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert rotated.returncode == 0, rotated.stderr
+    after = {
+        k["key_id"]: k["status"] for k in (await client.get("/v1/exchange-keys")).json()["keys"]
+    }
+    assert after[before[0]["key_id"]] == "retired"
+    [new_key] = [key_id for key_id, status in after.items() if status == "active"]
+    assert new_key in rotated.stdout
+    await _subscribe(client, grocer, clock, receiver, events=["statement.ready"])
+    services: Services = app.state.services
+    async with services.engine.begin() as conn:
+        await emit(conn, "grocer", "statement.ready", {"document_id": "doc-r"}, clock.now())
+    await _until(lambda: len(receiver.seen) == 1, "the delivery")
+    assert receiver.seen[0]["verified"]
+    assert receiver.seen[0]["key_id"] == new_key
