@@ -19,6 +19,8 @@ from litestar.openapi.plugins import JsonRenderPlugin
 
 from exchange import console, metrics
 from exchange.adjustments_http import AdjustmentController
+from exchange.batches.http import BatchController
+from exchange.batches.service import BatchService
 from exchange.clock import Clock, SystemClock
 from exchange.config import Settings
 from exchange.db import create_engine
@@ -33,6 +35,8 @@ from exchange.problems import exception_handlers
 from exchange.service import AdjustmentService
 from exchange.wiring import Services, build_services
 from partners.http import PartnerAdminController
+from partners.webhooks.http import ExchangeKeyController, WebhookController
+from partners.webhooks.service import WebhookService
 from settlement.finance import FinanceService
 from settlement.finance_http import FinanceController
 from settlement.http import SettlementController
@@ -83,6 +87,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             SettlementController,
             FinanceController,
             AdjustmentController,
+            BatchController,
+            WebhookController,
+            ExchangeKeyController,
             MetricsController,
             console.router,
             MemberRightsController,
@@ -96,6 +103,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             "finance": Provide(_finance, sync_to_thread=False),
             "adjustments": Provide(_adjustments, sync_to_thread=False),
             "members": Provide(_members, sync_to_thread=False),
+            "batches": Provide(_batches, sync_to_thread=False),
+            "webhooks": Provide(_webhooks, sync_to_thread=False),
         },
         exception_handlers=exception_handlers(),
         request_max_body_size=REQUEST_BODY_MAX_BYTES,
@@ -132,3 +141,11 @@ def _adjustments(state: State) -> AdjustmentService:
 
 def _members(state: State) -> MembersService:
     return _services(state).members
+
+
+def _batches(state: State) -> BatchService:
+    return _services(state).batches
+
+
+def _webhooks(state: State) -> WebhookService:
+    return _services(state).webhooks

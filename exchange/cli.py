@@ -210,6 +210,22 @@ def sweep_command() -> None:
 
 
 @main.group()
+def webhooks() -> None:
+    """The exchange's webhook signing keys."""
+
+
+@webhooks.command("rotate-key")
+def rotate_webhook_key() -> None:
+    """Make a new active signing key; the old one stays listed as retired."""
+
+    async def rotate(services: Services) -> Any:
+        return await services.webhooks.rotate_key()
+
+    key_id = run_with_services(settings_or_exit(), rotate)
+    console.print(f"new webhook signing key {key_id} (listed at GET /v1/exchange-keys)")
+
+
+@main.group()
 def audit() -> None:
     """Re-verify what partners signed."""
 

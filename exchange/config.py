@@ -143,6 +143,9 @@ class Settings:
     group_commit_concurrency: int = 2
     group_commit_queue_max: int = 1000
     workers: int = 1
+    webhooks_allow_http: bool = False
+    webhook_backoff_s: float = 30.0
+    webhook_retry_window_s: int = 86400
     account_receivable: str = "1200"
     account_payable: str = "2100"
     account_points_liability: str = "2400"
@@ -213,6 +216,9 @@ _PARSERS: dict[str, Any] = {
     "group_commit_concurrency": lambda v: _positive_int(v, high=100),
     "group_commit_queue_max": lambda v: _positive_int(v, high=100_000),
     "workers": lambda v: _positive_int(v, high=64),
+    "webhooks_allow_http": _boolean,
+    "webhook_backoff_s": lambda v: float(_positive_int(v, high=3600)),
+    "webhook_retry_window_s": lambda v: _positive_int(v, high=30 * 86400),
     "account_receivable": _account_code,
     "account_payable": _account_code,
     "account_points_liability": _account_code,
@@ -363,6 +369,27 @@ VARIABLES: tuple[Variable, ...] = (
         "an integer 1-64",
         "Server processes sharing the rate limits (each enforces 1/N of them); "
         "`exchange serve --workers N` sets it.",
+    ),
+    Variable(
+        "EXCHANGE_WEBHOOKS_ALLOW_HTTP",
+        "webhooks_allow_http",
+        "false",
+        "true or false",
+        "Accept http:// webhook URLs on loopback hosts (for development); else https:// only.",
+    ),
+    Variable(
+        "EXCHANGE_WEBHOOK_BACKOFF_S",
+        "webhook_backoff_s",
+        "30",
+        "an integer 1-3600",
+        "Wait before the first retry of a failed webhook delivery; doubled at each attempt.",
+    ),
+    Variable(
+        "EXCHANGE_WEBHOOK_RETRY_WINDOW_S",
+        "webhook_retry_window_s",
+        "86400",
+        "an integer 1-2592000",
+        "How long a webhook delivery is retried before it is marked failed.",
     ),
     Variable(
         "EXCHANGE_ACCOUNT_RECEIVABLE",

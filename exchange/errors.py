@@ -17,7 +17,10 @@ mapping to RFC 9457 problem+json lives in `exchange.problems`. Errors raised in
     │   ├── TransactionNotFound         (404 transaction_not_found)
     │   ├── HoldNotFound                (404 hold_not_found)
     │   ├── PartnerNotFound             (404 partner_not_found)
-    │   └── AdjustmentNotFound          (404 adjustment_not_found)
+    │   ├── AdjustmentNotFound          (404 adjustment_not_found)
+    │   ├── BatchNotFound               (404 batch_not_found)
+    │   ├── WebhookNotFound             (404 webhook_not_found)
+    │   └── DeliveryNotFound            (404 delivery_not_found)
     ├── Conflict                        (409 conflict)
     │   ├── HoldNotOpen                 (409 hold_not_open)
     │   ├── RequestInProgress           (409 request_in_progress)
@@ -34,6 +37,8 @@ mapping to RFC 9457 problem+json lives in `exchange.problems`. Errors raised in
     │   ├── NotReversible               (422 not_reversible)
     │   ├── TransferLimitExceeded       (422 transfer_limit_exceeded)
     │   ├── IdempotencyKeyReused        (422 idempotency_key_reused)
+    │   ├── BatchMalformed              (422 batch_malformed; the detail names the lines)
+    │   ├── WebhookUrlInvalid           (422 webhook_url_invalid)
     │   └── NotARunPeriodEnd            (422 as_of_not_a_period_end)
     ├── RateLimited                     (429 rate_limited, carries retry_after_s)
     ├── ServiceUnavailable              (503 service_unavailable, with Retry-After)
@@ -54,10 +59,13 @@ __all__ = [
     "AdjustmentNotPending",
     "AlreadyExists",
     "BadRequest",
+    "BatchMalformed",
+    "BatchNotFound",
     "Conflict",
     "CreditLimitExceeded",
     "CurrencyNotSupported",
     "DatabaseUnavailable",
+    "DeliveryNotFound",
     "ExchangeError",
     "Forbidden",
     "FourEyesRequired",
@@ -85,6 +93,8 @@ __all__ = [
     "Unauthorized",
     "Unprocessable",
     "UnsupportedMediaType",
+    "WebhookNotFound",
+    "WebhookUrlInvalid",
 ]
 
 
@@ -295,3 +305,30 @@ class TerminationFinal(Conflict):
 class NotARunPeriodEnd(Unprocessable):
     code = "as_of_not_a_period_end"
     title = "as_of is not the period_end of a settlement run"
+
+
+class BatchNotFound(NotFound):
+    code = "batch_not_found"
+    title = "No such batch"
+
+
+class BatchMalformed(Unprocessable):
+    """A batch file that cannot be read as a whole: nothing of it is accepted."""
+
+    code = "batch_malformed"
+    title = "The batch file is malformed"
+
+
+class WebhookNotFound(NotFound):
+    code = "webhook_not_found"
+    title = "No webhook is configured"
+
+
+class DeliveryNotFound(NotFound):
+    code = "delivery_not_found"
+    title = "No such webhook delivery"
+
+
+class WebhookUrlInvalid(Unprocessable):
+    code = "webhook_url_invalid"
+    title = "The webhook URL is not acceptable"

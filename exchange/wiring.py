@@ -7,6 +7,8 @@
         scheduler   Scheduler           settlement + the gateway's housekeeping
         gateway     SignatureGateway    partner keys, nonces
         limiter     RateLimiter
+        batches     BatchService        batch files, processed through the committer
+        webhooks    WebhookService      subscriptions, the delivery worker, the exchange's keys
 
 Who calls it: `exchange.app.create_app` (in the server's lifespan; controllers receive
 `services` and `settlement` as litestar dependencies), the command
@@ -22,6 +24,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from exchange.batches.service import BatchService
 from exchange.batching import GroupCommitter
 from exchange.clock import Clock
 from exchange.config import Settings
@@ -31,6 +34,7 @@ from exchange.ratelimit import RateLimiter
 from exchange.service import AdjustmentService, LedgerRequest, LedgerService, Outcome
 from partners.gateway import SignatureGateway, housekeeping_jobs
 from partners.registry import check_stored_keys
+from partners.webhooks.service import WebhookService
 from settlement.finance import FinanceService
 from settlement.journal import ChartOfAccounts
 from settlement.schedule import Scheduler
@@ -55,6 +59,8 @@ class Services:
     adjustments: AdjustmentService
     members: MembersService
     scheduler: Scheduler
+    batches: BatchService
+    webhooks: WebhookService
 
     async def start(self) -> None:
         """Start the background parts a server needs (not the CLI: it only calls services)."""
@@ -62,10 +68,14 @@ class Services:
         await self.gateway.start()
         if self.settings.scheduler_enabled:
             self.scheduler.start()
+        self.batches.start()
+        self.webhooks.start()
 
     async def stop(self) -> None:
         """Finish what is in flight: the scheduler's tick, queued postings, nonces."""
         await self.scheduler.stop()
+        await self.webhooks.stop()
+        await self.batches.stop()
         await self.committer.drain()
         await self.gateway.stop()
 
@@ -114,6 +124,8 @@ def build_services(settings: Settings, engine: AsyncEngine, clock: Clock) -> Ser
         adjustments=AdjustmentService(engine, clock, ledger),
         members=MembersService(engine, clock, settings),
         scheduler=scheduler,
+        batches=BatchService(engine, clock, committer),
+        webhooks=WebhookService(engine, clock, settings),
     )
 
 

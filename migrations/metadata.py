@@ -9,7 +9,13 @@ from exchange.tables import metadata
 __all__ = ["metadata"]
 
 # Importing these modules registers their tables on `metadata`.
-for _module in ("partners.tables", "settlement.tables", "exchange.members.tables"):
+for _module in (
+    "partners.tables",
+    "settlement.tables",
+    "exchange.members.tables",
+    "exchange.batches.tables",
+    "partners.webhooks.tables",
+):
     try:
         importlib.import_module(_module)
     except ModuleNotFoundError as exc:  # a package without tables yet

@@ -33,6 +33,7 @@ from exchange.tables import partner_terms, partners
 from exchange.text import UNPRINTABLE
 from partners import signing
 from partners.tables import partner_keys
+from partners.webhooks import events as webhook_events
 
 __all__ = [
     "KeyInfo",
@@ -453,6 +454,7 @@ async def add_key(engine: AsyncEngine, clock: Clock, partner_id: str, public_key
 async def revoke_key(engine: AsyncEngine, clock: Clock, partner_id: str, key_id: str) -> KeyInfo:
     """Revoke a key at once. Postings it signed stay verifiable (the key is kept)."""
     _known_shape(partner_id, key_id)
+    now = clock.now()
     async with engine.begin() as conn:
         row = (
             await conn.execute(
@@ -460,11 +462,14 @@ async def revoke_key(engine: AsyncEngine, clock: Clock, partner_id: str, key_id:
                 .where(partner_keys.c.key_id == key_id, partner_keys.c.partner_id == partner_id)
                 .values(
                     status="revoked",
-                    revoked_at=func.coalesce(partner_keys.c.revoked_at, clock.now()),
+                    revoked_at=func.coalesce(partner_keys.c.revoked_at, now),
                 )
                 .returning(partner_keys)
             )
         ).first()
+        if row is not None and row.revoked_at == now:
+            # Newly revoked (not a repeat): the event commits with the revocation.
+            await webhook_events.key_revoked(conn, partner_id, key_id, now)
         await _notify_key_change(conn, key_id)
     if row is None:
         raise NotFound(f"Partner {partner_id} has no key {key_id}.")

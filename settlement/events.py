@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from settlement.tables import webhook_outbox
+from exchange.tables import webhook_outbox
 
 __all__ = ["STATEMENT_READY", "emit", "statement_ready"]
 

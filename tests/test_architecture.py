@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("exchange", "partners", "settlement")
 HTTP_MODULES = {
     "exchange.http",
+    "exchange.batches.http",
+    "partners.webhooks.http",
     "exchange.health",
     "exchange.members.http",
     "exchange.adjustments_http",

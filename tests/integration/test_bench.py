@@ -55,6 +55,11 @@ def test_bench_smoke_run_measures_every_scenario_and_keeps_the_ledger_clean(
         assert scenario["latency_ms"]["p99"] > 0, name
         assert scenario["cpu_percent"]["server"] > 0, name
         assert scenario["rss"]["max_mib"] > 0, name
+    # The batch scenario: one 1,000-item batch per partner, every item posted once.
+    assert report["batches"]["batches"] == 3
+    assert report["batches"]["posted"] == 3000
+    assert report["batches"]["rejected"] == 0
+    assert report["batches"]["postings_per_s"] > 0
     targets = {target["name"] for target in report["targets"]}
     assert "ledger verifies after the run" in targets
     assert not (tmp_path / "data" / "pg" / "postmaster.pid").exists(), "PostgreSQL was stopped"

@@ -31,6 +31,7 @@ from exchange.config import ConfigError, Settings
 from exchange.db import create_engine
 from exchange.embedded import EmbeddedPostgres
 from exchange.tools.bench.baseline import PgbenchResult, run_pgbench
+from exchange.tools.bench.batches import BatchResult, run_batch_scenario
 from exchange.tools.bench.cluster import (
     BENCH_CONTROLLED,
     Server,
@@ -136,6 +137,7 @@ def _run(run: Run) -> tuple[dict[str, Any], bool]:
     run.say(f"  pgbench: {baseline.tps:,.0f} tps, p99 {baseline.latency_ms.get('p99')} ms")
     workload, setup, setup_check = _setup(run)
     scenarios, soak = _timed(run, workload, baseline)
+    batch = _batches(run, workload, baseline)
     with run.phase("verify_after"):
         after, after_s = asyncio.run(_verify(run.postgres.url()))
     run.say(f"verify after the run: {'clean' if after.clean else 'NOT CLEAN'} ({after_s} s)")
@@ -171,6 +173,7 @@ def _run(run: Run) -> tuple[dict[str, Any], bool]:
         after=after,
         targets=targets,
     )
+    document["batches"] = batch
     return document, bool(invalid) or not after.clean
 
 
@@ -305,6 +308,23 @@ def _timed(
         soak = soak_result(soaked)
         run.say(_one_line(soaked) + f", RSS growth {soak.growth_percent}%")
     return results, soak
+
+
+def _batches(run: Run, workload: Workload, baseline: PgbenchResult) -> BatchResult:
+    """1,000-item batches from (up to) 50 partners at once: postings/s against pgbench."""
+    assert run.server is not None
+    with run.phase("batches"):
+        run.say("scenario batches: one 1,000-item batch per partner (up to 50), all at once")
+        result = asyncio.run(run_batch_scenario(run.server.base_url, workload))
+    result.ratio_to_pgbench = (
+        round(result.postings_per_s / baseline.tps, 3) if baseline.tps else None
+    )
+    run.say(
+        f"  batches: {result.posted:,} posted, {result.rejected} rejected in {result.seconds} s"
+        f" = {result.postings_per_s:,.0f} postings/s, {result.ratio_to_pgbench} x pgbench tps"
+        " (target >= 3 x)"
+    )
+    return result
 
 
 def _checkpoint(postgres: EmbeddedPostgres) -> None:

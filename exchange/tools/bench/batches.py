@@ -1,0 +1,113 @@
+"""The batch scenario: one 1,000-item batch from each of (up to) 50 partners at once,
+timed from the first upload to the last batch completed, as postings per second against
+pgbench's tps of the same run (target: at least 3 x)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass
+
+import httpx
+import msgspec
+
+from exchange.tools.bench.presign import Signer, Workload
+from partners.signing import load_private_key, sign_request
+
+__all__ = ["BatchResult", "run_batch_scenario"]
+
+BATCH_ITEMS = 1000
+PARTNERS_MAX = 50
+TIMEOUT_S = 900.0
+POLL_S = 0.25
+
+
+@dataclass
+class BatchResult:
+    name: str
+    batches: int
+    items: int
+    posted: int
+    rejected: int
+    seconds: float
+    postings_per_s: float
+    ratio_to_pgbench: float | None = None
+
+
+def _signed(
+    signer: Signer, base_url: str, method: str, path: str, body: bytes | None = None
+) -> tuple[str, dict[str, str]]:
+    url = f"{base_url}{path}"
+    headers: dict[str, str] = {}
+    if body:
+        headers["Content-Type"] = "application/json"
+    if method == "POST":
+        headers["Idempotency-Key"] = str(uuid.uuid4())
+    headers |= sign_request(
+        method=method,
+        url=url,
+        headers=headers,
+        body=body,
+        key_id=signer.key_id,
+        private_key=load_private_key(signer.private_key),
+    )
+    return url, headers
+
+
+def _items(workload: Workload, partner: int, tag: str) -> list[dict[str, object]]:
+    members = workload.members[partner :: len(workload.signers)] or workload.members[:1]
+    return [
+        {
+            "item_id": f"bench-{tag}-{partner}-{n}",
+            "type": "earn",
+            "member_id": members[n % len(members)],
+            "reference": f"batch-{tag}-{n}",
+            "points": 1,
+        }
+        for n in range(BATCH_ITEMS)
+    ]
+
+
+async def _one(
+    http: httpx.AsyncClient, base_url: str, signer: Signer, body: bytes
+) -> dict[str, int]:
+    url, headers = _signed(signer, base_url, "POST", "/v1/batches", body)
+    accepted = await http.post(url, content=body, headers=headers)
+    if accepted.status_code != 202:
+        raise RuntimeError(f"batch refused: {accepted.status_code} {accepted.text[:200]}")
+    path = f"/v1/batches/{accepted.json()['batch_id']}"
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        url, headers = _signed(signer, base_url, "GET", path)
+        status = (await http.get(url, headers=headers)).json()
+        if status.get("status") == "completed":
+            return {"posted": int(status["posted"]), "rejected": int(status["rejected"])}
+        await asyncio.sleep(POLL_S)
+    raise RuntimeError(f"batch {path} not completed within {TIMEOUT_S} s")
+
+
+async def run_batch_scenario(base_url: str, workload: Workload) -> BatchResult:
+    """Every partner (up to 50) uploads one batch at the same moment; wait for all."""
+    tag = uuid.uuid4().hex[:8]
+    signers = workload.signers[:PARTNERS_MAX]
+    bodies = [msgspec.json.encode({"items": _items(workload, p, tag)}) for p in range(len(signers))]
+    async with httpx.AsyncClient(timeout=60) as http:
+        started = time.monotonic()
+        done = await asyncio.gather(
+            *(
+                _one(http, base_url, signer, body)
+                for signer, body in zip(signers, bodies, strict=True)
+            )
+        )
+        seconds = time.monotonic() - started
+    posted = sum(d["posted"] for d in done)
+    return BatchResult(
+        name="batches",
+        batches=len(signers),
+        items=len(signers) * BATCH_ITEMS,
+        posted=posted,
+        rejected=sum(d["rejected"] for d in done),
+        seconds=round(seconds, 2),
+        postings_per_s=round(posted / seconds, 1) if seconds else 0.0,
+    )

@@ -1,0 +1,93 @@
+"""Webhooks over HTTP (contract §10): the partner's subscription, its deliveries, and the
+exchange's public keys. Thin controllers over `WebhookService`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, delete, get, post, put
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, FromQuery, QueryParameter
+
+from exchange.errors import BadRequest, Unprocessable, UnsupportedMediaType
+from partners.auth import PartnerCaller, partner_caller
+from partners.webhooks.service import WebhookService
+
+__all__ = ["ExchangeKeyController", "WebhookController"]
+
+Limit = Annotated[int, QueryParameter(ge=1, le=200)]
+
+
+class WebhookSubscription(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+    events: Annotated[list[str], msgspec.Meta(min_length=1, max_length=10)]
+
+
+def _decode(request: Request[Any, Any, Any], body: bytes) -> WebhookSubscription:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise UnsupportedMediaType(f"Content-Type is {media_type or 'missing'}.")
+    try:
+        return msgspec.json.decode(body, type=WebhookSubscription)
+    except msgspec.ValidationError as exc:
+        raise Unprocessable(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"The body is not valid JSON: {exc}.") from None
+
+
+class WebhookController(Controller):
+    path = "/v1/webhook"
+    tags = ["partner"]
+    dependencies = {"partner": Provide(partner_caller)}
+
+    @put("/", summary="Set the partner's webhook URL and events")
+    async def put_webhook(
+        self,
+        request: Request[Any, Any, Any],
+        partner: NamedDependency[PartnerCaller],
+        webhooks: NamedDependency[WebhookService],
+    ) -> dict[str, Any]:
+        data = _decode(request, partner.body)
+        return await webhooks.subscribe(partner.partner_id, data.url, data.events)
+
+    @get("/", summary="The partner's webhook")
+    async def get_webhook(
+        self, partner: NamedDependency[PartnerCaller], webhooks: NamedDependency[WebhookService]
+    ) -> dict[str, Any]:
+        return await webhooks.subscription(partner.partner_id)
+
+    @delete("/", status_code=204, summary="Remove the partner's webhook")
+    async def delete_webhook(
+        self, partner: NamedDependency[PartnerCaller], webhooks: NamedDependency[WebhookService]
+    ) -> None:
+        await webhooks.unsubscribe(partner.partner_id)
+
+    @get("/deliveries", summary="Delivery attempts of the partner's events")
+    async def deliveries(
+        self,
+        partner: NamedDependency[PartnerCaller],
+        webhooks: NamedDependency[WebhookService],
+        status: FromQuery[str | None] = None,
+        after: FromQuery[str | None] = None,
+        limit: Limit = 50,
+    ) -> dict[str, Any]:
+        return await webhooks.deliveries(partner.partner_id, status, after, limit)
+
+    @post("/deliveries/{event_id:str}/retry", status_code=202, summary="Send an event again")
+    async def retry(
+        self,
+        partner: NamedDependency[PartnerCaller],
+        webhooks: NamedDependency[WebhookService],
+        event_id: FromPath[str],
+    ) -> dict[str, Any]:
+        return await webhooks.retry(partner.partner_id, event_id)
+
+
+class ExchangeKeyController(Controller):
+    path = "/v1/exchange-keys"
+    tags = ["partner"]
+
+    @get("/", summary="The exchange's public keys for verifying webhook deliveries")
+    async def keys(self, webhooks: NamedDependency[WebhookService]) -> dict[str, Any]:
+        return await webhooks.keys()

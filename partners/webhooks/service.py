@@ -1,0 +1,284 @@
+"""`WebhookService`: partners' subscriptions, the delivery worker, the exchange's keys.
+
+Delivery (contract §10): the worker gives every outbox event a delivery row, then claims
+due rows with `FOR UPDATE SKIP LOCKED` (exactly one owner per event across server
+processes) and POSTs `{"event_id", "type", "created_at", "data"}` to the partner's URL,
+signed with RFC 9421 Ed25519 (tag `coalition-v1`) by the exchange's active key; the
+`Idempotency-Key` header carries the `event_id`. A non-2xx answer or a timeout (10 s) is
+retried after `backoff * 2**(attempt-1)` until the waits add up to the retry window
+(24 h by default); then the delivery is `failed`. Oldest events go first.
+
+Delivery times are wall-clock (`time`), not the exchange's business clock: they schedule
+network retries, never postings, and a frozen test clock must not stop them.
+
+Keys: the first start creates an Ed25519 key; `rotate_key()` (`exchange webhooks
+rotate-key`) makes a new active key and keeps the old one listed as `retired` at
+`GET /v1/exchange-keys`, so receivers can fetch the new public key before it is used.
+The private key is kept in the database (table `exchange_keys`), readable only by the
+exchange's database role.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exchange.clock import Clock
+from exchange.config import Settings
+from exchange.errors import DeliveryNotFound, Unprocessable, WebhookNotFound, WebhookUrlInvalid
+from exchange.logs import get_logger
+from partners.signing import public_key_b64url, sign_request
+from partners.webhooks import store
+from partners.webhooks.events import EVENT_TYPES
+
+__all__ = ["DELIVERY_STATUSES", "WebhookService"]
+
+_log = get_logger("partners.webhooks")
+TIMEOUT_S = 10.0
+CLAIM_MAX = 20
+DELIVERY_STATUSES = ("pending", "delivered", "failed", "skipped")
+
+
+def _wall_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class WebhookService:
+    def __init__(self, engine: AsyncEngine, clock: Clock, settings: Settings) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.allow_http = settings.webhooks_allow_http
+        self.backoff_s = settings.webhook_backoff_s
+        self.window_s = settings.webhook_retry_window_s
+        self.poll_s = min(1.0, self.backoff_s)
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    # --- subscriptions -------------------------------------------------------------------
+
+    async def subscribe(self, partner_id: str, url: str, events: list[str]) -> dict[str, Any]:
+        self._check_url(url)
+        unknown = sorted(set(events) - set(EVENT_TYPES))
+        if unknown or not events:
+            raise Unprocessable(f"events must be some of {', '.join(EVENT_TYPES)}.")
+        async with self.engine.begin() as conn:
+            row = await store.put_subscription(
+                conn, partner_id, url, sorted(set(events)), self.clock.now()
+            )
+        return _subscription_view(row)
+
+    async def subscription(self, partner_id: str) -> dict[str, Any]:
+        async with self.engine.connect() as conn:
+            row = await store.get_subscription(conn, partner_id)
+        if row is None:
+            raise WebhookNotFound()
+        return _subscription_view(row)
+
+    async def unsubscribe(self, partner_id: str) -> None:
+        async with self.engine.begin() as conn:
+            if not await store.delete_subscription(conn, partner_id):
+                raise WebhookNotFound()
+
+    def _check_url(self, url: str) -> None:
+        parts = urlsplit(url)
+        if len(url) > 2000 or not parts.hostname:
+            raise WebhookUrlInvalid("url must be an absolute https:// URL.")
+        if parts.scheme == "https":
+            return
+        if parts.scheme == "http" and self.allow_http and _is_loopback(parts.hostname):
+            return
+        raise WebhookUrlInvalid(
+            "url must be https:// (http:// only to a loopback host with "
+            "EXCHANGE_WEBHOOKS_ALLOW_HTTP=true)."
+        )
+
+    # --- deliveries ----------------------------------------------------------------------
+
+    async def deliveries(
+        self, partner_id: str, status: str | None, after: str | None, limit: int
+    ) -> dict[str, Any]:
+        if status is not None and status not in DELIVERY_STATUSES:
+            raise Unprocessable(f"status must be one of {', '.join(DELIVERY_STATUSES)}.")
+        async with self.engine.connect() as conn:
+            rows = await store.list_deliveries(conn, partner_id, status, after, limit)
+        page: dict[str, Any] = {"deliveries": [_delivery_view(row) for row in rows]}
+        if len(rows) == limit:
+            page["next"] = rows[-1].event_id
+        return page
+
+    async def retry(self, partner_id: str, event_id: str) -> dict[str, Any]:
+        async with self.engine.begin() as conn:
+            if not await store.retry_delivery(conn, partner_id, event_id[:64], _wall_now()):
+                raise DeliveryNotFound(f"No delivery {event_id[:64]}.")
+        self._wake.set()
+        return {"event_id": event_id, "status": "pending"}
+
+    # --- keys ----------------------------------------------------------------------------
+
+    async def keys(self) -> dict[str, Any]:
+        await self.ensure_key()
+        async with self.engine.connect() as conn:
+            rows = await store.list_keys(conn)
+        return {
+            "keys": [
+                {"key_id": r.key_id, "public_key": r.public_key, "status": r.status} for r in rows
+            ]
+        }
+
+    async def ensure_key(self) -> None:
+        async with self.engine.begin() as conn:
+            await store.lock_keys(conn)
+            if await store.active_key(conn) is None:
+                await self._new_key(conn)
+
+    async def rotate_key(self) -> str:
+        """A new active key; the previous one stays listed as retired."""
+        async with self.engine.begin() as conn:
+            await store.lock_keys(conn)
+            return await self._new_key(conn)
+
+    async def _new_key(self, conn: Any) -> str:
+        private = Ed25519PrivateKey.generate()
+        raw = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        key_id = f"exk_{secrets.token_hex(12)}"
+        await store.insert_key(conn, key_id, public_key_b64url(private), raw, self.clock.now())
+        return key_id
+
+    # --- the worker ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="webhook-worker")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        async with httpx.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False) as http:
+            while True:
+                try:
+                    worked = await self.deliver_due(http)
+                except Exception as exc:  # the database away, not migrated: wait, resume
+                    _log.warning(
+                        "webhook_worker_failed", error=type(exc).__name__, detail=str(exc)[:300]
+                    )
+                    worked = 0
+                if not worked:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.poll_s)
+
+    async def deliver_due(self, http: httpx.AsyncClient) -> int:
+        """Deliver the due events once (each in its claim's database transaction)."""
+        async with self.engine.begin() as conn:
+            await store.enqueue_new_events(conn)
+            key = await store.active_key(conn)
+            if key is None:
+                await store.lock_keys(conn)
+                await self._new_key(conn)
+                key = await store.active_key(conn)
+        async with self.engine.begin() as conn:
+            rows = await store.claim_due(conn, _wall_now(), CLAIM_MAX)
+            by_partner: dict[str, list[Any]] = {}
+            for row in rows:
+                by_partner.setdefault(row.partner_id, []).append(row)
+
+            async def in_order(mine: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+                # One partner's events one after another, oldest first; partners in
+                # parallel, so one slow receiver does not hold back the others.
+                return [(row.event_id, await self._attempt(http, key, row)) for row in mine]
+
+            done = await asyncio.gather(*(in_order(mine) for mine in by_partner.values()))
+            for event_id, values in (pair for pairs in done for pair in pairs):
+                await store.mark_delivery(conn, event_id, **values)
+        return len(rows)
+
+    async def _attempt(self, http: httpx.AsyncClient, key: Any, row: Any) -> dict[str, Any]:
+        if row.url is None or row.type not in (row.events or []):
+            return {"status": "skipped"}  # no subscription to this event when it was due
+        body = msgspec.json.encode(
+            {
+                "event_id": row.event_id,
+                "type": row.type,
+                "created_at": row.created_at,
+                "data": row.data,
+            }
+        )
+        attempts = row.attempts + 1
+        now = _wall_now()
+        status_code, error = await _post(http, row.url, body, row.event_id, key)
+        values: dict[str, Any] = {
+            "attempts": attempts,
+            "last_attempt_at": now,
+            "last_status": status_code,
+            "last_error": error,
+        }
+        if error is None:
+            return values | {"status": "delivered", "delivered_at": now}
+        waited = self.backoff_s * (2 ** (attempts - 1) - 1)
+        wait = self.backoff_s * 2 ** (attempts - 1)
+        if waited + wait > self.window_s:
+            return values | {"status": "failed"}
+        return values | {"next_attempt_at": now + timedelta(seconds=wait)}
+
+
+async def _post(
+    http: httpx.AsyncClient, url: str, body: bytes, event_id: str, key: Any
+) -> tuple[int | None, str | None]:
+    headers = {"Content-Type": "application/json", "Idempotency-Key": event_id}
+    private = Ed25519PrivateKey.from_private_bytes(key.private_key)
+    headers |= sign_request(
+        method="POST", url=url, headers=headers, body=body, key_id=key.key_id, private_key=private
+    )
+    try:
+        response = await http.post(url, content=body, headers=headers)
+    except httpx.HTTPError as exc:
+        return None, type(exc).__name__
+    if 200 <= response.status_code < 300:
+        return response.status_code, None
+    return response.status_code, f"HTTP {response.status_code}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _subscription_view(row: Any) -> dict[str, Any]:
+    return {"url": row.url, "events": list(row.events), "updated_at": row.updated_at}
+
+
+def _delivery_view(row: Any) -> dict[str, Any]:
+    view = {
+        "event_id": row.event_id,
+        "type": row.type,
+        "created_at": row.created_at,
+        "status": row.status,
+        "attempts": row.attempts,
+        "last_status": row.last_status,
+        "last_error": row.last_error,
+        "last_attempt_at": row.last_attempt_at,
+        "delivered_at": row.delivered_at,
+    }
+    if row.status == "pending":
+        view["next_attempt_at"] = row.next_attempt_at
+    return view

@@ -1,0 +1,190 @@
+"""All SQL of webhooks: subscriptions, delivery state of outbox events, exchange keys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, and_, delete, func, literal, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from exchange.tables import webhook_outbox
+from partners.webhooks.tables import exchange_keys, webhook_deliveries, webhook_subscriptions
+
+__all__ = [
+    "active_key",
+    "claim_due",
+    "delete_subscription",
+    "enqueue_new_events",
+    "get_subscription",
+    "insert_key",
+    "list_deliveries",
+    "list_keys",
+    "lock_keys",
+    "mark_delivery",
+    "put_subscription",
+    "retry_delivery",
+]
+
+
+async def put_subscription(
+    conn: AsyncConnection, partner_id: str, url: str, events: list[str], at: datetime
+) -> Any:
+    values = {"partner_id": partner_id, "url": url, "events": events, "updated_at": at}
+    statement = (
+        insert(webhook_subscriptions)
+        .values(**values)
+        .on_conflict_do_update(
+            index_elements=[webhook_subscriptions.c.partner_id],
+            set_={"url": url, "events": events, "updated_at": at},
+        )
+        .returning(webhook_subscriptions)
+    )
+    return (await conn.execute(statement)).one()
+
+
+async def get_subscription(conn: AsyncConnection, partner_id: str) -> Row[Any] | None:
+    query = select(webhook_subscriptions).where(webhook_subscriptions.c.partner_id == partner_id)
+    return (await conn.execute(query)).first()
+
+
+async def delete_subscription(conn: AsyncConnection, partner_id: str) -> bool:
+    result = await conn.execute(
+        delete(webhook_subscriptions).where(webhook_subscriptions.c.partner_id == partner_id)
+    )
+    return bool(result.rowcount)
+
+
+async def enqueue_new_events(conn: AsyncConnection) -> None:
+    """A delivery row for every outbox event that has none yet (whoever wrote it)."""
+    known = select(webhook_deliveries.c.event_id).where(
+        webhook_deliveries.c.event_id == webhook_outbox.c.event_id
+    )
+    new = select(
+        webhook_outbox.c.event_id,
+        webhook_outbox.c.partner_id,
+        literal("pending"),
+        literal(0),
+        webhook_outbox.c.created_at,
+    ).where(~known.exists())
+    statement = (
+        insert(webhook_deliveries)
+        .from_select(["event_id", "partner_id", "status", "attempts", "next_attempt_at"], new)
+        .on_conflict_do_nothing()
+    )
+    await conn.execute(statement)
+
+
+async def claim_due(conn: AsyncConnection, now: datetime, limit: int) -> list[Row[Any]]:
+    """Due deliveries, oldest event first, locked for this database transaction: exactly
+    one process delivers each (the others skip locked rows)."""
+    query = (
+        select(
+            webhook_deliveries,
+            webhook_outbox.c.type,
+            webhook_outbox.c.data,
+            webhook_outbox.c.created_at,
+            webhook_subscriptions.c.url,
+            webhook_subscriptions.c.events,
+        )
+        .join(webhook_outbox, webhook_outbox.c.event_id == webhook_deliveries.c.event_id)
+        .outerjoin(
+            webhook_subscriptions,
+            webhook_subscriptions.c.partner_id == webhook_deliveries.c.partner_id,
+        )
+        .where(
+            webhook_deliveries.c.status == "pending", webhook_deliveries.c.next_attempt_at <= now
+        )
+        .order_by(webhook_outbox.c.created_at, webhook_deliveries.c.event_id)
+        .limit(limit)
+        .with_for_update(of=webhook_deliveries, skip_locked=True)
+    )
+    return list((await conn.execute(query)).all())
+
+
+async def mark_delivery(conn: AsyncConnection, event_id: str, **values: Any) -> None:
+    await conn.execute(
+        update(webhook_deliveries).where(webhook_deliveries.c.event_id == event_id).values(**values)
+    )
+
+
+async def list_deliveries(
+    conn: AsyncConnection, partner_id: str, status: str | None, after: str | None, limit: int
+) -> list[Row[Any]]:
+    query = (
+        select(webhook_deliveries, webhook_outbox.c.type, webhook_outbox.c.created_at)
+        .join(webhook_outbox, webhook_outbox.c.event_id == webhook_deliveries.c.event_id)
+        .where(webhook_deliveries.c.partner_id == partner_id)
+        .order_by(webhook_outbox.c.created_at, webhook_deliveries.c.event_id)
+        .limit(limit)
+    )
+    if status is not None:
+        query = query.where(webhook_deliveries.c.status == status)
+    if after is not None:
+        cursor = (
+            select(webhook_outbox.c.created_at, webhook_outbox.c.event_id)
+            .where(webhook_outbox.c.event_id == after)
+            .subquery()
+        )
+        query = query.where(
+            tuple_(webhook_outbox.c.created_at, webhook_outbox.c.event_id)
+            > select(tuple_(cursor.c.created_at, cursor.c.event_id)).scalar_subquery()
+        )
+    return list((await conn.execute(query)).all())
+
+
+async def retry_delivery(
+    conn: AsyncConnection, partner_id: str, event_id: str, now: datetime
+) -> bool:
+    """Send the event again at once (a delivered or failed one too), with a fresh budget."""
+    result = await conn.execute(
+        update(webhook_deliveries)
+        .where(
+            and_(
+                webhook_deliveries.c.event_id == event_id,
+                webhook_deliveries.c.partner_id == partner_id,
+            )
+        )
+        .values(status="pending", attempts=0, next_attempt_at=now)
+    )
+    return bool(result.rowcount)
+
+
+async def lock_keys(conn: AsyncConnection) -> None:
+    """Serialise key creation and rotation across processes (one database transaction)."""
+    await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('exchange_keys'))"))
+
+
+async def active_key(conn: AsyncConnection) -> Row[Any] | None:
+    query = (
+        select(exchange_keys)
+        .where(exchange_keys.c.status == "active")
+        .order_by(exchange_keys.c.created_at.desc())
+        .limit(1)
+    )
+    return (await conn.execute(query)).first()
+
+
+async def insert_key(
+    conn: AsyncConnection, key_id: str, public_key: str, private_key: bytes, at: datetime
+) -> None:
+    await conn.execute(
+        update(exchange_keys)
+        .where(exchange_keys.c.status == "active")
+        .values(status="retired", retired_at=func.coalesce(exchange_keys.c.retired_at, at))
+    )
+    await conn.execute(
+        exchange_keys.insert().values(
+            key_id=key_id,
+            public_key=public_key,
+            private_key=private_key,
+            status="active",
+            created_at=at,
+        )
+    )
+
+
+async def list_keys(conn: AsyncConnection) -> list[Row[Any]]:
+    query = select(exchange_keys).order_by(exchange_keys.c.created_at)
+    return list((await conn.execute(query)).all())
