@@ -134,11 +134,14 @@ SECURITY_SCHEMES: dict[str, Any] = {
         "in": "header",
         "name": "Signature",
         "description": (
-            "An RFC 9421 HTTP message signature (contract §2.1): Ed25519 over "
-            '`("@method" "@authority" "@path" "@query" "content-digest" "idempotency-key")` '
-            'with `created`, `nonce`, `keyid` and `tag="coalition-v1"` in `Signature-Input`, '
-            "a `Content-Digest` (sha-256, RFC 9530) of the exact body bytes, at most 300 s old, "
-            "each nonce once. The signature is checked before the body is read."
+            "An RFC 9421 HTTP message signature, profile coalition-v1 (contract §2.1; "
+            "docs/partners.md): one Ed25519 signature labelled in `Signature-Input` with "
+            '`created`, `keyid`, `nonce` (16-128 chars) and `tag="coalition-v1"`, covering '
+            "`@method @authority @path @query`, with a body also `content-type "
+            "content-digest` (RFC 9530 sha-256 of the exact body bytes), on POST also "
+            "`idempotency-key`. `created` within the last 300 s (30 s of clock skew "
+            "ahead); each nonce is accepted once. The signature is verified before the "
+            "body is read, so a request with a bad signature is 401 whatever its body."
         ),
     },
     "operatorBearer": {
