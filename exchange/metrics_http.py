@@ -16,7 +16,7 @@ from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency
 
 from exchange import metrics
-from exchange.errors import Forbidden, Unauthorized
+from exchange.errors import Unauthorized
 from exchange.openapi import api
 from exchange.wiring import Services
 from partners.auth import staff_caller
@@ -43,7 +43,7 @@ class MetricsController(Controller):
         summary="Prometheus metrics (loopback, or an operator token)",
         opt=api(
             media_types=("text/plain",),
-            errors=(Unauthorized, Forbidden),
+            errors=(Unauthorized,),
             security=("operatorBearer", None),
         ),
     )

@@ -182,15 +182,16 @@ def _auth(handler: HTTPRouteHandler) -> tuple[list[dict[str, list[str]]], list[A
     ]
     if post:
         partner += [IdempotencyKeyMissing, RequestInProgress, IdempotencyKeyReused]
-    operator: list[Any] = [Unauthorized, Forbidden]
     if {"caller"} & names:
         return [{"partnerSignature": []}, {"memberBearer": []}], [*partner, Unauthorized]
     if {"reader"} & names:
-        return [{"partnerSignature": []}, {"operatorBearer": []}], [*partner, *operator]
+        return [{"partnerSignature": []}, {"operatorBearer": []}], [*partner, Unauthorized]
     if "partner" in names:
         return [{"partnerSignature": []}], partner
-    if {"admin", "staff"} & names:
-        return [{"operatorBearer": []}], operator
+    if "admin" in names:  # a finance token is refused: 403
+        return [{"operatorBearer": []}], [Unauthorized, Forbidden]
+    if "staff" in names:  # admin or finance: every operator role
+        return [{"operatorBearer": []}], [Unauthorized]
     if "member" in names:
         return [{"memberBearer": []}], [Unauthorized]
     return [], []
