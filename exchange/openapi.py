@@ -182,18 +182,18 @@ def _auth(handler: HTTPRouteHandler) -> tuple[list[dict[str, list[str]]], list[A
     ]
     if post:
         partner += [IdempotencyKeyMissing, RequestInProgress, IdempotencyKeyReused]
-    if {"caller"} & names:
-        return [{"partnerSignature": []}, {"memberBearer": []}], [*partner, Unauthorized]
-    if {"reader"} & names:
-        return [{"partnerSignature": []}, {"operatorBearer": []}], [*partner, Unauthorized]
-    if "partner" in names:
-        return [{"partnerSignature": []}], partner
-    if "admin" in names:  # a finance token is refused: 403
-        return [{"operatorBearer": []}], [Unauthorized, Forbidden]
-    if "staff" in names:  # admin or finance: every operator role
-        return [{"operatorBearer": []}], [Unauthorized]
-    if "member" in names:
-        return [{"memberBearer": []}], [Unauthorized]
+    # The caller dependency a handler names, first match wins: (schemes, errors).
+    callers: tuple[tuple[str, tuple[str, ...], list[Any]], ...] = (
+        ("caller", ("partnerSignature", "memberBearer"), [*partner, Unauthorized]),
+        ("reader", ("partnerSignature", "operatorBearer"), [*partner, Unauthorized]),
+        ("partner", ("partnerSignature",), partner),
+        ("admin", ("operatorBearer",), [Unauthorized, Forbidden]),  # finance tokens: 403
+        ("staff", ("operatorBearer",), [Unauthorized]),  # admin or finance: every role
+        ("member", ("memberBearer",), [Unauthorized]),
+    )
+    for name, schemes, errors in callers:
+        if name in names:
+            return [{scheme: []} for scheme in schemes], errors
     return [], []
 
 
