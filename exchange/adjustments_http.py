@@ -15,7 +15,17 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 
 from exchange import schemas
+from exchange.errors import (
+    AdjustmentNotFound,
+    AdjustmentNotPending,
+    FourEyesRequired,
+    InsufficientPoints,
+    MemberNotFound,
+    PartnerNotFound,
+    PartnerTerminated,
+)
 from exchange.http import decode_body, respond
+from exchange.openapi import api
 from exchange.operators import OperatorIdentity
 from exchange.service import AdjustmentService, Approver, adjustment_view
 from partners.auth import operator_idempotency, staff_caller
@@ -32,7 +42,17 @@ class AdjustmentController(Controller):
     tags = ["finance"]
     dependencies = {"staff": Provide(staff_caller)}
 
-    @post("/", status_code=201, summary="Request an adjustment (a second operator approves)")
+    @post(
+        "/",
+        status_code=201,
+        summary="Request an adjustment (a second operator approves)",
+        opt=api(
+            body=schemas.AdjustmentCreate,
+            responses={201: schemas.Adjustment},
+            errors=(MemberNotFound, PartnerNotFound),
+            idempotent=True,
+        ),
+    )
     async def create(
         self,
         request: Request[Any, Any, Any],
@@ -44,7 +64,11 @@ class AdjustmentController(Controller):
         data = decode_body(request, body, schemas.AdjustmentCreate)
         return respond(await adjustments.request(_approver(staff), data, idempotency))
 
-    @get("/{adjustment_id:str}", summary="An adjustment with who requested and approved it")
+    @get(
+        "/{adjustment_id:str}",
+        summary="An adjustment with who requested and approved it",
+        opt=api(responses={200: schemas.Adjustment}, errors=(AdjustmentNotFound,)),
+    )
     async def get_one(
         self,
         staff: NamedDependency[OperatorIdentity],
@@ -57,6 +81,16 @@ class AdjustmentController(Controller):
         "/{adjustment_id:str}/approval",
         status_code=200,
         summary="Approve and post an adjustment (not by the token that requested it)",
+        opt=api(
+            responses={200: schemas.Adjustment},
+            errors=(
+                AdjustmentNotFound,
+                AdjustmentNotPending,
+                FourEyesRequired,
+                PartnerTerminated,
+                InsufficientPoints,
+            ),
+        ),
     )
     async def approve(
         self,

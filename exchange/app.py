@@ -15,7 +15,6 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import JsonRenderPlugin
 
 from exchange import console, metrics
 from exchange.adjustments_http import AdjustmentController
@@ -31,6 +30,7 @@ from exchange.members.http import MemberAdminController, MemberRightsController
 from exchange.members.service import MembersService
 from exchange.metrics_http import MetricsController
 from exchange.middleware import RequestContext
+from exchange.openapi import ContractRenderPlugin
 from exchange.problems import exception_handlers
 from exchange.service import AdjustmentService
 from exchange.wiring import Services, build_services
@@ -112,7 +112,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             title="Coalition points exchange",
             version="1.0.0",
             path="/schema",
-            render_plugins=[JsonRenderPlugin()],
+            render_plugins=[ContractRenderPlugin()],
         ),
         debug=False,
         logging_config=None,

@@ -11,6 +11,7 @@ from litestar import Controller, Request, get
 
 from exchange.db import head_revision, readiness
 from exchange.errors import ServiceUnavailable
+from exchange.openapi import api
 
 __all__ = ["HealthController"]
 
@@ -39,11 +40,15 @@ class HealthController(Controller):
     tags = ["health"]
     security = []
 
-    @get("/health", summary="Liveness: the process answers")
+    @get("/health", summary="Liveness: the process answers", opt=api())
     async def health(self) -> Health:
         return Health(status="ok")
 
-    @get("/ready", summary="Readiness: the database is reachable, writable and fully migrated")
+    @get(
+        "/ready",
+        summary="Readiness: the database is reachable, writable and fully migrated",
+        opt=api(errors=(ServiceUnavailable,)),
+    )
     async def ready(self, request: Request[Any, Any, Any]) -> Ready:
         """Unauthenticated, so it must stay cheap under a flood: the head revision is read
         once, and a positive answer is reused for READY_CACHE_S (one query a second at

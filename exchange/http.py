@@ -20,9 +20,14 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from exchange import schemas
 from exchange.errors import (
     BadRequest,
+    CreditLimitExceeded,
     CurrencyNotSupported,
     HoldNotFound,
+    HoldNotOpen,
+    InsufficientPoints,
     MemberNotFound,
+    NotReversible,
+    ReversalExceedsOriginal,
     TransactionNotFound,
     Unprocessable,
     UnsupportedMediaType,
@@ -31,6 +36,7 @@ from exchange.ids import MEMBER_ID_SHAPE, parse_hold_id, parse_transaction_id
 from exchange.ledger import PARTNER_TRANSACTION_TYPES, PostingType
 from exchange.members.service import tier_view
 from exchange.money import MINOR_UNITS, parse_amount
+from exchange.openapi import api
 from exchange.service import (
     PAGE_SIZE_DEFAULT,
     PAGE_SIZE_MAX,
@@ -208,6 +214,10 @@ def _transaction_id(text: str) -> Any:
     return transaction_id
 
 
+class EmptyBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A body that must be empty or `{}`."""
+
+
 class PartnerController(Controller):
     """Signed partner calls: members, earn, burn, holds, reversals, transactions."""
 
@@ -215,7 +225,12 @@ class PartnerController(Controller):
     tags = ["partner"]
     dependencies = {"partner": Provide(partner_caller)}
 
-    @post("/members", status_code=201, summary="Enrol a member, linked to the calling partner")
+    @post(
+        "/members",
+        status_code=201,
+        summary="Enrol a member, linked to the calling partner",
+        opt=api(body=schemas.MemberCreate, responses={201: schemas.MemberCreated}),
+    )
     async def enrol(
         self,
         request: Request[Any, Any, Any],
@@ -228,7 +243,16 @@ class PartnerController(Controller):
         )
         return respond(outcome)
 
-    @post("/members/{member_id:str}/sessions", status_code=201, summary="Create a member token")
+    @post(
+        "/members/{member_id:str}/sessions",
+        status_code=201,
+        summary="Create a member token",
+        opt=api(
+            body=schemas.SessionCreate,
+            responses={201: schemas.SessionCreated},
+            errors=(MemberNotFound,),
+        ),
+    )
     async def session(
         self,
         request: Request[Any, Any, Any],
@@ -246,7 +270,17 @@ class PartnerController(Controller):
         )
         return respond(outcome)
 
-    @post("/earn", status_code=201, summary="Issue points to a member")
+    @post(
+        "/earn",
+        status_code=201,
+        summary="Issue points to a member",
+        opt=api(
+            body=schemas.EarnCreate,
+            responses={201: schemas.Transaction},
+            errors=(MemberNotFound, CurrencyNotSupported, CreditLimitExceeded),
+            example={"member_id": "mem_" + "0" * 32, "points": 500, "reference": "basket-1"},
+        ),
+    )
     async def earn(
         self,
         request: Request[Any, Any, Any],
@@ -280,7 +314,17 @@ class PartnerController(Controller):
         )
         return await _post(services, partner, command)
 
-    @post("/burn", status_code=201, summary="Redeem a member's points")
+    @post(
+        "/burn",
+        status_code=201,
+        summary="Redeem a member's points",
+        opt=api(
+            body=schemas.BurnCreate,
+            responses={201: schemas.Transaction},
+            errors=(MemberNotFound, InsufficientPoints),
+            example={"member_id": "mem_" + "0" * 32, "points": 300, "reference": "basket-2"},
+        ),
+    )
     async def burn(
         self,
         request: Request[Any, Any, Any],
@@ -292,7 +336,16 @@ class PartnerController(Controller):
             services, partner, Burn(partner.partner_id, data.member_id, data.points, data.reference)
         )
 
-    @post("/holds", status_code=201, summary="Reserve points at the till")
+    @post(
+        "/holds",
+        status_code=201,
+        summary="Reserve points at the till",
+        opt=api(
+            body=schemas.HoldCreate,
+            responses={201: schemas.Hold},
+            errors=(MemberNotFound, InsufficientPoints),
+        ),
+    )
     async def open_hold(
         self,
         request: Request[Any, Any, Any],
@@ -305,7 +358,11 @@ class PartnerController(Controller):
         )
         return await _post(services, partner, command)
 
-    @get("/holds/{hold_id:str}", summary="One of the partner's holds")
+    @get(
+        "/holds/{hold_id:str}",
+        summary="One of the partner's holds",
+        opt=api(responses={200: schemas.Hold}, errors=(HoldNotFound,)),
+    )
     async def get_hold(
         self,
         partner: NamedDependency[PartnerCaller],
@@ -314,7 +371,16 @@ class PartnerController(Controller):
     ) -> schemas.Hold:
         return await services.ledger.get_hold(partner.partner_id, _hold_id(hold_id))
 
-    @post("/holds/{hold_id:str}/capture", status_code=200, summary="Burn held points")
+    @post(
+        "/holds/{hold_id:str}/capture",
+        status_code=200,
+        summary="Burn held points",
+        opt=api(
+            body=schemas.HoldCapture,
+            responses={200: schemas.Hold},
+            errors=(HoldNotFound, HoldNotOpen),
+        ),
+    )
     async def capture(
         self,
         request: Request[Any, Any, Any],
@@ -327,7 +393,12 @@ class PartnerController(Controller):
             services, partner, CaptureHold(partner.partner_id, _hold_id(hold_id), data.points)
         )
 
-    @post("/holds/{hold_id:str}/void", status_code=200, summary="Release held points")
+    @post(
+        "/holds/{hold_id:str}/void",
+        status_code=200,
+        summary="Release held points",
+        opt=api(body=EmptyBody, responses={200: schemas.Hold}, errors=(HoldNotFound, HoldNotOpen)),
+    )
     async def void(
         self,
         request: Request[Any, Any, Any],
@@ -335,11 +406,23 @@ class PartnerController(Controller):
         services: NamedDependency[Services],
         hold_id: FromPath[str],
     ) -> Response[schemas.Hold]:
-        decode_body(request, partner.body, _Empty)
+        decode_body(request, partner.body, EmptyBody)
         return await _post(services, partner, VoidHold(partner.partner_id, _hold_id(hold_id)))
 
     @post(
-        "/transactions/{transaction_id:str}/reversals", status_code=201, summary="Return or refund"
+        "/transactions/{transaction_id:str}/reversals",
+        status_code=201,
+        summary="Return or refund",
+        opt=api(
+            body=schemas.ReversalCreate,
+            responses={201: schemas.Transaction},
+            errors=(
+                TransactionNotFound,
+                ReversalExceedsOriginal,
+                NotReversible,
+                InsufficientPoints,
+            ),
+        ),
     )
     async def reverse(
         self,
@@ -354,7 +437,11 @@ class PartnerController(Controller):
         )
         return await _post(services, partner, command)
 
-    @get("/transactions/{transaction_id:str}", summary="One of the partner's transactions")
+    @get(
+        "/transactions/{transaction_id:str}",
+        summary="One of the partner's transactions",
+        opt=api(responses={200: schemas.Transaction}, errors=(TransactionNotFound,)),
+    )
     async def get_transaction(
         self,
         partner: NamedDependency[PartnerCaller],
@@ -365,7 +452,11 @@ class PartnerController(Controller):
             partner.partner_id, _transaction_id(transaction_id)
         )
 
-    @get("/transactions", summary="The partner's transactions, newest first")
+    @get(
+        "/transactions",
+        summary="The partner's transactions, newest first",
+        opt=api(responses={200: schemas.TransactionPage}),
+    )
     async def list_transactions(
         self,
         *,
@@ -400,10 +491,6 @@ class PartnerController(Controller):
         )
 
 
-class _Empty(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A body that must be empty or `{}`."""
-
-
 class BalanceController(Controller):
     """A balance, for a signed partner linked to the member or for the member's own token."""
 
@@ -414,6 +501,7 @@ class BalanceController(Controller):
         "/{member_id:str}/balance",
         summary="A member's balance",
         dependencies={"caller": Provide(member_or_partner_caller)},
+        opt=api(responses={200: schemas.Balance}, errors=(MemberNotFound,)),
     )
     async def balance(
         self,
@@ -436,7 +524,11 @@ class MemberController(Controller):
     tags = ["member"]
     dependencies = {"member": Provide(member_caller)}
 
-    @get("/{member_id:str}/transactions", summary="A member's history, newest first")
+    @get(
+        "/{member_id:str}/transactions",
+        summary="A member's history, newest first",
+        opt=api(responses={200: schemas.TransactionPage}, errors=(MemberNotFound,)),
+    )
     async def history(
         self,
         member: NamedDependency[MemberCaller],

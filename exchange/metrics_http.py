@@ -16,6 +16,8 @@ from litestar import Controller, Request, Response, get
 from litestar.di import NamedDependency
 
 from exchange import metrics
+from exchange.errors import Unauthorized
+from exchange.openapi import api
 from exchange.wiring import Services
 from partners.auth import staff_caller
 
@@ -36,7 +38,15 @@ class MetricsController(Controller):
     path = "/metrics"
     tags = ["health"]
 
-    @get("/", summary="Prometheus metrics (loopback, or an operator token)")
+    @get(
+        "/",
+        summary="Prometheus metrics (loopback, or an operator token)",
+        opt=api(
+            media_types=("text/plain",),
+            errors=(Unauthorized,),
+            security=("operatorBearer", None),
+        ),
+    )
     async def scrape(
         self, request: Request[Any, Any, Any], services: NamedDependency[Services]
     ) -> Response[bytes]:

@@ -10,9 +10,16 @@ from litestar import Controller, Request, delete, get, patch, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 
-from exchange.errors import Unprocessable
+from exchange.errors import (
+    AlreadyExists,
+    NotFound,
+    PartnerNotFound,
+    TerminationFinal,
+    Unprocessable,
+)
 from exchange.http import decode_body
 from exchange.money import format_amount, parse_amount, parse_price
+from exchange.openapi import api
 from exchange.operators import OperatorIdentity
 from exchange.schemas import MoneyIn
 from exchange.wiring import Services
@@ -105,6 +112,19 @@ class PartnerAdminController(Controller):
         status_code=201,
         dependencies={"admin": Provide(admin_caller)},
         summary="Onboard a partner",
+        opt=api(
+            body=PartnerCreate,
+            responses={201: PartnerOut},
+            errors=(AlreadyExists,),
+            example={
+                "partner_id": "grocer",
+                "name": "Grocer",
+                "settlement_currency": "EUR",
+                "issue_price": "0.012",
+                "redemption_value": "0.010",
+                "earn_rates": {"EUR": "1"},
+            },
+        ),
     )
     async def create(
         self,
@@ -134,6 +154,11 @@ class PartnerAdminController(Controller):
         "/{partner_id:str}",
         dependencies={"admin": Provide(admin_caller)},
         summary="Change status or terms",
+        opt=api(
+            body=PartnerUpdate,
+            responses={200: PartnerOut},
+            errors=(PartnerNotFound, TerminationFinal),
+        ),
     )
     async def update(
         self,
@@ -179,7 +204,12 @@ class PartnerAdminController(Controller):
         services.gateway.forget_keys()  # this process at once; the others by NOTIFY
         return _partner_out(record)
 
-    @get("/", dependencies={"staff": Provide(staff_caller)}, summary="All partners")
+    @get(
+        "/",
+        dependencies={"staff": Provide(staff_caller)},
+        summary="All partners",
+        opt=api(),
+    )
     async def list_all(
         self,
         staff: NamedDependency[OperatorIdentity],
@@ -187,7 +217,12 @@ class PartnerAdminController(Controller):
     ) -> list[PartnerOut]:
         return [_partner_out(record) for record in await registry.list_partners(services.engine)]
 
-    @get("/{partner_id:str}", dependencies={"staff": Provide(staff_caller)}, summary="One partner")
+    @get(
+        "/{partner_id:str}",
+        dependencies={"staff": Provide(staff_caller)},
+        summary="One partner",
+        opt=api(responses={200: PartnerOut}, errors=(PartnerNotFound,)),
+    )
     async def get_one(
         self,
         request: Request[Any, Any, Any],
@@ -202,6 +237,7 @@ class PartnerAdminController(Controller):
         status_code=201,
         dependencies={"admin": Provide(admin_caller)},
         summary="Register a partner's Ed25519 public key",
+        opt=api(body=KeyCreate, responses={201: KeyOut}, errors=(PartnerNotFound,)),
     )
     async def add_key(
         self,
@@ -220,6 +256,7 @@ class PartnerAdminController(Controller):
         status_code=200,
         dependencies={"admin": Provide(admin_caller)},
         summary="Revoke a key at once",
+        opt=api(responses={200: KeyOut}, errors=(PartnerNotFound, NotFound)),
     )
     async def revoke_key(
         self,

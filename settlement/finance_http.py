@@ -21,13 +21,21 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 
-from exchange.errors import Unprocessable
+from exchange.errors import PartnerNotFound, Unprocessable
 from exchange.http import decode_body
+from exchange.openapi import api
 from exchange.operators import OperatorIdentity
 from exchange.wiring import Services
 from partners.auth import bearer_token, operator_idempotency, partner_caller, staff_caller
 from settlement import finance_schemas, finance_views, reports
 from settlement.documents import render_pdf
+from settlement.errors import (
+    CurrencyMismatch,
+    DocumentNotFound,
+    Overpayment,
+    RunUnreconciled,
+    SettlementNotFound,
+)
 from settlement.finance import FinanceService
 from settlement.finance_schemas import PaymentCreate
 from settlement.http import with_status
@@ -82,6 +90,7 @@ class FinanceController(Controller):
         status_code=200,
         dependencies={"staff": Provide(staff_caller)},
         summary="Approve a reconciled run: issue its invoices and credit notes",
+        opt=api(responses={200: Run}, errors=(SettlementNotFound, RunUnreconciled)),
     )
     async def approve(
         self,
@@ -97,6 +106,7 @@ class FinanceController(Controller):
         "/settlements/{run_id:str}/documents",
         dependencies={"staff": Provide(staff_caller)},
         summary="The run's settlement documents",
+        opt=api(responses={200: finance_schemas.DocumentPage}, errors=(SettlementNotFound,)),
     )
     async def run_documents(
         self,
@@ -115,6 +125,11 @@ class FinanceController(Controller):
         dependencies={"reader": Provide(document_reader)},
         summary="A settlement document as JSON, or as PDF with the .pdf suffix",
         media_type="application/json",
+        opt=api(
+            responses={200: finance_schemas.DocumentOut},
+            media_types=("application/pdf",),
+            errors=(DocumentNotFound,),
+        ),
     )
     async def document(
         self,
@@ -139,6 +154,12 @@ class FinanceController(Controller):
         status_code=201,
         dependencies={"staff": Provide(staff_caller)},
         summary="Record a payment received from or paid to a partner (Idempotency-Key)",
+        opt=api(
+            body=PaymentCreate,
+            responses={201: finance_schemas.PaymentOut},
+            errors=(PartnerNotFound, CurrencyMismatch, Overpayment),
+            idempotent=True,
+        ),
     )
     async def record_payment(
         self,
@@ -175,6 +196,11 @@ class FinanceController(Controller):
         dependencies={"staff": Provide(staff_caller)},
         summary="Open documents aged at as_of, unapplied credits (CSV to Accept: text/csv)",
         media_type="application/json",
+        opt=api(
+            responses={200: finance_schemas.ReceivablesReport},
+            media_types=("text/csv",),
+            errors=(Unprocessable,),
+        ),
     )
     async def receivables(
         self,
@@ -189,6 +215,7 @@ class FinanceController(Controller):
         dependencies={"staff": Provide(staff_caller)},
         summary="The receivables ageing as CSV",
         media_type="text/csv",
+        opt=api(errors=(Unprocessable,)),
     )
     async def receivables_csv(
         self,
@@ -212,6 +239,11 @@ class FinanceController(Controller):
         dependencies={"staff": Provide(staff_caller)},
         summary="The run's double-entry journal (CSV to Accept: text/csv)",
         media_type="application/json",
+        opt=api(
+            responses={200: finance_schemas.Journal},
+            media_types=("text/csv",),
+            errors=(SettlementNotFound,),
+        ),
     )
     async def journal(
         self,
@@ -227,6 +259,7 @@ class FinanceController(Controller):
         dependencies={"staff": Provide(staff_caller)},
         summary="The run's double-entry journal as CSV",
         media_type="text/csv",
+        opt=api(errors=(SettlementNotFound,)),
     )
     async def journal_csv(
         self,

@@ -21,12 +21,14 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from exchange.errors import Unprocessable
+from exchange.errors import NotARunPeriodEnd, Unprocessable
 from exchange.http import decode_body, wire_time
+from exchange.openapi import api
 from exchange.operators import OperatorIdentity
 from partners.auth import PartnerCaller, admin_caller, partner_caller, staff_caller
 from settlement import reports, rollforward_views, schemas
 from settlement.approval import Approval
+from settlement.errors import PeriodClosed, SettlementNotFound
 from settlement.finance import FinanceService
 from settlement.service import RUNS_PAGE_MAX, SettlementService
 
@@ -35,6 +37,12 @@ __all__ = ["SettlementController", "with_status"]
 Viewed = TypeVar("Viewed", schemas.Run, schemas.RunSummary, schemas.Statement)
 
 RUNS_PAGE_DEFAULT = 50
+# Two shapes behind one path: outstanding now, or a run's roll-forward (as_of).
+_LIABILITIES = {
+    "type": "object",
+    "description": "Without as_of: outstanding points now (`as_of`, `partners`, `totals`). "
+    "With as_of = a run's period_end: that period's roll-forward per issuer.",
+}
 Limit = Annotated[int, QueryParameter(ge=1, le=RUNS_PAGE_MAX)]
 
 
@@ -66,6 +74,12 @@ class SettlementController(Controller):
         status_code=201,
         dependencies={"admin": Provide(admin_caller)},
         summary="Run settlement until period_end (200 with the existing run if already run)",
+        opt=api(
+            body=schemas.SettlementCreate,
+            responses={200: schemas.Run, 201: schemas.Run},
+            errors=(PeriodClosed,),
+            example={"period_end": "2026-11-01T00:00:00Z"},
+        ),
     )
     async def create(
         self,
@@ -89,6 +103,7 @@ class SettlementController(Controller):
         "/settlements",
         dependencies={"staff": Provide(staff_caller)},
         summary="Settlement runs, newest first",
+        opt=api(responses={200: schemas.RunPage}),
     )
     async def list_runs(
         self,
@@ -109,6 +124,7 @@ class SettlementController(Controller):
         "/settlements/{run_id:str}",
         dependencies={"staff": Provide(staff_caller)},
         summary="A run: partner lines, cross-brand matrix, controls",
+        opt=api(responses={200: schemas.Run}, errors=(SettlementNotFound,)),
     )
     async def get_run(
         self,
@@ -124,6 +140,7 @@ class SettlementController(Controller):
         dependencies={"staff": Provide(staff_caller)},
         summary="A run as CSV, one row per partner",
         media_type="text/csv",
+        opt=api(errors=(SettlementNotFound,)),
     )
     async def report_csv(
         self,
@@ -142,6 +159,7 @@ class SettlementController(Controller):
         "/settlements/{run_id:str}/statement",
         dependencies={"partner": Provide(partner_caller)},
         summary="The calling partner's own line of a run",
+        opt=api(responses={200: schemas.Statement}, errors=(SettlementNotFound,)),
     )
     async def statement(
         self,
@@ -158,6 +176,11 @@ class SettlementController(Controller):
         "/reports/liabilities",
         dependencies={"staff": Provide(staff_caller)},
         summary="Outstanding points per issuing partner now, valued and aged by expiry",
+        opt=api(
+            responses={200: _LIABILITIES},
+            media_types=("text/csv",),
+            errors=(NotARunPeriodEnd,),
+        ),
     )
     async def liabilities(
         self,
