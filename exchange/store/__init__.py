@@ -12,6 +12,7 @@ from exchange.store._adjustments import (
     mark_adjustment_expired,
     mark_adjustment_posted,
     member_exists,
+    pending_adjustments,
 )
 from exchange.store._errors import (
     RetryableConflict,
@@ -81,6 +82,7 @@ __all__ = [
     "mark_adjustment_expired",
     "mark_adjustment_posted",
     "member_exists",
+    "pending_adjustments",
     "read_book",
     "resolve_targets",
     "save_idempotency",
