@@ -17,7 +17,7 @@ from axe_playwright_python.sync_playwright import Axe
 from prometheus_client.parser import text_string_to_metric_families
 
 from partners.signing import generate_keypair
-from tests.browser.conftest import POOL_SIZE, WORKERS, Exchange
+from tests.browser.conftest import POOL_SIZE, WORKERS, Exchange, save_screenshot
 
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -67,7 +67,7 @@ def test_an_admin_reads_overview_run_and_statement_equal_to_the_api(
     assert _text(page, '[data-field="last_run_reconciled"]') == "reconciled"
     assert page.locator("svg[role=img]").count() == 2  # the two charts
     _accessible(page)
-    page.screenshot(path=str(screenshots / "overview.png"))
+    save_screenshot(page, screenshots / "overview.png")
 
     page.get_by_role("link", name="Settlement runs").click()
     page.get_by_role("link", name=exchange.run_id).click()
@@ -88,7 +88,7 @@ def test_an_admin_reads_overview_run_and_statement_equal_to_the_api(
     assert "heat-5" in heat.get_attribute("class")
     assert page.locator(".check.ok").count() == 4  # every control green
     _accessible(page)
-    page.screenshot(path=str(screenshots / "run.png"))
+    save_screenshot(page, screenshots / "run.png")
 
     # Drill down: the grocer's line -> the postings behind it.
     page.get_by_role("link", name="Grocer").click()
@@ -100,7 +100,7 @@ def test_an_admin_reads_overview_run_and_statement_equal_to_the_api(
     assert page.locator("tr[data-posting]").count() == 2  # basket-1 and basket-2
     assert page.get_by_text("after-close").count() == 0  # posted after the period
     _accessible(page)
-    page.screenshot(path=str(screenshots / "statement.png"))
+    save_screenshot(page, screenshots / "statement.png")
 
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url("**/console/sign-in")
@@ -173,7 +173,7 @@ def test_finance_on_a_phone_reads_everything_and_sees_no_admin_forms(
         assert page.get_by_role("button", name="Onboard").count() == 0
         assert page.get_by_role("button", name="Run").count() == 0
     page.goto(exchange.base_url + f"/console/runs/{exchange.run_id}")
-    page.screenshot(path=str(screenshots / "run-phone.png"))
+    save_screenshot(page, screenshots / "run-phone.png")
     # A finance session posting an admin form (with a valid CSRF token) is refused.
     page.goto(exchange.base_url + "/console/partners/grocer")
     csrf = page.locator('input[name="csrf_token"]').first.get_attribute("value")
@@ -262,7 +262,7 @@ def test_finance_approves_a_run_records_a_payment_once_and_follows_the_roll_forw
         assert pdf.headers["content-type"] == "application/pdf"
         assert pdf.body().startswith(b"%PDF")
     _accessible(page)
-    page.screenshot(path=str(screenshots / "run-approved.png"))
+    save_screenshot(page, screenshots / "run-approved.png")
 
     # The roll-forward of the run's period, from the run page.
     page.get_by_role("link", name="Liability roll-forward").click()
@@ -279,7 +279,7 @@ def test_finance_approves_a_run_records_a_payment_once_and_follows_the_roll_forw
             )
     assert _text(page, '[data-field="ties"]') == "ties to the run"
     _accessible(page)
-    page.screenshot(path=str(screenshots / "rollforward.png"))
+    save_screenshot(page, screenshots / "rollforward.png")
 
     # Record a payment against the grocer's invoice; a second submission of the same
     # form (a double click, a reload of the POST) records nothing more.
@@ -316,7 +316,7 @@ def test_finance_approves_a_run_records_a_payment_once_and_follows_the_roll_forw
             == (partner["payables"]["total"]["amount"])
         )
     _accessible(page)
-    page.screenshot(path=str(screenshots / "receivables.png"))
+    save_screenshot(page, screenshots / "receivables.png")
 
     page.get_by_role("link", name="Overview").click()
     today = exchange.api(f"/v1/reports/receivables?as_of={date.today().isoformat()}")
@@ -348,7 +348,7 @@ def test_an_adjustment_needs_two_operators_in_the_console(
         _text(page, f'tr[data-adjustment="{adjustment_id}"] [data-field="requested_by"]') == "finn"
     )
     _accessible(page)
-    page.screenshot(path=str(screenshots / "adjustments.png"))
+    save_screenshot(page, screenshots / "adjustments.png")
 
     # The requester cannot approve it: the API's 403 and its message.
     page.get_by_role("button", name=f"Approve {adjustment_id}").click()
