@@ -200,7 +200,10 @@ class ConsoleFinance(Controller):
         request: Request[Any, Any, Any],
         session: NamedDependency[ConsoleSession],
         document: FromQuery[Shown] = None,
+        partner: FromQuery[Shown] = None,
+        direction: FromQuery[Shown] = None,
     ) -> Template:
+        """The form, prefilled from the receivables page's "Pay" link when it is followed."""
         services = services_of(request)
         partners = await registry.list_partners(services.engine)
         return render(
@@ -209,6 +212,8 @@ class ConsoleFinance(Controller):
             request,
             partners=partners,
             document_id=document or "",
+            partner_id=partner or "",
+            direction=direction or "received",
             today=services.clock.now().date(),
             idempotency_key=str(uuid.uuid4()),
         )

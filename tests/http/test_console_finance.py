@@ -5,6 +5,7 @@ adjustments. (tests/browser drives the same pages in a real Chromium.)"""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 
@@ -84,16 +85,31 @@ async def test_finance_approves_a_run_reads_its_documents_and_records_a_payment_
     api = await client.get(f"/v1/documents/{invoice['document_id']}", headers=finance_headers)
     assert api.json()["status"] == "paid"
 
+    # Two submissions of one form at the same moment: the second waits for the first's
+    # answer instead of failing, and one payment is recorded.
+    form = await client.get(f"/console/payments?document={invoice['document_id']}")
+    other = next(d for d in documents if d["type"] == "invoice" and d != invoice)
+    racing = fields | {
+        "idempotency_key": _hidden(form.text, "idempotency_key"),
+        "partner_id": other["partner_id"],
+        "document_id": other["document_id"],
+        "amount": "0.01",
+    }
+    answers = await asyncio.gather(*(client.post("/console/payments", data=racing) for _ in "ab"))
+    assert [a.status_code for a in answers] == [303, 303]
+    assert answers[0].headers["location"] == answers[1].headers["location"]
+    assert await _count(engine, "SELECT count(*) FROM payments") == 2
+
     # The same form key with another amount is refused, as an API retry would be.
     changed = await client.post("/console/payments", data=fields | {"amount": "1.00"})
     assert changed.status_code == 422
-    assert await _count(engine, "SELECT count(*) FROM payments") == 1
+    assert await _count(engine, "SELECT count(*) FROM payments") == 2
     negative = fields | {"idempotency_key": str(uuid.uuid4()), "amount": "-5"}
     bad = await client.post("/console/payments", data=negative)
     no_key = await client.post("/console/payments", data=fields | {"idempotency_key": ""})
     assert no_key.status_code == 422
     assert bad.status_code == 422
-    assert await _count(engine, "SELECT count(*) FROM payments") == 1
+    assert await _count(engine, "SELECT count(*) FROM payments") == 2
 
 
 async def test_an_unreconciled_run_is_refused_with_the_apis_message(
