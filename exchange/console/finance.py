@@ -32,12 +32,11 @@ from exchange.console._web import posted_form, render, services_of
 from exchange.console.sessions import ConsoleSession
 from exchange.errors import RequestInProgress, Unprocessable
 from exchange.money import format_amount
-from exchange.service import Approver, adjustment_view
-from exchange.service._commands import Idempotency
+from exchange.service import Approver, Idempotency, adjustment_view
 from partners import registry
 from settlement.documents import render_pdf
 from settlement.errors import DocumentNotFound
-from settlement.finance_schemas import PaymentCreate
+from settlement.finance_schemas import PaymentCreate, ReceivablesReport
 from settlement.finance_views import receivables_view
 from settlement.idempotency import OperatorIdempotency
 
@@ -65,7 +64,7 @@ def parse_as_of_date(text: str | None, default: date) -> date:
         raise Unprocessable(f"as_of {text!r} is not a date YYYY-MM-DD.") from None
 
 
-def receivables_due(report: Any) -> list[dict[str, Any]]:
+def receivables_due(report: ReceivablesReport) -> list[dict[str, Any]]:
     """Per partner with anything open: what it owes (open invoices), how much of that is
     past due, and what the operator owes it (open credit notes), from the receivables
     report the API serves."""
