@@ -1,8 +1,10 @@
 """The web console (contract §12): server-rendered pages under `/console` for finance
 teams and operators, signed in with an operator token.
 
-    pages.py      read pages (overview, runs, a run, statements, liabilities, partners)
+    pages.py      read pages (overview, runs, a run, statements, liabilities and their
+                  roll-forward, partners)
     actions.py    forms: sign in/out, admin actions; each POST CSRF-checked
+    finance.py    the close: approve a run, document PDFs, payments, receivables, adjustments
     _web.py       session dependency, CSRF, roles, navigation, template setup
     sessions.py   session rows (hash of the cookie only)
     charts.py     SVG chart geometry and heat-map bins (pure)
@@ -24,6 +26,7 @@ from exchange.console._web import (
     template_config,
 )
 from exchange.console.actions import ConsoleActions
+from exchange.console.finance import ConsoleFinance
 from exchange.console.pages import ConsolePages
 
 __all__ = ["router", "template_config"]
@@ -39,6 +42,7 @@ router = Router(
     route_handlers=[
         ConsolePages,
         ConsoleActions,
+        ConsoleFinance,
         create_static_files_router(path="/static", directories=[STATIC_DIR], name="console-static"),
     ],
     dependencies={"session": Provide(console_session)},

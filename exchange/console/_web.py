@@ -70,6 +70,9 @@ NAV = (
     NavItem("Overview", "/console"),
     NavItem("Settlement runs", "/console/runs"),
     NavItem("Liabilities", "/console/liabilities"),
+    NavItem("Receivables", "/console/receivables"),
+    NavItem("Record payment", "/console/payments"),
+    NavItem("Adjustments", "/console/adjustments"),
     NavItem("Partners", "/console/partners"),
 )
 

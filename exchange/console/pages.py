@@ -13,10 +13,13 @@ from litestar.response import Template
 
 from exchange.console import charts
 from exchange.console._web import render, services_of
+from exchange.console.finance import receivables_due
 from exchange.console.sessions import ConsoleSession
+from exchange.errors import Unprocessable
 from partners import registry
-from settlement import reports
+from settlement import reports, rollforward_views
 from settlement.errors import SettlementNotFound
+from settlement.finance_views import document_view, receivables_view
 from settlement.service import SettlementService
 
 __all__ = ["ConsolePages", "settlement"]
@@ -24,6 +27,7 @@ __all__ = ["ConsolePages", "settlement"]
 RUNS_PAGE = 25
 POSTINGS_SHOWN_MAX = 500
 After = Annotated[str | None, QueryParameter(max_length=64)]
+AsOfTime = Annotated[str | None, QueryParameter(max_length=40)]
 
 
 def settlement(request: Request[Any, Any, Any]) -> SettlementService:
@@ -56,6 +60,15 @@ def _period_chart(preview: Any) -> charts.BarChart:
     )
 
 
+def _figure_names(view: dict[str, Any]) -> list[str]:
+    """The roll-forward's rows, top to bottom: opening, each movement, closing."""
+    names: dict[str, None] = {}
+    for issuer in view["issuers"]:
+        names.update((k, None) for k, v in issuer.items() if isinstance(v, dict) and "points" in v)
+    middle = [name for name in names if name not in ("opening", "closing")]
+    return ["opening", *middle, "closing"]
+
+
 class ConsolePages(Controller):
     path = "/"
 
@@ -68,6 +81,9 @@ class ConsolePages(Controller):
         report = reports.liabilities_view(as_of, rows)
         preview = await service.open_period()
         latest = await service.latest_run()
+        services = services_of(request)
+        today = services.clock.now().date()
+        receivables = receivables_view(today, await services.finance.receivables(today))
         return render(
             "overview.html",
             session,
@@ -77,6 +93,8 @@ class ConsolePages(Controller):
             preview=preview,
             period_chart=_period_chart(preview),
             latest=reports.run_summary(latest) if latest is not None else None,
+            receivables=receivables,
+            due=receivables_due(receivables),
         )
 
     @get("/runs")
@@ -105,7 +123,19 @@ class ConsolePages(Controller):
         run = reports.run_view(await settlement(request).get_run(run_id))
         flows = [(flow.issuer_id, flow.redeemer_id, flow.points) for flow in run.cross_brand]
         heat = charts.heat_map(flows, [line.partner_id for line in run.lines])
-        return render("run.html", session, request, run=run, heat=heat)
+        finance = services_of(request).finance
+        approval = (await finance.approvals([run_id])).get(run_id)
+        documents = [document_view(d) for d in await finance.run_documents(run_id)]
+        return render(
+            "run.html",
+            session,
+            request,
+            run=run,
+            heat=heat,
+            approval=approval,
+            documents=documents,
+            period_end=reports.format_time(run.period_end),
+        )
 
     @get("/runs/{run_id:str}/report.csv", media_type="text/csv")
     async def run_csv(
@@ -150,10 +180,24 @@ class ConsolePages(Controller):
 
     @get("/liabilities")
     async def liabilities(
-        self, request: Request[Any, Any, Any], session: NamedDependency[ConsoleSession]
+        self,
+        request: Request[Any, Any, Any],
+        session: NamedDependency[ConsoleSession],
+        as_of: FromQuery[AsOfTime] = None,
     ) -> Template:
-        as_of, rows = await settlement(request).liabilities()
-        report = reports.liabilities_view(as_of, rows)
+        """Outstanding now; with `?as_of=` a run's period_end, that period's roll-forward
+        per issuer (the API's GET /v1/reports/liabilities?as_of=, the same figures)."""
+        if as_of is not None:
+            moment = rollforward_views.parse_as_of(as_of)
+            if moment is None:
+                raise Unprocessable("as_of must be an RFC 3339 time: a run's period_end.")
+            forward = await settlement(request).roll_forward(moment)
+            view = rollforward_views.roll_forward_view(forward)
+            return render(
+                "rollforward.html", session, request, report=view, figures=_figure_names(view)
+            )
+        now, rows = await settlement(request).liabilities()
+        report = reports.liabilities_view(now, rows)
         return render(
             "liabilities.html", session, request, report=report, chart=_liability_chart(report)
         )

@@ -54,6 +54,7 @@ __all__ = [
 ADJUSTMENT_PENDING_DAYS = 7
 OPERATOR_SCOPE = "operator"  # the reserved partners row (migration 0006)
 RETRIES_MAX = 5
+PENDING_SHOWN_MAX = 200
 _log = get_logger("adjustments")
 
 
@@ -153,6 +154,12 @@ class AdjustmentService:
         if row is None:
             raise AdjustmentNotFound(f"No adjustment {adjustment_id}.")
         return row
+
+    async def pending(self, limit: int = PENDING_SHOWN_MAX) -> list[store.AdjustmentRow]:
+        """Pending adjustments, oldest first; one past their 7 days is listed until an
+        approval attempt marks it expired (the console shows its expires_at)."""
+        async with self.engine.connect() as conn:
+            return await store.pending_adjustments(conn, limit)
 
     async def approve(self, approver: Approver, adjustment_id: str) -> store.AdjustmentRow:
         """Post the adjustment (see the module docstring); approving twice answers the same."""

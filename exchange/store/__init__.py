@@ -12,6 +12,7 @@ from exchange.store._adjustments import (
     mark_adjustment_expired,
     mark_adjustment_posted,
     member_exists,
+    pending_adjustments,
 )
 from exchange.store._errors import (
     RetryableConflict,
@@ -91,6 +92,7 @@ __all__ = [
     "mark_adjustment_expired",
     "mark_adjustment_posted",
     "member_exists",
+    "pending_adjustments",
     "qualifying_points",
     "read_book",
     "read_book_with_qualifying",

@@ -23,6 +23,7 @@ __all__ = [
     "mark_adjustment_expired",
     "mark_adjustment_posted",
     "member_exists",
+    "pending_adjustments",
 ]
 
 
@@ -70,6 +71,17 @@ async def fetch_adjustment(conn: AsyncConnection, adjustment_id: str) -> Adjustm
         await conn.execute(select(adjustments).where(adjustments.c.adjustment_id == adjustment_id))
     ).first()
     return _row(row._mapping) if row is not None else None
+
+
+async def pending_adjustments(conn: AsyncConnection, limit: int) -> list[AdjustmentRow]:
+    """Adjustments awaiting their second operator, oldest first (the soonest to expire)."""
+    rows = await conn.execute(
+        select(adjustments)
+        .where(adjustments.c.status == "pending")
+        .order_by(adjustments.c.requested_at, adjustments.c.adjustment_id)
+        .limit(limit)
+    )
+    return [_row(row._mapping) for row in rows]
 
 
 _LOCK_SQL = "SELECT * FROM adjustments WHERE adjustment_id = $1 FOR UPDATE"

@@ -6,7 +6,10 @@ a clock that the demo moves forward, so days pass in seconds. Three partners are
 onboarded through the operator API with freshly generated keys; every earn, burn,
 hold, capture, void, return and refund is a signed HTTP request made with
 `partners.client.AsyncPartnerClient`. Then settlement runs, and the statements, the
-cross-brand matrix and the CSV report are shown. The same seed gives the same numbers.
+cross-brand matrix and the CSV report are shown; last, the month is closed as finance
+would close it (`close_the_month`): the run approved with a finance operator's token, its
+invoices and credit notes, and the liability roll-forward to its period_end. The same
+seed gives the same numbers.
 The server's log goes to a file (named at the end), not the terminal.
 
 A tool: `exchange.cli` registers the command (`exchange.tools.demo_cli`) lazily and the
@@ -45,7 +48,9 @@ from partners.signing import generate_keypair
 
 __all__ = [
     "DEMO_DATABASE",
+    "Closing",
     "DemoResult",
+    "close_the_month",
     "members_chapter",
     "recreate_demo_database",
     "run_demo",
@@ -62,12 +67,22 @@ PARTNERS: tuple[dict[str, Any], ...] = (
 )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class Closing:
+    """The month closed through the operator API: the API's own answers."""
+
+    approved: dict[str, Any]  # the run, status approved
+    documents: list[dict[str, Any]]  # its invoices and credit notes
+    roll_forward: dict[str, Any]  # GET /v1/reports/liabilities?as_of=<period_end>
+
+
 @dataclass
 class DemoResult:
     run: dict[str, Any]
     statements: dict[str, dict[str, Any]]
     csv_path: Path
     counts: Counter[str] = field(default_factory=Counter)
+    closing: Closing | None = None
 
 
 @dataclass
@@ -359,7 +374,32 @@ async def _run(
                 await client.aclose()
     csv_path = out_dir / f"settlement-{run['run_id']}.csv"
     await asyncio.to_thread(_write_file, csv_path, csv.text)
-    return DemoResult(run=run, statements=statements, csv_path=csv_path, counts=world.counts)
+    closing = await close_the_month(settings, run)
+    return DemoResult(
+        run=run, statements=statements, csv_path=csv_path, counts=world.counts, closing=closing
+    )
+
+
+async def close_the_month(settings: Settings, run: dict[str, Any]) -> Closing:
+    """Approve the run as finance does (contract §8: a finance operator token), then read
+    what approval issued and the liability roll-forward to the run's period_end."""
+    engine = create_engine(settings.database_url or "", pool_size=1)
+    try:
+        _, token = await create_operator_token(engine, "finance", "demo-finance")
+    finally:
+        await engine.dispose()
+    headers = {"Authorization": f"Bearer {token}"}
+    run_id = run["run_id"]
+    async with httpx.AsyncClient(
+        base_url=settings.public_url, headers=headers, timeout=30
+    ) as finance:
+        approved = await finance.post(f"/v1/settlements/{run_id}/approval")
+        approved.raise_for_status()
+        documents = await finance.get(f"/v1/settlements/{run_id}/documents")
+        documents.raise_for_status()
+        forward = await finance.get("/v1/reports/liabilities", params={"as_of": run["period_end"]})
+        forward.raise_for_status()
+    return Closing(approved.json(), documents.json()["items"], forward.json())
 
 
 async def members_chapter(

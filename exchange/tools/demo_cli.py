@@ -16,7 +16,13 @@ from exchange.logs import configure_logging
 from exchange.tools import demo
 from exchange.verify import verify_ledger
 
-__all__ = ["cross_brand_table", "demo_command", "statement_table"]
+__all__ = [
+    "cross_brand_table",
+    "demo_command",
+    "documents_table",
+    "roll_forward_table",
+    "statement_table",
+]
 
 console = Console()
 SERVER_LOG = "server.log"
@@ -76,6 +82,26 @@ def _show_demo(result: demo.DemoResult, verified: bool, demo_url: str) -> None:
     console.print(
         f"Explore it: EXCHANGE_DATABASE_URL='{demo_url}' exchange report settlement latest"
     )
+    if result.closing is not None:
+        _show_closing(result.closing)
+
+
+def _show_closing(closing: demo.Closing) -> None:
+    """The month-end close: the approved run, what approval issued, the roll-forward."""
+    run = closing.approved
+    console.print(
+        f"Run {run['run_id']} [green]{run['status']}[/green] by {run['approved_by']} "
+        f"at {run['approved_at']}."
+    )
+    console.print(documents_table(closing.documents))
+    console.print(roll_forward_table(closing.roll_forward))
+    reconciliation = closing.roll_forward["reconciliation"]
+    tied = reconciliation["ties_to_run"] and reconciliation["movements_tie_to_controls"]
+    console.print(
+        f"Roll-forward ties to the run: {'[green]yes[/green]' if tied else '[red]NO[/red]'}"
+        f" (outstanding {reconciliation['outstanding_start']:,}"
+        f" -> {reconciliation['outstanding_end']:,} points)."
+    )
 
 
 def statement_table(statements: dict[str, dict[str, Any]]) -> Table:
@@ -110,4 +136,47 @@ def cross_brand_table(run: dict[str, Any]) -> Table:
         table.add_column(partner, justify="right")
     for issuer in partners:
         table.add_row(issuer, *(f"{flows.get((issuer, redeemer), 0):,}" for redeemer in partners))
+    return table
+
+
+def documents_table(documents: list[dict[str, Any]]) -> Table:
+    """The invoices and credit notes the approval issued."""
+    table = Table(title="Documents issued at approval")
+    for column in ("number", "type", "partner"):
+        table.add_column(column)
+    table.add_column("total", justify="right")
+    table.add_column("due")
+    for document in documents:
+        total = document["total"]
+        table.add_row(
+            document["number"],
+            document["type"].replace("_", " "),
+            document["partner_id"],
+            f"{total['amount']} {total['currency']}",
+            document["due_date"],
+        )
+    return table
+
+
+_FIXED = ("issuer", "issuer_name", "currency", "opening", "closing")
+
+
+def roll_forward_table(report: dict[str, Any]) -> Table:
+    """Points per issuer: opening, each movement that moved anything, closing."""
+    issuers = report["issuers"]
+    names: dict[str, None] = {}
+    for issuer in issuers:
+        names.update(
+            (name, None)
+            for name, figure in issuer.items()
+            if name not in _FIXED and isinstance(figure, dict) and "points" in figure
+        )
+    movements = [n for n in names if any(i.get(n, {}).get("points") for i in issuers)]
+    table = Table(title=f"Liability roll-forward to {report['period_end']} (points)")
+    table.add_column("issuer")
+    for name in ("opening", *movements, "closing"):
+        table.add_column(name.replace("_", " "), justify="right")
+    for issuer in issuers:
+        figures = [issuer[name]["points"] for name in ("opening", *movements, "closing")]
+        table.add_row(issuer["issuer"], *(f"{points:,}" for points in figures))
     return table

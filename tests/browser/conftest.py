@@ -8,6 +8,7 @@ needed): it launches the system Chromium.
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import time
@@ -19,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
 from partners.client import PartnerClient
 from partners.signing import generate_keypair
@@ -143,3 +145,10 @@ def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if os.environ.get("EXCHANGE_UPDATE_SCREENSHOTS") == "1":
         return REPO / "docs" / "screenshots"
     return tmp_path_factory.mktemp("screenshots")
+
+
+def save_screenshot(page: Any, path: Path) -> None:
+    """The viewport as a 256-colour PNG: the console's flat colours survive, and the files
+    committed under docs/ stay a third of their size."""
+    image = Image.open(io.BytesIO(page.screenshot())).convert("RGB")
+    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)

@@ -1,10 +1,14 @@
 """The console in a real Chromium against a real `exchange serve --workers 2`: sign in,
 read the overview, open a run, drill down to the postings behind a line, use the admin
-forms, and check that what the pages show is what the API answers. Every page visited
+forms, approve the run, read its documents and PDFs, record a payment (once, however often
+the form is sent), follow the roll-forward, request and approve an adjustment with two
+operators, and check that what the pages show is what the API answers. Every page visited
 passes axe-core (no serious or critical violation) at 1280 px and on a phone."""
 
 from __future__ import annotations
 
+from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +17,7 @@ from axe_playwright_python.sync_playwright import Axe
 from prometheus_client.parser import text_string_to_metric_families
 
 from partners.signing import generate_keypair
-from tests.browser.conftest import POOL_SIZE, WORKERS, Exchange
+from tests.browser.conftest import POOL_SIZE, WORKERS, Exchange, save_screenshot
 
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -63,7 +67,7 @@ def test_an_admin_reads_overview_run_and_statement_equal_to_the_api(
     assert _text(page, '[data-field="last_run_reconciled"]') == "reconciled"
     assert page.locator("svg[role=img]").count() == 2  # the two charts
     _accessible(page)
-    page.screenshot(path=str(screenshots / "overview.png"))
+    save_screenshot(page, screenshots / "overview.png")
 
     page.get_by_role("link", name="Settlement runs").click()
     page.get_by_role("link", name=exchange.run_id).click()
@@ -84,7 +88,7 @@ def test_an_admin_reads_overview_run_and_statement_equal_to_the_api(
     assert "heat-5" in heat.get_attribute("class")
     assert page.locator(".check.ok").count() == 4  # every control green
     _accessible(page)
-    page.screenshot(path=str(screenshots / "run.png"))
+    save_screenshot(page, screenshots / "run.png")
 
     # Drill down: the grocer's line -> the postings behind it.
     page.get_by_role("link", name="Grocer").click()
@@ -96,7 +100,7 @@ def test_an_admin_reads_overview_run_and_statement_equal_to_the_api(
     assert page.locator("tr[data-posting]").count() == 2  # basket-1 and basket-2
     assert page.get_by_text("after-close").count() == 0  # posted after the period
     _accessible(page)
-    page.screenshot(path=str(screenshots / "statement.png"))
+    save_screenshot(page, screenshots / "statement.png")
 
     page.get_by_role("button", name="Sign out").click()
     page.wait_for_url("**/console/sign-in")
@@ -154,6 +158,11 @@ def test_finance_on_a_phone_reads_everything_and_sees_no_admin_forms(
         "/console/liabilities",
         "/console/partners",
         "/console/partners/grocer",
+        "/console/receivables",
+        "/console/payments",
+        "/console/adjustments",
+        "/console/liabilities?as_of="
+        + exchange.api(f"/v1/settlements/{exchange.run_id}")["period_end"],
     ):
         page.goto(exchange.base_url + path)
         assert page.url == exchange.base_url + path
@@ -164,7 +173,7 @@ def test_finance_on_a_phone_reads_everything_and_sees_no_admin_forms(
         assert page.get_by_role("button", name="Onboard").count() == 0
         assert page.get_by_role("button", name="Run").count() == 0
     page.goto(exchange.base_url + f"/console/runs/{exchange.run_id}")
-    page.screenshot(path=str(screenshots / "run-phone.png"))
+    save_screenshot(page, screenshots / "run-phone.png")
     # A finance session posting an admin form (with a valid CSRF token) is refused.
     page.goto(exchange.base_url + "/console/partners/grocer")
     csrf = page.locator('input[name="csrf_token"]').first.get_attribute("value")
@@ -213,3 +222,151 @@ def test_metrics_are_open_on_loopback_and_unknown_console_pages_are_404(
     assert httpx.get(exchange.base_url + "/metrics", timeout=5).status_code == 200
     unknown = httpx.get(exchange.base_url + "/console/nothing-here", timeout=5)
     assert unknown.status_code == 404
+
+
+def _form_fields(page: Any, action: str) -> dict[str, str]:
+    fields: dict[str, str] = page.evaluate(
+        "action => Object.fromEntries(new FormData("
+        "document.querySelector(`form[action='${action}']`)))",
+        action,
+    )
+    return fields
+
+
+def test_finance_approves_a_run_records_a_payment_once_and_follows_the_roll_forward(
+    exchange: Exchange, browser: Any, screenshots: Path
+) -> None:
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    _sign_in(page, exchange, exchange.finance_token)
+    page.get_by_role("link", name="Settlement runs").click()
+    page.get_by_role("link", name=exchange.run_id).click()
+    page.wait_for_url(f"**/console/runs/{exchange.run_id}")
+    if page.get_by_role("button", name="Approve").count():
+        page.get_by_role("button", name="Approve").click()
+        page.wait_for_url(f"**/console/runs/{exchange.run_id}")
+    assert _text(page, '[data-field="status"]') == "approved"
+    assert exchange.api(f"/v1/settlements/{exchange.run_id}")["status"] == "approved"
+    documents = exchange.api(f"/v1/settlements/{exchange.run_id}/documents")["items"]
+    assert len(documents) == 3
+    for document in documents:
+        row = f'tr[data-document="{document["document_id"]}"]'
+        assert _text(page, f'{row} [data-field="number"]') == document["number"]
+        total = document["total"]
+        assert (
+            _text(page, f'{row} [data-field="total"]') == f"{total['currency']} {total['amount']}"
+        )
+        href = page.locator(f"{row} a").get_attribute("href")
+        pdf = page.request.get(exchange.base_url + href)
+        assert pdf.status == 200
+        assert pdf.headers["content-type"] == "application/pdf"
+        assert pdf.body().startswith(b"%PDF")
+    _accessible(page)
+    save_screenshot(page, screenshots / "run-approved.png")
+
+    # The roll-forward of the run's period, from the run page.
+    page.get_by_role("link", name="Liability roll-forward").click()
+    page.wait_for_url("**/console/liabilities?as_of=*")
+    period_end = exchange.api(f"/v1/settlements/{exchange.run_id}")["period_end"]
+    forward = exchange.api(f"/v1/reports/liabilities?as_of={period_end}")
+    for issuer in forward["issuers"]:
+        for figure in ("opening", "issued", "redeemed", "closing"):
+            cell = f'td[data-issuer="{issuer["issuer"]}"][data-figure="{figure}"]'
+            assert _text(page, f'{cell} [data-field="points"]') == f"{issuer[figure]['points']:,}"
+            value = issuer[figure]["value"]
+            assert _text(page, f'{cell} [data-field="value"]') == (
+                f"{value['currency']} {value['amount']}"
+            )
+    assert _text(page, '[data-field="ties"]') == "ties to the run"
+    _accessible(page)
+    save_screenshot(page, screenshots / "rollforward.png")
+
+    # Record a payment against the grocer's invoice; a second submission of the same
+    # form (a double click, a reload of the POST) records nothing more.
+    invoice = next(d for d in documents if d["partner_id"] == "grocer")
+    before = exchange.api(f"/v1/documents/{invoice['document_id']}")["amount_open"]["amount"]
+    page.get_by_role("link", name="Record payment").click()
+    page.get_by_label("Partner", exact=True).select_option("grocer")
+    page.get_by_label("Amount", exact=True).fill("10.00")
+    page.get_by_label("Bank reference").fill("SEPA-console-1")
+    page.get_by_label("Document id (optional)").fill(invoice["document_id"])
+    fields = _form_fields(page, "/console/payments")
+    _accessible(page)
+    page.get_by_role("button", name="Record payment").click()
+    page.wait_for_url("**/console/receivables?as_of=*")
+    assert "recorded" in _text(page, '[data-field="recorded"]')
+    again = page.request.post(exchange.base_url + "/console/payments", form=fields)
+    assert again.status == 200  # followed to the same receivables page
+    after = exchange.api(f"/v1/documents/{invoice['document_id']}")["amount_open"]["amount"]
+    assert Decimal(before) - Decimal(after) == Decimal("10.00")
+
+    # The receivables page shows the API's numbers for its as_of.
+    as_of = _text(page, '[data-field="as_of"]')
+    report = exchange.api(f"/v1/reports/receivables?as_of={as_of}")
+    assert report["partners"]
+    for partner in report["partners"]:
+        row = f'tr[data-partner="{partner["partner_id"]}"]'
+        for bucket in ("not_due", "1_30", "31_60", "61_90", "over_90", "total"):
+            assert (
+                _text(page, f'{row} [data-field="{bucket}"]')
+                == (partner["totals"][bucket]["amount"])
+            )
+        assert (
+            _text(page, f'{row} [data-field="payables_total"]')
+            == (partner["payables"]["total"]["amount"])
+        )
+    _accessible(page)
+    save_screenshot(page, screenshots / "receivables.png")
+
+    page.get_by_role("link", name="Overview").click()
+    today = exchange.api(f"/v1/reports/receivables?as_of={date.today().isoformat()}")
+    grocer = next(p for p in today["partners"] if p["partner_id"] == "grocer")
+    owed = grocer["totals"]["total"]
+    assert _text(page, 'tr[data-partner="grocer"] [data-field="receivable_total"]') == (
+        f"{owed['currency']} {owed['amount']}"
+    )
+    context.close()
+
+
+def test_an_adjustment_needs_two_operators_in_the_console(
+    exchange: Exchange, browser: Any, screenshots: Path
+) -> None:
+    finance = browser.new_context(viewport=DESKTOP)
+    page = finance.new_page()
+    _sign_in(page, exchange, exchange.finance_token)
+    page.goto(exchange.base_url + f"/console/runs/{exchange.run_id}/statements/grocer")
+    member = page.locator("tr[data-posting] code").filter(has_text="mem_").first.inner_text()
+    page.get_by_role("link", name="Adjustments").click()
+    page.get_by_label("Member id").fill(member)
+    page.get_by_label("Points (+ credits the member, - debits)").fill("100")
+    page.get_by_label("Reason").fill("goodwill: console four-eyes test")
+    page.get_by_role("button", name="Request adjustment").click()
+    page.wait_for_url("**/console/adjustments")
+    row = page.locator("tr[data-adjustment]", has_text="console four-eyes test")
+    adjustment_id = row.get_attribute("data-adjustment")
+    assert (
+        _text(page, f'tr[data-adjustment="{adjustment_id}"] [data-field="requested_by"]') == "finn"
+    )
+    _accessible(page)
+    save_screenshot(page, screenshots / "adjustments.png")
+
+    # The requester cannot approve it: the API's 403 and its message.
+    page.get_by_role("button", name=f"Approve {adjustment_id}").click()
+    assert _text(page, '[data-code="four_eyes_required"]') == (
+        "finn requested this adjustment; another operator must approve it."
+    )
+    assert exchange.api(f"/v1/adjustments/{adjustment_id}")["status"] == "pending"
+    _accessible(page)
+    finance.close()
+
+    admin = browser.new_context(viewport=DESKTOP)
+    page = admin.new_page()
+    _sign_in(page, exchange, exchange.admin_token)
+    page.get_by_role("link", name="Adjustments").click()
+    page.get_by_role("button", name=f"Approve {adjustment_id}").click()
+    page.wait_for_url("**/console/adjustments?posted=*")
+    assert adjustment_id in _text(page, '[data-field="posted"]')
+    assert page.locator(f'tr[data-adjustment="{adjustment_id}"]').count() == 0
+    posted = exchange.api(f"/v1/adjustments/{adjustment_id}")
+    assert (posted["status"], posted["approved_by"], posted["points"]) == ("posted", "ada", 100)
+    admin.close()

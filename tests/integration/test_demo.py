@@ -36,6 +36,30 @@ def _assert_the_server_log_went_to_its_file(
     assert any(entry.get("event") == "request" for entry in logged), logged[:3]
 
 
+async def _closing(connection: asyncpg.Connection) -> tuple[str, str, list[str]]:
+    run_id, approved_by = await connection.fetchrow(
+        "SELECT run_id, approved_by FROM settlement_approvals"
+    )
+    numbers = await connection.fetch("SELECT number FROM settlement_documents ORDER BY number")
+    return run_id, approved_by, [row["number"] for row in numbers]
+
+
+def _assert_the_demo_ends_with_the_closed_month(
+    stdout: str, run_id: str, approved_by: str, numbers: list[str]
+) -> None:
+    """The run approved by a finance token, every document it issued, the roll-forward."""
+    assert approved_by == "finance:demo-finance"
+    assert f"Run {run_id} approved by {approved_by}" in stdout
+    tail = stdout[stdout.index(f"Run {run_id} approved") :]
+    assert "Documents issued at approval" in tail
+    assert len(numbers) == 3  # one per partner with a non-zero net
+    assert all(number in tail for number in numbers)
+    assert "Liability roll-forward to" in tail
+    forward = tail[tail.index("Liability roll-forward to") :]
+    assert all(partner in forward for partner in ("grocer", "fuel", "cinema"))
+    assert "Roll-forward ties to the run: yes" in forward
+
+
 async def test_the_demo_settles_reconciled_and_verifies_clean_and_repeats_exactly(
     postgres: EmbeddedPostgres, tmp_path: Path
 ) -> None:
@@ -63,8 +87,10 @@ async def test_the_demo_settles_reconciled_and_verifies_clean_and_repeats_exactl
         assert await connection.fetchval("SELECT bool_and(reconciled) FROM settlement_runs")
         earns = await connection.fetchval("SELECT count(*) FROM postings WHERE type = 'earn'")
         assert earns >= 10
+        closing = await _closing(connection)
     finally:
         await connection.close()
+    _assert_the_demo_ends_with_the_closed_month(first.stdout, *closing)
 
     second = _demo(tmp_path, server_url, seed=7)
     assert second.returncode == 0, second.stdout + second.stderr
