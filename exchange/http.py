@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
@@ -17,12 +18,14 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from exchange import schemas
+from exchange import metrics, schemas
 from exchange.errors import (
     BadRequest,
     CurrencyNotSupported,
+    ExchangeError,
     HoldNotFound,
     MemberNotFound,
+    NonceReplayed,
     TransactionNotFound,
     Unprocessable,
     UnsupportedMediaType,
@@ -46,12 +49,14 @@ from exchange.service import (
 from exchange.views import balance_view
 from exchange.wiring import Services
 from partners.auth import (
+    NONCE_IN_POSTING,
     Caller,
     MemberCaller,
     PartnerCaller,
     member_caller,
     member_or_partner_caller,
     partner_caller,
+    spend_nonce,
 )
 from partners.sessions import create_member_session
 
@@ -167,8 +172,27 @@ def respond(outcome: Outcome) -> Response[Any]:
     )
 
 
-async def _post(services: Services, partner: PartnerCaller, command: Command) -> Response[Any]:
-    outcome = await services.post(LedgerRequest(command, partner.idempotency, partner.proof))
+# A posting route: its nonce is written in the posting's own database transaction.
+_POSTING = {NONCE_IN_POSTING: True}
+
+
+async def _post(
+    services: Services, partner: PartnerCaller, build: Callable[[], Command]
+) -> Response[Any]:
+    """Build the command from the request (validation) and post it with the signature's
+    nonce. A request refused before the ledger took it still spends its nonce; a 503
+    (nothing was written) does not: its signature may be sent again, and the
+    Idempotency-Key keeps that to one posting."""
+    try:
+        request = LedgerRequest(build(), partner.idempotency, partner.proof, partner.nonce)
+        outcome = await services.post(request)
+    except ExchangeError as refusal:
+        if refusal.status >= 500:
+            raise
+        await spend_nonce(services, partner, refusal)
+        raise  # pragma: no cover - spend_nonce always raises
+    if isinstance(outcome.error, NonceReplayed):
+        metrics.SIGNATURE_FAILURES.labels(NonceReplayed.code).inc()
     return respond(outcome)
 
 
@@ -203,6 +227,34 @@ def _transaction_id(text: str) -> Any:
     if transaction_id is None:
         raise TransactionNotFound()
     return transaction_id
+
+
+def _earn_command(request: Request[Any, Any, Any], partner: PartnerCaller) -> Earn:
+    data = decode_body(request, partner.body, schemas.EarnCreate)
+    if data.points is None and data.purchase is None:
+        raise Unprocessable("Give points, or a purchase to compute them from.")
+    purchase = None
+    if data.purchase is not None:
+        if data.purchase.currency not in MINOR_UNITS:
+            # A currency the exchange does not know cannot have an earn rate either.
+            raise CurrencyNotSupported(
+                f"No earn rate for {data.purchase.currency}: the exchange does not "
+                "support that currency."
+            )
+        purchase = parse_amount(
+            data.purchase.amount, data.purchase.currency, what="purchase.amount"
+        )
+        if purchase.amount <= 0:
+            raise Unprocessable("purchase.amount must be positive.")
+    return Earn(
+        partner.partner_id,
+        data.member_id,
+        data.reference,
+        points=data.points,
+        purchase=purchase,
+        available_at=_optional_time(data.available_at, "available_at"),
+        expires_at=_optional_time(data.expires_at, "expires_at"),
+    )
 
 
 class PartnerController(Controller):
@@ -243,64 +295,42 @@ class PartnerController(Controller):
         )
         return respond(outcome)
 
-    @post("/earn", status_code=201, summary="Issue points to a member")
+    @post("/earn", status_code=201, summary="Issue points to a member", opt=_POSTING)
     async def earn(
         self,
         request: Request[Any, Any, Any],
         partner: NamedDependency[PartnerCaller],
         services: NamedDependency[Services],
     ) -> Response[schemas.Transaction]:
-        data = decode_body(request, partner.body, schemas.EarnCreate)
-        if data.points is None and data.purchase is None:
-            raise Unprocessable("Give points, or a purchase to compute them from.")
-        purchase = None
-        if data.purchase is not None:
-            if data.purchase.currency not in MINOR_UNITS:
-                # A currency the exchange does not know cannot have an earn rate either.
-                raise CurrencyNotSupported(
-                    f"No earn rate for {data.purchase.currency}: the exchange does not "
-                    "support that currency."
-                )
-            purchase = parse_amount(
-                data.purchase.amount, data.purchase.currency, what="purchase.amount"
-            )
-            if purchase.amount <= 0:
-                raise Unprocessable("purchase.amount must be positive.")
-        command = Earn(
-            partner.partner_id,
-            data.member_id,
-            data.reference,
-            points=data.points,
-            purchase=purchase,
-            available_at=_optional_time(data.available_at, "available_at"),
-            expires_at=_optional_time(data.expires_at, "expires_at"),
-        )
-        return await _post(services, partner, command)
+        return await _post(services, partner, lambda: _earn_command(request, partner))
 
-    @post("/burn", status_code=201, summary="Redeem a member's points")
+    @post("/burn", status_code=201, summary="Redeem a member's points", opt=_POSTING)
     async def burn(
         self,
         request: Request[Any, Any, Any],
         partner: NamedDependency[PartnerCaller],
         services: NamedDependency[Services],
     ) -> Response[schemas.Transaction]:
-        data = decode_body(request, partner.body, schemas.BurnCreate)
-        return await _post(
-            services, partner, Burn(partner.partner_id, data.member_id, data.points, data.reference)
-        )
+        def build() -> Command:
+            data = decode_body(request, partner.body, schemas.BurnCreate)
+            return Burn(partner.partner_id, data.member_id, data.points, data.reference)
 
-    @post("/holds", status_code=201, summary="Reserve points at the till")
+        return await _post(services, partner, build)
+
+    @post("/holds", status_code=201, summary="Reserve points at the till", opt=_POSTING)
     async def open_hold(
         self,
         request: Request[Any, Any, Any],
         partner: NamedDependency[PartnerCaller],
         services: NamedDependency[Services],
     ) -> Response[schemas.Hold]:
-        data = decode_body(request, partner.body, schemas.HoldCreate)
-        command = OpenHold(
-            partner.partner_id, data.member_id, data.points, data.reference, data.expires_in
-        )
-        return await _post(services, partner, command)
+        def build() -> Command:
+            data = decode_body(request, partner.body, schemas.HoldCreate)
+            return OpenHold(
+                partner.partner_id, data.member_id, data.points, data.reference, data.expires_in
+            )
+
+        return await _post(services, partner, build)
 
     @get("/holds/{hold_id:str}", summary="One of the partner's holds")
     async def get_hold(
@@ -311,7 +341,7 @@ class PartnerController(Controller):
     ) -> schemas.Hold:
         return await services.ledger.get_hold(partner.partner_id, _hold_id(hold_id))
 
-    @post("/holds/{hold_id:str}/capture", status_code=200, summary="Burn held points")
+    @post("/holds/{hold_id:str}/capture", status_code=200, summary="Burn held points", opt=_POSTING)
     async def capture(
         self,
         request: Request[Any, Any, Any],
@@ -319,12 +349,13 @@ class PartnerController(Controller):
         services: NamedDependency[Services],
         hold_id: FromPath[str],
     ) -> Response[schemas.Hold]:
-        data = decode_body(request, partner.body, schemas.HoldCapture)
-        return await _post(
-            services, partner, CaptureHold(partner.partner_id, _hold_id(hold_id), data.points)
-        )
+        def build() -> Command:
+            data = decode_body(request, partner.body, schemas.HoldCapture)
+            return CaptureHold(partner.partner_id, _hold_id(hold_id), data.points)
 
-    @post("/holds/{hold_id:str}/void", status_code=200, summary="Release held points")
+        return await _post(services, partner, build)
+
+    @post("/holds/{hold_id:str}/void", status_code=200, summary="Release held points", opt=_POSTING)
     async def void(
         self,
         request: Request[Any, Any, Any],
@@ -332,11 +363,17 @@ class PartnerController(Controller):
         services: NamedDependency[Services],
         hold_id: FromPath[str],
     ) -> Response[schemas.Hold]:
-        decode_body(request, partner.body, _Empty)
-        return await _post(services, partner, VoidHold(partner.partner_id, _hold_id(hold_id)))
+        def build() -> Command:
+            decode_body(request, partner.body, _Empty)
+            return VoidHold(partner.partner_id, _hold_id(hold_id))
+
+        return await _post(services, partner, build)
 
     @post(
-        "/transactions/{transaction_id:str}/reversals", status_code=201, summary="Return or refund"
+        "/transactions/{transaction_id:str}/reversals",
+        status_code=201,
+        summary="Return or refund",
+        opt=_POSTING,
     )
     async def reverse(
         self,
@@ -345,11 +382,13 @@ class PartnerController(Controller):
         services: NamedDependency[Services],
         transaction_id: FromPath[str],
     ) -> Response[schemas.Transaction]:
-        data = decode_body(request, partner.body, schemas.ReversalCreate)
-        command = Reverse(
-            partner.partner_id, _transaction_id(transaction_id), data.points, data.reference
-        )
-        return await _post(services, partner, command)
+        def build() -> Command:
+            data = decode_body(request, partner.body, schemas.ReversalCreate)
+            return Reverse(
+                partner.partner_id, _transaction_id(transaction_id), data.points, data.reference
+            )
+
+        return await _post(services, partner, build)
 
     @get("/transactions/{transaction_id:str}", summary="One of the partner's transactions")
     async def get_transaction(

@@ -22,6 +22,7 @@ from exchange.store._errors import (
 )
 from exchange.store._posting import (
     claim_keys,
+    claim_nonces,
     load_books,
     load_originals,
     load_partner_terms,
@@ -61,6 +62,7 @@ __all__ = [
     "adjustment_partner_status",
     "claim_idempotency_keys",
     "claim_keys",
+    "claim_nonces",
     "close_journal_until",
     "create_member",
     "due_member_ids",
