@@ -182,7 +182,9 @@ def _is_spawned_worker(process: psutil.Process) -> bool:
         return False
 
 
-def start_server(database_url: str, *, workers: int, log_path: Path) -> Server:
+def start_server(
+    database_url: str, *, workers: int, log_path: Path, http_server: str = "uvicorn"
+) -> Server:
     """`exchange serve --workers N --port <free>`, waited for until /ready answers 200."""
     port = free_port()
     env = server_environment(database_url, port)
@@ -191,6 +193,7 @@ def start_server(database_url: str, *, workers: int, log_path: Path) -> Server:
             [
                 *(sys.executable, "-m", "exchange", "serve"),
                 *("--workers", str(workers), "--port", str(port)),
+                *("--server", http_server),
             ],
             env=env,
             stdin=subprocess.DEVNULL,
