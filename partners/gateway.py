@@ -12,8 +12,9 @@ Nonces: concurrent requests' (keyid, nonce) pairs are written together, one INSE
 one commit for all that arrived while the previous write was running, exactly like
 group commit for postings. A pair already present (or twice in one write) is a replay.
 Reads' nonces (`durable=False`) are written by their own writer, in database transactions
-with `synchronous_commit = off`: they wait for PostgreSQL to accept the row, not for the
-WAL flush (docs/ledger.md: what a crash can forget, and why that is harmless for a read).
+with `synchronous_commit = off` (for that transaction only): they wait for PostgreSQL to
+accept the row, not for the WAL flush (docs/ledger.md: what a crash can forget, and why
+that is harmless for a read).
 Posting requests' nonces are not written here at all: the ledger writes them in the
 posting's own database transaction (`exchange.service.NonceClaim`).
 
@@ -73,9 +74,19 @@ ORDER BY n.key_id, n.nonce
 ON CONFLICT DO NOTHING
 RETURNING key_id, nonce
 """
-
-# For this database transaction only: the commit returns before its WAL reaches the disk.
-_NOT_DURABLE_SQL = "SET LOCAL synchronous_commit = off"
+# The same insert for reads: `set_config(..., is_local => true)` turns synchronous_commit
+# off for this statement's own database transaction only, so its commit returns before
+# the WAL reaches the disk, in one round trip (BEGIN; SET LOCAL; INSERT; COMMIT would be
+# four). The CTE is joined so that it runs before any row is inserted.
+_NONCES_NOT_DURABLE_SQL = """
+WITH not_durable AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))
+INSERT INTO signature_nonces (key_id, nonce, seen_at)
+SELECT n.* FROM not_durable,
+     unnest($1::text[], $2::text[], $3::timestamptz[]) AS n(key_id, nonce, seen_at)
+ORDER BY n.key_id, n.nonce
+ON CONFLICT DO NOTHING
+RETURNING key_id, nonce
+"""
 
 
 @dataclass
@@ -282,19 +293,13 @@ class SignatureGateway:
                     item.future.set_result(False)  # the same pair twice in one write
                 else:
                     first[(item.key_id, item.nonce)] = item
-            args = (
-                _NONCES_SQL,
-                [item.key_id for item in first.values()],
-                [item.nonce for item in first.values()],
-                [item.seen_at for item in first.values()],
-            )
             async with driver_connection(self.engine) as conn:
-                if durable:
-                    rows = await conn.fetch(*args)
-                else:
-                    async with conn.transaction():
-                        await conn.execute(_NOT_DURABLE_SQL)
-                        rows = await conn.fetch(*args)
+                rows = await conn.fetch(
+                    _NONCES_SQL if durable else _NONCES_NOT_DURABLE_SQL,
+                    [item.key_id for item in first.values()],
+                    [item.nonce for item in first.values()],
+                    [item.seen_at for item in first.values()],
+                )
             stored = {(row["key_id"], row["nonce"]) for row in rows}
             for pair, item in first.items():
                 item.future.set_result(pair in stored)
