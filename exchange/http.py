@@ -190,7 +190,6 @@ async def _post(
         if refusal.status >= 500:
             raise
         await spend_nonce(services, partner, refusal)
-        raise  # pragma: no cover - spend_nonce always raises
     if isinstance(outcome.error, NonceReplayed):
         metrics.SIGNATURE_FAILURES.labels(NonceReplayed.code).inc()
     return respond(outcome)

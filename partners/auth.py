@@ -31,7 +31,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from litestar import Request
 from litestar.di import NamedDependency
@@ -200,7 +200,9 @@ def _nonce_seen_at(services: Services, created: int) -> datetime:
     return max(services.clock.now(), datetime.fromtimestamp(created, UTC))
 
 
-async def spend_nonce(services: Services, partner: PartnerCaller, refusal: ExchangeError) -> None:
+async def spend_nonce(
+    services: Services, partner: PartnerCaller, refusal: ExchangeError
+) -> NoReturn:
     """A posting request refused before the ledger saw it still spends its nonce (durably):
     raise `refusal`, or `NonceReplayed` if the nonce was already spent, since a replay is
     refused as such whatever else is wrong with it (authentication comes first)."""
