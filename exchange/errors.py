@@ -8,6 +8,7 @@ mapping to RFC 9457 problem+json lives in `exchange.problems`. Errors raised in
     ├── BadRequest                      (400 bad_request)
     │   └── IdempotencyKeyMissing       (400 idempotency_key_missing)
     ├── Unauthorized                    (401 unauthorized; signature errors in partners.errors)
+    │   └── NonceReplayed               (401 nonce_replayed; the posting path refuses it too)
     ├── Forbidden                       (403 forbidden)
     │   ├── PartnerSuspended            (403 partner_suspended)
     │   ├── PartnerTerminated           (403 partner_terminated)
@@ -76,6 +77,7 @@ __all__ = [
     "InsufficientPoints",
     "InvariantViolation",
     "MemberNotFound",
+    "NonceReplayed",
     "NotARunPeriodEnd",
     "NotFound",
     "NotReversible",
@@ -125,6 +127,11 @@ class Unauthorized(ExchangeError):
     status = 401
     code = "unauthorized"
     title = "Authentication required"
+
+
+class NonceReplayed(Unauthorized):
+    code = "nonce_replayed"
+    title = "Signature nonce already used"
 
 
 class Forbidden(ExchangeError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
@@ -17,15 +18,17 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from exchange import schemas
+from exchange import metrics, schemas
 from exchange.errors import (
     BadRequest,
     CreditLimitExceeded,
     CurrencyNotSupported,
+    ExchangeError,
     HoldNotFound,
     HoldNotOpen,
     InsufficientPoints,
     MemberNotFound,
+    NonceReplayed,
     NotReversible,
     ReversalExceedsOriginal,
     TransactionNotFound,
@@ -53,12 +56,14 @@ from exchange.service import (
 from exchange.views import balance_view
 from exchange.wiring import Services
 from partners.auth import (
+    NONCE_IN_POSTING,
     Caller,
     MemberCaller,
     PartnerCaller,
     member_caller,
     member_or_partner_caller,
     partner_caller,
+    spend_nonce,
 )
 from partners.sessions import create_member_session
 
@@ -176,8 +181,26 @@ def respond(outcome: Outcome) -> Response[Any]:
     )
 
 
-async def _post(services: Services, partner: PartnerCaller, command: Command) -> Response[Any]:
-    outcome = await services.post(LedgerRequest(command, partner.idempotency, partner.proof))
+# A posting route: its nonce is written in the posting's own database transaction.
+_POSTING = {NONCE_IN_POSTING: True}
+
+
+async def _post(
+    services: Services, partner: PartnerCaller, build: Callable[[], Command]
+) -> Response[Any]:
+    """Build the command from the request (validation) and post it with the signature's
+    nonce. A request refused before the ledger took it still spends its nonce; a 503
+    (nothing was written) does not: its signature may be sent again, and the
+    Idempotency-Key keeps that to one posting."""
+    try:
+        request = LedgerRequest(build(), partner.idempotency, partner.proof, partner.nonce)
+        outcome = await services.post(request)
+    except ExchangeError as refusal:
+        if refusal.status >= 500:
+            raise
+        await spend_nonce(services, partner, refusal)
+    if isinstance(outcome.error, NonceReplayed):
+        metrics.SIGNATURE_FAILURES.labels(NonceReplayed.code).inc()
     return respond(outcome)
 
 
@@ -216,6 +239,34 @@ def _transaction_id(text: str) -> Any:
 
 class EmptyBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A body that must be empty or `{}`."""
+
+
+def _earn_command(request: Request[Any, Any, Any], partner: PartnerCaller) -> Earn:
+    data = decode_body(request, partner.body, schemas.EarnCreate)
+    if data.points is None and data.purchase is None:
+        raise Unprocessable("Give points, or a purchase to compute them from.")
+    purchase = None
+    if data.purchase is not None:
+        if data.purchase.currency not in MINOR_UNITS:
+            # A currency the exchange does not know cannot have an earn rate either.
+            raise CurrencyNotSupported(
+                f"No earn rate for {data.purchase.currency}: the exchange does not "
+                "support that currency."
+            )
+        purchase = parse_amount(
+            data.purchase.amount, data.purchase.currency, what="purchase.amount"
+        )
+        if purchase.amount <= 0:
+            raise Unprocessable("purchase.amount must be positive.")
+    return Earn(
+        partner.partner_id,
+        data.member_id,
+        data.reference,
+        points=data.points,
+        purchase=purchase,
+        available_at=_optional_time(data.available_at, "available_at"),
+        expires_at=_optional_time(data.expires_at, "expires_at"),
+    )
 
 
 class PartnerController(Controller):
@@ -279,7 +330,8 @@ class PartnerController(Controller):
             responses={201: schemas.Transaction},
             errors=(MemberNotFound, CurrencyNotSupported, CreditLimitExceeded),
             example={"member_id": "mem_" + "0" * 32, "points": 500, "reference": "basket-1"},
-        ),
+        )
+        | _POSTING,
     )
     async def earn(
         self,
@@ -287,32 +339,7 @@ class PartnerController(Controller):
         partner: NamedDependency[PartnerCaller],
         services: NamedDependency[Services],
     ) -> Response[schemas.Transaction]:
-        data = decode_body(request, partner.body, schemas.EarnCreate)
-        if data.points is None and data.purchase is None:
-            raise Unprocessable("Give points, or a purchase to compute them from.")
-        purchase = None
-        if data.purchase is not None:
-            if data.purchase.currency not in MINOR_UNITS:
-                # A currency the exchange does not know cannot have an earn rate either.
-                raise CurrencyNotSupported(
-                    f"No earn rate for {data.purchase.currency}: the exchange does not "
-                    "support that currency."
-                )
-            purchase = parse_amount(
-                data.purchase.amount, data.purchase.currency, what="purchase.amount"
-            )
-            if purchase.amount <= 0:
-                raise Unprocessable("purchase.amount must be positive.")
-        command = Earn(
-            partner.partner_id,
-            data.member_id,
-            data.reference,
-            points=data.points,
-            purchase=purchase,
-            available_at=_optional_time(data.available_at, "available_at"),
-            expires_at=_optional_time(data.expires_at, "expires_at"),
-        )
-        return await _post(services, partner, command)
+        return await _post(services, partner, lambda: _earn_command(request, partner))
 
     @post(
         "/burn",
@@ -323,7 +350,8 @@ class PartnerController(Controller):
             responses={201: schemas.Transaction},
             errors=(MemberNotFound, InsufficientPoints),
             example={"member_id": "mem_" + "0" * 32, "points": 300, "reference": "basket-2"},
-        ),
+        )
+        | _POSTING,
     )
     async def burn(
         self,
@@ -331,10 +359,11 @@ class PartnerController(Controller):
         partner: NamedDependency[PartnerCaller],
         services: NamedDependency[Services],
     ) -> Response[schemas.Transaction]:
-        data = decode_body(request, partner.body, schemas.BurnCreate)
-        return await _post(
-            services, partner, Burn(partner.partner_id, data.member_id, data.points, data.reference)
-        )
+        def build() -> Command:
+            data = decode_body(request, partner.body, schemas.BurnCreate)
+            return Burn(partner.partner_id, data.member_id, data.points, data.reference)
+
+        return await _post(services, partner, build)
 
     @post(
         "/holds",
@@ -344,7 +373,8 @@ class PartnerController(Controller):
             body=schemas.HoldCreate,
             responses={201: schemas.Hold},
             errors=(MemberNotFound, InsufficientPoints),
-        ),
+        )
+        | _POSTING,
     )
     async def open_hold(
         self,
@@ -352,11 +382,13 @@ class PartnerController(Controller):
         partner: NamedDependency[PartnerCaller],
         services: NamedDependency[Services],
     ) -> Response[schemas.Hold]:
-        data = decode_body(request, partner.body, schemas.HoldCreate)
-        command = OpenHold(
-            partner.partner_id, data.member_id, data.points, data.reference, data.expires_in
-        )
-        return await _post(services, partner, command)
+        def build() -> Command:
+            data = decode_body(request, partner.body, schemas.HoldCreate)
+            return OpenHold(
+                partner.partner_id, data.member_id, data.points, data.reference, data.expires_in
+            )
+
+        return await _post(services, partner, build)
 
     @get(
         "/holds/{hold_id:str}",
@@ -379,7 +411,8 @@ class PartnerController(Controller):
             body=schemas.HoldCapture,
             responses={200: schemas.Hold},
             errors=(HoldNotFound, HoldNotOpen),
-        ),
+        )
+        | _POSTING,
     )
     async def capture(
         self,
@@ -388,16 +421,18 @@ class PartnerController(Controller):
         services: NamedDependency[Services],
         hold_id: FromPath[str],
     ) -> Response[schemas.Hold]:
-        data = decode_body(request, partner.body, schemas.HoldCapture)
-        return await _post(
-            services, partner, CaptureHold(partner.partner_id, _hold_id(hold_id), data.points)
-        )
+        def build() -> Command:
+            data = decode_body(request, partner.body, schemas.HoldCapture)
+            return CaptureHold(partner.partner_id, _hold_id(hold_id), data.points)
+
+        return await _post(services, partner, build)
 
     @post(
         "/holds/{hold_id:str}/void",
         status_code=200,
         summary="Release held points",
-        opt=api(body=EmptyBody, responses={200: schemas.Hold}, errors=(HoldNotFound, HoldNotOpen)),
+        opt=api(body=EmptyBody, responses={200: schemas.Hold}, errors=(HoldNotFound, HoldNotOpen))
+        | _POSTING,
     )
     async def void(
         self,
@@ -406,8 +441,11 @@ class PartnerController(Controller):
         services: NamedDependency[Services],
         hold_id: FromPath[str],
     ) -> Response[schemas.Hold]:
-        decode_body(request, partner.body, EmptyBody)
-        return await _post(services, partner, VoidHold(partner.partner_id, _hold_id(hold_id)))
+        def build() -> Command:
+            decode_body(request, partner.body, EmptyBody)
+            return VoidHold(partner.partner_id, _hold_id(hold_id))
+
+        return await _post(services, partner, build)
 
     @post(
         "/transactions/{transaction_id:str}/reversals",
@@ -422,7 +460,8 @@ class PartnerController(Controller):
                 NotReversible,
                 InsufficientPoints,
             ),
-        ),
+        )
+        | _POSTING,
     )
     async def reverse(
         self,
@@ -431,11 +470,13 @@ class PartnerController(Controller):
         services: NamedDependency[Services],
         transaction_id: FromPath[str],
     ) -> Response[schemas.Transaction]:
-        data = decode_body(request, partner.body, schemas.ReversalCreate)
-        command = Reverse(
-            partner.partner_id, _transaction_id(transaction_id), data.points, data.reference
-        )
-        return await _post(services, partner, command)
+        def build() -> Command:
+            data = decode_body(request, partner.body, schemas.ReversalCreate)
+            return Reverse(
+                partner.partner_id, _transaction_id(transaction_id), data.points, data.reference
+            )
+
+        return await _post(services, partner, build)
 
     @get(
         "/transactions/{transaction_id:str}",

@@ -11,6 +11,17 @@ JSON parsing. Authentication comes first (contract §2.1 before §2.2): header s
 the time window, then the key and the cryptography over the headers, then the rate
 limit, then the Idempotency-Key, and only then the body and the nonce. Nonces are
 recorded in PostgreSQL, and if that fails the request fails (closed).
+
+Where the nonce is written depends on the route (docs/performance.md):
+
+- a posting route (marked `opt={NONCE_IN_POSTING: True}`) carries it, unwritten, in
+  `PartnerCaller.nonce` to the ledger, which writes it in the posting's own database
+  transaction (one durable commit per batch, not two) and refuses a replay there before
+  any effect; a request refused before it reaches the ledger spends it through the
+  gateway (`spend_nonce`);
+- a GET writes it through the gateway without waiting for the flush to disk (a read has
+  no effect to replay; docs/ledger.md says what a crash can forget);
+- every other POST writes it through the gateway, durably, before the handler runs.
 """
 
 from __future__ import annotations
@@ -20,26 +31,33 @@ import hashlib
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from litestar import Request
 from litestar.di import NamedDependency
 
 from exchange import metrics
-from exchange.errors import ExchangeError, Forbidden, IdempotencyKeyMissing, Unauthorized
+from exchange.errors import (
+    ExchangeError,
+    Forbidden,
+    IdempotencyKeyMissing,
+    NonceReplayed,
+    Unauthorized,
+)
 from exchange.operators import (
     OPERATOR_TOKEN_SHAPE,
     OperatorIdentity,
     authenticate_operator,
     hash_token,
 )
-from exchange.service import Idempotency, SignatureProof
+from exchange.service import Idempotency, NonceClaim, SignatureProof
 from exchange.wiring import Services
 from partners import store
 from partners.sessions import MEMBER_TOKEN_SHAPE
 from partners.signing import IncomingRequest, verify_body, verify_headers
 
 __all__ = [
+    "NONCE_IN_POSTING",
     "Caller",
     "MemberCaller",
     "PartnerCaller",
@@ -49,8 +67,12 @@ __all__ = [
     "member_or_partner_caller",
     "operator_idempotency",
     "partner_caller",
+    "spend_nonce",
     "staff_caller",
 ]
+
+# Route option: the ledger writes this request's nonce in the posting's database transaction.
+NONCE_IN_POSTING = "nonce_in_posting"
 
 # 1-255 printable ASCII characters (contract §2.2). Interior spaces are printable too; a
 # leading or trailing space could not survive HTTP's whitespace trimming, so it is refused.
@@ -64,6 +86,8 @@ class PartnerCaller:
     body: bytes
     proof: SignatureProof
     idempotency: Idempotency | None
+    # Set on posting routes only: the nonce the ledger must still spend (module docstring).
+    nonce: NonceClaim | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,13 +160,21 @@ async def partner_caller(
     await services.limiter.check("partner", checked.params.key_id)
     key = _idempotency_key(method, headers)
     body = await request.body()
+    deferred: list[NonceClaim] = []
+    in_posting = bool(request.route_handler.opt.get(NONCE_IN_POSTING))
+
+    async def record_nonce(key_id: str, nonce: str, created: int) -> bool:
+        claim = NonceClaim(key_id, nonce, _nonce_seen_at(services, created))
+        if in_posting:
+            deferred.append(claim)
+            return True
+        return await services.gateway.record_nonce(
+            key_id, nonce, claim.seen_at, durable=method != "GET"
+        )
+
     try:
         verified = await verify_body(
-            checked,
-            dataclasses.replace(incoming, body=body),
-            record_nonce=lambda key_id, nonce, created: _record_nonce(
-                services, key_id, nonce, created
-            ),
+            checked, dataclasses.replace(incoming, body=body), record_nonce=record_nonce
         )
     except ExchangeError as exc:
         metrics.SIGNATURE_FAILURES.labels(exc.code).inc()
@@ -156,16 +188,33 @@ async def partner_caller(
         signature_base=verified.signature_base,
     )
     idempotency = Idempotency(key, _fingerprint(method, path, body)) if key else None
-    return PartnerCaller(verified.partner_id, verified.key_id, body, proof, idempotency)
+    nonce = deferred[0] if deferred else None
+    return PartnerCaller(verified.partner_id, verified.key_id, body, proof, idempotency, nonce)
 
 
-async def _record_nonce(services: Services, key_id: str, nonce: str, created: int) -> bool:
+def _nonce_seen_at(services: Services, created: int) -> datetime:
     # A nonce must be remembered for as long as its signature can still be accepted, i.e.
     # until `created` + 300 s. `created` may be up to 30 s ahead of the server clock, so
     # the row is stamped with the later of the two: purging rows older than now - 300 s
     # (`store.purge_nonces`) then never forgets a nonce whose signature is still valid.
-    seen_at = max(services.clock.now(), datetime.fromtimestamp(created, UTC))
-    return await services.gateway.record_nonce(key_id, nonce, seen_at)
+    return max(services.clock.now(), datetime.fromtimestamp(created, UTC))
+
+
+async def spend_nonce(
+    services: Services, partner: PartnerCaller, refusal: ExchangeError
+) -> NoReturn:
+    """A posting request refused before the ledger saw it still spends its nonce (durably):
+    raise `refusal`, or `NonceReplayed` if the nonce was already spent, since a replay is
+    refused as such whatever else is wrong with it (authentication comes first)."""
+    claim = partner.nonce
+    if claim is not None and not await services.gateway.record_nonce(
+        claim.key_id, claim.nonce, claim.seen_at
+    ):
+        metrics.SIGNATURE_FAILURES.labels(NonceReplayed.code).inc()
+        raise NonceReplayed(
+            "this (keyid, nonce) pair was already used; sign each attempt with a new nonce"
+        ) from refusal
+    raise refusal
 
 
 def bearer_token(request: Request[Any, Any, Any]) -> str | None:

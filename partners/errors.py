@@ -14,7 +14,8 @@ the window is 300 s") and never contains a signature base, a key or a stack trac
     │   ├── DigestMismatch              (401 digest_mismatch)
     │   ├── KeyUnknown                  (401 key_unknown)
     │   ├── KeyRevoked                  (401 key_revoked)
-    │   └── NonceReplayed               (401 nonce_replayed)
+    │   └── NonceReplayed               (401 nonce_replayed; defined in exchange.errors,
+    │                                    re-exported here: the posting path refuses it too)
     └── Forbidden                       (403 forbidden)
         └── PartnerSuspended            (403 partner_suspended; defined in exchange.errors,
                                          re-exported here: the ledger refuses it too)
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from exchange.errors import PartnerSuspended, PartnerTerminated, Unauthorized
+from exchange.errors import NonceReplayed, PartnerSuspended, PartnerTerminated, Unauthorized
 
 __all__ = [
     "DigestMismatch",
@@ -81,11 +82,6 @@ class KeyUnknown(Unauthorized):
 class KeyRevoked(Unauthorized):
     code = "key_revoked"
     title = "Signing key revoked"
-
-
-class NonceReplayed(Unauthorized):
-    code = "nonce_replayed"
-    title = "Signature nonce already used"
 
 
 class PartnerAPIError(Exception):

@@ -11,6 +11,12 @@ right) and the listener reconnects in the background with capped exponential bac
 Nonces: concurrent requests' (keyid, nonce) pairs are written together, one INSERT and
 one commit for all that arrived while the previous write was running, exactly like
 group commit for postings. A pair already present (or twice in one write) is a replay.
+Reads' nonces (`durable=False`) are written by their own writer, in database transactions
+with `synchronous_commit = off` (for that transaction only): they wait for PostgreSQL to
+accept the row, not for the WAL flush (docs/ledger.md: what a crash can forget, and why
+that is harmless for a read).
+Posting requests' nonces are not written here at all: the ledger writes them in the
+posting's own database transaction (`exchange.service.NonceClaim`).
 
 Any database failure here is `DatabaseUnavailable` (`driver_connection` translates it):
 the request is refused with 503, never admitted.
@@ -59,10 +65,25 @@ FROM partner_keys AS k JOIN partners AS p ON p.partner_id = k.partner_id
 WHERE k.key_id = $1
 """
 _DIRECTORY_SQL = "SELECT key_id FROM partner_keys LIMIT $1"
-# Duplicates in one write are removed before it; a pair already stored is skipped.
+# Duplicates in one write are removed before it; a pair already stored is skipped. Sorted,
+# as the ledger's own nonce insert is: overlapping writes wait in one order, never deadlock.
 _NONCES_SQL = """
 INSERT INTO signature_nonces (key_id, nonce, seen_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS n(key_id, nonce, seen_at)
+ORDER BY n.key_id, n.nonce
+ON CONFLICT DO NOTHING
+RETURNING key_id, nonce
+"""
+# The same insert for reads: `set_config(..., is_local => true)` turns synchronous_commit
+# off for this statement's own database transaction only, so its commit returns before
+# the WAL reaches the disk, in one round trip (BEGIN; SET LOCAL; INSERT; COMMIT would be
+# four). The CTE is joined so that it runs before any row is inserted.
+_NONCES_NOT_DURABLE_SQL = """
+WITH not_durable AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))
+INSERT INTO signature_nonces (key_id, nonce, seen_at)
+SELECT n.* FROM not_durable,
+     unnest($1::text[], $2::text[], $3::timestamptz[]) AS n(key_id, nonce, seen_at)
+ORDER BY n.key_id, n.nonce
 ON CONFLICT DO NOTHING
 RETURNING key_id, nonce
 """
@@ -95,8 +116,9 @@ class SignatureGateway:
         # asking meanwhile; a different generation never shares a read from before it.
         self._reads: dict[tuple[str, int], asyncio.Task[KeyRecord | None]] = {}
         self._directory_reads: dict[int, asyncio.Task[None]] = {}
-        self._queue: deque[_Pending] = deque()
-        self._writing = False
+        # One queue and one writer per durability: index True (durable) and False (reads).
+        self._queues: dict[bool, deque[_Pending]] = {True: deque(), False: deque()}
+        self._writing: dict[bool, bool] = {True: False, False: False}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -114,11 +136,12 @@ class SignatureGateway:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        while self._tasks or self._queue:
+        while self._tasks or any(self._queues.values()):
             if self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
             else:
-                self._start_write()
+                self._start_write(True)
+                self._start_write(False)
         for read in list(self._reads.values()) + list(self._directory_reads.values()):
             read.cancel()  # reads whose callers all gave up
         listener, self._listener = self._listener, None
@@ -239,24 +262,30 @@ class SignatureGateway:
 
     # -- nonces ------------------------------------------------------------------------------
 
-    async def record_nonce(self, key_id: str, nonce: str, seen_at: datetime) -> bool:
-        """Record a (keyid, nonce) pair; False when it was already used (a replay)."""
+    async def record_nonce(
+        self, key_id: str, nonce: str, seen_at: datetime, *, durable: bool = True
+    ) -> bool:
+        """Record a (keyid, nonce) pair; False when it was already used (a replay).
+
+        `durable=False` (reads only): answered once PostgreSQL holds the row, before its
+        commit is flushed to disk."""
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(key_id, nonce, seen_at, future))
-        self._start_write()
+        self._queues[durable].append(_Pending(key_id, nonce, seen_at, future))
+        self._start_write(durable)
         return await future
 
-    def _start_write(self) -> None:
-        if self._writing or not self._queue:
+    def _start_write(self, durable: bool) -> None:
+        queue = self._queues[durable]
+        if self._writing[durable] or not queue:
             return
-        self._writing = True
-        batch = list(self._queue)
-        self._queue.clear()
-        task = asyncio.create_task(self._write(batch))
+        self._writing[durable] = True
+        batch = list(queue)
+        queue.clear()
+        task = asyncio.create_task(self._write(batch, durable))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _write(self, batch: list[_Pending]) -> None:
+    async def _write(self, batch: list[_Pending], durable: bool) -> None:
         try:
             first: dict[tuple[str, str], _Pending] = {}
             for item in batch:
@@ -266,7 +295,7 @@ class SignatureGateway:
                     first[(item.key_id, item.nonce)] = item
             async with driver_connection(self.engine) as conn:
                 rows = await conn.fetch(
-                    _NONCES_SQL,
+                    _NONCES_SQL if durable else _NONCES_NOT_DURABLE_SQL,
                     [item.key_id for item in first.values()],
                     [item.nonce for item in first.values()],
                     [item.seen_at for item in first.values()],
@@ -281,8 +310,8 @@ class SignatureGateway:
             if not isinstance(exc, Exception):
                 raise
         finally:
-            self._writing = False
-            self._start_write()
+            self._writing[durable] = False
+            self._start_write(durable)
 
 
 def housekeeping_jobs(engine: AsyncEngine) -> list[Callable[[datetime], Awaitable[int]]]:

@@ -4,7 +4,7 @@ That batch shape is the write path for everything: a single HTTP request is a ba
 one, and the group committer (`exchange.batching`) gathers concurrent requests into
 bigger batches. Inside the database transaction the steps are fixed:
 
-    barrier → idempotency try-locks → resolve holds/originals → lock members (sorted)
+    nonces → barrier → idempotency try-locks → resolve holds/originals → lock members (sorted)
     → partner terms → load books → apply the pure rules per request → bulk write → commit
 
 A request that fails (not enough points, a reused key) gets its error and changes
@@ -29,6 +29,7 @@ from exchange.service._commands import (
     Earn,
     Idempotency,
     LedgerRequest,
+    NonceClaim,
     OpenHold,
     Outcome,
     Render,
@@ -53,6 +54,7 @@ __all__ = [
     "Idempotency",
     "LedgerRequest",
     "LedgerService",
+    "NonceClaim",
     "OpenHold",
     "Outcome",
     "Render",

@@ -18,6 +18,7 @@ __all__ = [
     "Earn",
     "Idempotency",
     "LedgerRequest",
+    "NonceClaim",
     "OpenHold",
     "Outcome",
     "Render",
@@ -117,10 +118,25 @@ class SignatureProof:
 
 
 @dataclass(frozen=True, slots=True)
+class NonceClaim:
+    """A signature's (keyid, nonce), written in the posting's own database transaction.
+
+    `seen_at` is max(arrival, created): the row must outlive the signature's window (see
+    `partners.auth`). A pair already stored, or claimed earlier in the same batch, makes
+    the request `NonceReplayed` before anything else about it is looked at; a request
+    refused for any other reason still consumes its nonce (the batch commits it)."""
+
+    key_id: str
+    nonce: str
+    seen_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class LedgerRequest:
     command: Command
     idempotency: Idempotency | None = None
     signature: SignatureProof | None = None
+    nonce: NonceClaim | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from exchange.errors import (
     HoldNotFound,
     IdempotencyKeyReused,
     MemberNotFound,
+    NonceReplayed,
     NotReversible,
     RequestInProgress,
     ServiceUnavailable,
@@ -70,6 +71,12 @@ PAGE_SIZE_MAX = 200
 SWEEP_ROUNDS_MAX = 100_000
 
 
+def _replayed() -> NonceReplayed:
+    return NonceReplayed(
+        "this (keyid, nonce) pair was already used; sign each attempt with a new nonce"
+    )
+
+
 class LedgerService:
     """The ledger's use cases over one database (and one clock)."""
 
@@ -111,6 +118,7 @@ class LedgerService:
     async def _run(self, conn: Connection, requests: Sequence[LedgerRequest]) -> list[Outcome]:
         batch = _Batch(requests, [None] * len(requests), self.render)
         async with conn.transaction():
+            await self._claim_nonces(conn, batch)
             await self._claim_keys(conn, batch)
             await self._resolve_members(conn, batch)
             books = await self._load(conn, batch)
@@ -178,11 +186,33 @@ class LedgerService:
     def _commands(batch: _Batch) -> list[Command]:
         return [batch.requests[index].command for index in batch.pending()]
 
+    @staticmethod
+    async def _claim_nonces(conn: Connection, batch: _Batch) -> None:
+        """Spend each signed request's nonce in this database transaction: one durable
+        commit for the nonce and the posting. A replay (stored, or twice in this batch) is
+        refused before its key is claimed; every other outcome, refusals included, commits
+        with the nonce."""
+        first: dict[tuple[str, str], tuple[int, datetime]] = {}
+        for index, request in enumerate(batch.requests):
+            claim = request.nonce
+            if claim is None:
+                continue
+            if (claim.key_id, claim.nonce) in first:
+                batch.fail(index, _replayed())
+            else:
+                first[(claim.key_id, claim.nonce)] = (index, claim.seen_at)
+        stored = await store.claim_nonces(
+            conn, [(key_id, nonce, seen_at) for (key_id, nonce), (_, seen_at) in first.items()]
+        )
+        for pair, (index, _) in first.items():
+            if pair not in stored:
+                batch.fail(index, _replayed())
+
     async def _claim_keys(self, conn: Connection, batch: _Batch) -> None:
         claims = {
             index: (request.command.partner_id, request.idempotency.key)
             for index, request in enumerate(batch.requests)
-            if request.idempotency is not None
+            if request.idempotency is not None and batch.outcomes[index] is None
         }
         locked, stored = await store.claim_keys(conn, list(claims.values()))
         seen: set[tuple[str, str]] = set()

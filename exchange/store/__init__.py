@@ -31,6 +31,7 @@ from exchange.store._members import (
 from exchange.store._posting import (
     Connection,
     claim_keys,
+    claim_nonces,
     load_books,
     load_originals,
     load_partner_terms,
@@ -72,6 +73,7 @@ __all__ = [
     "claim_idempotency_keys",
     "claim_keys",
     "claim_member_key",
+    "claim_nonces",
     "close_journal_until",
     "create_member",
     "due_member_ids",

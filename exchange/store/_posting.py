@@ -4,6 +4,7 @@ This is the exchange's hot path, so it talks to asyncpg directly (prepared state
 cached per connection, no per-statement ORM work) and keeps round trips few and fixed
 per batch, whatever the batch size:
 
+    nonces       the signatures' (keyid, nonce) pairs, if any          1, only if signed
     claim        barrier + idempotency try-locks + stored responses   1 statement
     resolve      which member a hold or an original belongs to        1, only if needed
     lock         member rows in member_id order + closed_until        1
@@ -12,7 +13,8 @@ per batch, whatever the batch size:
     originals    transactions being reversed                          1-3, only if needed
     write        every insert and update of the batch                 1 (data-modifying CTE)
 
-Lock order (every writer follows it, so writers never deadlock on each other): the
+Lock order (every writer follows it, so writers never deadlock on each other): nonces
+sorted (an insert waits only for another batch inserting the same pair); the
 settlement barrier (shared); idempotency keys (try-locks, never wait); member rows
 sorted; credit-limited partner rows sorted; counter shards upserted sorted.
 
@@ -46,6 +48,7 @@ from exchange.store._records import SETTLEMENT_BARRIER_KEY, StoredResponse
 
 __all__ = [
     "claim_keys",
+    "claim_nonces",
     "load_books",
     "load_originals",
     "load_partner_terms",
@@ -54,6 +57,34 @@ __all__ = [
 ]
 
 Connection = asyncpg.Connection
+
+
+# -- nonces: one use per (keyid, nonce), in the posting's own database transaction -------------
+
+# Sorted, so two batches inserting overlapping pairs wait in one order and never deadlock;
+# a pair another batch inserted but has not committed makes this insert wait for its end.
+_NONCES_SQL = """
+INSERT INTO signature_nonces (key_id, nonce, seen_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS n(key_id, nonce, seen_at)
+ORDER BY n.key_id, n.nonce
+ON CONFLICT DO NOTHING
+RETURNING key_id, nonce
+"""
+
+
+async def claim_nonces(
+    conn: Connection, claims: Sequence[tuple[str, str, datetime]]
+) -> set[tuple[str, str]]:
+    """Insert distinct (key_id, nonce, seen_at) claims; return the pairs that were new."""
+    if not claims:
+        return set()
+    rows = await conn.fetch(
+        _NONCES_SQL,
+        [key_id for key_id, _, _ in claims],
+        [nonce for _, nonce, _ in claims],
+        [seen_at for _, _, seen_at in claims],
+    )
+    return {(row["key_id"], row["nonce"]) for row in rows}
 
 
 # -- claim: barrier + idempotency ------------------------------------------------------------

@@ -50,6 +50,13 @@ def _default_out() -> Path:
     help="exchange serve --workers.",
 )
 @click.option(
+    "--server",
+    default="uvicorn",
+    show_default=True,
+    type=click.Choice(["uvicorn", "granian"]),
+    help="exchange serve --server: the HTTP server around the same app.",
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,

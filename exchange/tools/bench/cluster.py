@@ -146,12 +146,15 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def worker_pids(self) -> list[int]:
-        """The processes serving requests: uvicorn's workers, or the server itself with one."""
+        """The processes serving requests: uvicorn's (spawned) or granian's (forked, the
+        server's own command line) workers, or the server itself with one."""
         try:
-            children = psutil.Process(self.process.pid).children()
+            server = psutil.Process(self.process.pid)
+            children = server.children()
+            command = server.cmdline()
         except psutil.Error:
             return []
-        spawned = [child.pid for child in children if _is_spawned_worker(child)]
+        spawned = [child.pid for child in children if _is_worker(child, command)]
         return spawned or [self.process.pid]
 
     def log_tail(self, lines: int = 20) -> str:
@@ -175,14 +178,17 @@ class Server:
             self.process.wait(timeout=STOP_TIMEOUT_S)
 
 
-def _is_spawned_worker(process: psutil.Process) -> bool:
+def _is_worker(process: psutil.Process, server_command: list[str]) -> bool:
     try:
-        return "spawn_main" in " ".join(process.cmdline())
+        command = process.cmdline()
     except psutil.Error:
         return False
+    return "spawn_main" in " ".join(command) or command == server_command
 
 
-def start_server(database_url: str, *, workers: int, log_path: Path) -> Server:
+def start_server(
+    database_url: str, *, workers: int, log_path: Path, http_server: str = "uvicorn"
+) -> Server:
     """`exchange serve --workers N --port <free>`, waited for until /ready answers 200."""
     port = free_port()
     env = server_environment(database_url, port)
@@ -191,6 +197,7 @@ def start_server(database_url: str, *, workers: int, log_path: Path) -> Server:
             [
                 *(sys.executable, "-m", "exchange", "serve"),
                 *("--workers", str(workers), "--port", str(port)),
+                *("--server", http_server),
             ],
             env=env,
             stdin=subprocess.DEVNULL,

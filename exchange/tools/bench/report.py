@@ -2,9 +2,12 @@
 
 The targets are the ones the exchange is tuned against (docs/performance.md):
 
-- uniform earn ≥ 1.0 x pgbench tps (the same PostgreSQL, clients and duration);
-- hot partner ≥ 0.8 x uniform earn; balance reads ≥ 3 x uniform earn;
-- p99 ≤ 50 ms in every scenario at the baseline's client count;
+- uniform earn ≥ 0.6 x pgbench tps at 64 clients and more, ≥ 0.35 x at 16 and fewer (the
+  same PostgreSQL, clients and duration);
+- hot partner ≥ 0.8 x uniform earn; balance reads ≥ 2.5 x uniform earn;
+- p99 ≤ 1.5 x pgbench's p99 in every scenario at the baseline's client count;
+- server + PostgreSQL CPU per uniform earn ≤ 1.4 ms;
+- one client's earn (the `single_client` scenario) ≤ 3 ms at the median;
 - no errors but `insufficient_points` on burns;
 - server memory flat over a soak (`--soak`): last-minute mean RSS within 5% of the first;
 - the ledger verifies clean after setup and after the run.
@@ -37,7 +40,7 @@ from exchange.tools.bench.scenarios import ScenarioResult
 
 __all__ = [
     "MEMORY_GROWTH_PERCENT_MAX",
-    "P99_MS_MAX",
+    "P99_VS_PGBENCH_MAX",
     "SoakResult",
     "Target",
     "describe_environment",
@@ -47,10 +50,18 @@ __all__ = [
     "write_json",
 ]
 
-P99_MS_MAX = 50.0
-UNIFORM_VS_PGBENCH_MIN = 1.0
+# Issue 16's targets. Throughput: uniform earns against pgbench at the same client count
+# (0.6x from 64 clients up, 0.35x below, where group commit has less to share); p99 against
+# pgbench's own p99 in the same run; CPU per earn; one client's median earn.
+P99_VS_PGBENCH_MAX = 1.5
+UNIFORM_VS_PGBENCH_MIN = 0.6
+UNIFORM_VS_PGBENCH_MIN_FEW_CLIENTS = 0.35
+FEW_CLIENTS_MAX = 16
 HOT_PARTNER_VS_UNIFORM_MIN = 0.8
-READS_VS_UNIFORM_MIN = 3.0
+READS_VS_UNIFORM_MIN = 2.5
+CPU_MS_PER_EARN_MAX = 1.4  # server + PostgreSQL
+SINGLE_CLIENT_P50_MS_MAX = 3.0
+SINGLE_CLIENT = "single_client"
 MEMORY_GROWTH_PERCENT_MAX = 5.0
 SOAK_EDGE_S = 60.0
 
@@ -92,25 +103,39 @@ def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else 0.0
 
 
+def uniform_min(clients: int) -> float:
+    """The uniform-earn target as a fraction of pgbench at `clients` connections."""
+    if clients <= FEW_CLIENTS_MAX:
+        return UNIFORM_VS_PGBENCH_MIN_FEW_CLIENTS
+    return UNIFORM_VS_PGBENCH_MIN
+
+
 def evaluate_targets(
     baseline: PgbenchResult,
     scenarios: dict[str, ScenarioResult],
     soak: SoakResult | None,
     verified_clean: bool,
 ) -> list[Target]:
-    uniform = scenarios["uniform_earn"].ok_rps
+    uniform_run = scenarios["uniform_earn"]
+    uniform = uniform_run.ok_rps
     hot = scenarios["hot_partner"].ok_rps
     reads = scenarios["balance_reads"].ok_rps
     everything = [*scenarios.values(), *([soak.run] if soak else [])]
-    worst = max(everything, key=lambda result: result.latency_ms.get("p99", float("inf")))
+    # p99 is compared at pgbench's client count: the 1-client scenario has its own target.
+    loaded = [result for result in everything if result.name != SINGLE_CLIENT]
+    worst = max(loaded, key=lambda result: result.latency_ms.get("p99", float("inf")))
     worst_p99 = worst.latency_ms.get("p99", float("inf"))
+    p99_max = P99_VS_PGBENCH_MAX * baseline.latency_ms.get("p99", 0.0)
     errors = sum(result.errors for result in everything)
+    cpu = uniform_run.cpu_ms_per_request
+    cpu_ms = cpu.get("server", 0.0) + cpu.get("postgres", 0.0)
+    wanted = uniform_min(baseline.clients)
     targets = [
         Target(
-            "uniform earn vs pgbench",
-            f"≥ {UNIFORM_VS_PGBENCH_MIN:.1f}x",
+            f"uniform earn vs pgbench at {baseline.clients} clients",
+            f"≥ {wanted:.2f}x",
             f"{_ratio(uniform, baseline.tps):.2f}x ({uniform:,.0f} vs {baseline.tps:,.0f} tps)",
-            _ratio(uniform, baseline.tps) >= UNIFORM_VS_PGBENCH_MIN,
+            _ratio(uniform, baseline.tps) >= wanted,
         ),
         Target(
             "hot partner vs uniform earn",
@@ -126,10 +151,17 @@ def evaluate_targets(
         ),
         Target(
             f"p99 at {baseline.clients} clients (worst scenario)",
-            f"≤ {P99_MS_MAX:.0f} ms",
+            f"≤ {P99_VS_PGBENCH_MAX:.1f}x pgbench = {p99_max:.0f} ms",
             f"{worst_p99:.1f} ms ({worst.name})",
-            worst_p99 <= P99_MS_MAX,
+            worst_p99 <= p99_max,
         ),
+        Target(
+            "server + PostgreSQL CPU per uniform earn",
+            f"≤ {CPU_MS_PER_EARN_MAX:.1f} ms",
+            f"{cpu_ms:.2f} ms",
+            0 < cpu_ms <= CPU_MS_PER_EARN_MAX,
+        ),
+        _single_client_target(scenarios.get(SINGLE_CLIENT)),
         Target(
             "errors (all but insufficient_points)",
             "0",
@@ -145,6 +177,16 @@ def evaluate_targets(
         ),
     ]
     return targets
+
+
+def _single_client_target(result: ScenarioResult | None) -> Target:
+    threshold = f"≤ {SINGLE_CLIENT_P50_MS_MAX:.0f} ms"
+    if result is None or "p50" not in result.latency_ms:
+        return Target("one client's earn, median", threshold, "not run", None)
+    p50 = result.latency_ms["p50"]
+    return Target(
+        "one client's earn, median", threshold, f"{p50:.2f} ms", p50 <= SINGLE_CLIENT_P50_MS_MAX
+    )
 
 
 def _memory_target(soak: SoakResult | None) -> Target:
@@ -171,15 +213,21 @@ def _ms(latency: dict[str, float], key: str) -> str:
     return f"{latency[key]:.1f}" if key in latency else "-"
 
 
-def _row_targets(result: ScenarioResult, baseline: float, uniform: float) -> str:
+def _row_targets(result: ScenarioResult, baseline: PgbenchResult, uniform: float) -> str:
     marks = []
     if result.name == "uniform_earn":
-        marks.append(("≥1.0x pgbench", result.ok_rps >= UNIFORM_VS_PGBENCH_MIN * baseline))
+        wanted = uniform_min(baseline.clients)
+        marks.append((f"≥{wanted:.2f}x pgbench", result.ok_rps >= wanted * baseline.tps))
     elif result.name == "hot_partner":
         marks.append(("≥0.8x uniform", result.ok_rps >= HOT_PARTNER_VS_UNIFORM_MIN * uniform))
     elif result.name == "balance_reads":
-        marks.append(("≥3x uniform", result.ok_rps >= READS_VS_UNIFORM_MIN * uniform))
-    marks.append(("p99", result.latency_ms.get("p99", float("inf")) <= P99_MS_MAX))
+        marks.append(("≥2.5x uniform", result.ok_rps >= READS_VS_UNIFORM_MIN * uniform))
+    if result.name == SINGLE_CLIENT:
+        p50 = result.latency_ms.get("p50", float("inf"))
+        marks.append(("p50 ≤3 ms", p50 <= SINGLE_CLIENT_P50_MS_MAX))
+    else:
+        p99_max = P99_VS_PGBENCH_MAX * baseline.latency_ms.get("p99", 0.0)
+        marks.append(("p99", result.latency_ms.get("p99", float("inf")) <= p99_max))
     marks.append(("errors", result.errors == 0))
     text = " ".join(
         f"[{'green' if ok else 'red'}]{'✓' if ok else '✗'} {name}[/]" for name, ok in marks
@@ -258,7 +306,7 @@ def _results_table(baseline: PgbenchResult, scenarios: list[ScenarioResult], tit
             _per_request(result.cpu_ms_per_request),
             _db(result.write_transactions_per_request, result.wal_bytes_per_request),
             _rss(result),
-            _row_targets(result, baseline.tps, uniform),
+            _row_targets(result, baseline, uniform),
         )
     return table
 

@@ -69,6 +69,7 @@ class Options:
     seconds: int
     clients: int
     workers: int
+    server: str
     members: int
     partners: int
     soak: int
@@ -193,10 +194,13 @@ def _start(run: Run) -> None:
     with run.phase("start"):
         run.say(f"PostgreSQL (durable) in {run.data_dir} on {fs}")
         run.postgres = start_postgres(run.data_dir, max_connections=connections)
-        run.say(f"exchange serve --workers {options.workers}")
+        run.say(f"exchange serve --workers {options.workers} --server {options.server}")
         try:
             run.server = start_server(
-                run.postgres.url(), workers=options.workers, log_path=run.workdir / "server.log"
+                run.postgres.url(),
+                workers=options.workers,
+                log_path=run.workdir / "server.log",
+                http_server=options.server,
             )
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
@@ -383,6 +387,7 @@ def _document(
         **describe_environment(run.postgres, run.data_dir),
         "server": {
             "workers": options.workers,
+            "http_server": options.server,
             "db_pool_size": settings.db_pool_size,
             "group_commit_max": settings.group_commit_max,
             "inherited_settings": sorted(

@@ -10,6 +10,7 @@ edges and the monitor samples the server's RSS every second.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -58,6 +59,7 @@ class Scenario:
     title: str
     kind: RequestKind
     expected: frozenset[str] = frozenset()  # answers that are not errors, e.g. a 422 code
+    clients: int | None = None  # a fixed client count instead of --clients
 
 
 SCENARIOS = (
@@ -70,6 +72,9 @@ SCENARIOS = (
         frozenset({"422 insufficient_points"}),
     ),
     Scenario("balance_reads", "balance: signed GET, random members", "balance_read"),
+    # One request at a time: the latency of one earn end to end, with nothing to share a
+    # commit with (its median is a target of its own, not a fraction of pgbench).
+    Scenario("single_client", "earn: one client, random members", "earn_uniform", clients=1),
 )
 
 
@@ -216,6 +221,8 @@ def run_scenario(
     `rate_floor`: a rate already measured for this scenario (the soak passes the uniform
     earn's), used when the warm-up sees less.
     """
+    if scenario.clients is not None:
+        stage = dataclasses.replace(stage, clients=scenario.clients)
     stage.checkpoint()
     rate = max(_warm_up(stage, scenario, seconds), rate_floor)
     stage.progress(f"  {scenario.name}: warm-up {rate:,.0f} req/s")

@@ -1,0 +1,193 @@
+"""A posting's nonce is spent in the posting's own database transaction (issue 16).
+
+One durable commit per request instead of two must not open a replay: a replayed nonce is
+still 401 `nonce_replayed` before any effect, whether it races in the same batch, in
+another batch, or arrives later; a request refused for any reason still spends its nonce.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import timedelta
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exchange.clock import FrozenClock
+from exchange.errors import NonceReplayed
+from exchange.service import Earn, LedgerRequest, LedgerService, NonceClaim
+from tests.http.conftest import OnboardedPartner, PartnerFactory
+from tests.http.test_gateway_signatures import (
+    assert_problem,
+    json_body,
+    posting_count,
+    sign_headers,
+    url,
+)
+
+
+@pytest.fixture
+async def grocer(onboard: PartnerFactory) -> OnboardedPartner:
+    return await onboard("grocer")
+
+
+@pytest.fixture
+async def member_id(grocer: OnboardedPartner) -> str:
+    member = await grocer.client.enrol_member(reference="card-1")
+    await grocer.client.earn(member["member_id"], 500, reference="welcome")
+    member_id: str = member["member_id"]
+    return member_id
+
+
+async def _nonces(engine: AsyncEngine, nonce: str) -> int:
+    async with engine.connect() as conn:
+        found = await conn.scalar(
+            text("SELECT count(*) FROM signature_nonces WHERE nonce = :n"), {"n": nonce}
+        )
+    return int(found or 0)
+
+
+async def _earn(
+    client: httpx.AsyncClient,
+    partner: OnboardedPartner,
+    clock: FrozenClock,
+    member_id: str,
+    *,
+    nonce: str,
+    points: int = 10,
+    key: str | None = None,
+) -> httpx.Response:
+    body = json_body({"member_id": member_id, "points": points, "reference": "order-n"})
+    headers = sign_headers(
+        partner,
+        clock,
+        "POST",
+        "/v1/earn",
+        body=body,
+        nonce=nonce,
+        headers={"Idempotency-Key": key or str(uuid.uuid4())},
+    )
+    return await client.post(url("/v1/earn"), content=body, headers=headers)
+
+
+async def test_an_earn_spends_its_nonce_with_the_posting(
+    client: httpx.AsyncClient,
+    grocer: OnboardedPartner,
+    member_id: str,
+    clock: FrozenClock,
+    engine: AsyncEngine,
+) -> None:
+    nonce = "posting-nonce-000000001"
+    first = await _earn(client, grocer, clock, member_id, nonce=nonce)
+    assert first.status_code == 201, first.text
+    assert await _nonces(engine, nonce) == 1
+    before = await posting_count(engine)
+    # The same nonce under a new Idempotency-Key (a forged second request): refused.
+    again = await _earn(client, grocer, clock, member_id, nonce=nonce)
+    assert_problem(again, 401, "nonce_replayed")
+    assert await posting_count(engine) == before
+    assert (await grocer.client.balance(member_id))["available"] == 510
+
+
+async def test_racing_requests_with_one_nonce_post_exactly_once(
+    client: httpx.AsyncClient,
+    grocer: OnboardedPartner,
+    member_id: str,
+    clock: FrozenClock,
+    engine: AsyncEngine,
+) -> None:
+    """Concurrent requests share batches (group commit) or race in separate ones: one
+    nonce still admits exactly one of them, and only that one posts."""
+    nonce = "racing-nonce-0000000001"
+    before = await posting_count(engine)
+    answers = await asyncio.gather(
+        *(_earn(client, grocer, clock, member_id, nonce=nonce) for _ in range(12))
+    )
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [201] + [401] * 11, [a.text for a in answers]
+    for answer in answers:
+        if answer.status_code == 401:
+            assert_problem(answer, 401, "nonce_replayed")
+    assert await posting_count(engine) == before + 1
+    assert (await grocer.client.balance(member_id))["available"] == 510
+
+
+async def test_a_request_the_ledger_refuses_still_spends_its_nonce(
+    client: httpx.AsyncClient,
+    grocer: OnboardedPartner,
+    member_id: str,
+    clock: FrozenClock,
+    engine: AsyncEngine,
+) -> None:
+    body = json_body({"member_id": member_id, "points": 501})
+    headers = sign_headers(grocer, clock, "POST", "/v1/burn", body=body)
+    refused = await client.post(url("/v1/burn"), content=body, headers=headers)
+    assert_problem(refused, 422, "insufficient_points")
+    clock.advance(timedelta(seconds=10))
+    replay = await client.post(url("/v1/burn"), content=body, headers=headers)
+    assert_problem(replay, 401, "nonce_replayed")
+
+
+async def test_a_request_refused_before_the_ledger_still_spends_its_nonce(
+    client: httpx.AsyncClient,
+    grocer: OnboardedPartner,
+    member_id: str,
+    clock: FrozenClock,
+    engine: AsyncEngine,
+) -> None:
+    nonce = "invalid-body-nonce-00001"
+    body = json_body({"member_id": member_id, "points": "ten", "reference": "x"})
+    headers = sign_headers(grocer, clock, "POST", "/v1/earn", body=body, nonce=nonce)
+    refused = await client.post(url("/v1/earn"), content=body, headers=headers)
+    assert_problem(refused, 422, "validation_error")
+    assert await _nonces(engine, nonce) == 1
+    replay = await client.post(url("/v1/earn"), content=body, headers=headers)
+    assert_problem(replay, 401, "nonce_replayed")
+
+
+async def test_a_read_spends_its_nonce_too(
+    client: httpx.AsyncClient,
+    grocer: OnboardedPartner,
+    member_id: str,
+    clock: FrozenClock,
+    engine: AsyncEngine,
+) -> None:
+    """Reads' nonces are committed without waiting for the disk, but committed: a replay
+    of a balance read is refused like any other."""
+    path = f"/v1/members/{member_id}/balance"
+    nonce = "balance-read-nonce-0001"
+    headers = sign_headers(grocer, clock, "GET", path, nonce=nonce)
+    assert (await client.get(url(path), headers=headers)).status_code == 200
+    assert await _nonces(engine, nonce) == 1
+    assert_problem(await client.get(url(path), headers=headers), 401, "nonce_replayed")
+
+
+async def test_one_nonce_twice_in_one_batch_admits_the_first_only(
+    grocer: OnboardedPartner, member_id: str, clock: FrozenClock, engine: AsyncEngine
+) -> None:
+    """The ledger itself, one submit (one database transaction): the second use of a
+    nonce in the batch is refused, its neighbour posts, and the nonce is stored once."""
+    ledger = LedgerService(engine, clock, points_ttl=timedelta(days=365))
+    claim = NonceClaim(grocer.key_id, "same-batch-nonce-000001", clock.now())
+    other = NonceClaim(grocer.key_id, "same-batch-nonce-000002", clock.now())
+    before = await posting_count(engine)
+    outcomes = await ledger.submit(
+        [
+            LedgerRequest(Earn(grocer.partner_id, member_id, "a", points=1), nonce=claim),
+            LedgerRequest(Earn(grocer.partner_id, member_id, "b", points=2), nonce=claim),
+            LedgerRequest(Earn(grocer.partner_id, member_id, "c", points=3), nonce=other),
+        ]
+    )
+    assert [o.status_code for o in outcomes] == [201, 401, 201]
+    assert isinstance(outcomes[1].error, NonceReplayed)
+    assert await posting_count(engine) == before + 2
+    assert await _nonces(engine, claim.nonce) == 1
+    # And a later batch with the stored nonce is refused too, changing nothing.
+    late = await ledger.submit(
+        [LedgerRequest(Earn(grocer.partner_id, member_id, "d", points=4), nonce=other)]
+    )
+    assert isinstance(late[0].error, NonceReplayed)
+    assert await posting_count(engine) == before + 2
