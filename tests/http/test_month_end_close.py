@@ -462,6 +462,13 @@ async def test_finance_closes_december_end_to_end(
     await _bakery_leaves(client, clock, partners, members, admin_headers, finance_headers)
     run = await _settle(client, clock, admin_headers, DECEMBER_END)
     _check_run(run)
+    # What members see adds up to the run's 13,000 points (dan's promotion expired).
+    seen_by = {"ann": "grocer", "ben": "fuel", "cat": "grocer", "dan": "fuel", "eve": "diner"}
+    balances = {
+        name: (await partners[partner].client.balance(members[name]))["available"]
+        for name, partner in seen_by.items()
+    }
+    assert balances == {"ann": 7_900, "ben": 3_800, "cat": 300, "dan": 0, "eve": 1_000}
 
     documents = await _approve_and_read_documents(
         client, clock, partners, finance_headers, admin_headers
