@@ -28,6 +28,7 @@ tests/http/test_openapi.py` rewrites the file).
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -345,9 +346,26 @@ def document(app: Litestar) -> dict[str, Any]:
         raise RuntimeError(f"handlers without opt=api(...): {', '.join(missing)}")
     components = schema.setdefault("components", {})
     generated = _fill(refs)
-    components["schemas"] = dict(sorted({**components.get("schemas", {}), **generated}.items()))
+    schemas = {**components.get("schemas", {}), **generated}
+    components["schemas"] = dict(sorted(_referenced(schema["paths"], schemas).items()))
     components["securitySchemes"] = SECURITY_SCHEMES
     return schema
+
+
+_REF = re.compile(r'"#/components/schemas/([^"]+)"')
+
+
+def _referenced(paths: dict[str, Any], schemas: dict[str, Any]) -> dict[str, Any]:
+    """The components the operations reach: litestar's own versions of the structs that
+    msgspec now describes are left out, so a generator sees each model once."""
+    found: set[str] = set()
+    pending = set(_REF.findall(msgspec.json.encode(paths).decode()))
+    while pending:
+        name = pending.pop()
+        if name not in found and name in schemas:
+            found.add(name)
+            pending |= set(_REF.findall(msgspec.json.encode(schemas[name]).decode()))
+    return {name: schemas[name] for name in found}
 
 
 def render(app: Litestar) -> bytes:
