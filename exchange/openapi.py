@@ -271,7 +271,9 @@ def _parameters(operation: dict[str, Any], handler: HTTPRouteHandler, spec: Api)
     parameters = operation.get("parameters", [])
     for parameter in parameters:
         shape = PARAMETERS.get(parameter["name"])
-        if shape is not None and parameter["in"] in ("path", "query"):
+        typed = parameter.get("schema", {}).get("type")
+        # A shape is for strings (ids, cursors); an integer offset keeps its own schema.
+        if shape is not None and parameter["in"] in ("path", "query") and typed != "integer":
             parameter["schema"] = {**parameter.get("schema", {}), **shape}
             parameter["schema"].pop("oneOf", None)
     auth = set(handler.resolve_dependencies())

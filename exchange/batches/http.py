@@ -8,8 +8,10 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, QueryParameter
 
+from exchange.batches.parse import BatchUpload
 from exchange.batches.service import BatchService
-from exchange.errors import BatchNotFound, UnsupportedMediaType
+from exchange.errors import BatchMalformed, BatchNotFound, UnsupportedMediaType
+from exchange.openapi import api
 from partners.auth import PartnerCaller, partner_caller
 
 __all__ = ["BATCH_BODY_MAX_BYTES", "BatchController"]
@@ -36,6 +38,7 @@ class BatchController(Controller):
         status_code=202,
         summary="Submit a batch file (JSON or CSV)",
         request_max_body_size=BATCH_BODY_MAX_BYTES,
+        opt=api(body=BatchUpload, errors=(BatchMalformed,)),
     )
     async def submit(
         self,
@@ -59,7 +62,7 @@ class BatchController(Controller):
             headers=headers,
         )
 
-    @get("/{batch_id:str}", summary="A batch's progress")
+    @get("/{batch_id:str}", summary="A batch's progress", opt=api(errors=(BatchNotFound,)))
     async def status(
         self,
         partner: NamedDependency[PartnerCaller],
@@ -68,7 +71,11 @@ class BatchController(Controller):
     ) -> dict[str, Any]:
         return await batches.status(partner.partner_id, _batch_id(batch_id))
 
-    @get("/{batch_id:str}/results", summary="Per-item results, in file order")
+    @get(
+        "/{batch_id:str}/results",
+        summary="Per-item results, in file order",
+        opt=api(errors=(BatchNotFound,)),
+    )
     async def results(
         self,
         partner: NamedDependency[PartnerCaller],

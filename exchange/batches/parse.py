@@ -20,6 +20,7 @@ from exchange.schemas import REFERENCE_PATTERN, MemberId, MoneyIn, Points, Refer
 __all__ = [
     "CSV_COLUMNS",
     "ITEMS_MAX",
+    "BatchUpload",
     "BurnItem",
     "EarnItem",
     "Item",
@@ -79,8 +80,15 @@ class ReversalItem(
 Item = EarnItem | BurnItem | ReversalItem
 
 
-class _Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class BatchFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     items: list[msgspec.Raw]
+
+
+class BatchUpload(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The JSON file as the API describes it (items are parsed one by one, so that a bad
+    item is reported with its position rather than failing the decode as a whole)."""
+
+    items: list[Item]
 
 
 def parse_batch(body: bytes, media_type: str) -> list[Item]:
@@ -102,7 +110,7 @@ def parse_batch(body: bytes, media_type: str) -> list[Item]:
 
 def _parse_json(body: bytes) -> tuple[list[Item], list[str]]:
     try:
-        envelope = msgspec.json.decode(body, type=_Envelope)
+        envelope = msgspec.json.decode(body, type=BatchFile)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         return [], [f"the body is not {{'items': [...]}}: {exc}"]
     if len(envelope.items) > ITEMS_MAX:

@@ -170,13 +170,22 @@ class BatchService:
             batch = await store.claim_next_batch(owner)
             if batch is None:
                 return False
-            while await self._process_chunk(batch.batch_id, batch.partner_id):
+            # The upload's verified signature is stored with every posting of the batch:
+            # `exchange audit` re-verifies it, and the file's digest it covers names the items.
+            proof = SignatureProof(
+                key_id=batch.key_id,
+                signature_input=batch.signature_input,
+                signature=batch.signature,
+                content_digest=batch.content_digest,
+                signature_base=bytes(batch.signature_base),
+            )
+            while await self._process_chunk(batch.batch_id, batch.partner_id, proof):
                 pass
             data = await store.complete_batch(owner, batch, self.clock.now())
         _log.info("batch_completed", **data)
         return True
 
-    async def _process_chunk(self, batch_id: str, partner_id: str) -> bool:
+    async def _process_chunk(self, batch_id: str, partner_id: str, proof: SignatureProof) -> bool:
         """Post the next pending items; False when none is left."""
         async with self.engine.connect() as conn:
             pending = await store.pending_items(conn, batch_id, self.chunk)
@@ -193,20 +202,22 @@ class BatchService:
             elif row.item_id not in seen:  # a repeat in this chunk waits for the first's result
                 seen.add(row.item_id)
                 fresh.append(row)
-        results += [r for r in await self._post(partner_id, fresh) if r is not None]
+        results += [r for r in await self._post(partner_id, fresh, proof) if r is not None]
         async with self.engine.begin() as conn:
             await store.record_results(conn, batch_id, partner_id, results)
         if not results:
             await asyncio.sleep(STALL_S)  # every item is busy elsewhere: let it finish
         return True
 
-    async def _post(self, partner_id: str, rows: Sequence[Any]) -> list[ItemResult | None]:
+    async def _post(
+        self, partner_id: str, rows: Sequence[Any], proof: SignatureProof
+    ) -> list[ItemResult | None]:
         async def one(row: Any) -> ItemResult | None:
             try:
                 item: Item = msgspec.convert(row.payload, type=Item)
                 command = item_command(partner_id, item)
                 outcome = await self.committer.submit(
-                    LedgerRequest(command, item_idempotency(row.item_id), None)
+                    LedgerRequest(command, item_idempotency(row.item_id), proof)
                 )
             except (ServiceUnavailable, RequestInProgress):
                 return None  # not decided: stays pending, tried again

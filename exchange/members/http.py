@@ -14,10 +14,11 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath
 
-from exchange.errors import MemberNotFound
+from exchange.errors import InsufficientPoints, MemberNotFound, TransferLimitExceeded
 from exchange.http import decode_body, respond
 from exchange.members.schemas import Erased, MemberExport, TransferCreate, TransferOut
 from exchange.members.service import MembersService
+from exchange.openapi import api
 from exchange.operators import OperatorIdentity
 from exchange.service import Idempotency
 
@@ -57,7 +58,17 @@ class MemberRightsController(Controller):
     tags = ["member"]
     dependencies = {"member": Provide(member_caller)}
 
-    @post("/{member_id:str}/transfers", status_code=201, summary="Transfer points to a member")
+    @post(
+        "/{member_id:str}/transfers",
+        status_code=201,
+        summary="Transfer points to a member",
+        opt=api(
+            body=TransferCreate,
+            responses={201: TransferOut},
+            errors=(MemberNotFound, InsufficientPoints, TransferLimitExceeded),
+            idempotent=True,
+        ),
+    )
     async def transfer(
         self,
         request: Request[Any, Any, Any],
@@ -72,7 +83,11 @@ class MemberRightsController(Controller):
         outcome = await members.transfer(member_id, data.to_member_id, data.points, idempotency)
         return respond(outcome)
 
-    @get("/{member_id:str}/export", summary="Everything held about the member (GDPR)")
+    @get(
+        "/{member_id:str}/export",
+        summary="Everything held about the member (GDPR)",
+        opt=api(responses={200: MemberExport}, errors=(MemberNotFound,)),
+    )
     async def export(
         self,
         member: NamedDependency[MemberCaller],
@@ -90,7 +105,12 @@ class MemberAdminController(Controller):
     tags = ["operator"]
     dependencies = {"admin": Provide(admin_caller)}
 
-    @delete("/{member_id:str}", status_code=200, summary="Erase a member's personal data")
+    @delete(
+        "/{member_id:str}",
+        status_code=200,
+        summary="Erase a member's personal data",
+        opt=api(responses={200: Erased}, errors=(MemberNotFound,)),
+    )
     async def erase(
         self,
         admin: NamedDependency[OperatorIdentity],

@@ -10,7 +10,15 @@ from litestar import Controller, Request, delete, get, post, put
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from exchange.errors import BadRequest, Unprocessable, UnsupportedMediaType
+from exchange.errors import (
+    BadRequest,
+    DeliveryNotFound,
+    Unprocessable,
+    UnsupportedMediaType,
+    WebhookNotFound,
+    WebhookUrlInvalid,
+)
+from exchange.openapi import api
 from partners.auth import PartnerCaller, partner_caller
 from partners.webhooks.service import WebhookService
 
@@ -41,7 +49,11 @@ class WebhookController(Controller):
     tags = ["partner"]
     dependencies = {"partner": Provide(partner_caller)}
 
-    @put("/", summary="Set the partner's webhook URL and events")
+    @put(
+        "/",
+        summary="Set the partner's webhook URL and events",
+        opt=api(body=WebhookSubscription, errors=(WebhookUrlInvalid,)),
+    )
     async def put_webhook(
         self,
         request: Request[Any, Any, Any],
@@ -51,19 +63,24 @@ class WebhookController(Controller):
         data = _decode(request, partner.body)
         return await webhooks.subscribe(partner.partner_id, data.url, data.events)
 
-    @get("/", summary="The partner's webhook")
+    @get("/", summary="The partner's webhook", opt=api(errors=(WebhookNotFound,)))
     async def get_webhook(
         self, partner: NamedDependency[PartnerCaller], webhooks: NamedDependency[WebhookService]
     ) -> dict[str, Any]:
         return await webhooks.subscription(partner.partner_id)
 
-    @delete("/", status_code=204, summary="Remove the partner's webhook")
+    @delete(
+        "/",
+        status_code=204,
+        summary="Remove the partner's webhook",
+        opt=api(errors=(WebhookNotFound,)),
+    )
     async def delete_webhook(
         self, partner: NamedDependency[PartnerCaller], webhooks: NamedDependency[WebhookService]
     ) -> None:
         await webhooks.unsubscribe(partner.partner_id)
 
-    @get("/deliveries", summary="Delivery attempts of the partner's events")
+    @get("/deliveries", summary="Delivery attempts of the partner's events", opt=api())
     async def deliveries(
         self,
         partner: NamedDependency[PartnerCaller],
@@ -74,7 +91,12 @@ class WebhookController(Controller):
     ) -> dict[str, Any]:
         return await webhooks.deliveries(partner.partner_id, status, after, limit)
 
-    @post("/deliveries/{event_id:str}/retry", status_code=202, summary="Send an event again")
+    @post(
+        "/deliveries/{event_id:str}/retry",
+        status_code=202,
+        summary="Send an event again",
+        opt=api(errors=(DeliveryNotFound,)),
+    )
     async def retry(
         self,
         partner: NamedDependency[PartnerCaller],
@@ -88,6 +110,10 @@ class ExchangeKeyController(Controller):
     path = "/v1/exchange-keys"
     tags = ["partner"]
 
-    @get("/", summary="The exchange's public keys for verifying webhook deliveries")
+    @get(
+        "/",
+        summary="The exchange's public keys for verifying webhook deliveries",
+        opt=api(security=(None,)),
+    )
     async def keys(self, webhooks: NamedDependency[WebhookService]) -> dict[str, Any]:
         return await webhooks.keys()

@@ -13,6 +13,7 @@ from litestar import Litestar
 
 from exchange.clock import FrozenClock
 from exchange.wiring import Services
+from partners.audit import verify_transaction
 from tests.http.conftest import OnboardedPartner, PartnerFactory
 from tests.http.signed import signed
 from tests.support import assert_ledger_verifies
@@ -108,6 +109,10 @@ async def test_a_json_batch_posts_each_item_and_a_refused_item_affects_no_other(
     assert await _balance(grocer, member_id) == 10 + 100 - 30 + 12
     services: Services = app.state.services
     await assert_ledger_verifies(services.engine)
+    # The upload's signature is each posting's evidence: the audit re-verifies it.
+    audit = await verify_transaction(services.engine, results[2]["transaction_id"])
+    assert audit.valid, audit.describe()
+    assert audit.key_id == grocer.key_id
 
 
 async def test_an_item_id_posts_once_for_ever_across_batches(

@@ -45,6 +45,9 @@ BODIES = {
     ("post", "/v1/admin/settlements"): "SettlementCreate",
     ("post", "/v1/payments"): "PaymentCreate",
     ("post", "/v1/adjustments"): "AdjustmentCreate",
+    ("post", "/v1/members/{member_id}/transfers"): "TransferCreate",
+    ("post", "/v1/batches"): "BatchUpload",
+    ("put", "/v1/webhook"): "WebhookSubscription",
 }
 
 
