@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, delete, func, literal, select, text, tuple_, update
+from sqlalchemy import Row, and_, delete, func, literal, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -122,14 +122,18 @@ async def list_deliveries(
     if status is not None:
         query = query.where(webhook_deliveries.c.status == status)
     if after is not None:
-        cursor = (
-            select(webhook_outbox.c.created_at, webhook_outbox.c.event_id)
+        # Keyset pagination on (created_at, event_id), anchored at the cursor's event; an
+        # unknown cursor matches nothing and the page is empty.
+        anchor = (
+            select(webhook_outbox.c.created_at)
             .where(webhook_outbox.c.event_id == after)
-            .subquery()
+            .scalar_subquery()
         )
         query = query.where(
-            tuple_(webhook_outbox.c.created_at, webhook_outbox.c.event_id)
-            > select(tuple_(cursor.c.created_at, cursor.c.event_id)).scalar_subquery()
+            or_(
+                webhook_outbox.c.created_at > anchor,
+                and_(webhook_outbox.c.created_at == anchor, webhook_outbox.c.event_id > after),
+            )
         )
     return list((await conn.execute(query)).all())
 
