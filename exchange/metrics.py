@@ -87,6 +87,12 @@ SETTLEMENT_RUN_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )  # fmt: skip
 
+WEBHOOK_BACKLOG = Gauge(
+    "exchange_webhook_backlog",
+    "Events written to the outbox and not yet delivered (pending or not picked up).",
+    multiprocess_mode="livemax",  # every worker sees the same database: one figure
+)
+
 # Command class -> the posting type partners see.
 _POSTING_TYPES = {
     "Earn": "earn",

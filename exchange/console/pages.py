@@ -95,6 +95,7 @@ class ConsolePages(Controller):
             latest=reports.run_summary(latest) if latest is not None else None,
             receivables=receivables,
             due=receivables_due(receivables),
+            webhook_backlog=await services.webhooks.backlog(),
         )
 
     @get("/runs")

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from exchange import metrics
 from exchange.clock import Clock
 from exchange.config import Settings
 from exchange.errors import DeliveryNotFound, Unprocessable, WebhookNotFound, WebhookUrlInvalid
@@ -173,6 +174,7 @@ class WebhookService:
             while True:
                 try:
                     worked = await self.deliver_due(http)
+                    metrics.WEBHOOK_BACKLOG.set(await self.backlog())
                 except Exception as exc:  # the database away, not migrated: wait, resume
                     _log.warning(
                         "webhook_worker_failed", error=type(exc).__name__, detail=str(exc)[:300]
@@ -182,6 +184,11 @@ class WebhookService:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.poll_s)
+
+    async def backlog(self) -> int:
+        """Events written but not yet delivered (what the console and /metrics show)."""
+        async with self.engine.connect() as conn:
+            return await store.backlog(conn)
 
     async def deliver_due(self, http: httpx.AsyncClient) -> int:
         """Deliver the due events once (each in its claim's database transaction)."""

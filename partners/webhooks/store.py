@@ -56,6 +56,18 @@ async def delete_subscription(conn: AsyncConnection, partner_id: str) -> bool:
     return bool(result.rowcount)
 
 
+async def backlog(conn: AsyncConnection) -> int:
+    """Events not yet delivered: pending deliveries, and outbox events the worker has not
+    picked up yet (written by a fact's database transaction moments ago)."""
+    picked = select(webhook_deliveries.c.event_id).where(
+        webhook_deliveries.c.event_id == webhook_outbox.c.event_id
+    )
+    pending = select(func.count()).where(webhook_deliveries.c.status == "pending")
+    unpicked = select(func.count()).select_from(webhook_outbox).where(~picked.exists())
+    row = (await conn.execute(select(pending.scalar_subquery(), unpicked.scalar_subquery()))).one()
+    return int(row[0]) + int(row[1])
+
+
 async def enqueue_new_events(conn: AsyncConnection) -> None:
     """A delivery row for every outbox event that has none yet (whoever wrote it)."""
     known = select(webhook_deliveries.c.event_id).where(

@@ -72,6 +72,7 @@ async def test_signing_in_sets_a_strict_http_only_cookie_and_signing_out_ends_it
     assert overview.status_code == 200
     assert "ada" in overview.text
     assert "Overview" in overview.text
+    assert _field(overview.text, "webhook_backlog") == "0"  # nothing written yet
     assert "default-src 'none'" in overview.headers["content-security-policy"]
 
     # Signing out without the form's CSRF token is refused, and changes nothing.

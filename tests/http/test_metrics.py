@@ -73,6 +73,7 @@ async def test_metrics_count_requests_postings_batches_pool_and_signature_failur
     assert grew("exchange_http_request_duration_seconds_count", route="/v1/burn") == 1
     assert _value(after, "exchange_db_pool_size") >= 1
     assert "exchange_settlement_run_duration_seconds_count" in after
+    assert "exchange_webhook_backlog" in after  # set by the delivery worker each cycle
 
 
 async def test_metrics_need_an_operator_token_away_from_loopback(
