@@ -213,8 +213,10 @@ async def test_a_lost_listener_bypasses_the_cache_and_reconnects(
                 )
             )
         assert killed == 1
+        # The connection reads as closed a moment before its termination callback runs;
+        # what matters is that the cached key is dropped once the loss is noticed.
         assert await _until(lambda: not gateway.listening or not gateway.keys.enabled)
-        assert len(gateway.keys) == 0
+        assert await _until(lambda: len(gateway.keys) == 0), "the cache was dropped"
         assert await _until(lambda: gateway.listening, 10), "the listener came back"
         assert gateway.keys.enabled
         await registry.revoke_key(engine, clock, "grocer", key.key_id)
