@@ -14,10 +14,10 @@ from exchange.errors import Unprocessable
 from exchange.ledger._common import (
     Context,
     PartnerState,
-    _draw,
-    _member,
-    _record,
-    _repay_debt,
+    draw_lots,
+    member_entry,
+    record_posting,
+    repay_debt,
 )
 from exchange.ledger._model import (
     POINTS_PER_REQUEST_MAX,
@@ -28,7 +28,7 @@ from exchange.ledger._model import (
     Posting,
     PostingType,
 )
-from exchange.ledger._operations import _require_available
+from exchange.ledger._operations import require_available
 
 __all__ = ["adjust"]
 
@@ -64,8 +64,8 @@ def _credit(
     )
     book.lots[lot.lot_id] = lot
     book.new_lots.add(lot.lot_id)
-    repaid = _repay_debt(book, ctx.now)
-    return _record(
+    repaid = repay_debt(book, ctx.now)
+    return record_posting(
         book,
         Posting(
             posting_id=posting_id,
@@ -76,7 +76,7 @@ def _credit(
             posted_at=ctx.now,
             entries=(
                 Entry(Account.ADJUSTED, terms.partner_id, -points),
-                _member(book, Account.AVAILABLE, points),
+                member_entry(book, Account.AVAILABLE, points),
             ),
             allocations=tuple(repaid),
             reference=reference,
@@ -91,9 +91,9 @@ def _credit(
 def _debit(
     book: MemberBook, ctx: Context, issuer: PartnerState, points: int, reference: str | None
 ) -> Posting:
-    lots = _require_available(book, ctx, points)
+    lots = require_available(book, ctx, points)
     terms = issuer.terms
-    return _record(
+    return record_posting(
         book,
         Posting(
             posting_id=ctx.ids(),
@@ -103,10 +103,10 @@ def _debit(
             points=points,
             posted_at=ctx.now,
             entries=(
-                _member(book, Account.AVAILABLE, -points),
+                member_entry(book, Account.AVAILABLE, -points),
                 Entry(Account.ADJUSTED, terms.partner_id, points),
             ),
-            allocations=tuple(_draw(lots, points)),
+            allocations=tuple(draw_lots(lots, points)),
             reference=reference,
             unit_price=terms.issue_price,
             currency=terms.settlement_currency,

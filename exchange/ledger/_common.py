@@ -34,6 +34,15 @@ __all__ = [
     "Context",
     "OriginalPosting",
     "PartnerState",
+    "available_points",
+    "draw_lots",
+    "effect_of",
+    "expire_lot",
+    "expire_released",
+    "member_entry",
+    "record_posting",
+    "release_lot",
+    "repay_debt",
 ]
 
 
@@ -82,7 +91,7 @@ class OriginalPosting:
 # -- building postings -------------------------------------------------------------------------
 
 
-def _record(book: MemberBook, posting: Posting) -> Posting:
+def record_posting(book: MemberBook, posting: Posting) -> Posting:
     """Append a posting after checking it balances (the database checks it again)."""
     if posting.points <= 0 or sum(entry.amount for entry in posting.entries) != 0:
         raise InvariantViolation(f"unbalanced or empty posting {posting.posting_id}")
@@ -90,18 +99,18 @@ def _record(book: MemberBook, posting: Posting) -> Posting:
     return posting
 
 
-def _effect(book: MemberBook, before: int, posting: Posting, hold: Hold | None = None) -> Effect:
+def effect_of(book: MemberBook, before: int, posting: Posting, hold: Hold | None = None) -> Effect:
     """The effect of an operation that started when the book held `before` postings."""
     if book.postings[before] is not posting:
         raise InvariantViolation(f"posting {posting.posting_id} is not the operation's first")
     return Effect(posting, tuple(book.postings[before:]), hold)
 
 
-def _member(book: MemberBook, account: Account, amount: int) -> Entry:
+def member_entry(book: MemberBook, account: Account, amount: int) -> Entry:
     return Entry(account, book.member_id, amount)
 
 
-def _draw(
+def draw_lots(
     lots: Iterable[Lot], points: int, kind: AllocationKind = AllocationKind.DRAW
 ) -> list[Allocation]:
     """Take `points` from `lots` in the order given."""
@@ -120,33 +129,33 @@ def _draw(
     return allocations
 
 
-def _release(lot: Lot, points: int) -> Allocation:
+def release_lot(lot: Lot, points: int) -> Allocation:
     lot.remaining += points
     if lot.remaining > lot.initial:
         raise InvariantViolation(f"lot {lot.lot_id} would hold more than it was issued")
     return Allocation(lot.lot_id, AllocationKind.RELEASE, points)
 
 
-def _repay_debt(book: MemberBook, at: datetime) -> list[Allocation]:
+def repay_debt(book: MemberBook, at: datetime) -> list[Allocation]:
     """Points that just became spendable cover a negative balance first."""
     if book.debt == 0:
         return []
     lots = book.spendable(at)
     amount = min(book.debt, sum(lot.remaining for lot in lots))
     book.debt -= amount
-    return _draw(lots, amount, AllocationKind.REPAY)
+    return draw_lots(lots, amount, AllocationKind.REPAY)
 
 
-def _available(book: MemberBook, at: datetime) -> int:
+def available_points(book: MemberBook, at: datetime) -> int:
     return sum(lot.remaining for lot in book.spendable(at)) - book.debt
 
 
-def _expire(book: MemberBook, ctx: Context, lot: Lot, at: datetime) -> None:
+def expire_lot(book: MemberBook, ctx: Context, lot: Lot, at: datetime) -> None:
     """Breakage: the lot's remaining points leave the member for the issuer's breakage."""
     points = lot.remaining
-    allocation = _draw([lot], points)
+    allocation = draw_lots([lot], points)
     account = Account.AVAILABLE if lot.matured else Account.PENDING
-    _record(
+    record_posting(
         book,
         Posting(
             posting_id=ctx.ids(),
@@ -156,7 +165,7 @@ def _expire(book: MemberBook, ctx: Context, lot: Lot, at: datetime) -> None:
             points=points,
             posted_at=at,
             entries=(
-                _member(book, account, -points),
+                member_entry(book, account, -points),
                 Entry(Account.BREAKAGE, lot.issuer_id, points),
             ),
             allocations=tuple(allocation),
@@ -165,11 +174,11 @@ def _expire(book: MemberBook, ctx: Context, lot: Lot, at: datetime) -> None:
     )
 
 
-def _expire_released(
+def expire_released(
     book: MemberBook, ctx: Context, lot_ids: Iterable[uuid.UUID], at: datetime
 ) -> None:
     """Points returned to a lot that has already expired expire at once."""
     for lot_id in dict.fromkeys(lot_ids):
         lot = book.lots[lot_id]
         if lot.remaining > 0 and lot.expires_at <= at:
-            _expire(book, ctx, lot, at)
+            expire_lot(book, ctx, lot, at)

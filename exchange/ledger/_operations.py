@@ -24,14 +24,14 @@ from exchange.errors import (
 from exchange.ledger._common import (
     Context,
     PartnerState,
-    _available,
-    _draw,
-    _effect,
-    _expire_released,
-    _member,
-    _record,
-    _release,
-    _repay_debt,
+    available_points,
+    draw_lots,
+    effect_of,
+    expire_released,
+    member_entry,
+    record_posting,
+    release_lot,
+    repay_debt,
 )
 from exchange.ledger._model import (
     EXPIRING_LOTS_SHOWN_MAX,
@@ -50,7 +50,7 @@ from exchange.ledger._model import (
     Posting,
     PostingType,
 )
-from exchange.ledger._time import _release_hold
+from exchange.ledger._time import release_hold
 
 if TYPE_CHECKING:  # ids are values here: the core never makes one
     import uuid
@@ -62,6 +62,7 @@ __all__ = [
     "earn",
     "open_hold",
     "points_for_purchase",
+    "require_available",
     "void_hold",
 ]
 
@@ -83,7 +84,7 @@ def balance(book: MemberBook, now: datetime) -> Balance:
     soonest = sorted(expiring.items())[:EXPIRING_LOTS_SHOWN_MAX]
     return Balance(
         member_id=book.member_id,
-        available=_available(book, now),
+        available=available_points(book, now),
         held=held,
         pending=pending,
         expiring=tuple(ExpiringPoints(points, at) for at, points in soonest),
@@ -173,9 +174,9 @@ def earn(
     book.lots[lot.lot_id] = lot
     book.new_lots.add(lot.lot_id)
     partner.exposure_added += value
-    repaid = _repay_debt(book, ctx.now) if matured else []
+    repaid = repay_debt(book, ctx.now) if matured else []
     account = Account.AVAILABLE if matured else Account.PENDING
-    posting = _record(
+    posting = record_posting(
         book,
         Posting(
             posting_id=posting_id,
@@ -186,7 +187,7 @@ def earn(
             posted_at=ctx.now,
             entries=(
                 Entry(Account.ISSUED, terms.partner_id, -points),
-                _member(book, account, points),
+                member_entry(book, account, points),
             ),
             allocations=tuple(repaid),
             reference=reference,
@@ -199,11 +200,11 @@ def earn(
             purchase_currency=purchase[1] if purchase else None,
         ),
     )
-    return _effect(book, before, posting)
+    return effect_of(book, before, posting)
 
 
-def _require_available(book: MemberBook, ctx: Context, points: int) -> list[Lot]:
-    available = _available(book, ctx.now)
+def require_available(book: MemberBook, ctx: Context, points: int) -> list[Lot]:
+    available = available_points(book, ctx.now)
     if available < 0:
         raise InsufficientPoints(
             f"The balance is negative ({available} points) after a reversal; "
@@ -219,9 +220,9 @@ def burn(
 ) -> Effect:
     """Redeem points with the partner, soonest-expiring lots first."""
     before = len(book.postings)
-    lots = _require_available(book, ctx, points)
+    lots = require_available(book, ctx, points)
     terms = partner.terms
-    posting = _record(
+    posting = record_posting(
         book,
         Posting(
             posting_id=ctx.ids(),
@@ -231,17 +232,17 @@ def burn(
             points=points,
             posted_at=ctx.now,
             entries=(
-                _member(book, Account.AVAILABLE, -points),
+                member_entry(book, Account.AVAILABLE, -points),
                 Entry(Account.REDEEMED, terms.partner_id, points),
             ),
-            allocations=tuple(_draw(lots, points)),
+            allocations=tuple(draw_lots(lots, points)),
             reference=reference,
             unit_price=terms.redemption_value,
             currency=terms.settlement_currency,
             terms_version=terms.version,
         ),
     )
-    return _effect(book, before, posting)
+    return effect_of(book, before, posting)
 
 
 def open_hold(
@@ -257,8 +258,8 @@ def open_hold(
     before = len(book.postings)
     if not 1 <= expires_in_s <= HOLD_EXPIRES_IN_S_MAX:
         raise Unprocessable(f"expires_in must be between 1 and {HOLD_EXPIRES_IN_S_MAX} seconds.")
-    lots = _require_available(book, ctx, points)
-    allocations = _draw(lots, points)
+    lots = require_available(book, ctx, points)
+    allocations = draw_lots(lots, points)
     hold = Hold(
         hold_id=ctx.ids(),
         member_id=book.member_id,
@@ -272,7 +273,7 @@ def open_hold(
     )
     book.holds[hold.hold_id] = hold
     book.new_holds.add(hold.hold_id)
-    posting = _record(
+    posting = record_posting(
         book,
         Posting(
             posting_id=ctx.ids(),
@@ -282,15 +283,15 @@ def open_hold(
             points=points,
             posted_at=ctx.now,
             entries=(
-                _member(book, Account.AVAILABLE, -points),
-                _member(book, Account.HELD, points),
+                member_entry(book, Account.AVAILABLE, -points),
+                member_entry(book, Account.HELD, points),
             ),
             allocations=tuple(allocations),
             reference=reference,
             hold_id=hold.hold_id,
         ),
     )
-    return _effect(book, before, posting, hold)
+    return effect_of(book, before, posting, hold)
 
 
 def _open_hold_of(book: MemberBook, hold_id: uuid.UUID) -> Hold:
@@ -309,7 +310,7 @@ def capture_hold(
     captured = hold.points if points is None else points
     if captured > hold.points:
         raise Unprocessable(f"Cannot capture {captured} points of a {hold.points}-point hold.")
-    released = [_release(book.lots[lot_id], held) for lot_id, held in hold.draws]
+    released = [release_lot(book.lots[lot_id], held) for lot_id, held in hold.draws]
     # Burn from each lot at most what the hold reserved there, in the hold's order: points
     # of the same lot that the hold never reserved are not the hold's to spend.
     burned: list[Allocation] = []
@@ -317,18 +318,18 @@ def capture_hold(
     for lot_id, reserved in hold.draws:
         take = min(reserved, left)
         if take:
-            burned += _draw([book.lots[lot_id]], take)
+            burned += draw_lots([book.lots[lot_id]], take)
             left -= take
     rest = hold.points - captured
-    repaid = _repay_debt(book, ctx.now) if rest else []
+    repaid = repay_debt(book, ctx.now) if rest else []
     entries = [
-        _member(book, Account.HELD, -hold.points),
+        member_entry(book, Account.HELD, -hold.points),
         Entry(Account.REDEEMED, partner.partner_id, captured),
     ]
     if rest:
-        entries.append(_member(book, Account.AVAILABLE, rest))
+        entries.append(member_entry(book, Account.AVAILABLE, rest))
     terms = partner.terms
-    posting = _record(
+    posting = record_posting(
         book,
         Posting(
             posting_id=ctx.ids(),
@@ -351,13 +352,13 @@ def capture_hold(
     hold.transaction_id = posting.posting_id
     hold.closed_at = ctx.now
     book.changed_holds.add(hold.hold_id)
-    _expire_released(book, ctx, (lot_id for lot_id, _ in hold.draws), ctx.now)
-    return _effect(book, before, posting, hold)
+    expire_released(book, ctx, (lot_id for lot_id, _ in hold.draws), ctx.now)
+    return effect_of(book, before, posting, hold)
 
 
 def void_hold(book: MemberBook, ctx: Context, hold_id: uuid.UUID) -> Effect:
     """Release an open hold: its points return to the lots they were reserved from."""
     before = len(book.postings)
     hold = _open_hold_of(book, hold_id)
-    posting = _release_hold(book, ctx, hold, ctx.now, HoldStatus.VOIDED)
-    return _effect(book, before, posting, hold)
+    posting = release_hold(book, ctx, hold, ctx.now, HoldStatus.VOIDED)
+    return effect_of(book, before, posting, hold)

@@ -7,13 +7,13 @@ from exchange.ledger._common import (
     Context,
     OriginalPosting,
     PartnerState,
-    _draw,
-    _effect,
-    _expire_released,
-    _member,
-    _record,
-    _release,
-    _repay_debt,
+    draw_lots,
+    effect_of,
+    expire_released,
+    member_entry,
+    record_posting,
+    release_lot,
+    repay_debt,
 )
 from exchange.ledger._model import Account, Effect, Entry, MemberBook, Posting, PostingType
 
@@ -49,7 +49,7 @@ def reverse(
         posting = _reverse_earn(book, ctx, partner, original, points=amount, reference=reference)
     else:
         posting = _reverse_burn(book, ctx, original, points=amount, reference=reference)
-    return _effect(book, before, posting)
+    return effect_of(book, before, posting)
 
 
 def _reverse_earn(
@@ -68,19 +68,19 @@ def _reverse_earn(
     lot = book.lots[original.lot_id]
     from_lot = min(points, lot.remaining)
     entries = [Entry(Account.ISSUED, original.partner_id, points)]
-    allocations = _draw([lot], from_lot)
+    allocations = draw_lots([lot], from_lot)
     if from_lot:
         account = Account.AVAILABLE if lot.matured else Account.PENDING
-        entries.append(_member(book, account, -from_lot))
+        entries.append(member_entry(book, account, -from_lot))
     shortfall = points - from_lot
     if shortfall:
         others = book.spendable(ctx.now)
         from_others = min(shortfall, sum(other.remaining for other in others))
-        allocations += _draw(others, from_others)
+        allocations += draw_lots(others, from_others)
         book.debt += shortfall - from_others
-        entries.append(_member(book, Account.AVAILABLE, -shortfall))
+        entries.append(member_entry(book, Account.AVAILABLE, -shortfall))
     partner.exposure_added -= original.unit_price * points
-    return _record(
+    return record_posting(
         book,
         Posting(
             posting_id=ctx.ids(),
@@ -114,12 +114,12 @@ def _reverse_burn(
     for lot_id, drawn in reversed(original.draws):
         take = min(drawn - original.restored.get(lot_id, 0), left)
         if take > 0:
-            released.append(_release(book.lots[lot_id], take))
+            released.append(release_lot(book.lots[lot_id], take))
             left -= take
     if left:
         raise InvariantViolation(f"burn {original.posting_id} drew fewer points than it posted")
-    repaid = _repay_debt(book, ctx.now)
-    posting = _record(
+    repaid = repay_debt(book, ctx.now)
+    posting = record_posting(
         book,
         Posting(
             posting_id=ctx.ids(),
@@ -130,7 +130,7 @@ def _reverse_burn(
             posted_at=ctx.now,
             entries=(
                 Entry(Account.REDEEMED, original.partner_id, -points),
-                _member(book, Account.AVAILABLE, points),
+                member_entry(book, Account.AVAILABLE, points),
             ),
             allocations=(*released, *repaid),
             reference=reference,
@@ -139,5 +139,5 @@ def _reverse_burn(
             currency=original.currency,
         ),
     )
-    _expire_released(book, ctx, (allocation.lot_id for allocation in released), ctx.now)
+    expire_released(book, ctx, (allocation.lot_id for allocation in released), ctx.now)
     return posting

@@ -12,16 +12,16 @@ from datetime import datetime
 from exchange.errors import InvariantViolation
 from exchange.ledger._common import (
     Context,
-    _expire,
-    _expire_released,
-    _member,
-    _record,
-    _release,
-    _repay_debt,
+    expire_lot,
+    expire_released,
+    member_entry,
+    record_posting,
+    release_lot,
+    repay_debt,
 )
 from exchange.ledger._model import Account, Hold, HoldStatus, Lot, MemberBook, Posting, PostingType
 
-__all__ = ["settle_due"]
+__all__ = ["release_hold", "settle_due"]
 
 
 # -- time-driven changes -----------------------------------------------------------------------
@@ -34,7 +34,7 @@ def _mature(book: MemberBook, ctx: Context, lot: Lot, at: datetime) -> Posting |
     points = lot.remaining
     if points == 0:
         return None
-    return _record(
+    return record_posting(
         book,
         Posting(
             posting_id=ctx.ids(),
@@ -44,14 +44,14 @@ def _mature(book: MemberBook, ctx: Context, lot: Lot, at: datetime) -> Posting |
             points=points,
             posted_at=at,
             entries=(
-                _member(book, Account.PENDING, -points),
-                _member(book, Account.AVAILABLE, points),
+                member_entry(book, Account.PENDING, -points),
+                member_entry(book, Account.AVAILABLE, points),
             ),
         ),
     )
 
 
-def _release_hold(
+def release_hold(
     book: MemberBook,
     ctx: Context,
     hold: Hold,
@@ -61,12 +61,12 @@ def _release_hold(
     repay: bool = True,
 ) -> Posting:
     """Reserved points return to their lots (those already expired expire at once)."""
-    released = [_release(book.lots[lot_id], points) for lot_id, points in hold.draws]
+    released = [release_lot(book.lots[lot_id], points) for lot_id, points in hold.draws]
     hold.status = status
     hold.closed_at = at
     book.changed_holds.add(hold.hold_id)
-    repaid = _repay_debt(book, at) if repay else []
-    posting = _record(
+    repaid = repay_debt(book, at) if repay else []
+    posting = record_posting(
         book,
         Posting(
             posting_id=ctx.ids(),
@@ -76,14 +76,14 @@ def _release_hold(
             points=hold.points,
             posted_at=at,
             entries=(
-                _member(book, Account.HELD, -hold.points),
-                _member(book, Account.AVAILABLE, hold.points),
+                member_entry(book, Account.HELD, -hold.points),
+                member_entry(book, Account.AVAILABLE, hold.points),
             ),
             allocations=(*released, *repaid),
             hold_id=hold.hold_id,
         ),
     )
-    _expire_released(book, ctx, (lot_id for lot_id, _ in hold.draws), at)
+    expire_released(book, ctx, (lot_id for lot_id, _ in hold.draws), at)
     return posting
 
 
@@ -118,9 +118,9 @@ def _settle_moment(book: MemberBook, ctx: Context, moment: datetime) -> None:
         if hold.status is HoldStatus.OPEN and hold.expires_at == moment
     ]
     for hold in sorted(expiring_holds, key=lambda h: (h.created_at, h.hold_id)):
-        freed.append(_release_hold(book, ctx, hold, at, HoldStatus.EXPIRED, repay=False))
+        freed.append(release_hold(book, ctx, hold, at, HoldStatus.EXPIRED, repay=False))
     last = next((posting for posting in reversed(freed) if posting is not None), None)
-    repaid = _repay_debt(book, at)
+    repaid = repay_debt(book, at)
     if repaid:
         if last is None:
             raise InvariantViolation("debt repaid although no points became spendable")
@@ -130,7 +130,7 @@ def _settle_moment(book: MemberBook, ctx: Context, moment: datetime) -> None:
         book.postings[index] = replace(last, allocations=(*last.allocations, *repaid))
     for lot in sorted(book.lots.values(), key=Lot.sort_key):
         if lot.matured and lot.remaining > 0 and lot.expires_at == moment:
-            _expire(book, ctx, lot, at)
+            expire_lot(book, ctx, lot, at)
 
 
 def settle_due(book: MemberBook, ctx: Context) -> None:

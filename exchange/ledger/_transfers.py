@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from exchange.errors import InvariantViolation, TransferLimitExceeded, Unprocessable
-from exchange.ledger._common import Context, _draw, _member, _record, _repay_debt
+from exchange.ledger._common import Context, draw_lots, member_entry, record_posting, repay_debt
 from exchange.ledger._model import Account, Entry, Lot, MemberBook, Posting, PostingType
-from exchange.ledger._operations import _require_available
+from exchange.ledger._operations import require_available
 
 if TYPE_CHECKING:  # ids are values here: the core never makes one
     import uuid
@@ -66,9 +66,9 @@ def transfer(
     if sender.member_id == recipient.member_id:
         raise Unprocessable("A member cannot transfer points to itself.")
     _check_limits(points, sent_30d, limits)
-    lots = {lot.lot_id: lot for lot in _require_available(sender, ctx, points)}
-    drawn = _draw(lots.values(), points)
-    out_posting = _record(
+    lots = {lot.lot_id: lot for lot in require_available(sender, ctx, points)}
+    drawn = draw_lots(lots.values(), points)
+    out_posting = record_posting(
         sender,
         Posting(
             posting_id=ctx.ids(),
@@ -78,7 +78,7 @@ def transfer(
             points=points,
             posted_at=ctx.now,
             entries=(
-                _member(sender, Account.AVAILABLE, -points),
+                member_entry(sender, Account.AVAILABLE, -points),
                 Entry(Account.TRANSFER, clearing_owner, points),
             ),
             allocations=tuple(drawn),
@@ -91,8 +91,8 @@ def transfer(
         recipient.lots[lot.lot_id] = lot
         recipient.new_lots.add(lot.lot_id)
     # Points arriving are points becoming spendable: they repay a negative balance first.
-    repaid = _repay_debt(recipient, ctx.now)
-    in_posting = _record(
+    repaid = repay_debt(recipient, ctx.now)
+    in_posting = record_posting(
         recipient,
         Posting(
             posting_id=in_id,
@@ -103,7 +103,7 @@ def transfer(
             posted_at=ctx.now,
             entries=(
                 Entry(Account.TRANSFER, clearing_owner, -points),
-                _member(recipient, Account.AVAILABLE, points),
+                member_entry(recipient, Account.AVAILABLE, points),
             ),
             allocations=tuple(repaid),
         ),
