@@ -24,7 +24,7 @@ from PIL import Image
 
 from partners.client import PartnerClient
 from partners.signing import generate_keypair
-from tests.integration.test_cli import EXCHANGE, _env, _free_port, _wait_ready
+from tests.servers import EXCHANGE, free_port, server_env, wait_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -100,14 +100,14 @@ def _make_data(base_url: str, admin_token: str) -> str:
 
 @pytest.fixture(scope="module")
 def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
-    data_dir, port = tmp_path_factory.mktemp("console") / "data", _free_port()
-    env = _env(EXCHANGE_DATA_DIR=str(data_dir), EXCHANGE_DB_POOL_SIZE=str(POOL_SIZE))
+    data_dir, port = tmp_path_factory.mktemp("console") / "data", free_port()
+    env = server_env(EXCHANGE_DATA_DIR=str(data_dir), EXCHANGE_DB_POOL_SIZE=str(POOL_SIZE))
     process = subprocess.Popen(
         [*EXCHANGE, "serve", "--port", str(port), "--workers", str(WORKERS)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        _wait_ready(port, process, timeout_s=60)
+        wait_ready(port, process, timeout_s=60)
         base_url = f"http://127.0.0.1:{port}"
         admin_token = _token(env, "admin", "ada")
         finance_token = _token(env, "finance", "finn")

@@ -30,7 +30,7 @@ from exchange.operators import create_operator_token
 from exchange.verify import verify_ledger
 from partners import registry
 from partners.signing import generate_keypair, load_private_key, sign_request
-from tests.integration.test_cli import EXCHANGE, _env, _free_port, _wait_ready
+from tests.servers import EXCHANGE, free_port, server_env, wait_ready
 from tests.support import add_partner
 
 POOL_TIMEOUT_S = 1
@@ -252,7 +252,7 @@ class Load:
         assert self.posted > 0
 
 
-def _setup_partner(database_url: str) -> tuple[str, str, str]:
+def setup_partner(database_url: str) -> tuple[str, str, str]:
     async def run() -> tuple[str, str, str]:
         engine = create_engine(database_url, pool_size=1)
         clock = SystemClock()
@@ -276,9 +276,9 @@ def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
     # session's setting) a crash loses commits already answered 201 (seen: 2 points).
     pg = EmbeddedPostgres(folder / "data", durable=True, max_connections=50)
     database_url = pg.start()
-    port = _free_port()
+    port = free_port()
     log_path = folder / "server.log"
-    env = _env(
+    env = server_env(
         EXCHANGE_DATABASE_URL=database_url,
         EXCHANGE_DB_POOL_TIMEOUT_S=str(POOL_TIMEOUT_S),
         EXCHANGE_DB_POOL_SIZE="6",
@@ -289,9 +289,9 @@ def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
             [*EXCHANGE, "serve", "--port", str(port)], env=env, stdout=log, stderr=log
         )
     try:
-        _wait_ready(port, server, timeout_s=60)
+        wait_ready(port, server, timeout_s=60)
         exchange = Exchange(f"http://127.0.0.1:{port}", pg, database_url, log_path)
-        exchange.key_id, exchange.private_key, exchange.admin_token = _setup_partner(database_url)
+        exchange.key_id, exchange.private_key, exchange.admin_token = setup_partner(database_url)
         enrolled = exchange.call("POST", "/v1/members", {}, str(uuid.uuid4()))
         assert enrolled.status == 201, enrolled
         exchange.member_id = enrolled.body["member_id"]

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from exchange.embedded import EmbeddedPostgres
-from tests.faults.conftest import Exchange, _setup_partner, ledger_report
-from tests.integration.test_cli import EXCHANGE, _env, _free_port, _wait_ready
+from tests.faults.conftest import Exchange, ledger_report, setup_partner
+from tests.servers import EXCHANGE, free_port, server_env, wait_ready
 
 ITEMS = 4000
 MEMBERS = 20
@@ -30,7 +30,7 @@ class Server:
             self.process = subprocess.Popen(
                 [*EXCHANGE, "serve", "--port", str(self.port)], env=self.env, stdout=log, stderr=log
             )
-        _wait_ready(self.port, self.process, timeout_s=60)
+        wait_ready(self.port, self.process, timeout_s=60)
 
     def kill(self) -> None:
         assert self.process is not None
@@ -53,8 +53,8 @@ def crashable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Exchan
     # Durable: SIGKILL is a crash, and a commit answered must survive it.
     pg = EmbeddedPostgres(folder / "data", durable=True, max_connections=50)
     database_url = pg.start()
-    port = _free_port()
-    env = _env(
+    port = free_port()
+    env = server_env(
         EXCHANGE_DATABASE_URL=database_url,
         EXCHANGE_DB_POOL_SIZE="6",
         EXCHANGE_PUBLIC_URL=f"http://127.0.0.1:{port}",
@@ -63,7 +63,7 @@ def crashable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Exchan
     try:
         server.start()
         exchange = Exchange(f"http://127.0.0.1:{port}", pg, database_url, server.log_path)
-        exchange.key_id, exchange.private_key, exchange.admin_token = _setup_partner(database_url)
+        exchange.key_id, exchange.private_key, exchange.admin_token = setup_partner(database_url)
         enrolled = exchange.call("POST", "/v1/members", {}, str(uuid.uuid4()))
         assert enrolled.status == 201, enrolled
         exchange.member_id = enrolled.body["member_id"]

@@ -19,13 +19,13 @@ PERIOD_END = "2026-11-24T00:00:00Z"
 RUN_ID = "stl_20261124T000000Z"
 
 
-def _csrf(html: str) -> str:
+def csrf_token_of(html: str) -> str:
     match = re.search(r'name="csrf_token" value="([^"]+)"', html)
     assert match is not None, "the page has a CSRF-protected form"
     return match.group(1)
 
 
-def _field(html: str, field: str, partner: str | None = None) -> str:
+def field_text(html: str, field: str, partner: str | None = None) -> str:
     if partner is None:
         pattern = rf'data-field="{field}">([^<]*)<'
     else:
@@ -35,15 +35,15 @@ def _field(html: str, field: str, partner: str | None = None) -> str:
     return match.group(1).strip()
 
 
-async def _sign_in(client: httpx.AsyncClient, token: str) -> httpx.Response:
+async def sign_in(client: httpx.AsyncClient, token: str) -> httpx.Response:
     page = await client.get("/console/sign-in")
     assert page.status_code == 200
     return await client.post(
-        "/console/sign-in", data={"token": token, "csrf_token": _csrf(page.text)}
+        "/console/sign-in", data={"token": token, "csrf_token": csrf_token_of(page.text)}
     )
 
 
-async def _token(engine: AsyncEngine, role: str, name: str) -> tuple[str, str]:
+async def operator_token(engine: AsyncEngine, role: str, name: str) -> tuple[str, str]:
     return await create_operator_token(engine, role, name)  # type: ignore[arg-type]
 
 
@@ -54,8 +54,8 @@ async def test_signing_in_sets_a_strict_http_only_cookie_and_signing_out_ends_it
     assert anonymous.status_code == 303
     assert anonymous.headers["location"] == "/console/sign-in"
 
-    _, token = await _token(engine, "admin", "ada")
-    signed_in = await _sign_in(client, token)
+    _, token = await operator_token(engine, "admin", "ada")
+    signed_in = await sign_in(client, token)
     assert signed_in.status_code == 303
     assert signed_in.headers["location"] == "/console"
     set_cookie = next(
@@ -72,7 +72,7 @@ async def test_signing_in_sets_a_strict_http_only_cookie_and_signing_out_ends_it
     assert overview.status_code == 200
     assert "ada" in overview.text
     assert "Overview" in overview.text
-    assert _field(overview.text, "webhook_backlog") == "0"  # nothing written yet
+    assert field_text(overview.text, "webhook_backlog") == "0"  # nothing written yet
     assert "default-src 'none'" in overview.headers["content-security-policy"]
 
     # Signing out without the form's CSRF token is refused, and changes nothing.
@@ -80,7 +80,9 @@ async def test_signing_in_sets_a_strict_http_only_cookie_and_signing_out_ends_it
     assert forged.status_code == 403
     assert (await client.get("/console")).status_code == 200
 
-    signed_out = await client.post("/console/sign-out", data={"csrf_token": _csrf(overview.text)})
+    signed_out = await client.post(
+        "/console/sign-out", data={"csrf_token": csrf_token_of(overview.text)}
+    )
     assert signed_out.status_code == 303
     client.cookies.clear()
     # The old cookie, replayed, no longer works: the session row is gone.
@@ -93,12 +95,12 @@ async def test_signing_in_sets_a_strict_http_only_cookie_and_signing_out_ends_it
 async def test_a_bad_token_or_a_forged_sign_in_form_is_refused(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    wrong = await _sign_in(client, "xop_not-a-token")
+    wrong = await sign_in(client, "xop_not-a-token")
     assert wrong.status_code == 401
     assert "Unknown or revoked operator token" in wrong.text
     assert "exchange_console=" not in "".join(wrong.headers.get_list("set-cookie"))
 
-    _, token = await _token(engine, "admin", "ada")
+    _, token = await operator_token(engine, "admin", "ada")
     client.cookies.clear()
     forged = await client.post("/console/sign-in", data={"token": token, "csrf_token": "x"})
     assert forged.status_code == 403
@@ -108,8 +110,8 @@ async def test_a_bad_token_or_a_forged_sign_in_form_is_refused(
 async def test_revoking_the_operator_token_ends_its_console_sessions(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
-    token_id, token = await _token(engine, "finance", "fin")
-    assert (await _sign_in(client, token)).status_code == 303
+    token_id, token = await operator_token(engine, "finance", "fin")
+    assert (await sign_in(client, token)).status_code == 303
     assert (await client.get("/console")).status_code == 200
     await revoke_operator_token(engine, token_id)
     assert (await client.get("/console")).status_code == 303
@@ -118,14 +120,14 @@ async def test_revoking_the_operator_token_ends_its_console_sessions(
 async def test_finance_sees_no_admin_forms_and_admin_posts_refuse_finance(
     client: httpx.AsyncClient, engine: AsyncEngine, admin_headers: dict[str, str]
 ) -> None:
-    _, token = await _token(engine, "finance", "fin")
-    await _sign_in(client, token)
+    _, token = await operator_token(engine, "finance", "fin")
+    await sign_in(client, token)
     partners = await client.get("/console/partners")
     assert partners.status_code == 200
     assert "Onboard a partner" not in partners.text
     overview = await client.get("/console")
     body = {
-        "csrf_token": _csrf(overview.text),
+        "csrf_token": csrf_token_of(overview.text),
         "partner_id": "grocer",
         "name": "Grocer",
         "settlement_currency": "EUR",
@@ -142,9 +144,9 @@ async def test_finance_sees_no_admin_forms_and_admin_posts_refuse_finance(
 async def test_admin_onboards_suspends_and_manages_keys_through_forms(
     client: httpx.AsyncClient, engine: AsyncEngine, admin_headers: dict[str, str]
 ) -> None:
-    _, token = await _token(engine, "admin", "ada")
-    await _sign_in(client, token)
-    csrf = _csrf((await client.get("/console/partners")).text)
+    _, token = await operator_token(engine, "admin", "ada")
+    await sign_in(client, token)
+    csrf = csrf_token_of((await client.get("/console/partners")).text)
     onboarded = await client.post(
         "/console/partners",
         data={
@@ -190,7 +192,7 @@ async def test_admin_onboards_suspends_and_manages_keys_through_forms(
     assert api["status"] == "suspended"
     assert [key["status"] for key in api["keys"]] == ["revoked"]
     page = await client.get("/console/partners/grocer")
-    assert _field(page.text, "status") == "suspended"
+    assert field_text(page.text, "status") == "suspended"
     terminated = await client.post(
         "/console/partners/grocer/status", data={"csrf_token": csrf, "status": "gone"}
     )
@@ -232,8 +234,8 @@ async def test_run_statement_and_overview_show_the_apis_numbers(
     settled: dict[str, object],
     finance_headers: dict[str, str],
 ) -> None:
-    _, token = await _token(engine, "finance", "fin")
-    await _sign_in(client, token)
+    _, token = await operator_token(engine, "finance", "fin")
+    await sign_in(client, token)
     page = await client.get(f"/console/runs/{RUN_ID}")
     assert page.status_code == 200
     lines = settled["lines"]
@@ -241,9 +243,9 @@ async def test_run_statement_and_overview_show_the_apis_numbers(
     assert len(lines) == 3
     for line in lines:
         partner = line["partner_id"]
-        assert _field(page.text, "issued_points", partner) == f"{line['issued_points']:,}"
-        assert _field(page.text, "redeemed_points", partner) == f"{line['redeemed_points']:,}"
-        assert _field(page.text, "net", partner) == f"EUR {line['net']['amount']}"
+        assert field_text(page.text, "issued_points", partner) == f"{line['issued_points']:,}"
+        assert field_text(page.text, "redeemed_points", partner) == f"{line['redeemed_points']:,}"
+        assert field_text(page.text, "net", partner) == f"EUR {line['net']['amount']}"
     # The heat map: cinema redeemed 500,000 of grocer's points, the largest flow.
     cell = re.search(r'class="num heat-(\d)" data-issuer="grocer" data-redeemer="cinema">([^<]*)<',
                      page.text)  # fmt: skip
@@ -258,7 +260,7 @@ async def test_run_statement_and_overview_show_the_apis_numbers(
 
     statement = await client.get(f"/console/runs/{RUN_ID}/statements/grocer")
     assert statement.status_code == 200
-    assert _field(statement.text, "earned_points") == "1,000,000"
+    assert field_text(statement.text, "earned_points") == "1,000,000"
     # The drill-down: exactly the postings in the period, summing to the line; the earn
     # posted after the period closed is not among them.
     assert 'data-total="earn">earn 1,000,000' in statement.text
@@ -279,8 +281,8 @@ async def test_run_statement_and_overview_show_the_apis_numbers(
         )
         assert shown is not None
         assert shown.group(1) == f"{line['outstanding_points']:,}"
-    assert _field(overview.text, "period_issued") == "7,000"  # the open period so far
-    assert _field(overview.text, "last_run_reconciled") == "reconciled"
+    assert field_text(overview.text, "period_issued") == "7,000"  # the open period so far
+    assert field_text(overview.text, "last_run_reconciled") == "reconciled"
 
     runs = await client.get("/console/runs")
     assert RUN_ID in runs.text
@@ -290,8 +292,8 @@ async def test_run_statement_and_overview_show_the_apis_numbers(
 async def test_a_session_ends_after_eight_hours(
     client: httpx.AsyncClient, engine: AsyncEngine, clock: FrozenClock
 ) -> None:
-    _, token = await _token(engine, "finance", "fin")
-    await _sign_in(client, token)
+    _, token = await operator_token(engine, "finance", "fin")
+    await sign_in(client, token)
     clock.advance(timedelta(hours=7, minutes=59))
     assert (await client.get("/console/runs")).status_code == 200
     clock.advance(timedelta(minutes=1))

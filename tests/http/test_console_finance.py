@@ -14,7 +14,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.http import test_console
-from tests.http.test_console import PERIOD_END, RUN_ID, _csrf, _field, _sign_in, _token
+from tests.http.test_console import (
+    PERIOD_END,
+    RUN_ID,
+    csrf_token_of,
+    field_text,
+    operator_token,
+    sign_in,
+)
 
 settled = test_console.settled  # the worked example, settled (a fixture)
 
@@ -36,20 +43,20 @@ async def test_finance_approves_a_run_reads_its_documents_and_records_a_payment_
     settled: dict[str, object],
     finance_headers: dict[str, str],
 ) -> None:
-    _, token = await _token(engine, "finance", "fin")
-    await _sign_in(client, token)
+    _, token = await operator_token(engine, "finance", "fin")
+    await sign_in(client, token)
     page = await client.get(f"/console/runs/{RUN_ID}")
-    assert _field(page.text, "status") == "not approved"
+    assert field_text(page.text, "status") == "not approved"
     assert "No documents yet" in page.text
 
     forged = await client.post(f"/console/runs/{RUN_ID}/approval", data={})
     assert forged.status_code == 403
     approved = await client.post(
-        f"/console/runs/{RUN_ID}/approval", data={"csrf_token": _csrf(page.text)}
+        f"/console/runs/{RUN_ID}/approval", data={"csrf_token": csrf_token_of(page.text)}
     )
     assert (approved.status_code, approved.headers["location"]) == (303, f"/console/runs/{RUN_ID}")
     page = await client.get(f"/console/runs/{RUN_ID}")
-    assert _field(page.text, "status") == "approved"
+    assert field_text(page.text, "status") == "approved"
     documents = (
         await client.get(f"/v1/settlements/{RUN_ID}/documents", headers=finance_headers)
     ).json()["items"]
@@ -65,7 +72,7 @@ async def test_finance_approves_a_run_reads_its_documents_and_records_a_payment_
     invoice = next(d for d in documents if d["type"] == "invoice")
     form = await client.get(f"/console/payments?document={invoice['document_id']}")
     fields = {
-        "csrf_token": _csrf(form.text),
+        "csrf_token": csrf_token_of(form.text),
         "idempotency_key": _hidden(form.text, "idempotency_key"),
         "partner_id": invoice["partner_id"],
         "direction": "received",
@@ -122,11 +129,11 @@ async def test_an_unreconciled_run_is_refused_with_the_apis_message(
                 "'2026-11-20', 'test', false, 0, 0, 0, 0, 0, 0, 5, false, true, true, true)"
             )
         )
-    _, token = await _token(engine, "finance", "fin")
-    await _sign_in(client, token)
+    _, token = await operator_token(engine, "finance", "fin")
+    await sign_in(client, token)
     page = await client.get("/console/adjustments")  # any form: the session's CSRF token
     refused = await client.post(
-        "/console/runs/stl_bad/approval", data={"csrf_token": _csrf(page.text)}
+        "/console/runs/stl_bad/approval", data={"csrf_token": csrf_token_of(page.text)}
     )
     api = await client.post("/v1/settlements/stl_bad/approval", headers=finance_headers)
     assert refused.status_code == api.status_code == 409
@@ -142,8 +149,8 @@ async def test_receivables_and_roll_forward_pages_equal_the_api(
     finance_headers: dict[str, str],
 ) -> None:
     await client.post(f"/v1/settlements/{RUN_ID}/approval", headers=finance_headers)
-    _, token = await _token(engine, "finance", "fin")
-    await _sign_in(client, token)
+    _, token = await operator_token(engine, "finance", "fin")
+    await sign_in(client, token)
     for as_of in ("2026-11-24", "2027-03-31"):
         page = await client.get(f"/console/receivables?as_of={as_of}")
         api = await client.get(f"/v1/reports/receivables?as_of={as_of}", headers=finance_headers)
@@ -151,14 +158,14 @@ async def test_receivables_and_roll_forward_pages_equal_the_api(
         assert partners
         for partner in partners:
             for bucket in ("not_due", "1_30", "31_60", "61_90", "over_90", "total"):
-                shown = _field(page.text, bucket, partner["partner_id"])
+                shown = field_text(page.text, bucket, partner["partner_id"])
                 assert shown == partner["totals"][bucket]["amount"], (as_of, bucket)
     assert (await client.get("/console/receivables?as_of=2026-13-01")).status_code == 422
 
     overview = await client.get("/console")
     api = await client.get("/v1/reports/receivables?as_of=2026-11-24", headers=finance_headers)
     grocer = next(p for p in api.json()["partners"] if p["partner_id"] == "grocer")
-    assert _field(overview.text, "receivable_total", "grocer") == (
+    assert field_text(overview.text, "receivable_total", "grocer") == (
         f"EUR {grocer['totals']['total']['amount']}"
     )
 
@@ -176,7 +183,7 @@ async def test_receivables_and_roll_forward_pages_equal_the_api(
             )
             assert cell is not None, (issuer["issuer"], figure)
             assert cell.group(1) == f"{issuer[figure]['points']:,}"
-    assert _field(page.text, "ties") == "ties to the run"
+    assert field_text(page.text, "ties") == "ties to the run"
     elsewhere = "/liabilities?as_of=2026-11-23T00:00:00Z"  # no run ends then
     missing = await client.get("/console" + elsewhere)
     api_missing = await client.get("/v1/reports" + elsewhere, headers=finance_headers)
@@ -189,13 +196,13 @@ async def test_an_adjustment_needs_a_second_operator_in_the_console(
 ) -> None:
     async with engine.connect() as conn:
         member = (await conn.execute(text("SELECT min(member_id) FROM members"))).scalar_one()
-    _, first = await _token(engine, "finance", "fin")
-    _, second = await _token(engine, "admin", "ada")
-    await _sign_in(client, first)
+    _, first = await operator_token(engine, "finance", "fin")
+    _, second = await operator_token(engine, "admin", "ada")
+    await sign_in(client, first)
     form = await client.get("/console/adjustments")
     assert "No adjustment is waiting" in form.text
     fields = {
-        "csrf_token": _csrf(form.text),
+        "csrf_token": csrf_token_of(form.text),
         "idempotency_key": _hidden(form.text, "idempotency_key"),
         "member_id": member,
         "points": "250",
@@ -211,16 +218,16 @@ async def test_an_adjustment_needs_a_second_operator_in_the_console(
     assert adjustment_id is not None
     approval = f"/console/adjustments/{adjustment_id.group(1)}/approval"
 
-    own = await client.post(approval, data={"csrf_token": _csrf(listed.text)})
+    own = await client.post(approval, data={"csrf_token": csrf_token_of(listed.text)})
     assert own.status_code == 403
     assert 'data-code="four_eyes_required"' in own.text
     assert "another operator must approve it" in own.text
     assert await _count(engine, "SELECT count(*) FROM adjustments WHERE status = 'pending'") == 1
 
     client.cookies.clear()
-    await _sign_in(client, second)
+    await sign_in(client, second)
     listed = await client.get("/console/adjustments")
-    approved = await client.post(approval, data={"csrf_token": _csrf(listed.text)})
+    approved = await client.post(approval, data={"csrf_token": csrf_token_of(listed.text)})
     assert approved.status_code == 303
     after = await client.get(approved.headers["location"])
     assert "approved and posted" in after.text

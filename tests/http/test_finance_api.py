@@ -23,7 +23,7 @@ from exchange.config import Settings
 from exchange.operators import create_operator_token
 from partners.errors import PartnerAPIError
 from tests.http.conftest import PartnerFactory
-from tests.http.test_settlement_api import PERIOD_END, RUN_ID, _worked_example
+from tests.http.test_settlement_api import PERIOD_END, RUN_ID, worked_example
 
 PAYMENTS = "/v1/payments"
 # The worked example's run is computed on 2026-11-24 (clock 06:00 UTC) and approved then.
@@ -45,13 +45,13 @@ async def _compute(client: httpx.AsyncClient, admin: dict[str, str], period_end:
     return run_id
 
 
-async def _approve(client: httpx.AsyncClient, headers: dict[str, str], run_id: str) -> Any:
+async def approve_run(client: httpx.AsyncClient, headers: dict[str, str], run_id: str) -> Any:
     response = await client.post(f"/v1/settlements/{run_id}/approval", headers=headers)
     assert response.status_code == 200, response.text
     return response.json()
 
 
-async def _documents(
+async def fetch_documents(
     client: httpx.AsyncClient, headers: dict[str, str], run_id: str
 ) -> dict[str, Any]:
     response = await client.get(f"/v1/settlements/{run_id}/documents", headers=headers)
@@ -59,11 +59,11 @@ async def _documents(
     return {document["partner_id"]: document for document in response.json()["items"]}
 
 
-def _pay(headers: dict[str, str], key: str) -> dict[str, str]:
+def keyed(headers: dict[str, str], key: str) -> dict[str, str]:
     return headers | {"Idempotency-Key": key}
 
 
-def _payment(partner_id: str, amount: str, **extra: Any) -> dict[str, Any]:
+def payment_body(partner_id: str, amount: str, **extra: Any) -> dict[str, Any]:
     return {
         "partner_id": partner_id,
         "direction": "received",
@@ -73,7 +73,7 @@ def _payment(partner_id: str, amount: str, **extra: Any) -> dict[str, Any]:
     } | extra
 
 
-def _pdf_text(body: bytes) -> str:
+def pdf_text(body: bytes) -> str:
     return "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(body)).pages)
 
 
@@ -88,20 +88,20 @@ async def test_approval_issues_one_numbered_document_per_nonzero_line(
     admin_headers: dict[str, str],
     finance_headers: dict[str, str],
 ) -> None:
-    grocer, _, _cinema = await _worked_example(onboard, clock)
+    grocer, _, _cinema = await worked_example(onboard, clock)
     idle = await onboard("idle")  # a line of zeros: no document
     await _compute(client, admin_headers, PERIOD_END)
     computed = await client.get(f"/v1/settlements/{RUN_ID}", headers=finance_headers)
     assert (computed.json()["status"], computed.json()["approved_by"]) == ("computed", None)
     assert (await grocer.client.statement(RUN_ID))["status"] == "computed"
 
-    approved = await _approve(client, finance_headers, RUN_ID)
+    approved = await approve_run(client, finance_headers, RUN_ID)
 
     assert approved["status"] == "approved"
     assert approved["approved_by"] == "finance:test-finance"
     assert approved["approved_at"] == "2026-11-24T06:00:00Z"
     clock.advance(timedelta(hours=2))
-    again = await _approve(client, admin_headers, RUN_ID)  # twice: same result
+    again = await approve_run(client, admin_headers, RUN_ID)  # twice: same result
     assert again == approved
     fetched = await client.get(f"/v1/settlements/{RUN_ID}", headers=finance_headers)
     assert fetched.json() == approved
@@ -110,7 +110,7 @@ async def test_approval_issues_one_numbered_document_per_nonzero_line(
     statement = await grocer.client.statement(RUN_ID)
     assert (statement["status"], statement["approved_at"]) == ("approved", "2026-11-24T06:00:00Z")
 
-    documents = await _documents(client, finance_headers, RUN_ID)
+    documents = await fetch_documents(client, finance_headers, RUN_ID)
     assert sorted(documents) == ["cinema", "fuel", "grocer"]  # not the idle partner
     assert idle.partner_id not in documents
     numbers = {partner: document["number"] for partner, document in documents.items()}
@@ -200,7 +200,7 @@ async def test_approval_and_finance_reads_need_an_operator_token(
     clock: FrozenClock,
     admin_headers: dict[str, str],
 ) -> None:
-    grocer, _, _ = await _worked_example(onboard, clock)
+    grocer, _, _ = await worked_example(onboard, clock)
     await _compute(client, admin_headers, PERIOD_END)
     for method, path in (
         ("POST", f"/v1/settlements/{RUN_ID}/approval"),
@@ -213,7 +213,7 @@ async def test_approval_and_finance_reads_need_an_operator_token(
             await grocer.client.request(method, path)
         assert signed.value.status == 401, path
     unpaid = await client.post(
-        PAYMENTS, json=_payment("grocer", "1.00"), headers={"Idempotency-Key": "k"}
+        PAYMENTS, json=payment_body("grocer", "1.00"), headers={"Idempotency-Key": "k"}
     )
     assert unpaid.status_code == 401
 
@@ -228,7 +228,7 @@ async def test_documents_json_and_pdf_for_operators_and_their_own_partner(
     admin_headers: dict[str, str],
     finance_headers: dict[str, str],
 ) -> None:
-    grocer, fuel, _ = await _worked_example(onboard, clock)
+    grocer, fuel, _ = await worked_example(onboard, clock)
     patched = await client.patch(
         "/v1/admin/partners/grocer",
         json={"payment_terms_days": 30, "tax_note": "Reverse charge: VAT due by the recipient."},
@@ -240,8 +240,8 @@ async def test_documents_json_and_pdf_for_operators_and_their_own_partner(
         "Reverse charge: VAT due by the recipient.",
     )
     await _compute(client, admin_headers, PERIOD_END)
-    await _approve(client, finance_headers, RUN_ID)
-    invoice = (await _documents(client, finance_headers, RUN_ID))["grocer"]
+    await approve_run(client, finance_headers, RUN_ID)
+    invoice = (await fetch_documents(client, finance_headers, RUN_ID))["grocer"]
     assert (invoice["due_date"], invoice["payment_terms_days"]) == ("2026-12-24", 30)
     assert invoice["tax_note"] == "Reverse charge: VAT due by the recipient."
     document_id = invoice["document_id"]
@@ -263,7 +263,7 @@ async def test_documents_json_and_pdf_for_operators_and_their_own_partner(
     pdf = await grocer.client.request("GET", f"/v1/documents/{document_id}.pdf")
     assert pdf.headers["content-type"] == "application/pdf"
     assert pdf.content.startswith(b"%PDF-")
-    printed = _pdf_text(pdf.content)
+    printed = pdf_text(pdf.content)
     for expected in (
         "INVOICE",
         "INV-2026-000002",
@@ -310,10 +310,10 @@ async def _approved_example(
     admin: dict[str, str],
     finance: dict[str, str],
 ) -> dict[str, Any]:
-    await _worked_example(onboard, clock)
+    await worked_example(onboard, clock)
     await _compute(client, admin, PERIOD_END)
-    await _approve(client, finance, RUN_ID)
-    return await _documents(client, finance, RUN_ID)
+    await approve_run(client, finance, RUN_ID)
+    return await fetch_documents(client, finance, RUN_ID)
 
 
 async def test_payments_follow_the_idempotency_rules(
@@ -325,29 +325,29 @@ async def test_payments_follow_the_idempotency_rules(
     finance_headers: dict[str, str],
 ) -> None:
     documents = await _approved_example(onboard, client, clock, admin_headers, finance_headers)
-    body = _payment("grocer", "4000.00", document_id=documents["grocer"]["document_id"])
+    body = payment_body("grocer", "4000.00", document_id=documents["grocer"]["document_id"])
 
     missing = await client.post(PAYMENTS, json=body, headers=finance_headers)
     assert (missing.status_code, missing.json()["code"]) == (400, "idempotency_key_missing")
-    first = await client.post(PAYMENTS, json=body, headers=_pay(finance_headers, "pay-1"))
+    first = await client.post(PAYMENTS, json=body, headers=keyed(finance_headers, "pay-1"))
     assert first.status_code == 201, first.text
     assert "idempotency-replayed" not in first.headers
-    replay = await client.post(PAYMENTS, json=body, headers=_pay(finance_headers, "pay-1"))
+    replay = await client.post(PAYMENTS, json=body, headers=keyed(finance_headers, "pay-1"))
     assert (replay.status_code, replay.headers["idempotency-replayed"]) == (201, "true")
     assert replay.content == first.content
     other = body | {"bank_reference": "another"}
-    reused = await client.post(PAYMENTS, json=other, headers=_pay(finance_headers, "pay-1"))
+    reused = await client.post(PAYMENTS, json=other, headers=keyed(finance_headers, "pay-1"))
     assert (reused.status_code, reused.json()["code"]) == (422, "idempotency_key_reused")
     assert len(await _rows(engine, "SELECT * FROM payments")) == 1
     # A key is the token's own: the admin's "pay-1" is another key.
-    admin = await client.post(PAYMENTS, json=other, headers=_pay(admin_headers, "pay-1"))
+    admin = await client.post(PAYMENTS, json=other, headers=keyed(admin_headers, "pay-1"))
     assert admin.status_code == 201
     # A request that failed validation does not consume its key.
     bad = body | {"amount": {"amount": "1.001", "currency": "EUR"}}
-    refused = await client.post(PAYMENTS, json=bad, headers=_pay(finance_headers, "pay-2"))
+    refused = await client.post(PAYMENTS, json=bad, headers=keyed(finance_headers, "pay-2"))
     assert refused.status_code == 422
     fixed = body | {"amount": {"amount": "1.00", "currency": "EUR"}}
-    accepted = await client.post(PAYMENTS, json=fixed, headers=_pay(finance_headers, "pay-2"))
+    accepted = await client.post(PAYMENTS, json=fixed, headers=keyed(finance_headers, "pay-2"))
     assert accepted.status_code == 201
 
 
@@ -368,9 +368,9 @@ async def test_a_payment_in_flight_is_request_in_progress(
             ),
             {"scope": f"{token_id}\x1fpay-1"},
         )
-        busy = await client.post(PAYMENTS, json=_payment("grocer", "1.00"), headers=headers)
+        busy = await client.post(PAYMENTS, json=payment_body("grocer", "1.00"), headers=headers)
     assert (busy.status_code, busy.json()["code"]) == (409, "request_in_progress")
-    done = await client.post(PAYMENTS, json=_payment("grocer", "1.00"), headers=headers)
+    done = await client.post(PAYMENTS, json=payment_body("grocer", "1.00"), headers=headers)
     assert done.status_code == 201
 
 
@@ -382,56 +382,56 @@ async def test_payments_settle_documents_oldest_first_and_refuse_what_does_not_f
     admin_headers: dict[str, str],
     finance_headers: dict[str, str],
 ) -> None:
-    grocer, _, _ = await _worked_example(onboard, clock)
+    grocer, _, _ = await worked_example(onboard, clock)
     await _compute(client, admin_headers, PERIOD_END)
-    await _approve(client, finance_headers, RUN_ID)
-    documents = await _documents(client, finance_headers, RUN_ID)
+    await approve_run(client, finance_headers, RUN_ID)
+    documents = await fetch_documents(client, finance_headers, RUN_ID)
     grocer_invoice = documents["grocer"]["document_id"]
     # A second, later invoice for grocer: 1,000 points in the next day's run (12.00 EUR).
     member = (await grocer.client.enrol_member())["member_id"]
     await grocer.client.earn(member, 1000, reference="next-day")
     clock.set(datetime(2026, 11, 25, 7, 0, tzinfo=UTC))
     next_run = await _compute(client, admin_headers, "2026-11-25T00:00:00Z")
-    await _approve(client, finance_headers, next_run)
-    later_invoice = (await _documents(client, finance_headers, next_run))["grocer"]
+    await approve_run(client, finance_headers, next_run)
+    later_invoice = (await fetch_documents(client, finance_headers, next_run))["grocer"]
     assert (later_invoice["number"], later_invoice["issue_date"]) == (
         "INV-2026-000003",
         "2026-11-25",
     )
     headers = finance_headers
 
-    wrong_currency = _payment("grocer", "10.00") | {
+    wrong_currency = payment_body("grocer", "10.00") | {
         "amount": {"amount": "10.00", "currency": "USD"}
     }
-    response = await client.post(PAYMENTS, json=wrong_currency, headers=_pay(headers, "p-usd"))
+    response = await client.post(PAYMENTS, json=wrong_currency, headers=keyed(headers, "p-usd"))
     assert (response.status_code, response.json()["code"]) == (422, "currency_mismatch")
-    too_much = _payment("grocer", "9000.01", document_id=grocer_invoice)
-    response = await client.post(PAYMENTS, json=too_much, headers=_pay(headers, "p-over"))
+    too_much = payment_body("grocer", "9000.01", document_id=grocer_invoice)
+    response = await client.post(PAYMENTS, json=too_much, headers=keyed(headers, "p-over"))
     assert (response.status_code, response.json()["code"]) == (422, "overpayment")
-    wrong_kind = _payment("cinema", "1.00", document_id=documents["cinema"]["document_id"])
-    response = await client.post(PAYMENTS, json=wrong_kind, headers=_pay(headers, "p-kind"))
+    wrong_kind = payment_body("cinema", "1.00", document_id=documents["cinema"]["document_id"])
+    response = await client.post(PAYMENTS, json=wrong_kind, headers=keyed(headers, "p-kind"))
     assert response.status_code == 422
-    foreign = _payment("fuel", "1.00", document_id=grocer_invoice)
-    response = await client.post(PAYMENTS, json=foreign, headers=_pay(headers, "p-foreign"))
+    foreign = payment_body("fuel", "1.00", document_id=grocer_invoice)
+    response = await client.post(PAYMENTS, json=foreign, headers=keyed(headers, "p-foreign"))
     assert (response.status_code, response.json()["code"]) == (404, "document_not_found")
     for bad in (
-        _payment("grocer", "0.00"),
-        _payment("grocer", "1.00", direction="sideways"),
-        _payment("grocer", "1.00", value_date="01/12/2026"),
-        _payment("grocer", "1.00", bank_reference=""),
-        _payment("grocer", "1.00", extra="field"),
+        payment_body("grocer", "0.00"),
+        payment_body("grocer", "1.00", direction="sideways"),
+        payment_body("grocer", "1.00", value_date="01/12/2026"),
+        payment_body("grocer", "1.00", bank_reference=""),
+        payment_body("grocer", "1.00", extra="field"),
     ):
-        response = await client.post(PAYMENTS, json=bad, headers=_pay(headers, "p-bad"))
+        response = await client.post(PAYMENTS, json=bad, headers=keyed(headers, "p-bad"))
         assert response.status_code == 422, bad
     unknown = await client.post(
-        PAYMENTS, json=_payment("nobody", "1.00"), headers=_pay(headers, "p-nobody")
+        PAYMENTS, json=payment_body("nobody", "1.00"), headers=keyed(headers, "p-nobody")
     )
     assert unknown.status_code == 404
     assert await _rows(engine, "SELECT * FROM payments") == []
 
     # Without a document: oldest open invoice first, then the next; the rest unapplied.
     paid = await client.post(
-        PAYMENTS, json=_payment("grocer", "9500.00"), headers=_pay(headers, "p-1")
+        PAYMENTS, json=payment_body("grocer", "9500.00"), headers=keyed(headers, "p-1")
     )
     assert paid.status_code == 201, paid.text
     payment = paid.json()
@@ -452,12 +452,12 @@ async def test_payments_settle_documents_oldest_first_and_refuse_what_does_not_f
     invoice = await client.get(f"/v1/documents/{grocer_invoice}", headers=headers)
     assert (invoice.json()["status"], invoice.json()["amount_open"]["amount"]) == ("paid", "0.00")
     # Paid in full: nothing more fits on it.
-    again = _payment("grocer", "0.01", document_id=grocer_invoice)
-    response = await client.post(PAYMENTS, json=again, headers=_pay(headers, "p-again"))
+    again = payment_body("grocer", "0.01", document_id=grocer_invoice)
+    response = await client.post(PAYMENTS, json=again, headers=keyed(headers, "p-again"))
     assert (response.status_code, response.json()["code"]) == (422, "overpayment")
     # The operator pays the cinema's credit note.
-    paid_out = _payment("cinema", "5000.00", direction="paid")
-    response = await client.post(PAYMENTS, json=paid_out, headers=_pay(headers, "p-cinema"))
+    paid_out = payment_body("cinema", "5000.00", direction="paid")
+    response = await client.post(PAYMENTS, json=paid_out, headers=keyed(headers, "p-cinema"))
     assert response.json()["allocations"][0]["number"] == "CN-2026-000001"
     allocations = await _rows(engine, "SELECT document_id, amount FROM payment_allocations")
     assert sorted((a.document_id, a.amount) for a in allocations) == sorted(
@@ -479,7 +479,7 @@ def _buckets(**amounts: str) -> dict[str, dict[str, str]]:
     return {name: {"amount": amounts.get(name, "0.00"), "currency": "EUR"} for name in names}
 
 
-async def _receivables(
+async def fetch_receivables(
     client: httpx.AsyncClient, headers: dict[str, str], as_of: str
 ) -> dict[str, Any]:
     response = await client.get(f"/v1/reports/receivables?as_of={as_of}", headers=headers)
@@ -495,23 +495,23 @@ async def test_receivables_are_aged_as_of_any_date(
     finance_headers: dict[str, str],
 ) -> None:
     documents = await _approved_example(onboard, client, clock, admin_headers, finance_headers)
-    partial = _payment("grocer", "4000.00", value_date="2026-12-01")
+    partial = payment_body("grocer", "4000.00", value_date="2026-12-01")
     assert (
-        await client.post(PAYMENTS, json=partial, headers=_pay(finance_headers, "r-1"))
+        await client.post(PAYMENTS, json=partial, headers=keyed(finance_headers, "r-1"))
     ).status_code == 201
-    fuel = _payment("fuel", "3000.00", value_date="2026-12-10")
+    fuel = payment_body("fuel", "3000.00", value_date="2026-12-10")
     assert (
-        await client.post(PAYMENTS, json=fuel, headers=_pay(finance_headers, "r-2"))
+        await client.post(PAYMENTS, json=fuel, headers=keyed(finance_headers, "r-2"))
     ).status_code == 201
 
-    before_issue = await _receivables(client, finance_headers, "2026-11-23")
+    before_issue = await fetch_receivables(client, finance_headers, "2026-11-23")
     assert before_issue == {}
     # Before the grocer's payment's value date: the whole invoice, not yet due.
-    early = await _receivables(client, finance_headers, "2026-11-30")
+    early = await fetch_receivables(client, finance_headers, "2026-11-30")
     assert early["grocer"]["totals"] == _buckets(not_due="9000.00", total="9000.00")
     assert early["grocer"]["documents"][0]["days_past_due"] == -8
     # 12 days past the due date (2026-12-08): 1-30; fuel's overpayment is an unapplied credit.
-    later = await _receivables(client, finance_headers, "2026-12-20")
+    later = await fetch_receivables(client, finance_headers, "2026-12-20")
     grocer = later["grocer"]
     assert grocer["documents"] == [
         {
@@ -535,7 +535,7 @@ async def test_receivables_are_aged_as_of_any_date(
     assert later["cinema"]["payables"] == _buckets(**{"1_30": "5000.00", "total": "5000.00"})
     assert later["cinema"]["totals"] == _buckets()
     # 92 days past due: over 90.
-    much_later = await _receivables(client, finance_headers, "2027-03-10")
+    much_later = await fetch_receivables(client, finance_headers, "2027-03-10")
     assert much_later["grocer"]["documents"][0]["days_past_due"] == 92
     assert much_later["grocer"]["totals"]["over_90"]["amount"] == "5000.00"
 
@@ -582,18 +582,18 @@ async def test_credit_headroom_returns_when_the_partner_pays_not_when_a_run_is_c
     clock.set(datetime(2026, 11, 24, 6, 0, tzinfo=UTC))
     await _compute(client, admin_headers, PERIOD_END)
     await refused("computed")
-    await _approve(client, finance_headers, RUN_ID)
+    await approve_run(client, finance_headers, RUN_ID)
     await refused("approved")
-    partial = _payment("airline", "4.00")
+    partial = payment_body("airline", "4.00")
     assert (
-        await client.post(PAYMENTS, json=partial, headers=_pay(finance_headers, "c-1"))
+        await client.post(PAYMENTS, json=partial, headers=keyed(finance_headers, "c-1"))
     ).status_code == 201
     await refused("partly-paid", points=401)  # 6.00 unpaid + 4.01 > 10.00
     await airline.client.earn(member, 400, reference="within")  # 6.00 + 4.00 = 10.00
     await refused("full-again")
-    rest = _payment("airline", "6.00")
+    rest = payment_body("airline", "6.00")
     assert (
-        await client.post(PAYMENTS, json=rest, headers=_pay(finance_headers, "c-2"))
+        await client.post(PAYMENTS, json=rest, headers=keyed(finance_headers, "c-2"))
     ).status_code == 201
     await airline.client.earn(member, 600, reference="paid")  # 4.00 + 6.00 = 10.00
 
@@ -601,7 +601,7 @@ async def test_credit_headroom_returns_when_the_partner_pays_not_when_a_run_is_c
 # -- journal ---------------------------------------------------------------------------------
 
 
-def _balances(journal: dict[str, Any]) -> dict[tuple[str, str | None], Decimal]:
+def journal_balances(journal: dict[str, Any]) -> dict[tuple[str, str | None], Decimal]:
     """Debit-positive balance per (account, partner) over the whole journal."""
     balances: dict[tuple[str, str | None], Decimal] = {}
     for entry in journal["entries"]:
@@ -636,7 +636,7 @@ async def test_the_worked_example_journal_balances_in_the_chart_of_accounts(
     # What the books show after the run (domain.md): the operator is owed 11,800 and owes
     # 5,000; 2,000 margin on 1,000,000 redeemed points; 4,800 liability behind the 400,000
     # points still outstanding, at their issue price.
-    assert _balances(journal) == {
+    assert journal_balances(journal) == {
         ("1200", "fuel"): Decimal("2800.00"),
         ("1200", "grocer"): Decimal("9000.00"),
         ("2100", "cinema"): Decimal("-5000.00"),
@@ -692,7 +692,7 @@ async def test_breakage_enters_the_journal_at_issue_price(
         ("2400", "12.00", "0.00"),
         ("4200", "0.00", "12.00"),
     ]
-    assert _balances(journal) == {
+    assert journal_balances(journal) == {
         ("1200", "grocer"): Decimal("18.00"),  # 1,500 points x 0.012
         ("2400", None): Decimal("-6.00"),  # 500 points outstanding x 0.012
         ("4200", None): Decimal("-12.00"),
@@ -734,39 +734,41 @@ async def test_month_end_close_end_to_end(
 ) -> None:
     """Trade, compute, approve, list documents, read the PDF, pay in part then in full,
     age the receivables on a later date, and balance the journal."""
-    grocer, fuel, cinema = await _worked_example(onboard, clock)
+    grocer, fuel, cinema = await worked_example(onboard, clock)
     run_id = await _compute(client, admin_headers, PERIOD_END)
-    approved = await _approve(client, finance_headers, run_id)
+    approved = await approve_run(client, finance_headers, run_id)
     assert approved["status"] == "approved"
 
-    documents = await _documents(client, finance_headers, run_id)
+    documents = await fetch_documents(client, finance_headers, run_id)
     invoice = documents["fuel"]
     assert (invoice["number"], invoice["total"]["amount"]) == ("INV-2026-000001", "2800.00")
     pdf = await fuel.client.request("GET", f"/v1/documents/{invoice['document_id']}.pdf")
-    printed = _pdf_text(pdf.content)
+    printed = pdf_text(pdf.content)
     for expected in ("INV-2026-000001", "Fuel", "2,800.00 EUR", DUE_DATE):
         assert expected in printed, expected
 
-    part = _payment("fuel", "1000.00", document_id=invoice["document_id"], value_date="2026-12-05")
-    first = await client.post(PAYMENTS, json=part, headers=_pay(finance_headers, "e2e-1"))
+    part = payment_body(
+        "fuel", "1000.00", document_id=invoice["document_id"], value_date="2026-12-05"
+    )
+    first = await client.post(PAYMENTS, json=part, headers=keyed(finance_headers, "e2e-1"))
     assert first.json()["allocations"][0]["amount"]["amount"] == "1000.00"
-    middle = await _receivables(client, finance_headers, "2026-12-31")
+    middle = await fetch_receivables(client, finance_headers, "2026-12-31")
     assert middle["fuel"]["documents"][0]["amount_open"]["amount"] == "1800.00"
     assert middle["fuel"]["documents"][0]["days_past_due"] == 23
-    rest = _payment("fuel", "1800.00", value_date="2027-01-15")
-    second = await client.post(PAYMENTS, json=rest, headers=_pay(finance_headers, "e2e-2"))
+    rest = payment_body("fuel", "1800.00", value_date="2027-01-15")
+    second = await client.post(PAYMENTS, json=rest, headers=keyed(finance_headers, "e2e-2"))
     assert second.json()["unapplied"]["amount"] == "0.00"
     fetched = await fuel.client.request("GET", f"/v1/documents/{invoice['document_id']}")
     assert fetched.json()["status"] == "paid"
 
-    aged = await _receivables(client, finance_headers, "2027-02-01")
+    aged = await fetch_receivables(client, finance_headers, "2027-02-01")
     assert "fuel" not in aged  # paid in full, no credit left over
     assert aged["grocer"]["totals"]["31_60"]["amount"] == "9000.00"  # 55 days past due
     assert aged["cinema"]["payables"]["31_60"]["amount"] == "5000.00"
     # Before the second payment's value date, it was still partly open.
-    assert (await _receivables(client, finance_headers, "2027-01-14"))["fuel"]["totals"]["31_60"][
-        "amount"
-    ] == "1800.00"
+    assert (await fetch_receivables(client, finance_headers, "2027-01-14"))["fuel"]["totals"][
+        "31_60"
+    ]["amount"] == "1800.00"
 
     journal = (
         await client.get(f"/v1/settlements/{run_id}/journal", headers=finance_headers)

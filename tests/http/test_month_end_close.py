@@ -33,15 +33,15 @@ from partners.errors import PartnerAPIError
 from tests.http.conftest import OnboardedPartner, PartnerFactory
 from tests.http.test_finance_api import (
     PAYMENTS,
-    _approve,
-    _balances,
-    _documents,
-    _pay,
-    _payment,
-    _pdf_text,
-    _receivables,
+    approve_run,
+    fetch_documents,
+    fetch_receivables,
+    journal_balances,
+    keyed,
+    payment_body,
+    pdf_text,
 )
-from tests.http.test_rollforward_api import _check_roll_forward, _lots_at_cutoff
+from tests.http.test_rollforward_api import check_roll_forward, lots_at_cutoff
 
 NOVEMBER_END = "2026-12-01T00:00:00Z"
 DECEMBER_END = "2027-01-01T00:00:00Z"
@@ -238,11 +238,11 @@ async def _approve_and_read_documents(
     admin: dict[str, str],
 ) -> dict[str, Any]:
     clock.set(_at(1, 2, hour=9, year=2027))
-    approved = await _approve(client, finance, DECEMBER_RUN)
+    approved = await approve_run(client, finance, DECEMBER_RUN)
     assert (approved["status"], approved["approved_by"]) == ("approved", "finance:test-finance")
     clock.advance(timedelta(hours=1))
-    assert await _approve(client, admin, DECEMBER_RUN) == approved  # nothing issued twice
-    documents = await _documents(client, finance, DECEMBER_RUN)
+    assert await approve_run(client, admin, DECEMBER_RUN) == approved  # nothing issued twice
+    documents = await fetch_documents(client, finance, DECEMBER_RUN)
     # Numbered per series and year of issue, gap-free: CN first, then INV, partner by partner.
     numbered = {p: (d["number"], d["type"], d["total"]["amount"]) for p, d in documents.items()}
     assert documents["diner"]["total"] == {"amount": "7.00", "currency": "USD"}
@@ -260,7 +260,7 @@ async def _approve_and_read_documents(
         "GET", f"/v1/documents/{invoice['document_id']}.pdf"
     )
     assert pdf.headers["content-type"] == "application/pdf"
-    printed = _pdf_text(pdf.content)
+    printed = pdf_text(pdf.content)
     for expected in (
         "INVOICE",
         "INV-2027-000004",
@@ -278,8 +278,8 @@ async def _payments(
 ) -> None:
     """The grocer pays its 17.00 in two parts: 10.00 on 10 January, the rest on the 20th."""
     invoice = documents["grocer"]["document_id"]
-    part = _payment("grocer", "10.00", document_id=invoice, value_date="2027-01-10")
-    first = await client.post(PAYMENTS, json=part, headers=_pay(finance, "SEPA-2027-01-10-0042"))
+    part = payment_body("grocer", "10.00", document_id=invoice, value_date="2027-01-10")
+    first = await client.post(PAYMENTS, json=part, headers=keyed(finance, "SEPA-2027-01-10-0042"))
     assert first.status_code == 201, first.text
     assert first.json()["allocations"][0]["amount"]["amount"] == "10.00"
     half_paid = await client.get(f"/v1/documents/{invoice}", headers=finance)
@@ -287,12 +287,12 @@ async def _payments(
         "open",
         "7.00",
     )
-    rest = _payment("grocer", "7.00", document_id=invoice, value_date="2027-01-20")
-    second = await client.post(PAYMENTS, json=rest, headers=_pay(finance, "SEPA-2027-01-20-0107"))
+    rest = payment_body("grocer", "7.00", document_id=invoice, value_date="2027-01-20")
+    second = await client.post(PAYMENTS, json=rest, headers=keyed(finance, "SEPA-2027-01-20-0107"))
     assert second.status_code == 201, second.text
     assert second.json()["unapplied"]["amount"] == "0.00"
-    too_much = _payment("grocer", "0.01", document_id=invoice, value_date="2027-01-21")
-    over = await client.post(PAYMENTS, json=too_much, headers=_pay(finance, "dec-grocer-3"))
+    too_much = payment_body("grocer", "0.01", document_id=invoice, value_date="2027-01-21")
+    over = await client.post(PAYMENTS, json=too_much, headers=keyed(finance, "dec-grocer-3"))
     assert (over.status_code, over.json()["code"]) == (422, "overpayment")
     paid = await client.get(f"/v1/documents/{invoice}", headers=finance)
     assert (paid.json()["status"], paid.json()["amount_open"]["amount"]) == ("paid", "0.00")
@@ -312,9 +312,9 @@ async def _bakery_settles_its_final_invoice(
         )
     assert (refused.value.status, refused.value.code) == (403, "partner_terminated")
     pdf = await client.get(f"/v1/documents/{invoice['document_id']}.pdf", headers=finance)
-    assert "INV-2027-000001" in _pdf_text(pdf.content)
-    final = _payment("bakery", "9.00", value_date="2027-01-25")  # oldest open invoice first
-    paid = await client.post(PAYMENTS, json=final, headers=_pay(finance, "SEPA-2027-01-25-0003"))
+    assert "INV-2027-000001" in pdf_text(pdf.content)
+    final = payment_body("bakery", "9.00", value_date="2027-01-25")  # oldest open invoice first
+    paid = await client.post(PAYMENTS, json=final, headers=keyed(finance, "SEPA-2027-01-25-0003"))
     assert paid.status_code == 201, paid.text
     assert [a["number"] for a in paid.json()["allocations"]] == ["INV-2027-000001"]
 
@@ -322,7 +322,7 @@ async def _bakery_settles_its_final_invoice(
 async def _ageing(
     client: httpx.AsyncClient, documents: dict[str, Any], finance: dict[str, str]
 ) -> None:
-    between = await _receivables(client, finance, "2027-01-15")
+    between = await fetch_receivables(client, finance, "2027-01-15")
     [grocer_open] = [
         d for d in between["grocer"]["documents"] if d["number"].startswith("INV-2027")
     ]
@@ -335,7 +335,7 @@ async def _ageing(
     # 15 February: the grocer's and the bakery's December invoices are paid; November's
     # (issued 1 December, due the 15th, never paid) are 62 days past due; December's other
     # documents are 30 days past due.
-    later = await _receivables(client, finance, "2027-02-15")
+    later = await fetch_receivables(client, finance, "2027-02-15")
     aged = {
         (partner, d["number"]): (d["amount_open"]["amount"], d["days_past_due"], d["bucket"])
         for partner, report in later.items()
@@ -412,7 +412,7 @@ async def _roll_forward(
     assert (report["run_id"], report["as_of"]) == (DECEMBER_RUN, DECEMBER_END)
     # closing = opening + movements for every issuer; closing = its lots at the cut-off;
     # opening = November's closing; the totals tie to the run's controls.
-    _check_roll_forward(report, run, await _lots_at_cutoff(engine), november_closing)
+    check_roll_forward(report, run, await lots_at_cutoff(engine), november_closing)
     _check_issuers(report)
 
 
@@ -427,7 +427,7 @@ def _check_journal(journal: dict[str, Any]) -> None:
     for entry in journal["entries"]:
         debit = sum(Decimal(line["debit"]) for line in entry["lines"])
         assert debit == sum(Decimal(line["credit"]) for line in entry["lines"]), entry
-    balances = _balances(journal)
+    balances = journal_balances(journal)
     # After netting, each partner's receivable or payable is its document's total.
     assert balances[("1200", "grocer")] == Decimal("17.00")
     assert balances[("1200", "fuel")] == Decimal("2.00")
@@ -454,7 +454,7 @@ async def test_finance_closes_december_end_to_end(
     }
     members = await _november(partners, clock)
     november = await _settle(client, clock, admin_headers, NOVEMBER_END)
-    await _approve(client, finance_headers, november["run_id"])  # INV-2026-000001, -000002
+    await approve_run(client, finance_headers, november["run_id"])  # INV-2026-000001, -000002
     november_closing = {"grocer": 10_000, "fuel": 5_000}
 
     await _december_trading(partners, members, clock)

@@ -38,7 +38,7 @@ MOVEMENTS = (
 )
 
 
-async def _lots_at_cutoff(engine: AsyncEngine) -> dict[str, int]:
+async def lots_at_cutoff(engine: AsyncEngine) -> dict[str, int]:
     """Per issuer: points its lots hold plus points open holds reserve from them."""
     async with engine.connect() as conn:
         rows = await conn.execute(
@@ -87,7 +87,7 @@ async def _adjust(
     return result
 
 
-def _check_roll_forward(
+def check_roll_forward(
     report: dict[str, Any],
     run: dict[str, Any],
     lots: dict[str, int],
@@ -149,7 +149,7 @@ async def _four_days(
     await grocer.client.reverse(g2["transaction_id"])  # 50 from its lot, 100 fuel's, 50 debt
     hold = await cinema.client.create_hold(m1, 100, expires_in=HOLD_WEEK_S)
     day = datetime(2026, 11, 24, tzinfo=UTC)
-    runs.append((await _settle(client, clock, admin, day), await _lots_at_cutoff(engine)))
+    runs.append((await _settle(client, clock, admin, day), await lots_at_cutoff(engine)))
 
     # Day 2: an earn repays the debt, a capture, a refund, adjustments, a long hold.
     clock.set(day + timedelta(hours=9))
@@ -166,17 +166,17 @@ async def _four_days(
     )  # fmt: skip
     open_hold = await grocer.client.create_hold(m1, 50, expires_in=HOLD_WEEK_S)  # fuel's lot
     day += timedelta(days=1)
-    runs.append((await _settle(client, clock, admin, day), await _lots_at_cutoff(engine)))
+    runs.append((await _settle(client, clock, admin, day), await lots_at_cutoff(engine)))
 
     # Day 3: fuel's promo lot expires at noon with 50 points still held from it.
     day += timedelta(days=1)
-    runs.append((await _settle(client, clock, admin, day), await _lots_at_cutoff(engine)))
+    runs.append((await _settle(client, clock, admin, day), await lots_at_cutoff(engine)))
 
     # Day 4: the hold is voided: its points return to an expired lot and expire at once.
     clock.set(day + timedelta(hours=8))
     await grocer.client.void_hold(open_hold["hold_id"])
     day += timedelta(days=1)
-    runs.append((await _settle(client, clock, admin, day), await _lots_at_cutoff(engine)))
+    runs.append((await _settle(client, clock, admin, day), await lots_at_cutoff(engine)))
     return runs
 
 
@@ -199,7 +199,7 @@ async def test_roll_forward_ties_for_every_issuer_over_four_runs(
         assert response.status_code == 200, response.text
         report = response.json()
         assert (report["run_id"], report["as_of"]) == (run["run_id"], run["period_end"])
-        previous = _check_roll_forward(report, run, lots, previous)
+        previous = check_roll_forward(report, run, lots, previous)
         reports.append({issuer["issuer"]: issuer for issuer in report["issuers"]})
 
     day1, day2, day3, day4 = reports

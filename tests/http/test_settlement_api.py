@@ -23,7 +23,7 @@ PERIOD_END = "2026-11-24T00:00:00Z"
 RUN_ID = "stl_20261124T000000Z"
 
 
-async def _worked_example(
+async def worked_example(
     onboard: PartnerFactory, clock: FrozenClock
 ) -> tuple[OnboardedPartner, OnboardedPartner, OnboardedPartner]:
     """domain.md: issue price 0.012, redemption value 0.010, one period."""
@@ -52,7 +52,7 @@ async def test_worked_example_through_the_signed_api(
     admin_headers: dict[str, str],
     finance_headers: dict[str, str],
 ) -> None:
-    grocer, fuel, cinema = await _worked_example(onboard, clock)
+    grocer, fuel, cinema = await worked_example(onboard, clock)
 
     created = await client.post(
         "/v1/admin/settlements", json={"period_end": PERIOD_END}, headers=admin_headers
@@ -166,7 +166,7 @@ async def test_the_csv_report_has_a_header_and_one_row_per_partner(
     admin_headers: dict[str, str],
     finance_headers: dict[str, str],
 ) -> None:
-    await _worked_example(onboard, clock)
+    await worked_example(onboard, clock)
     await client.post(
         "/v1/admin/settlements", json={"period_end": PERIOD_END}, headers=admin_headers
     )

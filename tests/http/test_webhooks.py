@@ -32,7 +32,7 @@ from settlement.events import emit
 from tests.conftest import PUBLIC_URL
 from tests.http.conftest import OnboardedPartner, PartnerFactory
 from tests.http.signed import signed
-from tests.integration.test_cli import EXCHANGE, _env
+from tests.servers import EXCHANGE, server_env
 
 BACKOFF_S = 0.05
 
@@ -375,7 +375,7 @@ async def test_key_rotation_lists_both_keys_and_signs_with_the_new_one(
     rotated = await asyncio.to_thread(
         subprocess.run,
         [*EXCHANGE, "webhooks", "rotate-key"],
-        env=_env(EXCHANGE_DATABASE_URL=database_url),
+        env=server_env(EXCHANGE_DATABASE_URL=database_url),
         capture_output=True,
         text=True,
         check=False,

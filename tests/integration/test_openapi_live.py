@@ -36,7 +36,7 @@ from schemathesis.core import NOT_SET
 from schemathesis.core.result import Ok
 
 from partners.signing import generate_keypair, load_private_key, sign_request
-from tests.integration.test_cli import EXCHANGE, _env, _free_port, _wait_ready
+from tests.servers import EXCHANGE, free_port, server_env, wait_ready
 
 EXAMPLES = int(os.environ.get("EXCHANGE_FUZZ_EXAMPLES", "12"))
 CHECKS = [
@@ -136,14 +136,14 @@ def _token(env: dict[str, str], role: str, name: str) -> str:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
-    data_dir, port = tmp_path_factory.mktemp("openapi") / "data", _free_port()
-    env = _env(EXCHANGE_DATA_DIR=str(data_dir), EXCHANGE_PARTNER_RATE_LIMIT="10000/second")
+    data_dir, port = tmp_path_factory.mktemp("openapi") / "data", free_port()
+    env = server_env(EXCHANGE_DATA_DIR=str(data_dir), EXCHANGE_PARTNER_RATE_LIMIT="10000/second")
     process = subprocess.Popen(
         [*EXCHANGE, "serve", "--port", str(port)], env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        _wait_ready(port, process, timeout_s=60)
+        wait_ready(port, process, timeout_s=60)
         base_url = f"http://127.0.0.1:{port}"
         admin, finance = _token(env, "admin", "ada"), _token(env, "finance", "finn")
         live = Live(base_url, admin, finance, "", "", "", {})

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from partners.signing import generate_keypair
-from tests.integration.test_cli import EXCHANGE, _env, _free_port, _serving, _wait_ready
+from tests.servers import EXCHANGE, free_port, server_env, serving, wait_ready
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -24,11 +24,11 @@ def _quickstart() -> str:
 
 
 def test_the_partner_quickstart_runs_against_a_real_server(tmp_path: Path) -> None:
-    data_dir, port = tmp_path / "data", _free_port()
+    data_dir, port = tmp_path / "data", free_port()
     base_url = f"http://127.0.0.1:{port}"
-    with _serving(data_dir, port) as server:
-        _wait_ready(port, server)
-        env = _env(EXCHANGE_DATA_DIR=str(data_dir))
+    with serving(data_dir, port) as server:
+        wait_ready(port, server)
+        env = server_env(EXCHANGE_DATA_DIR=str(data_dir))
         token = subprocess.run(
             [*EXCHANGE, "tokens", "create", "--role", "admin"], env=env, capture_output=True,
             text=True, check=True, timeout=60,

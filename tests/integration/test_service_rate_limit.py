@@ -13,7 +13,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.operators import create_operator_token
-from tests.integration.test_cli import EXCHANGE, _env, _free_port, _wait_ready
+from tests.servers import EXCHANGE, free_port, server_env, wait_ready
 
 LIMIT = 6
 
@@ -21,10 +21,10 @@ LIMIT = 6
 def _flood(database_url: str, token: str) -> list[int]:
     """Serve with two workers and send 4x the limit, each on a new connection (so the
     requests spread over both workers); the statuses in order."""
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [*EXCHANGE, "serve", "--port", str(port), "--workers", "2"],
-        env=_env(
+        env=server_env(
             EXCHANGE_DATABASE_URL=database_url,
             EXCHANGE_OPERATOR_RATE_LIMIT=f"{LIMIT}/hour",
         ),
@@ -32,7 +32,7 @@ def _flood(database_url: str, token: str) -> list[int]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_ready(port, process, timeout_s=60)
+        wait_ready(port, process, timeout_s=60)
         statuses = []
         headers = {"Authorization": f"Bearer {token}"}
         for _ in range(4 * LIMIT):
