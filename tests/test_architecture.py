@@ -292,19 +292,11 @@ _DRIVER_DEBTS = {
     "exchange.verify": "the consistency check's SQL lives beside it",
     "partners.gateway": "holds an asyncpg connection to LISTEN for key changes",
     "partners.registry": "the registry's SQL and IntegrityError live beside it",
-    "settlement.schedule": "takes its advisory lock with raw SQL",
     # Merged with closing the month, the console and the metrics (contract §8, §12): each
     # keeps its SQL beside its calculation; to move into the stores like the ledger's.
     "exchange.console.sessions": "console session rows are read and written beside the logic",
     "exchange.metrics": "listens to SQLAlchemy pool events for the pool gauges",
     "exchange.service._adjustments": "drives its asyncpg transaction like the ledger service",
-    "settlement.approval": "approval SQL beside the approval rule",
-    "settlement.documents._store": "the documents' store is a module of its package",
-    "settlement.idempotency": "operator idempotency rows beside the claim logic",
-    "settlement.journal": "the journal's query beside its arithmetic",
-    "settlement.payments": "payment SQL beside the allocation rule",
-    "settlement.receivables": "the ageing query beside the bucketing",
-    "settlement.rollforward": "set-based movement SQL beside the roll-forward arithmetic",
     "exchange.members.reminders": "the reminder sweep's INSERT ... SELECT beside it",
 }
 
