@@ -287,7 +287,6 @@ def test_the_server_and_the_command_line_load_no_tool() -> None:
 # entry fails (strict xfail) once fixed, so the list can only shrink.
 _DRIVER_DEBTS = {
     "exchange.operators": "operator tokens' SQL lives beside their logic",
-    "exchange.problems": "maps sqlalchemy pool/connection errors to 503",
     "exchange.service._ledger": "types its hot-path connection as asyncpg.Connection",
     "exchange.verify": "the consistency check's SQL lives beside it",
     "partners.gateway": "holds an asyncpg connection to LISTEN for key changes",
@@ -295,7 +294,6 @@ _DRIVER_DEBTS = {
     # Merged with closing the month, the console and the metrics (contract §8, §12): each
     # keeps its SQL beside its calculation; to move into the stores like the ledger's.
     "exchange.console.sessions": "console session rows are read and written beside the logic",
-    "exchange.metrics": "listens to SQLAlchemy pool events for the pool gauges",
     "exchange.service._adjustments": "drives its asyncpg transaction like the ledger service",
     "exchange.members.reminders": "the reminder sweep's INSERT ... SELECT beside it",
 }
