@@ -288,14 +288,9 @@ def test_the_server_and_the_command_line_load_no_tool() -> None:
 _DRIVER_DEBTS = {
     "exchange.operators": "operator tokens' SQL lives beside their logic",
     "exchange.service._ledger": "types its hot-path connection as asyncpg.Connection",
-    "exchange.verify": "the consistency check's SQL lives beside it",
     "partners.gateway": "holds an asyncpg connection to LISTEN for key changes",
     "partners.registry": "the registry's SQL and IntegrityError live beside it",
-    # Merged with closing the month, the console and the metrics (contract §8, §12): each
-    # keeps its SQL beside its calculation; to move into the stores like the ledger's.
-    "exchange.console.sessions": "console session rows are read and written beside the logic",
     "exchange.service._adjustments": "drives its asyncpg transaction like the ledger service",
-    "exchange.members.reminders": "the reminder sweep's INSERT ... SELECT beside it",
 }
 
 
