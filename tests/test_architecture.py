@@ -247,6 +247,17 @@ def test_only_the_composition_root_knows_the_console() -> None:
     assert offenders == set()
 
 
+def test_the_console_takes_its_services_as_dependencies() -> None:
+    """Console handlers declare the services they use (litestar dependencies, as every
+    controller does); none reaches into the application's state for them."""
+    offenders = {
+        module
+        for module, path in MODULES.items()
+        if module.startswith(CONSOLE) and ".state" in path.read_text()
+    }
+    assert offenders == set()
+
+
 def test_the_ledger_never_imports_settlement() -> None:
     """The exchange's own modules never reach into settlement; only the composition root
     and the command line (which wire every part) and the tools may."""
