@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +21,14 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.engine import ExceptionContext
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from exchange.config import Settings
 from exchange.embedded import EmbeddedPostgres
 from exchange.errors import DatabaseUnavailable
-from exchange.store._errors import is_connection_lost, unavailable_as_503
+from exchange.store._errors import is_connection_lost, is_unavailable, unavailable_as_503
 
 __all__ = [
     "DatabaseUnavailable",
@@ -37,13 +38,17 @@ __all__ = [
     "check_reachable",
     "create_engine",
     "current_revision",
+    "data_exception_state",
     "driver_connection",
+    "escaped_as_unavailable",
     "head_revision",
     "migrate",
     "open_database",
+    "pool_capacity",
     "readiness",
     "recreate_database",
     "sqlalchemy_url",
+    "watch_pool",
 ]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -106,6 +111,52 @@ def _invalidate_lost_connections(context: ExceptionContext) -> None:
     it and every connection made before it (the server most likely restarted)."""
     if not context.is_disconnect and is_connection_lost(context.original_exception):
         context.is_disconnect = True
+
+
+# -- the pool, watched (exchange.metrics keeps its gauges from these) ----------------------------
+
+
+def pool_capacity(engine: AsyncEngine) -> int | None:
+    """How many connections the engine's pool holds at most (None: a pool without a size)."""
+    size = getattr(engine.sync_engine.pool, "size", None)
+    return size() if callable(size) else None
+
+
+def watch_pool(
+    engine: AsyncEngine, *, checked_out: Callable[[], None], checked_in: Callable[[], None]
+) -> None:
+    """Call `checked_out` on every checkout of a pooled connection, `checked_in` on every
+    return; registered after `create_engine`'s own checkout check, so a connection that
+    check throws away is not counted."""
+    pool = engine.sync_engine.pool
+    event.listen(pool, "checkout", lambda *_: checked_out())
+    event.listen(pool, "checkin", lambda *_: checked_in())
+
+
+# -- driver errors that escaped a store (exchange.problems answers them) -----------------------
+
+
+def escaped_as_unavailable(exc: BaseException) -> bool:
+    """A database error that reached the HTTP layer untranslated means "the database is
+    away" (503): the pool timed out, the connection failed or was invalidated, or
+    `is_unavailable` says so."""
+    if isinstance(exc, PoolTimeout | OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return is_unavailable(exc)
+
+
+def data_exception_state(exc: BaseException) -> str | None:
+    """The SQLSTATE of a driver error of class 22 (data exception: a NUL byte, an
+    out-of-range date or number), the request's value PostgreSQL cannot hold; else None."""
+    if not isinstance(exc, DBAPIError):
+        return None
+    orig = getattr(exc, "orig", None)
+    state = getattr(orig, "sqlstate", None) or getattr(
+        getattr(orig, "__cause__", None), "sqlstate", None
+    )
+    return state if isinstance(state, str) and state.startswith("22") else None
 
 
 @asynccontextmanager

@@ -33,8 +33,9 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.multiprocess import MultiProcessCollector
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exchange.db import pool_capacity, watch_pool
 
 __all__ = [
     "CONTENT_TYPE",
@@ -122,25 +123,17 @@ def observe_batch(committed: Iterable[tuple[object, Any]]) -> None:
 
 def instrument_engine(engine: AsyncEngine) -> None:
     """Keep the pool gauges current from the pool's own checkout/checkin events."""
-    pool = engine.sync_engine.pool
-    size = getattr(pool, "size", None)
-    if callable(size):
-        POOL_SIZE.inc(size())
-
-    @event.listens_for(pool, "checkout")
-    def _checkout(*_: Any) -> None:
-        POOL_IN_USE.inc()
-
-    @event.listens_for(pool, "checkin")
-    def _checkin(*_: Any) -> None:
-        POOL_IN_USE.dec()
+    capacity = pool_capacity(engine)
+    if capacity is not None:
+        POOL_SIZE.inc(capacity)
+    watch_pool(engine, checked_out=POOL_IN_USE.inc, checked_in=POOL_IN_USE.dec)
 
 
 def release_engine(engine: AsyncEngine) -> None:
     """The engine is being disposed: take its capacity off the gauge."""
-    size = getattr(engine.sync_engine.pool, "size", None)
-    if callable(size):
-        POOL_SIZE.dec(size())
+    capacity = pool_capacity(engine)
+    if capacity is not None:
+        POOL_SIZE.dec(capacity)
 
 
 def render() -> bytes:

@@ -18,9 +18,8 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.types import ExceptionHandlersMap
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from exchange.db import data_exception_state, escaped_as_unavailable
 from exchange.errors import (
     DatabaseUnavailable,
     ExchangeError,
@@ -29,7 +28,6 @@ from exchange.errors import (
     ServiceUnavailable,
 )
 from exchange.logs import get_logger
-from exchange.store import is_unavailable
 
 __all__ = ["ERROR_TYPE_BASE", "PROBLEM_JSON", "Problem", "exception_handlers", "problem_response"]
 
@@ -154,10 +152,23 @@ def _http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Resp
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    if is_unavailable(exc):
-        # The last net: a database outage that reached us untranslated is still a 503,
-        # never a 500 (the client's retry with the same Idempotency-Key is safe).
+    """Everything no store translated. The last net for database errors (the stores map
+    them; `exchange.db` classifies what escaped): an outage is a 503, never a 500 (the
+    client's retry with the same Idempotency-Key is safe); SQLSTATE class 22 means the
+    request carried a value PostgreSQL cannot hold, the caller's input: 422. The rest is
+    a bug: 500, the details in the log only."""
+    if escaped_as_unavailable(exc):
         return _database_unavailable(request, exc)
+    state = data_exception_state(exc)
+    if state is not None:
+        _log.warning("data_exception", sqlstate=state, path=request.url.path)
+        return problem_response(
+            422,
+            "validation_error",
+            "Invalid request",
+            "A value in the request cannot be stored or compared (bad characters or range).",
+            request_id=_request_id(request),
+        )
     _log.exception("unhandled_exception", path=request.url.path, error=type(exc).__name__)
     return problem_response(
         500,
@@ -211,36 +222,8 @@ def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Re
     )
 
 
-def _database_error(request: Request[Any, Any, Any], exc: DBAPIError) -> Response[bytes]:
-    """A driver error that escaped a store (the store maps them; this is the safety net).
-
-    A lost connection is the database being unavailable (503). SQLSTATE class 22 (data
-    exception: a NUL byte, an out-of-range date or number) means the request carried a
-    value PostgreSQL cannot hold: the caller's input, 422, never a 500.
-    """
-    if exc.connection_invalidated or is_unavailable(exc):
-        return _database_unavailable(request, exc)
-    state = getattr(getattr(exc, "orig", None), "sqlstate", None) or getattr(
-        getattr(getattr(exc, "orig", None), "__cause__", None), "sqlstate", None
-    )
-    if isinstance(state, str) and state.startswith("22"):
-        _log.warning("data_exception", sqlstate=state, path=request.url.path)
-        return problem_response(
-            422,
-            "validation_error",
-            "Invalid request",
-            "A value in the request cannot be stored or compared (bad characters or range).",
-            request_id=_request_id(request),
-        )
-    return _unexpected(request, exc)
-
-
 def exception_handlers() -> ExceptionHandlersMap:
     return {
-        PoolTimeout: _database_unavailable,
-        OperationalError: _database_unavailable,
-        InterfaceError: _database_unavailable,
-        DBAPIError: _database_error,
         ExchangeError: _exchange_error,
         HTTPException: _http_exception,
         Exception: _unexpected,

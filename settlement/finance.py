@@ -3,6 +3,10 @@
 approve            the approval, its documents, their events and the audit line: one tx
 record_payment     idempotency claim, partner lock, allocation, audit, stored reply: one tx
 documents, receivables, journal    reads (one snapshot each)
+
+Each use case reads and writes through `settlement.store` (and `settlement.documents`)
+and leaves the arithmetic to the pure modules: `approval.check_approvable`,
+`payments.allocate`, `receivables.age`, `journal.build_journal`.
 """
 
 from __future__ import annotations
@@ -58,13 +62,13 @@ class FinanceService:
         now = self.clock.now()
         async with self.engine.begin() as conn:
             run = await self._run(conn, run_id)
-            existing = await approval.load_approval(conn, run_id)
+            existing = await store.load_approval(conn, run_id)
             if existing is not None:
                 return Approved(run, existing)
             approval.check_approvable(run.header)
             by = audit_log.actor_name(identity)
-            if not await approval.insert_approval(conn, run_id, by, now):
-                found = await approval.load_approval(conn, run_id)
+            if not await store.insert_approval(conn, run_id, by, now):
+                found = await store.load_approval(conn, run_id)
                 if found is None:  # pragma: no cover - the conflicting row is committed
                     raise SettlementNotFound(f"No settlement run {run_id}.")
                 return Approved(run, found)
@@ -103,7 +107,7 @@ class FinanceService:
 
     async def approvals(self, run_ids: list[str]) -> dict[str, approval.Approval]:
         async with self.engine.connect() as conn:
-            return await approval.load_approvals(conn, run_ids)
+            return await store.load_approvals(conn, run_ids)
 
     # -- documents -------------------------------------------------------------------------
 
@@ -136,19 +140,17 @@ class FinanceService:
             earlier = await idempotency.claim(conn, key)
             if earlier is not None:
                 return Reply(earlier.status_code, earlier.body, replayed=True)
-            partner = await payments.lock_partner(conn, data.partner_id)
+            partner = await store.lock_partner(conn, data.partner_id)
             if money.currency != partner.currency:
                 raise CurrencyMismatch(
                     f"Partner {partner.partner_id} settles in {partner.currency}, "
                     f"not {money.currency}."
                 )
-            items = await payments.open_items(
-                conn, partner.partner_id, document_id=data.document_id
-            )
+            items = await store.open_items(conn, partner.partner_id, document_id=data.document_id)
             allocations = payments.allocate(
                 money.amount, items, direction=data.direction, document_id=data.document_id
             )
-            payment_id = await payments.insert_payment(
+            payment_id = await store.insert_payment(
                 conn,
                 partner=partner,
                 direction=data.direction,
@@ -160,7 +162,7 @@ class FinanceService:
                 created_at=now,
                 created_by=audit_log.actor_name(identity),
             )
-            payment = await payments.load_payment(conn, payment_id)
+            payment = await store.load_payment(conn, payment_id)
             if payment is None:  # pragma: no cover - inserted just above
                 raise Unprocessable(payment_id)
             body = msgspec.json.encode(payment_view(payment))
@@ -186,8 +188,8 @@ class FinanceService:
         async with self.engine.connect() as plain:
             conn = await plain.execution_options(isolation_level="REPEATABLE READ")
             async with conn.begin():
-                items = await ageing.read_open_items(conn, as_of)
-                unapplied, names = await ageing.read_unapplied(conn, as_of)
+                items = await store.read_open_items(conn, as_of)
+                unapplied, names = await store.read_unapplied(conn, as_of)
         return ageing.age(items, unapplied, names, as_of)
 
     async def journal(
@@ -197,6 +199,6 @@ class FinanceService:
             conn = await plain.execution_options(isolation_level="REPEATABLE READ")
             async with conn.begin():
                 run = await self._run(conn, run_id)
-                approved = await approval.load_approval(conn, run_id)
-                figures = await journal.read_journal_figures(conn, run.settlement.period)
+                approved = await store.load_approval(conn, run_id)
+                figures = await store.read_journal_figures(conn, run.settlement.period)
         return run, approved, journal.build_journal(run.settlement.lines, figures, self.chart)

@@ -5,7 +5,8 @@ The same mechanism as the partner path (`exchange.store.claim_idempotency_keys`)
 transaction-scoped advisory try-lock on the key (held: the first request is still in
 flight, 409 `request_in_progress`), then the stored response (same fingerprint: replay
 it; another: 422 `idempotency_key_reused`). The response is stored in the database
-transaction of the write, so a failed request leaves its key unused.
+transaction of the write, so a failed request leaves its key unused. The rows and the
+lock are `settlement.store`'s.
 """
 
 from __future__ import annotations
@@ -13,16 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.errors import IdempotencyKeyReused, RequestInProgress
-from settlement.tables import operator_idempotency_keys
+from settlement import store
 
 __all__ = ["OperatorIdempotency", "StoredReply", "claim", "remember"]
-
-# A namespace of its own, so an operator key can never share a lock with a partner key.
-_LOCK_SQL = "SELECT pg_try_advisory_xact_lock(hashtextextended('operator' || chr(31) || :scope, 0))"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,22 +37,14 @@ class StoredReply:
 
 async def claim(conn: AsyncConnection, idempotency: OperatorIdempotency) -> StoredReply | None:
     """The earlier reply to replay, or None: go ahead, the key is ours until commit."""
-    scope = f"{idempotency.token_id}\x1f{idempotency.key}"
-    if not (await conn.execute(text(_LOCK_SQL), {"scope": scope})).scalar_one():
+    if not await store.try_lock_operator_key(conn, idempotency.token_id, idempotency.key):
         raise RequestInProgress()
-    row = (
-        await conn.execute(
-            select(operator_idempotency_keys).where(
-                operator_idempotency_keys.c.token_id == idempotency.token_id,
-                operator_idempotency_keys.c.key == idempotency.key,
-            )
-        )
-    ).first()
-    if row is None:
+    stored = await store.load_operator_reply(conn, idempotency.token_id, idempotency.key)
+    if stored is None:
         return None
-    if row.fingerprint != idempotency.fingerprint:
+    if stored.fingerprint != idempotency.fingerprint:
         raise IdempotencyKeyReused()
-    return StoredReply(row.status_code, row.response)
+    return StoredReply(stored.status_code, stored.body)
 
 
 async def remember(
@@ -64,13 +53,5 @@ async def remember(
     reply: StoredReply,
     at: datetime,
 ) -> None:
-    await conn.execute(
-        operator_idempotency_keys.insert().values(
-            token_id=idempotency.token_id,
-            key=idempotency.key,
-            fingerprint=idempotency.fingerprint,
-            status_code=reply.status_code,
-            response=reply.body,
-            created_at=at,
-        )
-    )
+    stored = store.StoredOperatorReply(idempotency.fingerprint, reply.status_code, reply.body)
+    await store.insert_operator_reply(conn, idempotency.token_id, idempotency.key, stored, at)

@@ -22,8 +22,9 @@ amounts). A negative amount (more reversed than posted) swaps the entry's sides.
 a member redeemed in another currency than their issuer's are valued at the redemption
 credit (no margin): the exchange books no FX.
 
-`build_journal` is pure; `read_journal_figures` reads the two figures the run lines do
-not carry (the redeemed points' issue value per redeemer, the expired value per issuer).
+`build_journal` is pure; `settlement.store.read_journal_figures` reads the two figures the
+run lines do not carry (the redeemed points' issue value per redeemer, the expired value
+per issuer).
 """
 
 from __future__ import annotations
@@ -33,11 +34,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from exchange.money import round_money
-from settlement.engine import Line, Period
+from settlement.engine import Line
 
 __all__ = [
     "ChartOfAccounts",
@@ -45,7 +43,6 @@ __all__ = [
     "JournalFigures",
     "JournalLine",
     "build_journal",
-    "read_journal_figures",
     "totals",
 ]
 
@@ -166,38 +163,3 @@ def totals(entries: Iterable[JournalEntry]) -> dict[str, tuple[Decimal, Decimal]
             sums[entry.currency][0] += leg.debit
             sums[entry.currency][1] += leg.credit
     return {currency: (debit, credit) for currency, (debit, credit) in sorted(sums.items())}
-
-
-# Burns draw from lots (each at its issue price); burn reversals release points back to
-# the same lots. A lot from an issuer settling in another currency is valued at the
-# burn's own price (its redemption value), so no FX enters the books.
-_REDEEMED_SQL = """
-SELECT p.partner_id AS redeemer_id,
-       sum(CASE WHEN p.type = 'burn' THEN a.points ELSE -a.points END
-           * CASE WHEN issuer.settlement_currency = p.currency THEN l.unit_price
-                  ELSE p.unit_price END) AS value
-FROM postings p
-JOIN allocations a ON a.posting_id = p.posting_id
-JOIN lots l ON l.lot_id = a.lot_id
-JOIN partners issuer ON issuer.partner_id = l.issuer_id
-WHERE p.posted_at >= :start AND p.posted_at < :end
-  AND ((p.type = 'burn' AND a.kind = 'draw') OR (p.type = 'burn_reversal' AND a.kind = 'release'))
-GROUP BY p.partner_id"""
-
-_EXPIRED_SQL = """
-SELECT partner_id, sum(points * unit_price) AS value
-FROM postings
-WHERE posted_at >= :start AND posted_at < :end AND type = 'expiry'
-GROUP BY partner_id"""
-
-
-async def read_journal_figures(conn: AsyncConnection, period: Period) -> JournalFigures:
-    bounds = {"start": period.start, "end": period.end}
-    redeemed = {
-        row.redeemer_id: Decimal(row.value)
-        for row in await conn.execute(text(_REDEEMED_SQL), bounds)
-    }
-    expired = {
-        row.partner_id: Decimal(row.value) for row in await conn.execute(text(_EXPIRED_SQL), bounds)
-    }
-    return JournalFigures(redeemed, expired)

@@ -37,9 +37,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+if TYPE_CHECKING:  # the store imports this module: its types only, never at run time
+    from settlement.store import RunHeader
 
 __all__ = [
     "MOVEMENTS",
@@ -49,8 +50,7 @@ __all__ = [
     "RollForward",
     "RollForwardReport",
     "Ties",
-    "load_roll_forward",
-    "read_movements",
+    "report",
     "roll_forward",
     "ties",
 ]
@@ -124,84 +124,6 @@ class RollForward:
     totals: dict[str, int] = field(default_factory=dict)  # points per movement, all issuers
 
 
-# -- measuring (SQL) ---------------------------------------------------------------------------
-
-# Allocations, classified. An earn reversal's draw on its own lot is covered by `reversed`
-# and `reversal_shortfall` below (together: minus what the own lot gave), so it is skipped.
-_ALLOCATIONS_SQL = """
-SELECT l.issuer_id,
-       CASE
-         WHEN a.kind = 'repay' THEN 'applied_to_member_debt'
-         WHEN p.type = 'burn' AND a.kind = 'draw' THEN 'redeemed'
-         WHEN p.type = 'burn_reversal' AND a.kind = 'release' THEN 'redeemed'
-         WHEN p.type = 'expiry' AND a.kind = 'draw' THEN 'expired'
-         WHEN p.type = 'earn_reversal' AND a.kind = 'draw' THEN 'applied_to_member_debt'
-         WHEN p.type = 'adjustment' THEN 'adjusted'
-         ELSE p.type
-       END AS movement,
-       p.posted_at < :start AS before_period,
-       sum(CASE WHEN a.kind = 'release' THEN a.points ELSE -a.points END) AS points,
-       sum(CASE WHEN a.kind = 'release' THEN a.points ELSE -a.points END * l.unit_price)
-           AS value
-FROM allocations a
-JOIN postings p ON p.posting_id = a.posting_id
-JOIN lots l ON l.lot_id = a.lot_id
-WHERE p.posted_at < :end
-  AND NOT (p.type = 'hold' AND a.kind = 'draw')
-  AND NOT (p.type IN ('hold_release', 'burn') AND a.kind = 'release')
-  AND NOT (p.type = 'earn_reversal' AND a.kind = 'draw' AND l.earn_id = p.reverses)
-GROUP BY 1, 2, 3
-UNION ALL
-SELECT l.issuer_id, CASE p.type WHEN 'earn' THEN 'issued' ELSE 'adjusted' END,
-       p.posted_at < :start, sum(l.initial), sum(l.initial * l.unit_price)
-FROM lots l JOIN postings p ON p.posting_id = l.earn_id
-WHERE p.posted_at < :end
-GROUP BY 1, 2, 3
-UNION ALL
-SELECT r.partner_id, m.movement, r.posted_at < :start,
-       sum(CASE m.movement WHEN 'reversed' THEN -r.points ELSE r.points - coalesce(own.points, 0)
-           END),
-       sum(CASE m.movement WHEN 'reversed' THEN -r.points ELSE r.points - coalesce(own.points, 0)
-           END * r.unit_price)
-FROM postings r
-CROSS JOIN (VALUES ('reversed'), ('reversal_shortfall')) AS m(movement)
-LEFT JOIN LATERAL (
-    SELECT sum(a.points) AS points
-    FROM allocations a JOIN lots l ON l.lot_id = a.lot_id
-    WHERE a.posting_id = r.posting_id AND a.kind = 'draw' AND l.earn_id = r.reverses
-) AS own ON true
-WHERE r.type = 'earn_reversal' AND r.posted_at < :end
-GROUP BY 1, 2, 3"""
-
-_ISSUERS_SQL = """
-SELECT partner_id, name, settlement_currency, status, created_at < :end AS existed
-FROM partners ORDER BY partner_id"""
-
-
-async def read_movements(
-    conn: AsyncConnection, start: datetime, end: datetime
-) -> tuple[list[MovementRow], dict[str, tuple[str, str, bool]]]:
-    """Every movement before `end`, split at `start`; and each partner's (name, currency,
-    shown-without-movements?). Run it in one REPEATABLE READ snapshot."""
-    bounds = {"start": start, "end": end}
-    rows = [
-        MovementRow(
-            row.issuer_id, row.movement, bool(row.before_period), int(row.points), row.value
-        )
-        for row in await conn.execute(text(_ALLOCATIONS_SQL), bounds)
-        if row.points or row.value
-    ]
-    issuers = {
-        row.partner_id: (
-            row.name,
-            row.settlement_currency,
-            bool(row.existed) and row.status != "operator",
-        )
-        for row in await conn.execute(text(_ISSUERS_SQL), bounds)
-    }
-    return rows, issuers
-
-
 # -- the arithmetic (pure) ---------------------------------------------------------------------
 
 
@@ -268,7 +190,7 @@ def ties(
     )
 
 
-# -- one consistent read -----------------------------------------------------------------------
+# -- the report -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,39 +205,29 @@ class RollForwardReport:
     ties: Ties
 
 
-async def load_roll_forward(conn: AsyncConnection, as_of: datetime) -> RollForwardReport | None:
-    """The roll-forward of the run whose period ends at `as_of` (None: no such run). The
-    caller opens one REPEATABLE READ database transaction around it."""
-    run = (
-        await conn.execute(
-            text(
-                "SELECT run_id, period_start, period_end, reconciled, outstanding_start, "
-                "outstanding_end, issued_points, earn_reversed_points, redeemed_points, "
-                "expired_points, adjusted_points FROM settlement_runs WHERE period_end = :as_of"
-            ),
-            {"as_of": as_of},
-        )
-    ).first()
-    if run is None:
-        return None
-    rows, issuers = await read_movements(conn, run.period_start, run.period_end)
+def report(
+    run: RunHeader, rows: list[MovementRow], issuers: dict[str, tuple[str, str, bool]]
+) -> RollForwardReport:
+    """The roll-forward of `run` from its movements (`settlement.store.read_movements`, read
+    in the same REPEATABLE READ snapshot as the run), tied to the run's control totals."""
     forward = roll_forward(rows, issuers)
+    controls = run.controls
     return RollForwardReport(
         run_id=run.run_id,
         period_start=run.period_start,
         period_end=run.period_end,
         reconciled=run.reconciled,
-        outstanding_start=run.outstanding_start,
-        outstanding_end=run.outstanding_end,
+        outstanding_start=controls.outstanding_start,
+        outstanding_end=controls.outstanding_end,
         forward=forward,
         ties=ties(
             forward,
-            outstanding_start=run.outstanding_start,
-            outstanding_end=run.outstanding_end,
-            earned=run.issued_points + run.earn_reversed_points,
-            earn_reversed=run.earn_reversed_points,
-            redeemed=run.redeemed_points,
-            expired=run.expired_points,
-            adjusted=run.adjusted_points,
+            outstanding_start=controls.outstanding_start,
+            outstanding_end=controls.outstanding_end,
+            earned=controls.issued + controls.earn_reversed,
+            earn_reversed=controls.earn_reversed,
+            redeemed=controls.redeemed,
+            expired=controls.expired,
+            adjusted=controls.adjusted,
         ),
     )

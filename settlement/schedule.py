@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.clock import Clock, utc
 from exchange.config import SettlementCycle
 from exchange.logs import get_logger
 from exchange.store import is_unavailable
+from settlement import store
 from settlement.errors import PeriodClosed
 from settlement.service import SettlementService
 
@@ -195,10 +195,7 @@ async def run_tick(
     async with engine.connect() as lock_conn, lock_conn.begin():
         # A transaction-level lock, held by this open (idle) database transaction for the
         # whole tick: released at its end or when the connection dies, never leaked.
-        got = await lock_conn.scalar(
-            text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": SCHEDULER_LOCK_KEY}
-        )
-        if not got:
+        if not await store.try_scheduler_lock(lock_conn, SCHEDULER_LOCK_KEY):
             return report
         report.ran = True
         now = clock.now()

@@ -38,10 +38,10 @@ from exchange.logs import get_logger
 from exchange.retry import retry_conflicts
 from exchange.service import LedgerService
 from exchange.store import close_journal_until
-from settlement import store
+from settlement import rollforward, store
 from settlement.engine import BEGINNING_OF_TIME, Period, Settlement, settle
 from settlement.errors import PeriodClosed, SettlementNotFound
-from settlement.rollforward import RollForwardReport, load_roll_forward
+from settlement.rollforward import RollForwardReport
 
 __all__ = ["RUNS_PAGE_MAX", "RunResult", "SettlementService", "run_id_for"]
 
@@ -245,13 +245,17 @@ class SettlementService:
         async with self.engine.connect() as plain:
             conn = await plain.execution_options(isolation_level="REPEATABLE READ")
             async with conn.begin():
-                report = await load_roll_forward(conn, utc(as_of))
-        if report is None:
+                run = await store.find_run(conn, utc(as_of))
+                if run is not None:
+                    rows, issuers = await store.read_movements(
+                        conn, run.period_start, run.period_end
+                    )
+        if run is None:
             raise NotARunPeriodEnd(
                 f"No settlement run ends at {utc(as_of):%Y-%m-%dT%H:%M:%SZ}; as_of must be the "
                 "period_end of a run (GET /v1/settlements lists them)."
             )
-        return report
+        return rollforward.report(run, rows, issuers)
 
     async def open_period(self) -> Settlement:
         """What the next run would show if the period closed now: a preview from one

@@ -247,6 +247,28 @@ def test_only_the_composition_root_knows_the_console() -> None:
     assert offenders == set()
 
 
+def _names_app(node: ast.expr) -> bool:
+    """`app` or `<anything>.app`: the application object whose state holds the services."""
+    return (isinstance(node, ast.Name) and node.id == "app") or (
+        isinstance(node, ast.Attribute) and node.attr == "app"
+    )
+
+
+def test_the_console_takes_its_services_as_dependencies() -> None:
+    """Console handlers declare the services they use (litestar dependencies, as every
+    controller does); none reaches into the application's state for them."""
+    offenders = {
+        module
+        for module, path in MODULES.items()
+        if module.startswith(CONSOLE)
+        and any(
+            isinstance(node, ast.Attribute) and node.attr == "state" and _names_app(node.value)
+            for node in ast.walk(ast.parse(path.read_text()))
+        )
+    }
+    assert offenders == set()
+
+
 def test_the_ledger_never_imports_settlement() -> None:
     """The exchange's own modules never reach into settlement; only the composition root
     and the command line (which wire every part) and the tools may."""
@@ -287,25 +309,10 @@ def test_the_server_and_the_command_line_load_no_tool() -> None:
 # entry fails (strict xfail) once fixed, so the list can only shrink.
 _DRIVER_DEBTS = {
     "exchange.operators": "operator tokens' SQL lives beside their logic",
-    "exchange.problems": "maps sqlalchemy pool/connection errors to 503",
     "exchange.service._ledger": "types its hot-path connection as asyncpg.Connection",
-    "exchange.verify": "the consistency check's SQL lives beside it",
     "partners.gateway": "holds an asyncpg connection to LISTEN for key changes",
     "partners.registry": "the registry's SQL and IntegrityError live beside it",
-    "settlement.schedule": "takes its advisory lock with raw SQL",
-    # Merged with closing the month, the console and the metrics (contract §8, §12): each
-    # keeps its SQL beside its calculation; to move into the stores like the ledger's.
-    "exchange.console.sessions": "console session rows are read and written beside the logic",
-    "exchange.metrics": "listens to SQLAlchemy pool events for the pool gauges",
     "exchange.service._adjustments": "drives its asyncpg transaction like the ledger service",
-    "settlement.approval": "approval SQL beside the approval rule",
-    "settlement.documents._store": "the documents' store is a module of its package",
-    "settlement.idempotency": "operator idempotency rows beside the claim logic",
-    "settlement.journal": "the journal's query beside its arithmetic",
-    "settlement.payments": "payment SQL beside the allocation rule",
-    "settlement.receivables": "the ageing query beside the bucketing",
-    "settlement.rollforward": "set-based movement SQL beside the roll-forward arithmetic",
-    "exchange.members.reminders": "the reminder sweep's INSERT ... SELECT beside it",
 }
 
 

@@ -6,7 +6,8 @@ teams and operators, signed in with an operator token.
     actions.py    forms: sign in/out, admin actions; each POST CSRF-checked
     finance.py    the close: approve a run, document PDFs, payments, receivables, adjustments
     _web.py       session dependency, CSRF, roles, navigation, template setup
-    sessions.py   session rows (hash of the cookie only)
+    sessions.py   sign-in, sign-out, CSRF: sessions keyed by the hash of the cookie only
+    _store.py     the session rows' SQL
     charts.py     SVG chart geometry and heat-map bins (pure)
     templates/    Jinja2, one base layout
     static/       vendored assets (CSS); nothing is built at install time

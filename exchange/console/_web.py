@@ -17,6 +17,7 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from litestar import Request, Response
 from litestar.datastructures import Cookie
+from litestar.di import NamedDependency
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.template.config import TemplateConfig
@@ -38,17 +39,8 @@ __all__ = [
     "posted_form",
     "render",
     "require_admin",
-    "services_of",
     "template_config",
 ]
-
-
-def services_of(request: Request[Any, Any, Any]) -> Services:
-    """The process's services (built once by exchange.wiring.build_services). Console
-    pages are rendered from several services at once, so they read the one holder rather
-    than declaring each dependency."""
-    services: Services = request.app.state.services
-    return services
 
 
 HERE = Path(__file__).resolve().parent
@@ -81,12 +73,14 @@ class NotSignedIn(Exception):
     """No valid session: the console answers with the sign-in page."""
 
 
-async def console_session(request: Request[Any, Any, Any]) -> sessions.ConsoleSession:
-    """A litestar dependency: the signed-in operator, or a redirect to sign in."""
+async def console_session(
+    request: Request[Any, Any, Any], services: NamedDependency[Services]
+) -> sessions.ConsoleSession:
+    """A litestar dependency (built on the app's `services`): the signed-in operator, or a
+    redirect to sign in."""
     secret = request.cookies.get(SESSION_COOKIE)
     if not secret:
         raise NotSignedIn
-    services = services_of(request)
     session = await sessions.find_session(services.engine, services.clock, secret)
     if session is None:
         raise NotSignedIn
@@ -111,11 +105,9 @@ async def posted_form(
     return values
 
 
-def secure_cookies(request: Request[Any, Any, Any]) -> bool:
-    return services_of(request).settings.public_url.startswith("https://")
-
-
-def cookie(request: Request[Any, Any, Any], key: str, value: str, max_age: int) -> Cookie:
+def cookie(services: Services, key: str, value: str, max_age: int) -> Cookie:
+    """A console cookie: this path only, HTTP-only, same-site strict, and Secure whenever
+    the exchange is served over https."""
     return Cookie(
         key=key,
         value=value,
@@ -123,7 +115,7 @@ def cookie(request: Request[Any, Any, Any], key: str, value: str, max_age: int) 
         max_age=max_age,
         httponly=True,
         samesite="strict",
-        secure=secure_cookies(request),
+        secure=services.settings.public_url.startswith("https://"),
     )
 
 

@@ -24,13 +24,13 @@ from exchange.console._web import (
     posted_form,
     render,
     require_admin,
-    services_of,
 )
-from exchange.console.pages import settlement
 from exchange.console.sessions import ConsoleSession
 from exchange.errors import Forbidden, Unprocessable
 from exchange.money import parse_price
+from exchange.wiring import Services
 from partners import registry
+from settlement.service import SettlementService
 
 __all__ = ["ConsoleActions"]
 
@@ -38,7 +38,9 @@ PRE_COOKIE_AGE_S = 3600
 TOKEN_LENGTH_MAX = 256
 
 
-def _sign_in_page(request: Request[Any, Any, Any], *, error: str | None = None) -> Template:
+def _sign_in_page(
+    request: Request[Any, Any, Any], services: Services, *, error: str | None = None
+) -> Template:
     pre = secrets.token_urlsafe(24)
     page = render(
         "sign_in.html",
@@ -48,7 +50,7 @@ def _sign_in_page(request: Request[Any, Any, Any], *, error: str | None = None) 
         pre_token=pre,
         error=error,
     )
-    page.cookies.append(cookie(request, PRE_COOKIE, pre, PRE_COOKIE_AGE_S))
+    page.cookies.append(cookie(services, PRE_COOKIE, pre, PRE_COOKIE_AGE_S))
     return page
 
 
@@ -79,22 +81,25 @@ class ConsoleActions(Controller):
     path = "/"
 
     @get("/sign-in")
-    async def sign_in_page(self, request: Request[Any, Any, Any]) -> Template:
-        return _sign_in_page(request)
+    async def sign_in_page(
+        self, request: Request[Any, Any, Any], services: NamedDependency[Services]
+    ) -> Template:
+        return _sign_in_page(request, services)
 
     @post("/sign-in", status_code=303)
-    async def sign_in(self, request: Request[Any, Any, Any]) -> Response[Any]:
+    async def sign_in(
+        self, request: Request[Any, Any, Any], services: NamedDependency[Services]
+    ) -> Response[Any]:
         form = {key: str(value) for key, value in (await request.form()).items()}
         pre = request.cookies.get(PRE_COOKIE, "")
         if not pre or not hmac.compare_digest(form.get("csrf_token", ""), pre):
             raise Forbidden("The sign-in form expired or did not come from this site; reload it.")
-        services = services_of(request)
         client = (request.scope.get("client") or ("unknown", 0))[0]
         await services.limiter.check("operator", f"console-sign-in:{client}")
         token = form.get("token", "").strip()[:TOKEN_LENGTH_MAX]
         started = await sessions.start_session(services.engine, services.clock, token)
         if started is None:
-            return _sign_in_page(request, error="Unknown or revoked operator token.")
+            return _sign_in_page(request, services, error="Unknown or revoked operator token.")
         identity, secret = started
         request.scope["state"]["caller_log"] = {"operator": identity.token_id, "console": "in"}
         max_age = int(sessions.SESSION_TTL.total_seconds())
@@ -102,28 +107,34 @@ class ConsoleActions(Controller):
             "/console",
             status_code=303,
             cookies=[
-                cookie(request, SESSION_COOKIE, secret, max_age),
-                cookie(request, PRE_COOKIE, "", 0),
+                cookie(services, SESSION_COOKIE, secret, max_age),
+                cookie(services, PRE_COOKIE, "", 0),
             ],
         )
 
     @post("/sign-out", status_code=303)
     async def sign_out(
-        self, request: Request[Any, Any, Any], session: NamedDependency[ConsoleSession]
+        self,
+        request: Request[Any, Any, Any],
+        session: NamedDependency[ConsoleSession],
+        services: NamedDependency[Services],
     ) -> Response[Any]:
         await posted_form(request, session)
-        await sessions.end_session(services_of(request).engine, request.cookies[SESSION_COOKIE])
+        await sessions.end_session(services.engine, request.cookies[SESSION_COOKIE])
         return Redirect(
-            "/console/sign-in", status_code=303, cookies=[cookie(request, SESSION_COOKIE, "", 0)]
+            "/console/sign-in", status_code=303, cookies=[cookie(services, SESSION_COOKIE, "", 0)]
         )
 
     @post("/runs", status_code=303)
     async def run_settlement(
-        self, request: Request[Any, Any, Any], session: NamedDependency[ConsoleSession]
+        self,
+        request: Request[Any, Any, Any],
+        session: NamedDependency[ConsoleSession],
+        settlement: NamedDependency[SettlementService],
     ) -> Response[Any]:
         form = await posted_form(request, session)
         require_admin(session)
-        result = await settlement(request).run_settlement(
+        result = await settlement.run_settlement(
             _period_end(form.get("period_end", "")),
             created_by=f"operator:{session.identity.name}",
         )
@@ -131,11 +142,13 @@ class ConsoleActions(Controller):
 
     @post("/partners", status_code=303)
     async def onboard(
-        self, request: Request[Any, Any, Any], session: NamedDependency[ConsoleSession]
+        self,
+        request: Request[Any, Any, Any],
+        session: NamedDependency[ConsoleSession],
+        services: NamedDependency[Services],
     ) -> Response[Any]:
         form = await posted_form(request, session)
         require_admin(session)
-        services = services_of(request)
         record = await registry.create_partner(
             services.engine, services.clock, _spec(form), changed_by=session.identity.name
         )
@@ -146,6 +159,7 @@ class ConsoleActions(Controller):
         self,
         request: Request[Any, Any, Any],
         session: NamedDependency[ConsoleSession],
+        services: NamedDependency[Services],
         partner_id: FromPath[str],
     ) -> Response[Any]:
         form = await posted_form(request, session)
@@ -154,7 +168,6 @@ class ConsoleActions(Controller):
         status = statuses.get(form.get("status", ""))
         if status is None:
             raise Unprocessable("status must be active or suspended.")
-        services = services_of(request)
         changes = registry.PartnerChanges(status=status)
         await registry.update_partner(
             services.engine, services.clock, partner_id, changes, changed_by=session.identity.name
@@ -167,11 +180,11 @@ class ConsoleActions(Controller):
         self,
         request: Request[Any, Any, Any],
         session: NamedDependency[ConsoleSession],
+        services: NamedDependency[Services],
         partner_id: FromPath[str],
     ) -> Response[Any]:
         form = await posted_form(request, session)
         require_admin(session)
-        services = services_of(request)
         await registry.add_key(
             services.engine, services.clock, partner_id, form.get("public_key", "").strip()
         )
@@ -182,12 +195,12 @@ class ConsoleActions(Controller):
         self,
         request: Request[Any, Any, Any],
         session: NamedDependency[ConsoleSession],
+        services: NamedDependency[Services],
         partner_id: FromPath[str],
         key_id: FromPath[str],
     ) -> Response[Any]:
         await posted_form(request, session)
         require_admin(session)
-        services = services_of(request)
         await registry.revoke_key(services.engine, services.clock, partner_id, key_id)
         services.gateway.forget_keys()
         return Redirect(f"/console/partners/{partner_id}", status_code=303)

@@ -1,8 +1,8 @@
 """The console's month-end close (contract §8, §12): approve a run, its documents and their
 PDFs, record a payment, the receivables ageing, adjustments with four eyes.
 
-Each action calls the same service as the API (`services_of(request).finance`,
-`.adjustments`), so refusals carry the API's status and message (an unreconciled run, the
+Each action calls the same service as the API (the `finance` and `adjustments`
+dependencies), so refusals carry the API's status and message (an unreconciled run, the
 requester approving their own adjustment). Finance and admin may do all of it (§8).
 
 A form that records something (a payment, an adjustment request) carries an idempotency
@@ -28,14 +28,16 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Redirect, Template
 
 from exchange import schemas
-from exchange.console._web import posted_form, render, services_of
+from exchange.console._web import posted_form, render
 from exchange.console.sessions import ConsoleSession
 from exchange.errors import RequestInProgress, Unprocessable
 from exchange.money import format_amount
-from exchange.service import Approver, Idempotency, adjustment_view
+from exchange.service import AdjustmentService, Approver, Idempotency, adjustment_view
+from exchange.wiring import Services
 from partners import registry
 from settlement.documents import render_pdf
 from settlement.errors import DocumentNotFound
+from settlement.finance import FinanceService
 from settlement.finance_schemas import PaymentCreate, ReceivablesReport
 from settlement.finance_views import receivables_view
 from settlement.idempotency import OperatorIdempotency
@@ -156,10 +158,11 @@ class ConsoleFinance(Controller):
         self,
         request: Request[Any, Any, Any],
         session: NamedDependency[ConsoleSession],
+        finance: NamedDependency[FinanceService],
         run_id: FromPath[str],
     ) -> Response[Any]:
         await posted_form(request, session)
-        await services_of(request).finance.approve(run_id, session.identity)
+        await finance.approve(run_id, session.identity)
         return Redirect(f"/console/runs/{run_id}", status_code=303)
 
     @get("/documents/{document_ref:str}", media_type="application/pdf")
@@ -167,12 +170,12 @@ class ConsoleFinance(Controller):
         self,
         request: Request[Any, Any, Any],
         session: NamedDependency[ConsoleSession],
+        finance: NamedDependency[FinanceService],
         document_ref: FromPath[str],
     ) -> Response[bytes]:
         """A document's PDF, for a browser that has a session rather than a bearer token."""
         if not document_ref.endswith(".pdf"):
             raise DocumentNotFound(f"No document {document_ref}.")
-        finance = services_of(request).finance
         document = await finance.document(document_ref.removesuffix(".pdf"), partner_id=None)
         return Response(
             content=render_pdf(document),
@@ -184,26 +187,29 @@ class ConsoleFinance(Controller):
     async def receivables(
         self,
         request: Request[Any, Any, Any],
+        *,
         session: NamedDependency[ConsoleSession],
+        finance: NamedDependency[FinanceService],
+        services: NamedDependency[Services],
         as_of: FromQuery[AsOf] = None,
         recorded: FromQuery[Shown] = None,
     ) -> Template:
-        services = services_of(request)
         day = parse_as_of_date(as_of, services.clock.now().date())
-        report = receivables_view(day, await services.finance.receivables(day))
+        report = receivables_view(day, await finance.receivables(day))
         return render("receivables.html", session, request, report=report, recorded=recorded)
 
     @get("/payments")
     async def payment_form(
         self,
         request: Request[Any, Any, Any],
+        *,
         session: NamedDependency[ConsoleSession],
+        services: NamedDependency[Services],
         document: FromQuery[Shown] = None,
         partner: FromQuery[Shown] = None,
         direction: FromQuery[Shown] = None,
     ) -> Template:
         """The form, prefilled from the receivables page's "Pay" link when it is followed."""
-        services = services_of(request)
         partners = await registry.list_partners(services.engine)
         return render(
             "payments.html",
@@ -219,13 +225,15 @@ class ConsoleFinance(Controller):
 
     @post("/payments", status_code=303)
     async def record_payment(
-        self, request: Request[Any, Any, Any], session: NamedDependency[ConsoleSession]
+        self,
+        request: Request[Any, Any, Any],
+        session: NamedDependency[ConsoleSession],
+        finance: NamedDependency[FinanceService],
     ) -> Response[Any]:
         form = await posted_form(request, session)
         key, fingerprint = _form_idempotency("/console/payments", form)
         data = _payment(form)
         scope = OperatorIdempotency(session.identity.token_id, key, fingerprint)
-        finance = services_of(request).finance
         reply = await _once(lambda: finance.record_payment(data, session.identity, scope))
         payment_id = msgspec.json.decode(reply.body)["payment_id"]
         return Redirect(
@@ -238,10 +246,10 @@ class ConsoleFinance(Controller):
         self,
         request: Request[Any, Any, Any],
         session: NamedDependency[ConsoleSession],
+        adjustments: NamedDependency[AdjustmentService],
         posted: FromQuery[Shown] = None,
     ) -> Template:
-        services = services_of(request)
-        pending = [adjustment_view(row) for row in await services.adjustments.pending()]
+        pending = [adjustment_view(row) for row in await adjustments.pending()]
         return render(
             "adjustments.html",
             session,
@@ -253,14 +261,16 @@ class ConsoleFinance(Controller):
 
     @post("/adjustments", status_code=303)
     async def request_adjustment(
-        self, request: Request[Any, Any, Any], session: NamedDependency[ConsoleSession]
+        self,
+        request: Request[Any, Any, Any],
+        session: NamedDependency[ConsoleSession],
+        adjustments: NamedDependency[AdjustmentService],
     ) -> Response[Any]:
         form = await posted_form(request, session)
         key, fingerprint = _form_idempotency("/console/adjustments", form)
         data = _adjustment(form)
-        service = services_of(request).adjustments
         outcome = await _once(
-            lambda: service.request(_approver(session), data, Idempotency(key, fingerprint))
+            lambda: adjustments.request(_approver(session), data, Idempotency(key, fingerprint))
         )
         if outcome.error is not None:
             raise outcome.error
@@ -271,8 +281,9 @@ class ConsoleFinance(Controller):
         self,
         request: Request[Any, Any, Any],
         session: NamedDependency[ConsoleSession],
+        adjustments: NamedDependency[AdjustmentService],
         adjustment_id: FromPath[str],
     ) -> Response[Any]:
         await posted_form(request, session)
-        await services_of(request).adjustments.approve(_approver(session), adjustment_id)
+        await adjustments.approve(_approver(session), adjustment_id)
         return Redirect(f"/console/adjustments?posted={adjustment_id}", status_code=303)

@@ -12,26 +12,25 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.response import Template
 
 from exchange.console import charts
-from exchange.console._web import render, services_of
+from exchange.console._web import render
 from exchange.console.finance import receivables_due
 from exchange.console.sessions import ConsoleSession
 from exchange.errors import Unprocessable
+from exchange.wiring import Services
 from partners import registry
+from partners.webhooks.service import WebhookService
 from settlement import reports, rollforward_views
 from settlement.errors import SettlementNotFound
+from settlement.finance import FinanceService
 from settlement.finance_views import document_view, receivables_view
 from settlement.service import SettlementService
 
-__all__ = ["ConsolePages", "settlement"]
+__all__ = ["ConsolePages"]
 
 RUNS_PAGE = 25
 POSTINGS_SHOWN_MAX = 500
 After = Annotated[str | None, QueryParameter(max_length=64)]
 AsOfTime = Annotated[str | None, QueryParameter(max_length=40)]
-
-
-def settlement(request: Request[Any, Any, Any]) -> SettlementService:
-    return services_of(request).settlement
 
 
 def _liability_chart(report: Any) -> charts.BarChart:
@@ -74,16 +73,21 @@ class ConsolePages(Controller):
 
     @get("/", name="console-overview")
     async def overview(
-        self, request: Request[Any, Any, Any], session: NamedDependency[ConsoleSession]
+        self,
+        request: Request[Any, Any, Any],
+        *,
+        session: NamedDependency[ConsoleSession],
+        settlement: NamedDependency[SettlementService],
+        finance: NamedDependency[FinanceService],
+        services: NamedDependency[Services],
+        webhooks: NamedDependency[WebhookService],
     ) -> Template:
-        service = settlement(request)
-        as_of, rows = await service.liabilities()
+        as_of, rows = await settlement.liabilities()
         report = reports.liabilities_view(as_of, rows)
-        preview = await service.open_period()
-        latest = await service.latest_run()
-        services = services_of(request)
+        preview = await settlement.open_period()
+        latest = await settlement.latest_run()
         today = services.clock.now().date()
-        receivables = receivables_view(today, await services.finance.receivables(today))
+        receivables = receivables_view(today, await finance.receivables(today))
         return render(
             "overview.html",
             session,
@@ -95,7 +99,7 @@ class ConsolePages(Controller):
             latest=reports.run_summary(latest) if latest is not None else None,
             receivables=receivables,
             due=receivables_due(receivables),
-            webhook_backlog=await services.webhooks.backlog(),
+            webhook_backlog=await webhooks.backlog(),
         )
 
     @get("/runs")
@@ -103,9 +107,10 @@ class ConsolePages(Controller):
         self,
         request: Request[Any, Any, Any],
         session: NamedDependency[ConsoleSession],
+        settlement: NamedDependency[SettlementService],
         after: FromQuery[After] = None,
     ) -> Template:
-        headers, cursor = await settlement(request).list_runs(limit=RUNS_PAGE, after=after)
+        headers, cursor = await settlement.list_runs(limit=RUNS_PAGE, after=after)
         return render(
             "runs.html",
             session,
@@ -119,12 +124,13 @@ class ConsolePages(Controller):
         self,
         request: Request[Any, Any, Any],
         session: NamedDependency[ConsoleSession],
+        settlement: NamedDependency[SettlementService],
+        finance: NamedDependency[FinanceService],
         run_id: FromPath[str],
     ) -> Template:
-        run = reports.run_view(await settlement(request).get_run(run_id))
+        run = reports.run_view(await settlement.get_run(run_id))
         flows = [(flow.issuer_id, flow.redeemer_id, flow.points) for flow in run.cross_brand]
         heat = charts.heat_map(flows, [line.partner_id for line in run.lines])
-        finance = services_of(request).finance
         approval = (await finance.approvals([run_id])).get(run_id)
         documents = [document_view(d) for d in await finance.run_documents(run_id)]
         return render(
@@ -143,10 +149,11 @@ class ConsolePages(Controller):
         self,
         request: Request[Any, Any, Any],
         session: NamedDependency[ConsoleSession],
+        settlement: NamedDependency[SettlementService],
         run_id: FromPath[str],
     ) -> Response[str]:
         """The API's CSV (one row per partner), for a browser that has no bearer token."""
-        run = await settlement(request).get_run(run_id)
+        run = await settlement.get_run(run_id)
         return Response(
             content=reports.run_csv(run),
             media_type="text/csv; charset=utf-8",
@@ -158,10 +165,11 @@ class ConsolePages(Controller):
         self,
         request: Request[Any, Any, Any],
         session: NamedDependency[ConsoleSession],
+        settlement: NamedDependency[SettlementService],
         run_id: FromPath[str],
         partner_id: FromPath[str],
     ) -> Template:
-        stored, postings = await settlement(request).line_postings(
+        stored, postings = await settlement.line_postings(
             run_id, partner_id, limit=POSTINGS_SHOWN_MAX + 1
         )
         if partner_id not in {line.partner_id for line in stored.settlement.lines}:
@@ -184,6 +192,7 @@ class ConsolePages(Controller):
         self,
         request: Request[Any, Any, Any],
         session: NamedDependency[ConsoleSession],
+        settlement: NamedDependency[SettlementService],
         as_of: FromQuery[AsOfTime] = None,
     ) -> Template:
         """Outstanding now; with `?as_of=` a run's period_end, that period's roll-forward
@@ -192,12 +201,12 @@ class ConsolePages(Controller):
             moment = rollforward_views.parse_as_of(as_of)
             if moment is None:
                 raise Unprocessable("as_of must be an RFC 3339 time: a run's period_end.")
-            forward = await settlement(request).roll_forward(moment)
+            forward = await settlement.roll_forward(moment)
             view = rollforward_views.roll_forward_view(forward)
             return render(
                 "rollforward.html", session, request, report=view, figures=_figure_names(view)
             )
-        now, rows = await settlement(request).liabilities()
+        now, rows = await settlement.liabilities()
         report = reports.liabilities_view(now, rows)
         return render(
             "liabilities.html", session, request, report=report, chart=_liability_chart(report)
@@ -205,9 +214,12 @@ class ConsolePages(Controller):
 
     @get("/partners")
     async def partners(
-        self, request: Request[Any, Any, Any], session: NamedDependency[ConsoleSession]
+        self,
+        request: Request[Any, Any, Any],
+        session: NamedDependency[ConsoleSession],
+        services: NamedDependency[Services],
     ) -> Template:
-        records = await registry.list_partners(services_of(request).engine)
+        records = await registry.list_partners(services.engine)
         return render("partners.html", session, request, partners=records)
 
     @get("/partners/{partner_id:str}")
@@ -215,7 +227,8 @@ class ConsolePages(Controller):
         self,
         request: Request[Any, Any, Any],
         session: NamedDependency[ConsoleSession],
+        services: NamedDependency[Services],
         partner_id: FromPath[str],
     ) -> Template:
-        record = await registry.get_partner(services_of(request).engine, partner_id)
+        record = await registry.get_partner(services.engine, partner_id)
         return render("partner.html", session, request, partner=record)

@@ -18,12 +18,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.clock import Clock
+from exchange.console import _store
 from exchange.operators import OperatorIdentity, authenticate_operator, hash_token
-from exchange.tables import console_sessions, operator_tokens
 
 __all__ = [
     "SESSION_TTL",
@@ -61,39 +60,22 @@ async def start_session(
         return None
     secret = secrets.token_urlsafe(32)
     now = clock.now()
-    async with engine.begin() as conn:
-        await conn.execute(delete(console_sessions).where(console_sessions.c.expires_at <= now))
-        await conn.execute(
-            insert(console_sessions).values(
-                session_hash=hash_token(secret),
-                token_id=identity.token_id,
-                created_at=now,
-                expires_at=now + SESSION_TTL,
-            )
-        )
+    await _store.insert_session(
+        engine,
+        session_hash=hash_token(secret),
+        token_id=identity.token_id,
+        now=now,
+        expires_at=now + SESSION_TTL,
+    )
     return identity, secret
 
 
 async def find_session(engine: AsyncEngine, clock: Clock, secret: str) -> ConsoleSession | None:
-    query = (
-        select(operator_tokens.c.token_id, operator_tokens.c.name, operator_tokens.c.role)
-        .select_from(console_sessions.join(operator_tokens))
-        .where(
-            console_sessions.c.session_hash == hash_token(secret),
-            console_sessions.c.expires_at > clock.now(),
-            operator_tokens.c.revoked_at.is_(None),
-        )
-    )
-    async with engine.connect() as conn:
-        row = (await conn.execute(query)).first()
-    if row is None:
+    identity = await _store.find_session_operator(engine, hash_token(secret), clock.now())
+    if identity is None:
         return None
-    identity = OperatorIdentity(token_id=row.token_id, name=row.name, role=row.role)
     return ConsoleSession(identity, csrf_token_for(secret))
 
 
 async def end_session(engine: AsyncEngine, secret: str) -> None:
-    async with engine.begin() as conn:
-        await conn.execute(
-            delete(console_sessions).where(console_sessions.c.session_hash == hash_token(secret))
-        )
+    await _store.delete_session(engine, hash_token(secret))

@@ -1,4 +1,5 @@
-"""Members SQL off the posting path (SQLAlchemy Core): export and erasure.
+"""Members SQL off the posting path (SQLAlchemy Core): export, erasure, and the expiry
+reminders' INSERT ... SELECT into the webhook outbox (`exchange.members.reminders`).
 
 Erasure and the journal's append-only guard: a partner's `reference` on a posting is
 partner data about the member, so erasure must scrub it, while the journal refuses every
@@ -29,7 +30,13 @@ from exchange.tables import (
 )
 from partners.tables import member_sessions
 
-__all__ = ["EXPORT_SECTIONS", "erase_member", "export_sections", "member_status"]
+__all__ = [
+    "EXPORT_SECTIONS",
+    "erase_member",
+    "export_sections",
+    "insert_expiry_reminders",
+    "member_status",
+]
 
 # Which export section holds the rows of each table with a member_id column. A table
 # missing here is a table the export does not cover (tests/http/test_members_api.py
@@ -197,3 +204,41 @@ async def erase_member(conn: AsyncConnection, member_id: str, now: datetime) -> 
         delete(webhook_outbox).where(webhook_outbox.c.data["member_id"].astext == member_id)
     )
     return True
+
+
+# The lots come from the partial index ix_lots_expires_at_open (remaining > 0, by
+# expiry): the sweep reads only lots expiring inside the widest window.
+_REMINDERS_SQL = text(
+    """
+INSERT INTO webhook_outbox (event_id, partner_id, type, created_at, data, dedupe_key)
+SELECT 'evt_' || replace(gen_random_uuid()::text, '-', ''), k.partner_id, CAST(:event_type AS text),
+       CAST(:now AS timestamptz),
+       jsonb_build_object(
+           'member_id', l.member_id,
+           'lot_id', 'lot_' || replace(l.lot_id::text, '-', ''),
+           'issuer', l.issuer_id,
+           'points', l.remaining,
+           'expires_at', to_char(l.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+           'days', CAST(:days AS integer)),
+       CAST(:event_type AS text) || ':' || l.lot_id::text || ':' || CAST(:days AS integer)
+           || ':' || k.partner_id
+FROM lots AS l
+JOIN members AS m ON m.member_id = l.member_id AND m.status = 'active'
+JOIN member_links AS k ON k.member_id = l.member_id
+WHERE l.remaining > 0 AND l.expires_at > CAST(:now AS timestamptz)
+  AND l.expires_at <= CAST(:until AS timestamptz)
+ORDER BY l.expires_at, l.lot_id, k.partner_id
+ON CONFLICT (dedupe_key) DO NOTHING
+"""
+)
+
+
+async def insert_expiry_reminders(
+    conn: AsyncConnection, event_type: str, *, now: datetime, until: datetime, days: int
+) -> int:
+    """One event per lot with points left expiring in `(now, until]` and partner the
+    member is linked to, unless it exists already; returns how many were new."""
+    result = await conn.execute(
+        _REMINDERS_SQL, {"event_type": event_type, "now": now, "until": until, "days": days}
+    )
+    return result.rowcount or 0

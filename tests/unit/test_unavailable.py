@@ -9,7 +9,7 @@ import asyncpg
 import httpx
 import pytest
 from litestar import Litestar, get
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from exchange.errors import DatabaseUnavailable, InvariantViolation
@@ -94,6 +94,21 @@ def _bug() -> None:
     raise ZeroDivisionError
 
 
+@get("/bad-value", sync_to_thread=False)
+def _bad_value() -> None:
+    raise _wrapped(exc.CharacterNotInRepertoireError("invalid byte sequence"))  # 22021
+
+
+@get("/refused", sync_to_thread=False)
+def _refused() -> None:
+    raise _wrapped(exc.UniqueViolationError("duplicate key"))  # 23505, escaped a store
+
+
+@get("/operational", sync_to_thread=False)
+def _operational() -> None:
+    raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+
 @pytest.mark.parametrize("path", ["/disk-full", "/wrapped"])
 async def test_an_untranslated_outage_still_answers_503_with_retry_after(path: str) -> None:
     app = Litestar([_disk_full, _wrapped_read_only, _bug], exception_handlers=exception_handlers())
@@ -104,6 +119,20 @@ async def test_an_untranslated_outage_still_answers_503_with_retry_after(path: s
     assert response.json()["code"] == "service_unavailable"
     assert response.headers["retry-after"] == "1"
     assert bug.status_code == 500, "a bug stays a 500"
+
+
+async def test_escaped_driver_errors_map_by_kind_not_by_class() -> None:
+    """What no store translated: a value PostgreSQL cannot hold is the caller's (422), an
+    operational failure is the database's (503), a refused write is a bug (500)."""
+    app = Litestar([_bad_value, _refused, _operational], exception_handlers=exception_handlers())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        bad_value, refused, operational = [
+            await c.get(path) for path in ("/bad-value", "/refused", "/operational")
+        ]
+    assert (bad_value.status_code, bad_value.json()["code"]) == (422, "validation_error")
+    assert (operational.status_code, operational.headers["retry-after"]) == (503, "1")
+    assert (refused.status_code, refused.json()["code"]) == (500, "internal_error")
+    assert "duplicate" not in refused.text, "no driver detail reaches a response"
 
 
 def test_the_scheduler_backs_off_while_ticks_fail_and_resumes_after() -> None:

@@ -200,7 +200,7 @@ async def _baseline(engine: AsyncEngine) -> float:
 
 async def _explain(engine: AsyncEngine, period: Period) -> None:
     """EXPLAIN ANALYZE each measuring query: where a run spends its time."""
-    from settlement import store as measuring  # noqa: PLC0415
+    from settlement.store import _period as measuring  # noqa: PLC0415
 
     bounds = {"start": period.start, "end": period.end}
     async with engine.connect() as conn, conn.begin():

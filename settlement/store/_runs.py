@@ -1,5 +1,5 @@
-"""Settlement SQL: measuring a period of the journal (`read_period`), storing and reading
-runs, the credit-limit handover, liabilities.
+"""Runs in PostgreSQL: storing a run with its lines and flows, the credit-limit handover,
+reading runs back, and the postings behind a line.
 
 Driver errors stop here: a collision with a concurrent run (a unique period_start or
 period_end, a serialization failure or deadlock) surfaces as `RunCollision`, which the
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -26,21 +26,14 @@ from settlement.engine import (
     Checks,
     Controls,
     CrossBrandFlow,
-    JournalAccounts,
     Line,
-    PartnerActivity,
     Period,
-    PeriodFigures,
     Settlement,
 )
 from settlement.tables import settlement_cross_brand, settlement_lines, settlement_runs
 
 __all__ = [
-    "AGEING_LIMITS_DAYS",
     "LINE_POSTING_TYPES",
-    "SETTLEMENT_WORK_MEM_MB",
-    "LiabilityReconciliation",
-    "LiabilityRow",
     "PeriodPosting",
     "RunCollision",
     "RunHeader",
@@ -51,19 +44,14 @@ __all__ = [
     "find_run",
     "insert_run",
     "latest_run",
-    "liabilities",
-    "liability_reconciliation",
     "list_runs",
     "load_header",
     "load_run",
     "period_postings",
-    "read_period",
     "translate_errors",
 ]
 
 _RETRYABLE = {"40001", "40P01"}  # serialization failure, deadlock
-AGEING_LIMITS_DAYS = (30, 90, 365)
-SETTLEMENT_WORK_MEM_MB = 64
 
 
 class RunCollision(Exception):
@@ -358,233 +346,6 @@ async def earliest_posting(conn: AsyncConnection) -> datetime | None:
     return value
 
 
-# -- liabilities -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LiabilityRow:
-    partner_id: str
-    partner_name: str
-    currency: str
-    held_points: int
-    buckets: tuple[tuple[int, Decimal], ...]  # (points, exact value) per ageing bucket
-
-
-# Points still in members' hands, by the lot they came from: what lots hold, plus what
-# open holds have reserved from them (a hold can still be voided). Lots past expiry are
-# breakage-to-be, not liability, whether or not the sweep has posted it yet.
-_LIABILITIES_SQL = """
-WITH outstanding AS (
-    SELECT issuer_id, expires_at, unit_price, remaining AS points, 0 AS held
-    FROM lots WHERE remaining > 0 AND expires_at > :now
-    UNION ALL
-    SELECT l.issuer_id, l.expires_at, l.unit_price, a.points, a.points AS held
-    FROM holds h
-    JOIN allocations a ON a.posting_id = h.hold_posting_id AND a.kind = 'draw'
-    JOIN lots l ON l.lot_id = a.lot_id
-    WHERE h.status = 'open' AND l.expires_at > :now),
-bucketed AS (
-    SELECT issuer_id, points, held, points * unit_price AS value,
-           CASE WHEN expires_at <= :d1 THEN 0 WHEN expires_at <= :d2 THEN 1
-                WHEN expires_at <= :d3 THEN 2 ELSE 3 END AS bucket
-    FROM outstanding)
-SELECT p.partner_id, p.name, p.settlement_currency,
-       coalesce(sum(b.held), 0) AS held,
-       coalesce(sum(b.points) FILTER (WHERE b.bucket = 0), 0) AS p0,
-       coalesce(sum(b.value) FILTER (WHERE b.bucket = 0), 0) AS v0,
-       coalesce(sum(b.points) FILTER (WHERE b.bucket = 1), 0) AS p1,
-       coalesce(sum(b.value) FILTER (WHERE b.bucket = 1), 0) AS v1,
-       coalesce(sum(b.points) FILTER (WHERE b.bucket = 2), 0) AS p2,
-       coalesce(sum(b.value) FILTER (WHERE b.bucket = 2), 0) AS v2,
-       coalesce(sum(b.points) FILTER (WHERE b.bucket = 3), 0) AS p3,
-       coalesce(sum(b.value) FILTER (WHERE b.bucket = 3), 0) AS v3
-FROM partners p LEFT JOIN bucketed b ON b.issuer_id = p.partner_id
-GROUP BY p.partner_id, p.name, p.settlement_currency, p.status
--- The operator's goodwill row shows only once it has issued points that are outstanding.
-HAVING p.status <> 'operator' OR count(b.issuer_id) > 0
-ORDER BY p.partner_id"""
-
-
-async def liabilities(conn: AsyncConnection, now: datetime) -> list[LiabilityRow]:
-    limits = {
-        f"d{index}": now + timedelta(days=days)
-        for index, days in enumerate(AGEING_LIMITS_DAYS, start=1)
-    }
-    rows = await conn.execute(text(_LIABILITIES_SQL), {"now": now, **limits})
-    return [
-        LiabilityRow(
-            partner_id=row.partner_id,
-            partner_name=row.name,
-            currency=row.settlement_currency,
-            held_points=int(row.held),
-            buckets=tuple(
-                (int(getattr(row, f"p{index}")), Decimal(getattr(row, f"v{index}")))
-                for index in range(4)
-            ),
-        )
-        for row in rows
-    ]
-
-
-@dataclass(frozen=True, slots=True)
-class LiabilityReconciliation:
-    """What separates the issuers' outstanding points from the members' accounts now:
-    points past expiry that the sweep has not posted yet (still in members' accounts),
-    points open holds reserve from lots already past expiry (they expire when the hold is
-    released, unless captured first), and members' negative balances (owed by members,
-    netted against no issuer)."""
-
-    expired_not_yet_swept: int
-    held_on_expired_lots: int
-    member_debt: int
-    member_accounts: int  # available + held + pending over all members, from the journal
-
-
-_RECONCILIATION_SQL = """
-SELECT (SELECT coalesce(sum(remaining), 0) FROM lots
-        WHERE remaining > 0 AND expires_at <= :now) AS unswept,
-       (SELECT coalesce(sum(a.points), 0) FROM holds h
-        JOIN allocations a ON a.posting_id = h.hold_posting_id AND a.kind = 'draw'
-        JOIN lots l ON l.lot_id = a.lot_id
-        WHERE h.status = 'open' AND l.expires_at <= :now) AS held_expired,
-       (SELECT coalesce(sum(debt), 0) FROM members) AS debt,
-       (SELECT coalesce(sum(amount), 0) FROM entries
-        WHERE account IN ('available', 'held', 'pending')) AS accounts"""
-
-
-async def liability_reconciliation(conn: AsyncConnection, now: datetime) -> LiabilityReconciliation:
-    row = (await conn.execute(text(_RECONCILIATION_SQL), {"now": now})).one()
-    return LiabilityReconciliation(
-        int(row.unswept), int(row.held_expired), int(row.debt), int(row.accounts)
-    )
-
-
-# -- measuring a period (SQL) ------------------------------------------------------------------
-
-# Every partner that existed before the period ended gets a line (zeros included, so a
-# finance team sees the whole coalition); a partner with postings always does.
-_ACTIVITY_SQL = """
-WITH activity AS (
-    SELECT partner_id,
-           coalesce(sum(points) FILTER (WHERE type = 'earn'), 0) AS earned,
-           coalesce(sum(points) FILTER (WHERE type = 'earn_reversal'), 0) AS earn_reversed,
-           coalesce(sum(points) FILTER (WHERE type = 'burn'), 0) AS burned,
-           coalesce(sum(points) FILTER (WHERE type = 'burn_reversal'), 0) AS burn_reversed,
-           coalesce(sum(points) FILTER (WHERE type = 'expiry'), 0) AS expired,
-           coalesce(sum(points * unit_price) FILTER (WHERE type = 'earn'), 0)
-             - coalesce(sum(points * unit_price) FILTER (WHERE type = 'earn_reversal'), 0)
-               AS issuance_exact,
-           coalesce(sum(points * unit_price) FILTER (WHERE type = 'burn'), 0)
-             - coalesce(sum(points * unit_price) FILTER (WHERE type = 'burn_reversal'), 0)
-               AS redemption_exact,
-           coalesce(sum(points * unit_price) FILTER (WHERE type = 'expiry'), 0)
-               AS expired_value_exact,
-           min(currency) FILTER (WHERE type <> 'expiry') AS currency_min,
-           max(currency) FILTER (WHERE type <> 'expiry') AS currency_max
-    FROM postings
-    WHERE posted_at >= :start AND posted_at < :end
-      AND type IN ('earn', 'earn_reversal', 'burn', 'burn_reversal', 'expiry')
-    GROUP BY partner_id)
-SELECT p.partner_id, p.name, p.settlement_currency,
-       coalesce(a.earned, 0) AS earned, coalesce(a.earn_reversed, 0) AS earn_reversed,
-       coalesce(a.burned, 0) AS burned, coalesce(a.burn_reversed, 0) AS burn_reversed,
-       coalesce(a.expired, 0) AS expired,
-       coalesce(a.issuance_exact, 0) AS issuance_exact,
-       coalesce(a.redemption_exact, 0) AS redemption_exact,
-       coalesce(a.expired_value_exact, 0) AS expired_value_exact,
-       a.currency_min, a.currency_max,
-       coalesce(p.terminated_at >= :start AND p.terminated_at < :end, false) AS final
-FROM partners p LEFT JOIN activity a ON a.partner_id = p.partner_id
-WHERE (p.created_at < :end AND p.status <> 'operator') OR a.partner_id IS NOT NULL
-ORDER BY p.partner_id"""
-
-_ACCOUNTS_SQL = """
-SELECT owner,
-       -coalesce(sum(amount) FILTER (WHERE account = 'issued'), 0) AS issued,
-       coalesce(sum(amount) FILTER (WHERE account = 'redeemed'), 0) AS redeemed,
-       coalesce(sum(amount) FILTER (WHERE account = 'breakage'), 0) AS expired
-FROM entries
-WHERE posted_at >= :start AND posted_at < :end
-  AND account IN ('issued', 'redeemed', 'breakage')
-GROUP BY owner"""
-
-# Burns draw points from lots (the lot knows its issuer); a burn reversal releases them
-# back to the same lots. Captured holds are burns too; their `release` allocations undo
-# the hold's reservation and are not redemptions, so only `draw` counts for burns.
-_CROSS_BRAND_SQL = """
-SELECT l.issuer_id, p.partner_id AS redeemer_id,
-       sum(CASE WHEN p.type = 'burn' THEN a.points ELSE -a.points END) AS points
-FROM postings p
-JOIN allocations a ON a.posting_id = p.posting_id
-JOIN lots l ON l.lot_id = a.lot_id
-WHERE p.posted_at >= :start AND p.posted_at < :end
-  AND ((p.type = 'burn' AND a.kind = 'draw') OR (p.type = 'burn_reversal' AND a.kind = 'release'))
-GROUP BY l.issuer_id, p.partner_id
-HAVING sum(CASE WHEN p.type = 'burn' THEN a.points ELSE -a.points END) <> 0
-ORDER BY l.issuer_id, p.partner_id"""
-
-# Outstanding at T = every member account entry stamped before T (negative balances
-# included), read from the journal itself in one pass for both ends of the period.
-# Adjustments: minus the `adjusted` accounts' movement in the period (what members got).
-_OUTSTANDING_SQL = """
-SELECT coalesce(sum(amount) FILTER (
-           WHERE posted_at < :start AND account <> 'adjusted'), 0) AS outstanding_start,
-       coalesce(sum(amount) FILTER (WHERE account <> 'adjusted'), 0) AS outstanding_end,
-       -coalesce(sum(amount) FILTER (
-           WHERE posted_at >= :start AND account = 'adjusted'), 0) AS adjusted
-FROM entries
-WHERE account IN ('available', 'held', 'pending', 'adjusted') AND posted_at < :end"""
-
-
-async def read_period(conn: AsyncConnection, period: Period) -> PeriodFigures:
-    """Measure the period. Run it in one REPEATABLE READ snapshot after the journal has
-    been closed until `period.end`, so the figures are final and mutually consistent."""
-    bounds = {"start": period.start, "end": period.end}
-    # A batch job joining hundreds of thousands of rows: let its hashes stay in memory
-    # (PostgreSQL's 4 MB default spills them to disk). Only for this database transaction.
-    await conn.execute(text(f"SET LOCAL work_mem = '{SETTLEMENT_WORK_MEM_MB}MB'"))
-    activity = tuple(
-        PartnerActivity(
-            partner_id=row.partner_id,
-            partner_name=row.name,
-            currency=row.settlement_currency,
-            earned_points=int(row.earned),
-            earn_reversed_points=int(row.earn_reversed),
-            burned_points=int(row.burned),
-            burn_reversed_points=int(row.burn_reversed),
-            expired_points=int(row.expired),
-            issuance_exact=Decimal(row.issuance_exact),
-            redemption_exact=Decimal(row.redemption_exact),
-            expired_value_exact=Decimal(row.expired_value_exact),
-            final=bool(row.final),
-            foreign_postings=sum(
-                1
-                for code in {row.currency_min, row.currency_max}
-                if code is not None and code != row.settlement_currency
-            ),
-        )
-        for row in await conn.execute(text(_ACTIVITY_SQL), bounds)
-    )
-    accounts = {
-        row.owner: JournalAccounts(int(row.issued), int(row.redeemed), int(row.expired))
-        for row in await conn.execute(text(_ACCOUNTS_SQL), bounds)
-    }
-    flows = tuple(
-        CrossBrandFlow(row.issuer_id, row.redeemer_id, int(row.points))
-        for row in await conn.execute(text(_CROSS_BRAND_SQL), bounds)
-    )
-    outstanding = (await conn.execute(text(_OUTSTANDING_SQL), bounds)).one()
-    return PeriodFigures(
-        period=period,
-        activity=activity,
-        accounts=accounts,
-        cross_brand=flows,
-        outstanding_start=int(outstanding.outstanding_start),
-        outstanding_end=int(outstanding.outstanding_end),
-        adjusted=int(outstanding.adjusted),
-    )
-
-
 # -- the postings behind a line (console drill-down) ---------------------------------------------
 
 
@@ -607,7 +368,7 @@ async def period_postings(
     conn: AsyncConnection, partner_id: str, start: datetime, end: datetime, *, limit: int
 ) -> list[PeriodPosting]:
     """A partner's settlement postings stamped in `[start, end)`, oldest first: exactly
-    the rows `engine.read_period` sums into that partner's line."""
+    the rows `read_period` sums into that partner's line."""
     query = (
         select(postings)
         .where(
