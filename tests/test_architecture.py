@@ -290,8 +290,6 @@ _DRIVER_DEBTS = {
     "exchange.problems": "maps sqlalchemy pool/connection errors to 503",
     "exchange.service._ledger": "types its hot-path connection as asyncpg.Connection",
     "exchange.verify": "the consistency check's SQL lives beside it",
-    "partners.gateway": "holds an asyncpg connection to LISTEN for key changes",
-    "partners.registry": "the registry's SQL and IntegrityError live beside it",
     "settlement.schedule": "takes its advisory lock with raw SQL",
     # Merged with closing the month, the console and the metrics (contract §8, §12): each
     # keeps its SQL beside its calculation; to move into the stores like the ledger's.
