@@ -25,7 +25,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.errors import PartnerNotFound, Unprocessable
-from exchange.tables import partners
+from partners.tables import partners
 from settlement.errors import DocumentNotFound, Overpayment
 from settlement.tables import payment_allocations, payments, settlement_documents
 

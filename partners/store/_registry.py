@@ -18,8 +18,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from exchange.errors import AlreadyExists, DatabaseUnavailable
-from exchange.tables import partner_terms, partners
-from partners.tables import partner_keys
+from partners.tables import partner_keys, partner_terms, partners
 
 __all__ = [
     "KEYS_CHANNEL",

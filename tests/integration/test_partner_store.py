@@ -17,10 +17,9 @@ from exchange.clock import FrozenClock
 from exchange.db import create_engine
 from exchange.embedded import EmbeddedPostgres
 from exchange.errors import AlreadyExists, DatabaseUnavailable
-from exchange.tables import partner_terms
 from partners import registry, store
 from partners.signing import generate_keypair
-from partners.tables import partner_keys
+from partners.tables import partner_keys, partner_terms
 from tests.support import add_partner
 
 UNREACHABLE_URL = "postgresql://nobody@127.0.0.1:9/none"
