@@ -286,7 +286,6 @@ def test_the_server_and_the_command_line_load_no_tool() -> None:
 # Database access outside the database modules, still to be moved into their stores. Each
 # entry fails (strict xfail) once fixed, so the list can only shrink.
 _DRIVER_DEBTS = {
-    "exchange.operators": "operator tokens' SQL lives beside their logic",
     "exchange.problems": "maps sqlalchemy pool/connection errors to 503",
     "exchange.service._ledger": "types its hot-path connection as asyncpg.Connection",
     "exchange.verify": "the consistency check's SQL lives beside it",
