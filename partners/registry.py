@@ -41,7 +41,6 @@ __all__ = [
     "add_key",
     "check_stored_keys",
     "create_partner",
-    "decode_public_key",
     "get_partner",
     "list_partners",
     "revoke_key",
@@ -284,8 +283,9 @@ async def list_partners(engine: AsyncEngine) -> list[PartnerRecord]:
         return await store.load_partners(conn, None)
 
 
-def decode_public_key(text: str) -> bytes:
-    """The raw key from its base64url, by the signing profile's one strict decoder; 422."""
+def _public_key_or_422(text: str) -> bytes:
+    """The raw key from its base64url, by the signing profile's one strict decoder
+    (`partners.signing.decode_public_key`); what it refuses is a 422 here."""
     try:
         return signing.decode_public_key(text)
     except ValueError as exc:
@@ -320,7 +320,7 @@ async def revoke_unacceptable_keys(engine: AsyncEngine, clock: Clock) -> list[st
 async def add_key(engine: AsyncEngine, clock: Clock, partner_id: str, public_key: str) -> KeyInfo:
     """Register a public key; the partner may hold several active keys (rotation)."""
     _known_shape(partner_id)
-    raw = decode_public_key(public_key)
+    raw = _public_key_or_422(public_key)
     key_id = f"key_{secrets.token_hex(12)}"
     now = clock.now()
     async with engine.begin() as conn:
