@@ -27,8 +27,9 @@ from exchange.errors import (
 from exchange.http import decode_body, respond
 from exchange.openapi import api
 from exchange.operators import OperatorIdentity
+from exchange.operators.auth import staff_caller
 from exchange.service import AdjustmentService, Approver, adjustment_view
-from partners.auth import operator_idempotency, staff_caller
+from partners.auth import operator_idempotency
 
 __all__ = ["AdjustmentController"]
 

@@ -37,6 +37,7 @@ from exchange.errors import (
 )
 from exchange.ids import MEMBER_ID_SHAPE, parse_hold_id, parse_transaction_id
 from exchange.ledger import PARTNER_TRANSACTION_TYPES, PostingType
+from exchange.members.auth import Caller, MemberCaller, member_caller, member_or_partner_caller
 from exchange.members.service import tier_view
 from exchange.money import MINOR_UNITS, parse_amount
 from exchange.openapi import api
@@ -55,16 +56,7 @@ from exchange.service import (
 )
 from exchange.views import balance_view
 from exchange.wiring import Services
-from partners.auth import (
-    NONCE_IN_POSTING,
-    Caller,
-    MemberCaller,
-    PartnerCaller,
-    member_caller,
-    member_or_partner_caller,
-    partner_caller,
-    spend_nonce,
-)
+from partners.auth import NONCE_IN_POSTING, PartnerCaller, partner_caller, spend_nonce
 from partners.sessions import create_member_session
 
 __all__ = [

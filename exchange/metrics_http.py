@@ -18,8 +18,8 @@ from litestar.di import NamedDependency
 from exchange import metrics
 from exchange.errors import Unauthorized
 from exchange.openapi import api
+from exchange.operators.auth import staff_caller
 from exchange.wiring import Services
-from partners.auth import staff_caller
 
 __all__ = ["MetricsController", "is_loopback"]
 

@@ -1,7 +1,8 @@
 """SQLAlchemy table definitions: the one MetaData that Alembic migrations must match.
 
 Every package's tables are registered on this MetaData (partners and settlement import
-it), so one autogenerate comparison checks the whole schema.
+it), so one autogenerate comparison checks the whole schema (`migrations/metadata.py`
+imports them all). The partner rows and their terms are `partners.tables`.
 
 The journal (`postings`, `entries`) and the lot `allocations` are append-only: the
 database refuses UPDATE, DELETE and TRUNCATE on them (migration 0002 installs the
@@ -48,8 +49,6 @@ __all__ = [
     "metadata",
     "operator_tokens",
     "partner_counters",
-    "partner_terms",
-    "partners",
     "posting_signatures",
     "postings",
 ]
@@ -103,58 +102,7 @@ console_sessions = Table(
     Index("ix_console_sessions_expires_at", "expires_at"),
 )
 
-# -- partners (owners of partner accounts, and their terms) ----------------------------------
-
-partners = Table(
-    "partners",
-    metadata,
-    Column("partner_id", ID, primary_key=True),
-    Column("name", String(200), nullable=False),
-    Column("settlement_currency", String(3), nullable=False),
-    Column("status", String(16), nullable=False, server_default="active"),
-    # The terms in force now; every change is also appended to partner_terms.
-    Column("terms_version", Integer, nullable=False),
-    Column("issue_price", PRICE, nullable=False),
-    Column("redemption_value", PRICE, nullable=False),
-    Column("earn_rates", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
-    Column("credit_limit", MONEY, nullable=True),
-    # Earn multipliers per member tier, e.g. {"gold": "1.5"} (purchase-based earns only).
-    Column("tier_multipliers", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
-    # Issuance value already covered by closed settlement runs (for the credit limit).
-    Column("settled_issuance", MONEY, nullable=False, server_default="0"),
-    # Positive nets of closed runs not yet paid (computed, approved or invoiced): counts
-    # against the credit limit until a payment settles it (contract §8).
-    Column("receivable_open", MONEY, nullable=False, server_default="0"),
-    Column("payment_terms_days", SmallInteger, nullable=False, server_default="14"),
-    Column("tax_note", Text, nullable=True),
-    _timestamp("created_at", default_now=True),
-    _timestamp("updated_at", default_now=True),
-    # A terminated partner stays terminated for ever (its lots stay attributed to it).
-    _timestamp("terminated_at", nullable=True),
-    # 'operator': the reserved row `operator`, issuer of goodwill points (migration 0006).
-    CheckConstraint("status IN ('active', 'suspended', 'terminated', 'operator')", name="status"),
-    CheckConstraint("(status = 'terminated') = (terminated_at IS NOT NULL)", name="terminated"),
-    CheckConstraint("issue_price >= 0 AND redemption_value >= 0", name="prices"),
-    CheckConstraint("credit_limit IS NULL OR credit_limit >= 0", name="credit_limit"),
-    CheckConstraint("payment_terms_days BETWEEN 0 AND 365", name="payment_terms_days"),
-    CheckConstraint("receivable_open >= 0", name="receivable_open"),
-)
-
-partner_terms = Table(
-    "partner_terms",
-    metadata,
-    Column("partner_id", ID, ForeignKey("partners.partner_id"), nullable=False),
-    Column("version", Integer, nullable=False),
-    _timestamp("effective_at"),
-    Column("issue_price", PRICE, nullable=False),
-    Column("redemption_value", PRICE, nullable=False),
-    Column("earn_rates", JSONB, nullable=False),
-    Column("credit_limit", MONEY, nullable=True),
-    Column("status", String(16), nullable=False),
-    Column("tier_multipliers", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
-    Column("changed_by", String(128), nullable=True),
-    PrimaryKeyConstraint("partner_id", "version"),
-)
+# -- partner counters (the partner rows, terms, keys and sessions are `partners.tables`) ------
 
 # Issuance value and outstanding liability per partner, split over a few shard rows so
 # that a big partner's postings do not queue on one row lock (their sum is the figure).

@@ -1,9 +1,10 @@
-"""Who is calling: partners (RFC 9421 signatures), operators and members (bearer tokens).
+"""Who is calling, for partners: RFC 9421 signatures (contract §2.1) and the
+Idempotency-Key of §2.2 (which operator POSTs follow too, `operator_idempotency`).
 
-Each function here is a litestar dependency: a controller declares `partner:
-PartnerCaller`, `admin: OperatorIdentity`, `staff: OperatorIdentity` or `member:
-MemberCaller` and gets an authenticated caller or the request ends with 400/401/403/429.
-They receive the process's `services` as a dependency too (provided by `exchange.app`).
+`partner_caller` is a litestar dependency: a controller declares `partner: PartnerCaller`
+and gets the authenticated partner or the request ends with 400/401/403/429. It receives
+the process's `services` as a dependency too (provided by `exchange.app`). Operators'
+bearer tokens are `exchange.operators.auth`, members' `exchange.members.auth`.
 
 Partner requests are verified on the raw ASGI request: the path as sent (`raw_path`,
 percent-encoding intact), the headers with duplicates, and the body bytes before any
@@ -37,38 +38,17 @@ from litestar import Request
 from litestar.di import NamedDependency
 
 from exchange import metrics
-from exchange.errors import (
-    ExchangeError,
-    Forbidden,
-    IdempotencyKeyMissing,
-    NonceReplayed,
-    Unauthorized,
-)
-from exchange.operators import (
-    OPERATOR_TOKEN_SHAPE,
-    OperatorIdentity,
-    authenticate_operator,
-    hash_token,
-)
+from exchange.errors import ExchangeError, IdempotencyKeyMissing, NonceReplayed
 from exchange.service import Idempotency, NonceClaim, SignatureProof
 from exchange.wiring import Services
-from partners import store
-from partners.sessions import MEMBER_TOKEN_SHAPE
 from partners.signing import IncomingRequest, verify_body, verify_headers
 
 __all__ = [
     "NONCE_IN_POSTING",
-    "Caller",
-    "MemberCaller",
     "PartnerCaller",
-    "admin_caller",
-    "bearer_token",
-    "member_caller",
-    "member_or_partner_caller",
     "operator_idempotency",
     "partner_caller",
     "spend_nonce",
-    "staff_caller",
 ]
 
 # Route option: the ledger writes this request's nonce in the posting's database transaction.
@@ -88,19 +68,6 @@ class PartnerCaller:
     idempotency: Idempotency | None
     # Set on posting routes only: the nonce the ledger must still spend (module docstring).
     nonce: NonceClaim | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class MemberCaller:
-    member_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Either a signed partner or a member token (for endpoints open to both)."""
-
-    partner_id: str | None = None
-    member_id: str | None = None
 
 
 def _headers(request: Request[Any, Any, Any]) -> list[tuple[str, str]]:
@@ -215,79 +182,6 @@ async def spend_nonce(
             "this (keyid, nonce) pair was already used; sign each attempt with a new nonce"
         ) from refusal
     raise refusal
-
-
-def bearer_token(request: Request[Any, Any, Any]) -> str | None:
-    header = request.headers.get("authorization")
-    if header is None:
-        return None
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("Use 'Authorization: Bearer <token>'.")
-    return token.strip()
-
-
-def _issued_shape(token: str, shape: re.Pattern[str], what: str) -> str:
-    """Refuse a token that cannot have been issued before it costs a hash or a query."""
-    if not shape.fullmatch(token):
-        raise Unauthorized(f"Unknown or revoked {what} token.")
-    return token
-
-
-async def _operator(
-    request: Request[Any, Any, Any], services: Services, roles: tuple[str, ...]
-) -> OperatorIdentity:
-    token = bearer_token(request)
-    if token is None:
-        raise Unauthorized("An operator bearer token is required.")
-    _issued_shape(token, OPERATOR_TOKEN_SHAPE, "operator")
-    # Limited by the token itself, before the lookup: a flood costs no query.
-    await services.limiter.check("operator", hash_token(token)[:16])
-    identity = await authenticate_operator(services.engine, token)
-    if identity is None:
-        raise Unauthorized("Unknown or revoked operator token.")
-    request.scope["state"]["caller_log"] = {"operator": identity.token_id, "role": identity.role}
-    if identity.role not in roles:
-        raise Forbidden(f"This needs the {' or '.join(roles)} role; the token is {identity.role}.")
-    return identity
-
-
-async def admin_caller(
-    request: Request[Any, Any, Any], services: NamedDependency[Services]
-) -> OperatorIdentity:
-    return await _operator(request, services, ("admin",))
-
-
-async def staff_caller(
-    request: Request[Any, Any, Any], services: NamedDependency[Services]
-) -> OperatorIdentity:
-    """Admin or finance: read-only access to settlement and reports."""
-    return await _operator(request, services, ("admin", "finance"))
-
-
-async def member_caller(
-    request: Request[Any, Any, Any], services: NamedDependency[Services]
-) -> MemberCaller:
-    token = bearer_token(request)
-    if token is None:
-        raise Unauthorized("A member bearer token is required.")
-    token_hash = hash_token(_issued_shape(token, MEMBER_TOKEN_SHAPE, "member"))
-    await services.limiter.check("member", token_hash[:16])
-    async with services.engine.connect() as conn:
-        member_id = await store.find_session(conn, token_hash, services.clock.now())
-    if member_id is None:
-        raise Unauthorized("Unknown or expired member token.")
-    request.scope["state"]["caller_log"] = {"member_id": member_id}
-    return MemberCaller(member_id)
-
-
-async def member_or_partner_caller(
-    request: Request[Any, Any, Any], services: NamedDependency[Services]
-) -> Caller:
-    """Endpoints open to both: a bearer token means a member, otherwise a signed partner."""
-    if request.headers.get("authorization") is not None:
-        return Caller(member_id=(await member_caller(request, services)).member_id)
-    return Caller(partner_id=(await partner_caller(request, services)).partner_id)
 
 
 def operator_idempotency(request: Request[Any, Any, Any], body: bytes) -> Idempotency:

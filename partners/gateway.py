@@ -18,8 +18,9 @@ that is harmless for a read).
 Posting requests' nonces are not written here at all: the ledger writes them in the
 posting's own database transaction (`exchange.service.NonceClaim`).
 
-Any database failure here is `DatabaseUnavailable` (`driver_connection` translates it):
-the request is refused with 503, never admitted.
+Any database failure here is `DatabaseUnavailable` (the partner store translates it):
+the request is refused with 503, never admitted. The SQL, and the listening connection,
+are `partners.store`'s; this module holds the caches, queues and tasks around them.
 """
 
 from __future__ import annotations
@@ -31,20 +32,18 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exchange.db import CONNECT_TIMEOUT_S, driver_connection, libpq_url
+from exchange.errors import DatabaseUnavailable
 from exchange.logs import get_logger
 from partners import store
 from partners.keycache import KeyCache
 from partners.signing import CREATED_PAST_S_MAX, KeyRecord
+from partners.store import KEYS_CHANNEL, KeyListener
 
 __all__ = ["KEYS_CHANNEL", "NONCE_KEEP", "SignatureGateway", "housekeeping_jobs"]
 
-KEYS_CHANNEL = "exchange_keys"
 KEY_CACHE_TTL_S = 60.0
 KEY_CACHE_KNOWN_MAX = 10_000
 KEY_DIRECTORY_MAX = 100_000
@@ -58,35 +57,6 @@ LISTEN_CHECK_S = 5.0
 # it can be forgotten.
 NONCE_KEEP = timedelta(seconds=CREATED_PAST_S_MAX + 60)
 _log = get_logger("partners.gateway")
-
-_KEY_SQL = """
-SELECT k.key_id, k.partner_id, k.public_key, k.status, p.status AS partner_status
-FROM partner_keys AS k JOIN partners AS p ON p.partner_id = k.partner_id
-WHERE k.key_id = $1
-"""
-_DIRECTORY_SQL = "SELECT key_id FROM partner_keys LIMIT $1"
-# Duplicates in one write are removed before it; a pair already stored is skipped. Sorted,
-# as the ledger's own nonce insert is: overlapping writes wait in one order, never deadlock.
-_NONCES_SQL = """
-INSERT INTO signature_nonces (key_id, nonce, seen_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS n(key_id, nonce, seen_at)
-ORDER BY n.key_id, n.nonce
-ON CONFLICT DO NOTHING
-RETURNING key_id, nonce
-"""
-# The same insert for reads: `set_config(..., is_local => true)` turns synchronous_commit
-# off for this statement's own database transaction only, so its commit returns before
-# the WAL reaches the disk, in one round trip (BEGIN; SET LOCAL; INSERT; COMMIT would be
-# four). The CTE is joined so that it runs before any row is inserted.
-_NONCES_NOT_DURABLE_SQL = """
-WITH not_durable AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))
-INSERT INTO signature_nonces (key_id, nonce, seen_at)
-SELECT n.* FROM not_durable,
-     unnest($1::text[], $2::text[], $3::timestamptz[]) AS n(key_id, nonce, seen_at)
-ORDER BY n.key_id, n.nonce
-ON CONFLICT DO NOTHING
-RETURNING key_id, nonce
-"""
 
 
 @dataclass
@@ -109,7 +79,7 @@ class SignatureGateway:
             directory_max=KEY_DIRECTORY_MAX,
             misses_per_s=KEY_DIRECTORY_MISSES_PER_S,
         )
-        self._listener: asyncpg.Connection | None = None
+        self._listener: KeyListener | None = None
         self._listener_lost = asyncio.Event()
         self._listening: asyncio.Task[None] | None = None
         # One database read per (key id, cache generation) at a time, shared by everyone
@@ -147,8 +117,7 @@ class SignatureGateway:
         listener, self._listener = self._listener, None
         self.keys.disable()
         if listener is not None:
-            with contextlib.suppress(Exception):
-                await listener.close(timeout=CONNECT_TIMEOUT_S)
+            await listener.close()
 
     @property
     def listening(self) -> bool:
@@ -156,19 +125,13 @@ class SignatureGateway:
 
     async def _listen(self) -> bool:
         """Open the listening connection; True when it is in place."""
-        listener = None
         try:
-            listener = await asyncpg.connect(
-                libpq_url(self.database_url), timeout=CONNECT_TIMEOUT_S
+            self._listener = await store.listen(
+                self.database_url, KEYS_CHANNEL, self._on_notify, self._on_lost
             )
-            await listener.add_listener(KEYS_CHANNEL, self._on_notify)
-            listener.add_termination_listener(self._on_lost)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            _log.debug("key_cache_listen_failed", error=type(exc).__name__)
-            if listener is not None:
-                listener.terminate()
+        except DatabaseUnavailable as exc:
+            _log.debug("key_cache_listen_failed", error=exc.reason)
             return False
-        self._listener = listener
         self._listener_lost.clear()
         self.keys.enable()  # changes missed while we were not listening: start afresh
         return True
@@ -190,12 +153,12 @@ class SignatureGateway:
             else:
                 backoff_s = min(backoff_s * 2, LISTEN_BACKOFF_S_MAX)
 
-    def _on_notify(self, *_: Any) -> None:
+    def _on_notify(self) -> None:
         self.keys.invalidate()
 
-    def _on_lost(self, connection: object = None) -> None:
+    def _on_lost(self, listener: KeyListener | None = None) -> None:
         """The listener is gone (its termination callback, or found closed)."""
-        if connection is not None and connection is not self._listener:
+        if listener is not None and listener is not self._listener:
             return  # a late callback from a listener already replaced: not ours to drop
         if self._listener is not None:
             _log.warning("key_cache_listener_lost")
@@ -232,18 +195,7 @@ class SignatureGateway:
             self.keys.put(read[0], task.result(), read[1])
 
     async def _fetch_key(self, key_id: str) -> KeyRecord | None:
-        async with driver_connection(self.engine) as conn:
-            row = await conn.fetchrow(_KEY_SQL, key_id)
-        if row is None:
-            return None
-        return KeyRecord(
-            key_id=row["key_id"],
-            partner_id=row["partner_id"],
-            public_key=bytes(row["public_key"]),
-            key_active=row["status"] == "active",
-            partner_active=row["partner_status"] == "active",
-            partner_terminated=row["partner_status"] == "terminated",
-        )
+        return await store.fetch_key(self.engine, key_id)
 
     async def _load_directory(self) -> None:
         """Read every key id once per generation (shared by concurrent callers)."""
@@ -256,9 +208,8 @@ class SignatureGateway:
         await asyncio.shield(task)
 
     async def _fetch_directory(self, generation: int) -> None:
-        async with driver_connection(self.engine) as conn:
-            rows = await conn.fetch(_DIRECTORY_SQL, KEY_DIRECTORY_MAX + 1)
-        self.keys.put_directory((row["key_id"] for row in rows), generation)
+        key_ids = await store.fetch_key_ids(self.engine, KEY_DIRECTORY_MAX + 1)
+        self.keys.put_directory(key_ids, generation)
 
     # -- nonces ------------------------------------------------------------------------------
 
@@ -293,14 +244,12 @@ class SignatureGateway:
                     item.future.set_result(False)  # the same pair twice in one write
                 else:
                     first[(item.key_id, item.nonce)] = item
-            async with driver_connection(self.engine) as conn:
-                rows = await conn.fetch(
-                    _NONCES_SQL if durable else _NONCES_NOT_DURABLE_SQL,
-                    [item.key_id for item in first.values()],
-                    [item.nonce for item in first.values()],
-                    [item.seen_at for item in first.values()],
-                )
-            stored = {(row["key_id"], row["nonce"]) for row in rows}
+            stored = await store.insert_nonces(
+                self.engine,
+                list(first),
+                [item.seen_at for item in first.values()],
+                durable=durable,
+            )
             for pair, item in first.items():
                 item.future.set_result(pair in stored)
         except BaseException as exc:  # fail closed: every waiting request fails

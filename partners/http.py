@@ -21,10 +21,10 @@ from exchange.http import decode_body
 from exchange.money import format_amount, parse_amount, parse_price
 from exchange.openapi import api
 from exchange.operators import OperatorIdentity
+from exchange.operators.auth import admin_caller, staff_caller
 from exchange.schemas import MoneyIn
 from exchange.wiring import Services
 from partners import registry
-from partners.auth import admin_caller, staff_caller
 from partners.schemas import KeyCreate, KeyOut, MoneyOut, PartnerCreate, PartnerOut, PartnerUpdate
 
 __all__ = ["PartnerAdminController"]

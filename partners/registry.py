@@ -11,15 +11,12 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any
 
-from sqlalchemy import func, insert, select, text, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.clock import Clock
 from exchange.errors import (
-    AlreadyExists,
     DatabaseUnavailable,
     NotFound,
     PartnerNotFound,
@@ -29,10 +26,9 @@ from exchange.errors import (
 from exchange.ids import KEY_ID_SHAPE, PARTNER_ID_SHAPE
 from exchange.logs import get_logger
 from exchange.money import minor_unit, parse_price
-from exchange.tables import partner_terms, partners
 from exchange.text import UNPRINTABLE
-from partners import signing
-from partners.tables import partner_keys
+from partners import signing, store
+from partners.store import KeyInfo, PartnerRecord, PartnerStatus
 from partners.webhooks import events as webhook_events
 
 __all__ = [
@@ -40,11 +36,11 @@ __all__ = [
     "PartnerChanges",
     "PartnerRecord",
     "PartnerSpec",
+    "PartnerStatus",
     "Unchanged",
     "add_key",
     "check_stored_keys",
     "create_partner",
-    "decode_public_key",
     "get_partner",
     "list_partners",
     "revoke_key",
@@ -52,7 +48,6 @@ __all__ = [
     "update_partner",
 ]
 
-PartnerStatus = Literal["active", "suspended", "terminated"]
 OPERATOR_ISSUER = "operator"  # the reserved row of migration 0006: goodwill points
 _log = get_logger("partners.registry")
 _SLUG = PARTNER_ID_SHAPE
@@ -93,33 +88,6 @@ class PartnerChanges:
     payment_terms_days: int | Unchanged = UNCHANGED
     tax_note: str | Unchanged | None = UNCHANGED
     tier_multipliers: dict[str, Decimal] | Unchanged = UNCHANGED
-
-
-@dataclass(frozen=True, slots=True)
-class KeyInfo:
-    key_id: str
-    status: str
-    created_at: datetime
-    revoked_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class PartnerRecord:
-    partner_id: str
-    name: str
-    settlement_currency: str
-    status: PartnerStatus
-    issue_price: Decimal
-    redemption_value: Decimal
-    earn_rates: dict[str, Decimal]
-    credit_limit: Decimal | None
-    payment_terms_days: int
-    tax_note: str | None
-    terms_version: int
-    created_at: datetime
-    updated_at: datetime
-    keys: tuple[KeyInfo, ...]
-    tier_multipliers: dict[str, Decimal] = field(default_factory=dict)
 
 
 def _known_shape(partner_id: str, key_id: str | None = None) -> None:
@@ -226,14 +194,8 @@ async def create_partner(
         "created_at": now,
         "updated_at": now,
     }
-    try:
-        async with engine.begin() as conn:
-            await conn.execute(insert(partners).values(row))
-            await conn.execute(
-                insert(partner_terms).values(_terms_row(spec.partner_id, 1, row, now, changed_by))
-            )
-    except IntegrityError:
-        raise AlreadyExists(f"Partner {spec.partner_id} already exists.") from None
+    async with engine.begin() as conn:
+        await store.insert_partner(conn, row, _terms_row(spec.partner_id, 1, row, now, changed_by))
     return await get_partner(engine, spec.partner_id)
 
 
@@ -266,14 +228,9 @@ async def update_partner(
     if not isinstance(changes.name, Unchanged):
         _validate_name(changes.name)
     async with engine.begin() as conn:
-        current = (
-            await conn.execute(
-                select(partners).where(partners.c.partner_id == partner_id).with_for_update()
-            )
-        ).first()
-        if current is None:
+        row = await store.lock_partner(conn, partner_id)
+        if row is None:
             raise PartnerNotFound(f"No partner {partner_id}.")
-        row = dict(current._mapping)
         _check_status_change(row, changes, clock)
         for name in (
             "name",
@@ -304,55 +261,18 @@ async def update_partner(
         now = clock.now()
         row["terms_version"] += 1
         row["updated_at"] = now
-        await conn.execute(update(partners).where(partners.c.partner_id == partner_id).values(row))
-        await _notify_key_change(conn, partner_id)
-        await conn.execute(
-            insert(partner_terms).values(
-                _terms_row(partner_id, row["terms_version"], row, now, changed_by)
-            )
+        await store.update_partner_row(conn, partner_id, row)
+        await store.notify_key_change(conn, partner_id)
+        await store.insert_terms(
+            conn, _terms_row(partner_id, row["terms_version"], row, now, changed_by)
         )
     return await get_partner(engine, partner_id)
-
-
-def _record(row: Any, keys: list[Any]) -> PartnerRecord:
-    return PartnerRecord(
-        partner_id=row.partner_id,
-        name=row.name,
-        settlement_currency=row.settlement_currency,
-        status=row.status,
-        issue_price=row.issue_price,
-        redemption_value=row.redemption_value,
-        earn_rates={currency: Decimal(rate) for currency, rate in row.earn_rates.items()},
-        credit_limit=row.credit_limit,
-        payment_terms_days=row.payment_terms_days,
-        tax_note=row.tax_note,
-        terms_version=row.terms_version,
-        tier_multipliers={tier: Decimal(m) for tier, m in row.tier_multipliers.items()},
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        keys=tuple(KeyInfo(key.key_id, key.status, key.created_at, key.revoked_at) for key in keys),
-    )
-
-
-async def _load(conn: AsyncConnection, partner_ids: list[str] | None) -> list[PartnerRecord]:
-    query = select(partners).order_by(partners.c.partner_id)
-    key_query = select(partner_keys).order_by(partner_keys.c.created_at, partner_keys.c.key_id)
-    if partner_ids is not None:
-        query = query.where(partners.c.partner_id.in_(partner_ids))
-        key_query = key_query.where(partner_keys.c.partner_id.in_(partner_ids))
-    else:  # the operator's goodwill row is no partner; it is fetched by name only
-        query = query.where(partners.c.status != "operator")
-    rows = list(await conn.execute(query))
-    keys: dict[str, list[Any]] = {}
-    for key in await conn.execute(key_query):
-        keys.setdefault(key.partner_id, []).append(key)
-    return [_record(row, keys.get(row.partner_id, [])) for row in rows]
 
 
 async def get_partner(engine: AsyncEngine, partner_id: str) -> PartnerRecord:
     _known_shape(partner_id)
     async with engine.connect() as conn:
-        found = await _load(conn, [partner_id])
+        found = await store.load_partners(conn, [partner_id])
     if not found:
         raise PartnerNotFound(f"No partner {partner_id}.")
     return found[0]
@@ -360,11 +280,12 @@ async def get_partner(engine: AsyncEngine, partner_id: str) -> PartnerRecord:
 
 async def list_partners(engine: AsyncEngine) -> list[PartnerRecord]:
     async with engine.connect() as conn:
-        return await _load(conn, None)
+        return await store.load_partners(conn, None)
 
 
-def decode_public_key(text: str) -> bytes:
-    """The raw key from its base64url, by the signing profile's one strict decoder; 422."""
+def _public_key_or_422(text: str) -> bytes:
+    """The raw key from its base64url, by the signing profile's one strict decoder
+    (`partners.signing.decode_public_key`); what it refuses is a 422 here."""
     try:
         return signing.decode_public_key(text)
     except ValueError as exc:
@@ -377,7 +298,9 @@ async def check_stored_keys(engine: AsyncEngine, clock: Clock) -> None:
     says so, and requests still refuse such keys one by one (verify_headers)."""
     try:
         await revoke_unacceptable_keys(engine, clock)
-    except (SQLAlchemyError, OSError, DatabaseUnavailable) as exc:
+    except DatabaseUnavailable as exc:
+        _log.warning("key_check_skipped", error=exc.reason or type(exc).__name__)
+    except OSError as exc:
         _log.warning("key_check_skipped", error=type(exc).__name__)
 
 
@@ -388,66 +311,28 @@ async def revoke_unacceptable_keys(engine: AsyncEngine, clock: Clock) -> list[st
     other means) could let anyone sign as the partner; at start-up they are revoked and
     logged, so they fail closed (`key_revoked`). Returns the key ids revoked.
     """
-    async with engine.begin() as conn:
-        rows = await conn.execute(
-            select(partner_keys.c.key_id, partner_keys.c.public_key).where(
-                partner_keys.c.status == "active"
-            )
-        )
-        bad = [
-            row.key_id
-            for row in rows
-            if not signing.is_acceptable_public_key(bytes(row.public_key))
-        ]
-        if bad:
-            await conn.execute(
-                update(partner_keys)
-                .where(partner_keys.c.key_id.in_(bad), partner_keys.c.status == "active")
-                .values(status="revoked", revoked_at=clock.now())
-            )
-            await _notify_key_change(conn, "startup-check")
+    bad = await store.revoke_keys_refused_by(engine, signing.is_acceptable_public_key, clock.now())
     for key_id in bad:
         _log.error("unacceptable_key_revoked", key_id=key_id, reason="small order or non-canonical")
     return bad
 
 
-async def _notify_key_change(conn: AsyncConnection, subject: str) -> None:
-    """Tell every server process to forget cached keys (delivered when this commits)."""
-    await conn.execute(
-        text("SELECT pg_notify(:channel, :subject)"),
-        {"channel": "exchange_keys", "subject": subject},
-    )
-
-
 async def add_key(engine: AsyncEngine, clock: Clock, partner_id: str, public_key: str) -> KeyInfo:
     """Register a public key; the partner may hold several active keys (rotation)."""
     _known_shape(partner_id)
-    raw = decode_public_key(public_key)
+    raw = _public_key_or_422(public_key)
     key_id = f"key_{secrets.token_hex(12)}"
     now = clock.now()
     async with engine.begin() as conn:
-        exists = await conn.scalar(
-            select(func.count()).select_from(partners).where(partners.c.partner_id == partner_id)
-        )
-        if not exists:
+        status = await store.partner_status(conn, partner_id)
+        if status is None:
             raise PartnerNotFound(f"No partner {partner_id}.")
-        status = await conn.scalar(
-            select(partners.c.status).where(partners.c.partner_id == partner_id)
-        )
         if status == "operator":
             raise Unprocessable("The operator's issuer row cannot hold keys.")
         if status == "terminated":
             raise TerminationFinal(f"Partner {partner_id} has been terminated.")
-        await conn.execute(
-            insert(partner_keys).values(
-                key_id=key_id,
-                partner_id=partner_id,
-                public_key=raw,
-                status="active",
-                created_at=now,
-            )
-        )
-        await _notify_key_change(conn, key_id)
+        await store.insert_key(conn, key_id=key_id, partner_id=partner_id, public_key=raw, now=now)
+        await store.notify_key_change(conn, key_id)
     return KeyInfo(key_id, "active", now, None)
 
 
@@ -456,21 +341,11 @@ async def revoke_key(engine: AsyncEngine, clock: Clock, partner_id: str, key_id:
     _known_shape(partner_id, key_id)
     now = clock.now()
     async with engine.begin() as conn:
-        row = (
-            await conn.execute(
-                update(partner_keys)
-                .where(partner_keys.c.key_id == key_id, partner_keys.c.partner_id == partner_id)
-                .values(
-                    status="revoked",
-                    revoked_at=func.coalesce(partner_keys.c.revoked_at, now),
-                )
-                .returning(partner_keys)
-            )
-        ).first()
-        if row is not None and row.revoked_at == now:
+        key = await store.revoke_key(conn, partner_id, key_id, now)
+        if key is not None and key.revoked_at == now:
             # Newly revoked (not a repeat): the event commits with the revocation.
             await webhook_events.key_revoked(conn, partner_id, key_id, now)
-        await _notify_key_change(conn, key_id)
-    if row is None:
+        await store.notify_key_change(conn, key_id)
+    if key is None:
         raise NotFound(f"Partner {partner_id} has no key {key_id}.")
-    return KeyInfo(row.key_id, row.status, row.created_at, row.revoked_at)
+    return key

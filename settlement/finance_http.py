@@ -25,8 +25,9 @@ from exchange.errors import PartnerNotFound, Unprocessable
 from exchange.http import decode_body
 from exchange.openapi import api
 from exchange.operators import OperatorIdentity
+from exchange.operators.auth import bearer_token, staff_caller
 from exchange.wiring import Services
-from partners.auth import bearer_token, operator_idempotency, partner_caller, staff_caller
+from partners.auth import operator_idempotency, partner_caller
 from settlement import finance_schemas, finance_views, reports
 from settlement.documents import render_pdf
 from settlement.errors import (

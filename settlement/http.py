@@ -25,7 +25,8 @@ from exchange.errors import NotARunPeriodEnd, Unprocessable
 from exchange.http import decode_body, wire_time
 from exchange.openapi import api
 from exchange.operators import OperatorIdentity
-from partners.auth import PartnerCaller, admin_caller, partner_caller, staff_caller
+from exchange.operators.auth import admin_caller, staff_caller
+from partners.auth import PartnerCaller, partner_caller
 from settlement import reports, rollforward_views, schemas
 from settlement.approval import Approval
 from settlement.errors import PeriodClosed, SettlementNotFound

@@ -308,10 +308,7 @@ def test_the_server_and_the_command_line_load_no_tool() -> None:
 # Database access outside the database modules, still to be moved into their stores. Each
 # entry fails (strict xfail) once fixed, so the list can only shrink.
 _DRIVER_DEBTS = {
-    "exchange.operators": "operator tokens' SQL lives beside their logic",
     "exchange.service._ledger": "types its hot-path connection as asyncpg.Connection",
-    "partners.gateway": "holds an asyncpg connection to LISTEN for key changes",
-    "partners.registry": "the registry's SQL and IntegrityError live beside it",
     "exchange.service._adjustments": "drives its asyncpg transaction like the ledger service",
 }
 

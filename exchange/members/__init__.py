@@ -7,6 +7,7 @@ without importing the members service (which itself builds on the ledger service
 - `service`     `MembersService`: balance with tier, transfers, export, erasure
 - `reminders`   the `member.points_expiring` sweep into `webhook_outbox`
 - `http`        controllers (registered by `exchange.app`)
+- `auth`        the `member` / `caller` dependencies: member bearer tokens
 - `tables`      `member_idempotency_keys`, `webhook_outbox`
 """
 

@@ -16,22 +16,17 @@ from litestar.params import FromPath
 
 from exchange.errors import InsufficientPoints, MemberNotFound, TransferLimitExceeded
 from exchange.http import decode_body, respond
+from exchange.members.auth import MemberCaller, member_caller
 from exchange.members.schemas import Erased, MemberExport, TransferCreate, TransferOut
 from exchange.members.service import MembersService
 from exchange.openapi import api
 from exchange.operators import OperatorIdentity
+from exchange.operators.auth import admin_caller
 from exchange.service import Idempotency
 
 # The partner gateway's own Idempotency-Key rules and request fingerprint, so that a
 # member's key behaves exactly like a partner's.
-from partners.auth import (
-    MemberCaller,
-    _fingerprint,
-    _headers,
-    _idempotency_key,
-    admin_caller,
-    member_caller,
-)
+from partners.auth import _fingerprint, _headers, _idempotency_key
 
 __all__ = ["MemberAdminController", "MemberRightsController"]
 

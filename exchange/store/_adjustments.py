@@ -12,7 +12,8 @@ import asyncpg
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.tables import adjustments, members, partners
+from exchange.tables import adjustments, members
+from partners.tables import partners
 
 __all__ = [
     "AdjustmentRow",

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.tables import partners
+from partners.tables import partners
 from settlement.documents._model import (
     Document,
     DocumentDraft,

@@ -20,7 +20,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.errors import PartnerNotFound
-from exchange.tables import partners
+from partners.tables import partners
 from settlement.errors import DocumentNotFound
 from settlement.payments import Allocation, Direction, OpenItem, Payment, PaymentPartner
 from settlement.tables import payment_allocations, payments, settlement_documents

@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.errors import InvariantViolation
 from exchange.ids import format_transaction_id
-from exchange.tables import ledger_state, partners, postings
+from exchange.tables import ledger_state, postings
+from partners.tables import partners
 from settlement.engine import (
     Checks,
     Controls,

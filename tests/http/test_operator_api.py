@@ -15,9 +15,10 @@ from exchange.clock import FrozenClock
 from exchange.config import Settings
 from exchange.ids import parse_transaction_id
 from exchange.operators import create_operator_token, revoke_operator_token
-from exchange.tables import partner_terms, partners, postings
+from exchange.tables import postings
 from partners.errors import PartnerAPIError
 from partners.signing import b64url_encode, generate_keypair
+from partners.tables import partner_terms, partners
 from tests.http.conftest import PartnerFactory
 from tests.http.test_gateway_signatures import assert_problem
 

@@ -1,4 +1,4 @@
-"""Gateway SQL: key lookup, nonces, member sessions, stored signatures."""
+"""Member sessions, spent nonces, and the signature evidence stored with postings."""
 
 from __future__ import annotations
 
