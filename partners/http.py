@@ -22,10 +22,10 @@ from exchange.money import format_amount, parse_amount, parse_price
 from exchange.openapi import api
 from exchange.operators import OperatorIdentity
 from exchange.operators.auth import admin_caller, staff_caller
-from exchange.schemas import MoneyIn
+from exchange.schemas import MoneyIn, MoneyOut
 from exchange.wiring import Services
 from partners import registry
-from partners.schemas import KeyCreate, KeyOut, MoneyOut, PartnerCreate, PartnerOut, PartnerUpdate
+from partners.schemas import KeyCreate, KeyOut, PartnerCreate, PartnerOut, PartnerUpdate
 
 __all__ = ["PartnerAdminController"]
 

@@ -7,9 +7,9 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from exchange.schemas import CurrencyCode, DecimalText, MoneyIn
+from exchange.schemas import CurrencyCode, DecimalText, MoneyIn, MoneyOut
 
-__all__ = ["KeyCreate", "KeyOut", "MoneyOut", "PartnerCreate", "PartnerOut", "PartnerUpdate"]
+__all__ = ["KeyCreate", "KeyOut", "PartnerCreate", "PartnerOut", "PartnerUpdate"]
 
 Slug = Annotated[str, msgspec.Meta(min_length=1, max_length=63)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -50,11 +50,6 @@ class KeyCreate(_In, frozen=True):
     # base64url (RFC 4648 §5) of the raw 32 bytes; the registry's strict decoder checks
     # the spelling and the point (partners.signing.decode_public_key).
     public_key: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-
-
-class MoneyOut(msgspec.Struct, frozen=True):
-    amount: str
-    currency: str
 
 
 class KeyOut(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -8,8 +8,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from exchange.schemas import MoneyIn
-from settlement.schemas import Money
+from exchange.schemas import MoneyIn, MoneyOut
 
 __all__ = [
     "Buckets",
@@ -51,19 +50,19 @@ class PaymentCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class PaymentAllocationOut(_Out, frozen=True):
     document_id: str
     number: str
-    amount: Money
+    amount: MoneyOut
 
 
 class PaymentOut(_Out, frozen=True):
     payment_id: str
     partner_id: str
     direction: str
-    amount: Money
+    amount: MoneyOut
     value_date: date
     bank_reference: str
     document_id: str | None
     allocations: list[PaymentAllocationOut]
-    unapplied: Money
+    unapplied: MoneyOut
     created_at: datetime
     created_by: str
 
@@ -72,7 +71,7 @@ class DocumentLine(_Out, frozen=True):
     code: Literal["issuance_charge", "redemption_credit", "net"]
     description: str
     points: int | None
-    amount: Money
+    amount: MoneyOut
 
 
 class DocumentOut(_Out, frozen=True):
@@ -86,14 +85,14 @@ class DocumentOut(_Out, frozen=True):
     period_end: datetime
     currency: str
     lines: list[DocumentLine]
-    total: Money  # what the debtor pays: the partner (invoice) or the operator (credit note)
+    total: MoneyOut  # what the debtor pays: the partner (invoice) or the operator (credit note)
     issue_date: date
     due_date: date
     payment_terms_days: int
     tax_note: str | None
     created_at: datetime
     created_by: str
-    amount_open: Money
+    amount_open: MoneyOut
     status: Literal["open", "paid"]
 
 
@@ -108,8 +107,8 @@ class ReceivableItem(_Out, frozen=True):
     type: str
     issue_date: date
     due_date: date
-    amount: Money
-    amount_open: Money
+    amount: MoneyOut
+    amount_open: MoneyOut
     days_past_due: int
     bucket: str
 
@@ -118,17 +117,17 @@ class Buckets(_Out, frozen=True):
     """Open amounts by days past due at as_of (wire names: not_due, 1_30, 31_60, 61_90,
     over_90, total)."""
 
-    not_due: Money
-    d1_30: Money = msgspec.field(name="1_30")
-    d31_60: Money = msgspec.field(name="31_60")
-    d61_90: Money = msgspec.field(name="61_90")
-    over_90: Money = msgspec.field(name="over_90")
-    total: Money = msgspec.field(name="total")
+    not_due: MoneyOut
+    d1_30: MoneyOut = msgspec.field(name="1_30")
+    d31_60: MoneyOut = msgspec.field(name="31_60")
+    d61_90: MoneyOut = msgspec.field(name="61_90")
+    over_90: MoneyOut = msgspec.field(name="over_90")
+    total: MoneyOut = msgspec.field(name="total")
 
 
 class UnappliedCredits(_Out, frozen=True):
-    received: Money  # money the partner paid that no invoice has absorbed yet
-    paid: Money  # money the operator paid that no credit note has absorbed yet
+    received: MoneyOut  # money the partner paid that no invoice has absorbed yet
+    paid: MoneyOut  # money the operator paid that no credit note has absorbed yet
 
 
 class PartnerReceivables(_Out, frozen=True):

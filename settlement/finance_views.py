@@ -8,12 +8,12 @@ from datetime import date
 from decimal import Decimal
 
 from exchange.money import format_amount
+from exchange.schemas import MoneyOut
 from settlement import finance_schemas as s
 from settlement.documents import Document
 from settlement.journal import JournalEntry, totals
 from settlement.payments import Payment
 from settlement.receivables import PartnerAgeing
-from settlement.schemas import Money
 from settlement.store import StoredRun
 
 __all__ = [
@@ -26,8 +26,8 @@ __all__ = [
 ]
 
 
-def _money(amount: Decimal, currency: str) -> Money:
-    return Money(format_amount(amount, currency), currency)
+def _money(amount: Decimal, currency: str) -> MoneyOut:
+    return MoneyOut(format_amount(amount, currency), currency)
 
 
 def document_view(document: Document) -> s.DocumentOut:
@@ -93,7 +93,7 @@ def payment_view(payment: Payment) -> s.PaymentOut:
 
 
 def _buckets(values: dict[str, Decimal], currency: str) -> s.Buckets:
-    def bucket(name: str) -> Money:
+    def bucket(name: str) -> MoneyOut:
         return _money(values[name], currency)
 
     return s.Buckets(

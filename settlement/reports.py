@@ -13,6 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from exchange.money import format_amount, round_money
+from exchange.schemas import MoneyOut
 from settlement import schemas
 from settlement.engine import Checks, Controls, CrossBrandFlow, Line
 from settlement.errors import SettlementNotFound
@@ -71,8 +72,8 @@ def format_time(moment: datetime) -> str:
     return text.replace("+00:00", "Z")
 
 
-def _money(amount: Decimal, currency: str) -> schemas.Money:
-    return schemas.Money(format_amount(amount, currency), currency)
+def _money(amount: Decimal, currency: str) -> MoneyOut:
+    return MoneyOut(format_amount(amount, currency), currency)
 
 
 def _direction(line: Line) -> schemas.Direction:
@@ -83,8 +84,8 @@ def _direction(line: Line) -> schemas.Direction:
     return "none"
 
 
-def _line(line: Line) -> schemas.Line:
-    return schemas.Line(
+def _line(line: Line) -> schemas.SettlementLineOut:
+    return schemas.SettlementLineOut(
         partner_id=line.partner_id,
         partner_name=line.partner_name,
         currency=line.currency,

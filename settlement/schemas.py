@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from exchange.schemas import MoneyOut
+
 __all__ = [
     "Ageing",
     "AgeingBucket",
@@ -21,13 +23,12 @@ __all__ = [
     "ExactAmounts",
     "LiabilityReconciliation",
     "LiabilityReport",
-    "Line",
-    "Money",
     "PartnerLiability",
     "Run",
     "RunPage",
     "RunSummary",
     "SettlementCreate",
+    "SettlementLineOut",
     "Statement",
 ]
 
@@ -42,11 +43,6 @@ class SettlementCreate(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     period_end: Annotated[datetime, msgspec.Meta(tz=True)]
 
 
-class Money(_Out, frozen=True):
-    amount: str
-    currency: str
-
-
 class ExactAmounts(_Out, frozen=True):
     """The sums before rounding (up to 6 decimals): what the rounded money came from."""
 
@@ -56,7 +52,7 @@ class ExactAmounts(_Out, frozen=True):
     expired_value: str = "0"
 
 
-class Line(_Out, frozen=True):
+class SettlementLineOut(_Out, frozen=True):
     partner_id: str
     partner_name: str
     currency: str
@@ -67,16 +63,16 @@ class Line(_Out, frozen=True):
     earn_reversed_points: int
     burned_points: int
     burn_reversed_points: int
-    issuance_charge: Money
-    redemption_credit: Money
-    net: Money
+    issuance_charge: MoneyOut
+    redemption_credit: MoneyOut
+    net: MoneyOut
     direction: Direction
     exact: ExactAmounts
     # Breakage at the prices the expired points were issued at (the operator keeps it).
-    expired_value: Money | None = None
+    expired_value: MoneyOut | None = None
     # net - (issuance_charge - redemption_credit): each amount is rounded once from its
     # exact sum, so this is at most one minor unit either way; with it every line foots.
-    rounding_difference: Money | None = None
+    rounding_difference: MoneyOut | None = None
     final: bool = False  # the partner was terminated in this period: its last line
 
 
@@ -127,7 +123,7 @@ class Run(_Out, frozen=True):
     created_at: datetime
     created_by: str
     reconciled: bool
-    lines: list[Line]
+    lines: list[SettlementLineOut]
     cross_brand: list[CrossBrand]
     controls: Controls
     # Contract §8: "computed" when stored, "approved" once finance approved it.
@@ -150,7 +146,7 @@ class Statement(_Out, frozen=True):
     created_at: datetime
     reconciled: bool
     partner_id: str
-    line: Line
+    line: SettlementLineOut
     cross_brand: list[CrossBrand]
     # Contract §8: "computed" when stored, "approved" once finance approved it.
     status: Literal["computed", "approved"] = "computed"
@@ -160,7 +156,7 @@ class Statement(_Out, frozen=True):
 
 class AgeingBucket(_Out, frozen=True):
     points: int
-    value: Money
+    value: MoneyOut
 
 
 class Ageing(_Out, frozen=True):
@@ -178,7 +174,7 @@ class PartnerLiability(_Out, frozen=True):
     currency: str
     outstanding_points: int
     held_points: int  # of outstanding_points, reserved by open holds
-    value: Money
+    value: MoneyOut
     value_exact: str
     ageing: Ageing
 
@@ -186,7 +182,7 @@ class PartnerLiability(_Out, frozen=True):
 class CurrencyTotal(_Out, frozen=True):
     currency: str
     outstanding_points: int
-    value: Money
+    value: MoneyOut
 
 
 class LiabilityReconciliation(_Out, frozen=True):
