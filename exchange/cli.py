@@ -28,6 +28,7 @@ from exchange.db import migrate
 from exchange.logs import configure_logging
 from exchange.operators import create_operator_token, list_operator_tokens, revoke_operator_token
 from exchange.wiring import Services
+from partners.webhooks.keyring import development_secret_file
 from settlement.cli import report, settle
 
 __all__ = ["main"]
@@ -87,6 +88,13 @@ def serve(host: str, port: int, workers: int, http_server: str) -> None:
     with using_database(settings) as database, _metrics_folder(settings.data_dir, workers):
         # Worker processes read their settings from the environment: hand them the URL.
         os.environ["EXCHANGE_DATABASE_URL"] = database.url
+        if database.embedded is not None and not (
+            settings.webhook_key_secret or settings.webhook_key_secret_file
+        ):
+            # Development: the embedded database's key-encryption key lives beside its
+            # data (partners.webhooks.keyring); an external database needs one configured.
+            secret_file = development_secret_file(settings.data_dir)
+            os.environ["EXCHANGE_WEBHOOK_KEY_SECRET_FILE"] = str(secret_file)
         # Each worker enforces 1/N of every rate limit, so the service as a whole keeps
         # the documented limit (exchange.ratelimit).
         os.environ["EXCHANGE_WORKERS"] = str(workers)

@@ -11,7 +11,8 @@ Where the KEKs come from (`KeyRing.for_settings`):
 
     EXCHANGE_WEBHOOK_KEY_SECRET / _FILE set   those keys; the first seals, every one opens
     unset, the embedded database              a development KEK, made once in
-                                              EXCHANGE_DATA_DIR/webhook-key-secret (0600)
+                                              EXCHANGE_DATA_DIR/webhook-key-secret (0600);
+                                              `exchange serve` hands its workers that file
     unset, an external database               `KeySecretMissing`: no signing key is made or
                                               used (the worker logs it; events wait)
 
@@ -38,6 +39,7 @@ __all__ = [
     "KeyRing",
     "KeySecretMissing",
     "KeySecretUnknown",
+    "development_secret_file",
     "kek_id",
 ]
 
@@ -115,8 +117,13 @@ class KeyRing:
 
 
 def development_secret(data_dir: Path) -> bytes:
-    """The embedded database's KEK, beside its data: made once, atomically (several server
-    processes may start together), readable by the exchange's user only."""
+    """The embedded database's KEK (see `development_secret_file`)."""
+    return base64.b64decode(development_secret_file(data_dir).read_text(encoding="ascii"))
+
+
+def development_secret_file(data_dir: Path) -> Path:
+    """The embedded database's KEK file, beside its data: made once, atomically (several
+    server processes may start together), readable by the exchange's user only."""
     path = data_dir / DEVELOPMENT_SECRET_FILE
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -130,4 +137,4 @@ def development_secret(data_dir: Path) -> bytes:
             pass
         finally:
             draft.unlink()
-    return base64.b64decode(path.read_text(encoding="ascii").strip())
+    return path
