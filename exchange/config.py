@@ -231,8 +231,9 @@ class Settings:
             try:
                 values[variable.field] = _PARSERS[variable.field](raw)
             except ValueError as exc:
+                shown = "(hidden)" if variable.field in _SECRET_FIELDS else repr(raw)
                 raise ConfigError(
-                    f"{variable.name}={raw!r} is not valid: {exc}. Accepts {variable.accepts}."
+                    f"{variable.name}={shown} is not valid: {exc}. Accepts {variable.accepts}."
                 ) from None
         known = {variable.name for variable in VARIABLES}
         unknown = sorted(name for name in env if name.startswith("EXCHANGE_") and name not in known)
@@ -246,6 +247,9 @@ class Settings:
             )
         return cls(**values)
 
+
+# Settings whose value must never be echoed in an error message.
+_SECRET_FIELDS = frozenset({"webhook_key_secret"})
 
 _PARSERS: dict[str, Any] = {
     "database_url": _database_url,

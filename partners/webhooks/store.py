@@ -18,6 +18,7 @@ from partners.webhooks.tables import (
 )
 
 __all__ = [
+    "FAN_OUT",
     "active_key",
     "backlog",
     "claim_due",
@@ -68,7 +69,7 @@ async def delete_subscription(conn: AsyncConnection, partner_id: str) -> bool:
 # with an id below the snapshot's xmin has committed or rolled back, so no event can
 # appear behind the cursor later (ids are assigned at the first write, not at commit, so
 # a plain sequence would let a slow transaction's event land behind it and be missed).
-_FAN_OUT = text(
+FAN_OUT = text(
     """
     WITH batch AS (
         SELECT event_id, partner_id, created_at, tx_id FROM webhook_outbox
@@ -103,7 +104,7 @@ async def fan_out(conn: AsyncConnection, limit: int) -> bool | None:
     # A statement of its own, so its snapshot (and xmin) is taken after the lock.
     last = (
         await conn.execute(
-            _FAN_OUT, {"tx_id": cursor.tx_id, "event_id": cursor.event_id, "limit": limit}
+            FAN_OUT, {"tx_id": cursor.tx_id, "event_id": cursor.event_id, "limit": limit}
         )
     ).first()
     if last is None:
