@@ -200,13 +200,22 @@ class WebhookService:
         return keyring.current, count
 
     async def _reseal(self, conn: Any, keyring: KeyRing) -> int:
-        rows = await store.keys_to_seal(conn, keyring.current)
-        for row in rows:
-            private = keyring.open(row.key_id, row.kek_id, row.private_key)
+        resealed = 0
+        for row in await store.keys_to_seal(conn, keyring.current):
+            try:
+                private = keyring.open(row.key_id, row.kek_id, row.private_key)
+            except KeySecretUnknown:
+                # A retired key never signs again: only its public half matters, so a
+                # lost KEK costs nothing once `rotate-key` has retired what it sealed.
+                if row.status == "active":
+                    raise
+                _log.warning("webhook_retired_key_unreadable", key_id=row.key_id)
+                continue
             await store.reseal_key(conn, row.key_id, keyring.seal(row.key_id, private))
-        if rows:
-            _log.info("webhook_keys_resealed", kek_id=keyring.current, keys=len(rows))
-        return len(rows)
+            resealed += 1
+        if resealed:
+            _log.info("webhook_keys_resealed", kek_id=keyring.current, keys=resealed)
+        return resealed
 
     async def _new_key(self, conn: Any, keyring: KeyRing) -> str:
         private = Ed25519PrivateKey.generate()

@@ -141,6 +141,30 @@ async def test_a_kek_rotation_re_seals_every_key_and_the_old_secret_can_go(
     assert await _statuses(engine) == {"d-1": ("delivered", 1), "d-2": ("pending", 0)}
 
 
+async def test_a_lost_kek_is_recovered_by_rotating_the_signing_key(
+    engine: AsyncEngine, clock: FrozenClock, database_url: str, receiver: Receiver
+) -> None:
+    await add_partner(engine, clock, "grocer")
+    await _service(engine, clock, database_url, OLD).ensure_key()
+    [(lost_key, *_)] = await _stored(engine)
+    fresh = _service(engine, clock, database_url, NEW)  # OLD is gone for good
+    with pytest.raises(KeySecretUnknown):
+        await fresh.ensure_key()  # the active key cannot be opened: said, not skipped
+    new_key = await fresh.rotate_key()
+    assert await fresh.rewrap_keys() == (kek_id(NEW), 0)  # the retired one is left as is
+    statuses = {row[0]: (row[3], row[4]) for row in await _stored(engine)}
+    assert statuses == {
+        lost_key: (kek_id(OLD), "retired"),
+        new_key: (kek_id(NEW), "active"),
+    }
+    await _subscribe(engine)
+    async with engine.begin() as conn:
+        await emit(conn, "grocer", "statement.ready", {"document_id": "d-1"}, clock.now())
+    async with httpx.AsyncClient(transport=httpx.MockTransport(receiver)) as http:
+        await _until_handled(_service(engine, clock, database_url, NEW), http)
+    assert receiver.key_ids == [new_key]
+
+
 async def test_without_a_secret_no_key_is_made_and_events_wait_until_one_is_set(
     engine: AsyncEngine, clock: FrozenClock, database_url: str, receiver: Receiver
 ) -> None:
