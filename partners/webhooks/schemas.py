@@ -4,9 +4,11 @@ and every response, so the OpenAPI document describes each field."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
+
+from partners.webhooks.events import EVENT_TYPES
 
 __all__ = [
     "DeliveryRetry",
@@ -21,6 +23,9 @@ __all__ = [
 
 DeliveryStatus = Literal["pending", "delivered", "failed", "skipped"]
 EventType = Literal["batch.completed", "statement.ready", "member.points_expiring", "key.revoked"]
+# A new event type must be named here too, or the OpenAPI document would not list it.
+if set(get_args(EventType)) != set(EVENT_TYPES):  # pragma: no cover - caught at import
+    raise RuntimeError(f"EventType and EVENT_TYPES disagree: {set(get_args(EventType))}")
 
 
 class WebhookSubscription(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
