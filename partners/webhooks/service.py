@@ -162,10 +162,11 @@ class WebhookService:
         return self._keyring
 
     async def keys(self) -> ExchangeKeys:
-        """The public keys. Makes the first key if a key-encryption key is configured;
-        without one it lists what exists (the public halves need no secret)."""
-        with contextlib.suppress(KeySecretMissing):
-            await self.ensure_key()
+        """The public keys. Makes the first key (once per process) if a key-encryption key
+        is configured; without one, or with a wrong one (the worker says so), it lists what
+        exists: the public halves need no secret."""
+        with contextlib.suppress(ConfigError):
+            await self._prepare_keys()
         async with self.engine.connect() as conn:
             rows = await store.list_keys(conn)
         return ExchangeKeys(
