@@ -6,10 +6,10 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -23,15 +23,18 @@ from exchange.cli_support import (
     settings_or_exit,
     using_database,
 )
+from exchange.config import ConfigError
 from exchange.db import migrate
 from exchange.logs import configure_logging
 from exchange.operators import create_operator_token, list_operator_tokens, revoke_operator_token
 from exchange.wiring import Services
+from partners.webhooks.keyring import development_secret_file
 from settlement.cli import report, settle
 
 __all__ = ["main"]
 
 console = Console()
+T = TypeVar("T")
 
 
 # The tools: imported only when run, never by the server (their extra: `[tools]`).
@@ -85,6 +88,13 @@ def serve(host: str, port: int, workers: int, http_server: str) -> None:
     with using_database(settings) as database, _metrics_folder(settings.data_dir, workers):
         # Worker processes read their settings from the environment: hand them the URL.
         os.environ["EXCHANGE_DATABASE_URL"] = database.url
+        if database.embedded is not None and not (
+            settings.webhook_key_secret or settings.webhook_key_secret_file
+        ):
+            # Development: the embedded database's key-encryption key lives beside its
+            # data (partners.webhooks.keyring); an external database needs one configured.
+            secret_file = development_secret_file(settings.data_dir)
+            os.environ["EXCHANGE_WEBHOOK_KEY_SECRET_FILE"] = str(secret_file)
         # Each worker enforces 1/N of every rate limit, so the service as a whole keeps
         # the documented limit (exchange.ratelimit).
         os.environ["EXCHANGE_WORKERS"] = str(workers)
@@ -244,15 +254,34 @@ def webhooks() -> None:
     """The exchange's webhook signing keys."""
 
 
+def _with_signing_keys(work: Callable[[Services], Awaitable[T]]) -> T:
+    """Run a key job; a missing or wrong key-encryption key is a clear error, not a trace."""
+    try:
+        return run_with_services(settings_or_exit(), work)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 @webhooks.command("rotate-key")
 def rotate_webhook_key() -> None:
     """Make a new active signing key; the old one stays listed as retired."""
 
-    async def rotate(services: Services) -> Any:
+    async def rotate(services: Services) -> str:
         return await services.webhooks.rotate_key()
 
-    key_id = run_with_services(settings_or_exit(), rotate)
+    key_id = _with_signing_keys(rotate)
     console.print(f"new webhook signing key {key_id} (listed at GET /v1/exchange-keys)")
+
+
+@webhooks.command("rewrap-keys")
+def rewrap_webhook_keys() -> None:
+    """Re-encrypt every signing key under the first EXCHANGE_WEBHOOK_KEY_SECRET key."""
+
+    async def rewrap(services: Services) -> tuple[str, int]:
+        return await services.webhooks.rewrap_keys()
+
+    kek_id, count = _with_signing_keys(rewrap)
+    console.print(f"{count} webhook signing keys re-encrypted; every key is sealed by {kek_id}")
 
 
 @main.group()

@@ -6,19 +6,30 @@ accepts; nothing reads `os.environ` after `Settings.from_env()`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["VARIABLES", "ConfigError", "Settings", "SettlementCycle", "Variable"]
+__all__ = [
+    "VARIABLES",
+    "WEBHOOK_KEY_SECRET_BYTES",
+    "ConfigError",
+    "Settings",
+    "SettlementCycle",
+    "Variable",
+    "parse_key_secrets",
+]
 
 SettlementCycle = Literal["daily", "weekly", "monthly"]
 LogFormat = Literal["json", "console"]
+WEBHOOK_KEY_SECRET_BYTES = 32  # an AES-256 key
 
 
 class ConfigError(Exception):
@@ -115,6 +126,39 @@ def _tiers(value: str) -> tuple[tuple[str, int], ...]:
     return tuple(tiers)
 
 
+def parse_key_secrets(value: str) -> tuple[bytes, ...]:
+    """Key-encryption keys, comma- or line-separated: each 32 random bytes in base64
+    (`openssl rand -base64 32`); the first encrypts, every one decrypts."""
+    keys: list[bytes] = []
+    for part in value.replace("\n", ",").split(","):
+        text = part.strip()
+        if not text:
+            continue
+        try:
+            key = base64.urlsafe_b64decode(text.replace("+", "-").replace("/", "_"))
+        except (binascii.Error, ValueError):
+            raise ValueError("each key must be base64 (openssl rand -base64 32)") from None
+        if len(key) != WEBHOOK_KEY_SECRET_BYTES:
+            raise ValueError(f"each key must be {WEBHOOK_KEY_SECRET_BYTES} bytes in base64")
+        keys.append(key)
+    if not keys:
+        raise ValueError("must name at least one key")
+    if len(set(keys)) != len(keys):
+        raise ValueError("a key is listed twice")
+    return tuple(keys)
+
+
+def _key_secret_file(value: str) -> Path:
+    path = Path(value)
+    try:
+        parse_key_secrets(path.read_text(encoding="ascii"))
+    except OSError as exc:
+        raise ValueError(f"cannot be read ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ValueError("must hold base64 text") from None
+    return path
+
+
 def _reminder_days(value: str) -> tuple[int, ...]:
     days = sorted({_positive_int(part.strip(), high=3650) for part in value.split(",")})
     return tuple(reversed(days))
@@ -146,6 +190,9 @@ class Settings:
     webhooks_allow_http: bool = False
     webhook_backoff_s: float = 30.0
     webhook_retry_window_s: int = 86400
+    # Never in a repr or a log line: they decrypt the exchange's webhook signing keys.
+    webhook_key_secret: tuple[bytes, ...] = field(default=(), repr=False)
+    webhook_key_secret_file: Path | None = None
     account_receivable: str = "1200"
     account_payable: str = "2100"
     account_points_liability: str = "2400"
@@ -184,8 +231,9 @@ class Settings:
             try:
                 values[variable.field] = _PARSERS[variable.field](raw)
             except ValueError as exc:
+                shown = "(hidden)" if variable.field in _SECRET_FIELDS else repr(raw)
                 raise ConfigError(
-                    f"{variable.name}={raw!r} is not valid: {exc}. Accepts {variable.accepts}."
+                    f"{variable.name}={shown} is not valid: {exc}. Accepts {variable.accepts}."
                 ) from None
         known = {variable.name for variable in VARIABLES}
         unknown = sorted(name for name in env if name.startswith("EXCHANGE_") and name not in known)
@@ -193,8 +241,15 @@ class Settings:
             raise ConfigError(
                 f"Unknown setting {unknown[0]}. Known settings: {', '.join(sorted(known))}."
             )
+        if "webhook_key_secret" in values and "webhook_key_secret_file" in values:
+            raise ConfigError(
+                "Set EXCHANGE_WEBHOOK_KEY_SECRET or EXCHANGE_WEBHOOK_KEY_SECRET_FILE, not both."
+            )
         return cls(**values)
 
+
+# Settings whose value must never be echoed in an error message.
+_SECRET_FIELDS = frozenset({"webhook_key_secret"})
 
 _PARSERS: dict[str, Any] = {
     "database_url": _database_url,
@@ -219,6 +274,8 @@ _PARSERS: dict[str, Any] = {
     "webhooks_allow_http": _boolean,
     "webhook_backoff_s": lambda v: float(_positive_int(v, high=3600)),
     "webhook_retry_window_s": lambda v: _positive_int(v, high=30 * 86400),
+    "webhook_key_secret": parse_key_secrets,
+    "webhook_key_secret_file": _key_secret_file,
     "account_receivable": _account_code,
     "account_payable": _account_code,
     "account_points_liability": _account_code,
@@ -390,6 +447,24 @@ VARIABLES: tuple[Variable, ...] = (
         "86400",
         "an integer 1-2592000",
         "How long a webhook delivery is retried before it is marked failed.",
+    ),
+    Variable(
+        "EXCHANGE_WEBHOOK_KEY_SECRET",
+        "webhook_key_secret",
+        "(unset)",
+        "base64 32-byte keys, comma-separated (openssl rand -base64 32)",
+        "Key-encryption keys (AES-256-GCM) of the exchange's webhook signing keys: the "
+        "first encrypts, all decrypt (rotation). Unset with an external database: no "
+        "signing key is made or used, events wait; with the embedded one: a development "
+        "key in EXCHANGE_DATA_DIR.",
+    ),
+    Variable(
+        "EXCHANGE_WEBHOOK_KEY_SECRET_FILE",
+        "webhook_key_secret_file",
+        "(unset)",
+        "a file path",
+        "A file holding EXCHANGE_WEBHOOK_KEY_SECRET's keys, one per line (a mounted "
+        "secret); read at start. Not together with EXCHANGE_WEBHOOK_KEY_SECRET.",
     ),
     Variable(
         "EXCHANGE_ACCOUNT_RECEIVABLE",

@@ -430,9 +430,19 @@ webhook_outbox = Table(
     # Events that must be written once only (a reminder per member, lot and day count)
     # carry a key; the unique constraint makes a repeated sweep a no-op.
     Column("dedupe_key", Text, nullable=True, unique=True),
+    # The writing database transaction's id (xid8 as bigint), set by the database: the
+    # webhook worker's fan-out cursor (partners.webhooks.store.fan_out) walks
+    # (tx_id, event_id) and trusts only ids below every running transaction's.
+    Column(
+        "tx_id",
+        BigInteger,
+        nullable=False,
+        server_default=text("(pg_current_xact_id()::text)::bigint"),
+    ),
 )
 Index(
     "ix_webhook_outbox_partner_id_created_at",
     webhook_outbox.c.partner_id,
     webhook_outbox.c.created_at,
 )
+Index("ix_webhook_outbox_tx_id_event_id", webhook_outbox.c.tx_id, webhook_outbox.c.event_id)

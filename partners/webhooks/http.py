@@ -20,16 +20,18 @@ from exchange.errors import (
 )
 from exchange.openapi import api
 from partners.auth import PartnerCaller, partner_caller
+from partners.webhooks.schemas import (
+    DeliveryRetry,
+    ExchangeKeys,
+    Webhook,
+    WebhookDeliveries,
+    WebhookSubscription,
+)
 from partners.webhooks.service import WebhookService
 
 __all__ = ["ExchangeKeyController", "WebhookController"]
 
 Limit = Annotated[int, QueryParameter(ge=1, le=200)]
-
-
-class WebhookSubscription(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
-    events: Annotated[list[str], msgspec.Meta(min_length=1, max_length=10)]
 
 
 def _decode(request: Request[Any, Any, Any], body: bytes) -> WebhookSubscription:
@@ -52,21 +54,25 @@ class WebhookController(Controller):
     @put(
         "/",
         summary="Set the partner's webhook URL and events",
-        opt=api(body=WebhookSubscription, errors=(WebhookUrlInvalid,)),
+        opt=api(body=WebhookSubscription, responses={200: Webhook}, errors=(WebhookUrlInvalid,)),
     )
     async def put_webhook(
         self,
         request: Request[Any, Any, Any],
         partner: NamedDependency[PartnerCaller],
         webhooks: NamedDependency[WebhookService],
-    ) -> dict[str, Any]:
+    ) -> Webhook:
         data = _decode(request, partner.body)
         return await webhooks.subscribe(partner.partner_id, data.url, data.events)
 
-    @get("/", summary="The partner's webhook", opt=api(errors=(WebhookNotFound,)))
+    @get(
+        "/",
+        summary="The partner's webhook",
+        opt=api(responses={200: Webhook}, errors=(WebhookNotFound,)),
+    )
     async def get_webhook(
         self, partner: NamedDependency[PartnerCaller], webhooks: NamedDependency[WebhookService]
-    ) -> dict[str, Any]:
+    ) -> Webhook:
         return await webhooks.subscription(partner.partner_id)
 
     @delete(
@@ -80,7 +86,11 @@ class WebhookController(Controller):
     ) -> None:
         await webhooks.unsubscribe(partner.partner_id)
 
-    @get("/deliveries", summary="Delivery attempts of the partner's events", opt=api())
+    @get(
+        "/deliveries",
+        summary="Delivery attempts of the partner's events",
+        opt=api(responses={200: WebhookDeliveries}),
+    )
     async def deliveries(
         self,
         partner: NamedDependency[PartnerCaller],
@@ -88,21 +98,21 @@ class WebhookController(Controller):
         status: FromQuery[str | None] = None,
         after: FromQuery[str | None] = None,
         limit: Limit = 50,
-    ) -> dict[str, Any]:
+    ) -> WebhookDeliveries:
         return await webhooks.deliveries(partner.partner_id, status, after, limit)
 
     @post(
         "/deliveries/{event_id:str}/retry",
         status_code=202,
         summary="Send an event again",
-        opt=api(errors=(DeliveryNotFound,)),
+        opt=api(responses={202: DeliveryRetry}, errors=(DeliveryNotFound,)),
     )
     async def retry(
         self,
         partner: NamedDependency[PartnerCaller],
         webhooks: NamedDependency[WebhookService],
         event_id: FromPath[str],
-    ) -> dict[str, Any]:
+    ) -> DeliveryRetry:
         return await webhooks.retry(partner.partner_id, event_id)
 
 
@@ -113,7 +123,7 @@ class ExchangeKeyController(Controller):
     @get(
         "/",
         summary="The exchange's public keys for verifying webhook deliveries",
-        opt=api(security=(None,)),
+        opt=api(responses={200: ExchangeKeys}, security=(None,)),
     )
-    async def keys(self, webhooks: NamedDependency[WebhookService]) -> dict[str, Any]:
+    async def keys(self, webhooks: NamedDependency[WebhookService]) -> ExchangeKeys:
         return await webhooks.keys()

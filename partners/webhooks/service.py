@@ -1,6 +1,9 @@
 """`WebhookService`: partners' subscriptions, the delivery worker, the exchange's keys.
 
-Delivery (contract §10): the worker gives every outbox event a delivery row, then claims
+Delivery (contract §10): the worker gives every new outbox event a delivery row (the
+fan-out: from a cursor over (tx_id, event_id), one process at a time, so a cycle reads
+only the new events; see `store.fan_out` for why it waits for older transactions to
+end), then claims
 due rows with `FOR UPDATE SKIP LOCKED` (exactly one owner per event across server
 processes) and POSTs `{"event_id", "type", "created_at", "data"}` to the partner's URL,
 signed with RFC 9421 Ed25519 (tag `coalition-v1`) by the exchange's active key; the
@@ -14,8 +17,11 @@ network retries, never postings, and a frozen test clock must not stop them.
 Keys: the first start creates an Ed25519 key; `rotate_key()` (`exchange webhooks
 rotate-key`) makes a new active key and keeps the old one listed as `retired` at
 `GET /v1/exchange-keys`, so receivers can fetch the new public key before it is used.
-The private key is kept in the database (table `exchange_keys`), readable only by the
-exchange's database role.
+The private key is kept in the database (table `exchange_keys`) sealed with AES-256-GCM
+by a key-encryption key from the configuration (`partners.webhooks.keyring`); without
+one (an external database and no EXCHANGE_WEBHOOK_KEY_SECRET) no key is made or used,
+the worker says so once, and the events wait. `rewrap_keys()` (`exchange webhooks
+rewrap-keys`) re-seals every key under the first KEK after a KEK rotation.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import asyncio
 import contextlib
 import ipaddress
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,19 +43,35 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange import metrics
 from exchange.clock import Clock
-from exchange.config import Settings
+from exchange.config import ConfigError, Settings
 from exchange.errors import DeliveryNotFound, Unprocessable, WebhookNotFound, WebhookUrlInvalid
 from exchange.logs import get_logger
 from partners.signing import public_key_b64url, sign_request
 from partners.webhooks import store
 from partners.webhooks.events import EVENT_TYPES
+from partners.webhooks.keyring import KeyRing, KeySecretMissing, KeySecretUnknown
+from partners.webhooks.schemas import (
+    DeliveryRetry,
+    ExchangeKey,
+    ExchangeKeys,
+    Webhook,
+    WebhookDeliveries,
+    WebhookDelivery,
+)
 
 __all__ = ["DELIVERY_STATUSES", "WebhookService"]
 
 _log = get_logger("partners.webhooks")
 TIMEOUT_S = 10.0
 CLAIM_MAX = 20
+FAN_OUT_MAX = 500
 DELIVERY_STATUSES = ("pending", "delivered", "failed", "skipped")
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    key_id: str
+    private_key: Ed25519PrivateKey
 
 
 def _wall_now() -> datetime:
@@ -59,6 +82,10 @@ class WebhookService:
     def __init__(self, engine: AsyncEngine, clock: Clock, settings: Settings) -> None:
         self.engine = engine
         self.clock = clock
+        self.settings = settings
+        self._keyring: KeyRing | None = None
+        self._keys_ready = False
+        self._unavailable: str | None = None
         self.allow_http = settings.webhooks_allow_http
         self.backoff_s = settings.webhook_backoff_s
         self.window_s = settings.webhook_retry_window_s
@@ -68,7 +95,7 @@ class WebhookService:
 
     # --- subscriptions -------------------------------------------------------------------
 
-    async def subscribe(self, partner_id: str, url: str, events: list[str]) -> dict[str, Any]:
+    async def subscribe(self, partner_id: str, url: str, events: list[str]) -> Webhook:
         self._check_url(url)
         unknown = sorted(set(events) - set(EVENT_TYPES))
         if unknown or not events:
@@ -79,7 +106,7 @@ class WebhookService:
             )
         return _subscription_view(row)
 
-    async def subscription(self, partner_id: str) -> dict[str, Any]:
+    async def subscription(self, partner_id: str) -> Webhook:
         async with self.engine.connect() as conn:
             row = await store.get_subscription(conn, partner_id)
         if row is None:
@@ -108,53 +135,114 @@ class WebhookService:
 
     async def deliveries(
         self, partner_id: str, status: str | None, after: str | None, limit: int
-    ) -> dict[str, Any]:
+    ) -> WebhookDeliveries:
         if status is not None and status not in DELIVERY_STATUSES:
             raise Unprocessable(f"status must be one of {', '.join(DELIVERY_STATUSES)}.")
         async with self.engine.connect() as conn:
             rows = await store.list_deliveries(conn, partner_id, status, after, limit)
-        page: dict[str, Any] = {"deliveries": [_delivery_view(row) for row in rows]}
-        if len(rows) == limit:
-            page["next"] = rows[-1].event_id
-        return page
+        return WebhookDeliveries(
+            deliveries=[_delivery_view(row) for row in rows],
+            next=rows[-1].event_id if rows and len(rows) == limit else msgspec.UNSET,
+        )
 
-    async def retry(self, partner_id: str, event_id: str) -> dict[str, Any]:
+    async def retry(self, partner_id: str, event_id: str) -> DeliveryRetry:
         async with self.engine.begin() as conn:
             if not await store.retry_delivery(conn, partner_id, event_id[:64], _wall_now()):
                 raise DeliveryNotFound(f"No delivery {event_id[:64]}.")
         self._wake.set()
-        return {"event_id": event_id, "status": "pending"}
+        return DeliveryRetry(event_id=event_id, status="pending")
 
     # --- keys ----------------------------------------------------------------------------
 
-    async def keys(self) -> dict[str, Any]:
-        await self.ensure_key()
+    def keyring(self) -> KeyRing:
+        """The key-encryption keys; `KeySecretMissing` (a ConfigError) when none is set for
+        an external database."""
+        if self._keyring is None:
+            self._keyring = KeyRing.for_settings(self.settings)
+        return self._keyring
+
+    async def keys(self) -> ExchangeKeys:
+        """The public keys. Makes the first key (once per process) if a key-encryption key
+        is configured; without one, or with a wrong one (the worker says so), it lists what
+        exists: the public halves need no secret."""
+        with contextlib.suppress(ConfigError):
+            await self._prepare_keys()
         async with self.engine.connect() as conn:
             rows = await store.list_keys(conn)
-        return {
-            "keys": [
-                {"key_id": r.key_id, "public_key": r.public_key, "status": r.status} for r in rows
+        return ExchangeKeys(
+            keys=[
+                ExchangeKey(key_id=r.key_id, public_key=r.public_key, status=r.status) for r in rows
             ]
-        }
+        )
 
     async def ensure_key(self) -> None:
+        """An active key exists, and every stored key is sealed by the current KEK."""
+        keyring = self.keyring()
         async with self.engine.begin() as conn:
             await store.lock_keys(conn)
+            await self._reseal(conn, keyring)
             if await store.active_key(conn) is None:
-                await self._new_key(conn)
+                await self._new_key(conn, keyring)
 
     async def rotate_key(self) -> str:
         """A new active key; the previous one stays listed as retired."""
+        keyring = self.keyring()
         async with self.engine.begin() as conn:
             await store.lock_keys(conn)
-            return await self._new_key(conn)
+            return await self._new_key(conn, keyring)
 
-    async def _new_key(self, conn: Any) -> str:
+    async def rewrap_keys(self) -> tuple[str, int]:
+        """Re-seal every stored private key under the first key-encryption key (after a
+        KEK rotation; plaintext keys from before 0010 too). Returns (kek id, keys re-sealed)."""
+        keyring = self.keyring()
+        async with self.engine.begin() as conn:
+            await store.lock_keys(conn)
+            count = await self._reseal(conn, keyring)
+        return keyring.current, count
+
+    async def _reseal(self, conn: Any, keyring: KeyRing) -> int:
+        resealed = 0
+        for row in await store.keys_to_seal(conn, keyring.current):
+            try:
+                private = keyring.open(row.key_id, row.kek_id, row.private_key)
+            except KeySecretUnknown:
+                # A retired key never signs again: only its public half matters, so a
+                # lost KEK costs nothing once `rotate-key` has retired what it sealed.
+                if row.status == "active":
+                    raise
+                _log.warning("webhook_retired_key_unreadable", key_id=row.key_id)
+                continue
+            await store.reseal_key(conn, row.key_id, keyring.seal(row.key_id, private))
+            resealed += 1
+        if resealed:
+            _log.info("webhook_keys_resealed", kek_id=keyring.current, keys=resealed)
+        return resealed
+
+    async def _new_key(self, conn: Any, keyring: KeyRing) -> str:
         private = Ed25519PrivateKey.generate()
         raw = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
         key_id = f"exk_{secrets.token_hex(12)}"
-        await store.insert_key(conn, key_id, public_key_b64url(private), raw, self.clock.now())
+        sealed = keyring.seal(key_id, raw)
+        await store.insert_key(conn, key_id, public_key_b64url(private), sealed, self.clock.now())
         return key_id
+
+    async def _prepare_keys(self) -> None:
+        """Once per process, before the first claim: an active key, every key sealed by
+        the current KEK. Without a KEK there is nothing to prepare (and nothing is sent)."""
+        if not self._keys_ready:
+            with contextlib.suppress(KeySecretMissing):
+                await self.ensure_key()
+                self._keys_ready = True
+
+    async def _signing_key(self, conn: Any) -> SigningKey:
+        """The active key, read on each claim (a rotation elsewhere takes effect at once)
+        and opened with the KEKs."""
+        keyring = self.keyring()
+        row = await store.active_key(conn)
+        if row is None:
+            raise KeySecretUnknown("No active webhook signing key; it is made at start.")
+        private = keyring.open(row.key_id, row.kek_id, row.private_key)
+        return SigningKey(row.key_id, Ed25519PrivateKey.from_private_bytes(private))
 
     # --- the worker ----------------------------------------------------------------------
 
@@ -174,12 +262,19 @@ class WebhookService:
             while True:
                 try:
                     worked = await self.deliver_due(http)
-                    metrics.WEBHOOK_BACKLOG.set(await self.backlog())
+                    self._unavailable = None
+                except ConfigError as exc:  # no or a wrong KEK: the deliveries wait
+                    if self._unavailable != str(exc):  # said once, not every second
+                        _log.error("webhook_signing_unavailable", detail=str(exc))
+                    self._unavailable = str(exc)
+                    worked = 0
                 except Exception as exc:  # the database away, not migrated: wait, resume
                     _log.warning(
                         "webhook_worker_failed", error=type(exc).__name__, detail=str(exc)[:300]
                     )
                     worked = 0
+                with contextlib.suppress(Exception):  # the database away: said above
+                    metrics.WEBHOOK_BACKLOG.set(await self.backlog())
                 if not worked:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
@@ -191,16 +286,17 @@ class WebhookService:
             return await store.backlog(conn)
 
     async def deliver_due(self, http: httpx.AsyncClient) -> int:
-        """Deliver the due events once (each in its claim's database transaction)."""
-        async with self.engine.begin() as conn:
-            await store.enqueue_new_events(conn)
-            key = await store.active_key(conn)
-            if key is None:
-                await store.lock_keys(conn)
-                await self._new_key(conn)
-                key = await store.active_key(conn)
+        """Fan out new events, then deliver the due ones once (each in its claim's database
+        transaction). Returns how many deliveries it handled."""
+        await self.fan_out()
+        await self._prepare_keys()
         async with self.engine.begin() as conn:
             rows = await store.claim_due(conn, _wall_now(), CLAIM_MAX)
+            if not rows:
+                return 0
+            # Opening the key may fail (no key-encryption key): the claim rolls back and
+            # the deliveries wait, untouched.
+            key = await self._signing_key(conn) if any(_wanted(row) for row in rows) else None
             by_partner: dict[str, list[Any]] = {}
             for row in rows:
                 by_partner.setdefault(row.partner_id, []).append(row)
@@ -215,8 +311,19 @@ class WebhookService:
                 await store.mark_delivery(conn, event_id, **values)
         return len(rows)
 
-    async def _attempt(self, http: httpx.AsyncClient, key: Any, row: Any) -> dict[str, Any]:
-        if row.url is None or row.type not in (row.events or []):
+    async def fan_out(self) -> None:
+        """Give every new outbox event its delivery row, FAN_OUT_MAX per database
+        transaction; stops when another process holds the cursor or nothing is left."""
+        while True:
+            async with self.engine.begin() as conn:
+                more = await store.fan_out(conn, FAN_OUT_MAX)
+            if not more:
+                return
+
+    async def _attempt(
+        self, http: httpx.AsyncClient, key: SigningKey | None, row: Any
+    ) -> dict[str, Any]:
+        if key is None or not _wanted(row):
             return {"status": "skipped"}  # no subscription to this event when it was due
         body = msgspec.json.encode(
             {
@@ -244,13 +351,21 @@ class WebhookService:
         return values | {"next_attempt_at": now + timedelta(seconds=wait)}
 
 
+def _wanted(row: Any) -> bool:
+    return row.url is not None and row.type in (row.events or [])
+
+
 async def _post(
-    http: httpx.AsyncClient, url: str, body: bytes, event_id: str, key: Any
+    http: httpx.AsyncClient, url: str, body: bytes, event_id: str, key: SigningKey
 ) -> tuple[int | None, str | None]:
     headers = {"Content-Type": "application/json", "Idempotency-Key": event_id}
-    private = Ed25519PrivateKey.from_private_bytes(key.private_key)
     headers |= sign_request(
-        method="POST", url=url, headers=headers, body=body, key_id=key.key_id, private_key=private
+        method="POST",
+        url=url,
+        headers=headers,
+        body=body,
+        key_id=key.key_id,
+        private_key=key.private_key,
     )
     try:
         response = await http.post(url, content=body, headers=headers)
@@ -270,22 +385,20 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _subscription_view(row: Any) -> dict[str, Any]:
-    return {"url": row.url, "events": list(row.events), "updated_at": row.updated_at}
+def _subscription_view(row: Any) -> Webhook:
+    return Webhook(url=row.url, events=list(row.events), updated_at=row.updated_at)
 
 
-def _delivery_view(row: Any) -> dict[str, Any]:
-    view = {
-        "event_id": row.event_id,
-        "type": row.type,
-        "created_at": row.created_at,
-        "status": row.status,
-        "attempts": row.attempts,
-        "last_status": row.last_status,
-        "last_error": row.last_error,
-        "last_attempt_at": row.last_attempt_at,
-        "delivered_at": row.delivered_at,
-    }
-    if row.status == "pending":
-        view["next_attempt_at"] = row.next_attempt_at
-    return view
+def _delivery_view(row: Any) -> WebhookDelivery:
+    return WebhookDelivery(
+        event_id=row.event_id,
+        type=row.type,
+        created_at=row.created_at,
+        status=row.status,
+        attempts=row.attempts,
+        last_status=row.last_status,
+        last_error=row.last_error,
+        last_attempt_at=row.last_attempt_at,
+        delivered_at=row.delivered_at,
+        next_attempt_at=row.next_attempt_at if row.status == "pending" else msgspec.UNSET,
+    )

@@ -35,6 +35,8 @@ from tests.http.signed import signed
 from tests.servers import EXCHANGE, server_env
 
 BACKOFF_S = 0.05
+# The key-encryption key of these tests' signing keys (an external database needs one).
+KEK = base64.b64encode(bytes(range(32))).decode()
 
 
 @pytest.fixture
@@ -47,6 +49,7 @@ def settings(database_url: str) -> Settings:
         webhooks_allow_http=True,
         webhook_backoff_s=BACKOFF_S,
         webhook_retry_window_s=2,
+        webhook_key_secret=(base64.b64decode(KEK),),
     )
 
 
@@ -375,7 +378,7 @@ async def test_key_rotation_lists_both_keys_and_signs_with_the_new_one(
     rotated = await asyncio.to_thread(
         subprocess.run,
         [*EXCHANGE, "webhooks", "rotate-key"],
-        env=server_env(EXCHANGE_DATABASE_URL=database_url),
+        env=server_env(EXCHANGE_DATABASE_URL=database_url, EXCHANGE_WEBHOOK_KEY_SECRET=KEK),
         capture_output=True,
         text=True,
         check=False,

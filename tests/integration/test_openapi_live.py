@@ -263,8 +263,14 @@ _PARTNER_POSTS = [
 _PARTNER_GETS = [
     "/v1/holds/{hold_id}", "/v1/transactions/{transaction_id}", "/v1/transactions",
     "/v1/members/{member_id}/balance", "/v1/settlements/{run_id}/statement",
-    "/v1/documents/{document_ref}",
+    "/v1/documents/{document_ref}", "/v1/webhook", "/v1/webhook/deliveries",
 ]  # fmt: skip
+_RETRY = "/v1/webhook/deliveries/{event_id}/retry"
+# The document derives 409 request_in_progress and 422 idempotency_key_reused for every
+# partner POST (exchange/openapi.py), but sending a delivery again records no
+# Idempotency-Key (it is idempotent in itself: the delivery becomes pending), so no
+# request can get either answer from it.
+_NO_REPLAY = "the retry records no Idempotency-Key: never answered (derived for every POST)"
 UNREACHED: dict[tuple[str, str, int], str] = {
     ("get", "/ready", 503): "needs the database away (tests/http/test_foundation.py)",
     ("post", "/v1/adjustments/{adjustment_id}/approval", 409): "an adjustment that expired "
@@ -277,6 +283,11 @@ UNREACHED: dict[tuple[str, str, int], str] = {
     **{("post", path, 409): _RACE for path in _PARTNER_POSTS if "/holds/" not in path},
     **{("post", path, 429): _LIMIT for path in _PARTNER_POSTS},
     **{("get", path, 429): _LIMIT for path in _PARTNER_GETS},
+    ("put", "/v1/webhook", 429): _LIMIT,
+    ("delete", "/v1/webhook", 429): _LIMIT,
+    ("post", _RETRY, 429): _LIMIT,
+    ("post", _RETRY, 409): _NO_REPLAY,
+    ("post", _RETRY, 422): _NO_REPLAY,
 }
 
 
@@ -285,8 +296,6 @@ UNREACHED: dict[tuple[str, str, int], str] = {
 # API by their own tests. Driving them from _script is the open work.
 COVERED_ELSEWHERE = {
     "/v1/batches": "tests/http/test_batches.py",
-    "/v1/webhook": "tests/http/test_webhooks.py",
-    "/v1/exchange-keys": "tests/http/test_webhooks.py",
     "/v1/members/{member_id}/transfers": "tests/http/test_members_api.py",
     "/v1/members/{member_id}/export": "tests/http/test_members_api.py",
     "/v1/admin/members/{member_id}": "tests/http/test_members_api.py",
@@ -344,6 +353,7 @@ def _script(live: Live) -> None:
               template=keys + "/{key_id}")  # fmt: skip
     live.send("POST", "/v1/admin/partners/nobody/keys", op, body={"public_key": public_key},
               template=keys)  # fmt: skip
+    _webhooks(live)
     _settle_and_pay(live)
     _adjust(live, member_id)
     live.send("GET", "/v1/reports/receivables", fin, params={"as_of": "2026-12-31"})
@@ -354,6 +364,46 @@ def _script(live: Live) -> None:
               template=update)  # fmt: skip
     live.send("PATCH", "/v1/admin/partners/ended", op, body={"status": "active"},
               template=update)  # fmt: skip
+
+
+def _webhooks(live: Live) -> None:
+    """The subscription's life (404 before and after, 422 for an unknown event), the keys,
+    and a real event (a revoked key) whose delivery is listed and sent again."""
+    hook, deliveries = "/v1/webhook", "/v1/webhook/deliveries"
+    retry = deliveries + "/{event_id}/retry"
+    live.send("DELETE", hook, "partner")  # the generated calls may have subscribed
+    for method in ("DELETE", "GET"):
+        assert live.send(method, hook, "partner").status_code == 404
+    refused = live.send("PUT", hook, "partner", body={"url": "https://127.0.0.1:9/hook",
+                                                      "events": ["batch.deleted"]})  # fmt: skip
+    assert refused.status_code == 422, refused.text
+    subscription = {"url": "https://127.0.0.1:9/hook", "events": ["key.revoked"]}
+    assert live.send("PUT", hook, "partner", body=subscription).status_code == 200
+    assert live.send("GET", hook, "partner").json() == live.send("GET", hook, "partner").json()
+    keys = live.send("GET", "/v1/exchange-keys", "none").json()["keys"]
+    assert [key["status"] for key in keys] == ["active"]
+    _, public_key = generate_keypair()
+    key = live.send("POST", "/v1/admin/partners/grocer/keys", "operator",
+                    body={"public_key": public_key},
+                    template="/v1/admin/partners/{partner_id}/keys").json()  # fmt: skip
+    live.send("DELETE", f"/v1/admin/partners/grocer/keys/{key['key_id']}", "operator",
+              template="/v1/admin/partners/{partner_id}/keys/{key_id}")  # fmt: skip
+    for _ in range(100):  # the worker fans the key.revoked event out within a second or two
+        found = live.send("GET", deliveries, "partner").json()["deliveries"]
+        revoked = [d for d in found if d["type"] == "key.revoked"]
+        if revoked:
+            break
+        time.sleep(0.1)
+    assert revoked, found
+    assert live.send("GET", deliveries, "partner", params={"status": "sent"}).status_code == 422
+    again = live.send("POST", f"{deliveries}/{revoked[-1]['event_id']}/retry", "partner",
+                      template=retry)  # fmt: skip
+    assert again.status_code == 202, again.text
+    missing = live.send("POST", f"{deliveries}/evt_nope/retry", "partner", template=retry)
+    assert missing.status_code == 404, missing.text
+    live.send("POST", f"{deliveries}/evt_nope/retry", "partner", template=retry,
+              headers={"Idempotency-Key": ""})  # fmt: skip
+    assert live.send("DELETE", hook, "partner").status_code == 204
 
 
 def _settle_and_pay(live: Live) -> None:

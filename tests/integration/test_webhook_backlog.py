@@ -35,7 +35,7 @@ async def test_the_backlog_counts_unpicked_and_pending_events_only(
     assert await _backlog(engine) == 3  # written, not picked up yet
 
     async with engine.begin() as conn:
-        await store.enqueue_new_events(conn)
+        assert await store.fan_out(conn, 100)
     assert await _backlog(engine) == 3  # picked up: pending deliveries
 
     async with engine.begin() as conn:
