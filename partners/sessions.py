@@ -19,7 +19,7 @@ from exchange.errors import MemberNotFound
 from exchange.operators import hash_token
 from exchange.schemas import SessionCreated
 from exchange.service import Idempotency, Outcome, remember, replay_or_claim
-from exchange.store import is_linked, translate_errors
+from exchange.store import driver_of, is_linked, translate_errors
 from exchange.wiring import Services
 from partners import store
 
@@ -55,7 +55,7 @@ async def create_member_session(
             earlier = await replay_or_claim(conn, partner_id, idempotency)
             if earlier is not None:
                 return await _reissue(conn, earlier, partner_id, now)
-            if not await is_linked(conn, member_id, partner_id):
+            if not await is_linked(await driver_of(conn), member_id, partner_id):
                 raise MemberNotFound(f"No member {member_id} linked to {partner_id}.")
             expires_at = now + timedelta(seconds=ttl_seconds or SESSION_TTL_S_DEFAULT)
             token = await _issue(conn, member_id, partner_id, now, expires_at)

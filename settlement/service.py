@@ -37,7 +37,7 @@ from exchange.ids import RUN_ID_SHAPE
 from exchange.logs import get_logger
 from exchange.retry import retry_conflicts
 from exchange.service import LedgerService
-from exchange.store import close_journal_until
+from exchange.store import close_journal_until, driver_of
 from settlement import rollforward, store
 from settlement.engine import BEGINNING_OF_TIME, Period, Settlement, settle
 from settlement.errors import PeriodClosed, SettlementNotFound
@@ -98,7 +98,7 @@ class SettlementService:
         if sweep:
             await self.ledger.sweep()
         async with self.engine.begin() as conn:
-            await close_journal_until(conn, period_end)
+            await close_journal_until(await driver_of(conn), period_end)
         result = await retry_conflicts(
             lambda: self._compute_and_store(period_end, created_by),
             conflict=store.RunCollision,

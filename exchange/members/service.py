@@ -27,9 +27,7 @@ from exchange.clock import Clock
 from exchange.config import Settings
 from exchange.db import driver_connection
 from exchange.errors import (
-    IdempotencyKeyReused,
     MemberNotFound,
-    RequestInProgress,
     ServiceUnavailable,
 )
 from exchange.ids import format_transaction_id, new_id
@@ -46,7 +44,7 @@ from exchange.ledger import (
 from exchange.members import _store
 from exchange.members._tiers import QUALIFYING_WINDOW, TierStatus, tier_status
 from exchange.members.schemas import Erased, MemberExport, TransferLot, TransferOut
-from exchange.service import Idempotency, Outcome
+from exchange.service import Idempotency, Outcome, claim_outcome
 from exchange.views import balance_view
 
 __all__ = ["TRANSFER_WINDOW", "MembersService", "tier_view"]
@@ -129,8 +127,9 @@ class MembersService:
         points: int,
         idempotency: Idempotency | None,
     ) -> Outcome:
-        await store.claim_keys(conn, [])  # the settlement barrier, shared
-        if idempotency is not None:
+        if idempotency is None:
+            await store.enter_settlement_barrier(conn)
+        else:  # the barrier (shared) and the member's key in one statement
             earlier = await self._replay(conn, member_id, idempotency)
             if earlier is not None:
                 return earlier
@@ -166,28 +165,24 @@ class MembersService:
         write.add_books(books.values(), after)
         await store.write_batch(conn, write)
         if idempotency is not None:
-            await store.save_member_key(
-                conn,
+            record = store.IdempotencyRecord(
                 member_id,
-                key=idempotency.key,
-                stored=store.StoredResponse(idempotency.fingerprint, 201, body),
-                posting_id=out_posting.posting_id,
-                at=now,
+                idempotency.key,
+                idempotency.fingerprint,
+                201,
+                body,
+                out_posting.posting_id,
             )
+            await store.remember(conn, [record], scope=store.MEMBER_KEYS, at=now)
         return Outcome(201, body)
 
     @staticmethod
     async def _replay(
         conn: store.Connection, member_id: str, idempotency: Idempotency
     ) -> Outcome | None:
-        locked, stored = await store.claim_member_key(conn, member_id, idempotency.key)
-        if not locked:
-            raise RequestInProgress()
-        if stored is None:
-            return None
-        if stored.fingerprint != idempotency.fingerprint:
-            raise IdempotencyKeyReused()
-        return Outcome(stored.status_code, stored.response, replayed=True)
+        claim = (member_id, idempotency.key)
+        locked, stored = await store.claim_keys(conn, [claim], scope=store.MEMBER_KEYS)
+        return claim_outcome(claim, idempotency, locked, stored)
 
     # -- data rights ------------------------------------------------------------------------
 

@@ -13,7 +13,8 @@ succeeded nothing is written at all. Deadlocks and key races retry the whole bat
 
 Layout: `_commands` (what callers pass in and get back), `_ledger` (`LedgerService`),
 `_batch` (one submit's working state and the pure rules applied per request),
-`_idempotency` (`replay_or_claim` and `remember` for single idempotent requests).
+`_idempotency` (`replay_or_claim` and `remember` for single idempotent requests: thin
+wrappers over the store's one `claim_keys` and one `remember`).
 """
 
 from exchange.service._adjustments import (
@@ -38,7 +39,7 @@ from exchange.service._commands import (
     SweepResult,
     VoidHold,
 )
-from exchange.service._idempotency import remember, replay_or_claim
+from exchange.service._idempotency import claim_outcome, remember, replay_or_claim
 from exchange.service._ledger import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, LedgerService
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "SweepResult",
     "VoidHold",
     "adjustment_view",
+    "claim_outcome",
     "remember",
     "replay_or_claim",
 ]

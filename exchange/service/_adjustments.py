@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import msgspec
-from asyncpg import Connection
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange import schemas, store
 from exchange.clock import Clock
@@ -42,6 +41,7 @@ from exchange.logs import get_logger
 from exchange.service._commands import Idempotency, Outcome
 from exchange.service._idempotency import remember, replay_or_claim
 from exchange.service._ledger import LedgerService
+from exchange.store import Connection
 
 __all__ = [
     "ADJUSTMENT_PENDING_DAYS",
@@ -95,7 +95,7 @@ class AdjustmentService:
         """Store a pending adjustment (201), or replay the key's first answer."""
         if data.points == 0:
             raise Unprocessable("points must not be 0: + credits the member, - debits.")
-        async with self.engine.begin() as conn:
+        async with driver_connection(self.engine) as conn, store.transaction(conn):
             with store.translate_errors():
                 earlier = await replay_or_claim(conn, OPERATOR_SCOPE, idempotency)
                 if earlier is not None:
@@ -133,7 +133,7 @@ class AdjustmentService:
         )
         return Outcome(201, body)
 
-    async def _validate(self, conn: AsyncConnection, data: schemas.AdjustmentCreate) -> None:
+    async def _validate(self, conn: Connection, data: schemas.AdjustmentCreate) -> None:
         if not await store.member_exists(conn, data.member_id):
             raise MemberNotFound(f"No member {data.member_id}.")
         status = await store.adjustment_partner_status(conn, data.issuer)
@@ -149,7 +149,7 @@ class AdjustmentService:
                 raise InsufficientPoints(f"{available} points available, {-data.points} asked.")
 
     async def get(self, adjustment_id: str) -> store.AdjustmentRow:
-        async with self.engine.connect() as conn:
+        async with driver_connection(self.engine) as conn:
             row = await store.fetch_adjustment(conn, adjustment_id)
         if row is None:
             raise AdjustmentNotFound(f"No adjustment {adjustment_id}.")
@@ -158,7 +158,7 @@ class AdjustmentService:
     async def pending(self, limit: int = PENDING_SHOWN_MAX) -> list[store.AdjustmentRow]:
         """Pending adjustments, oldest first; one past their 7 days is listed until an
         approval attempt marks it expired (the console shows its expires_at)."""
-        async with self.engine.connect() as conn:
+        async with driver_connection(self.engine) as conn:
             return await store.pending_adjustments(conn, limit)
 
     async def approve(self, approver: Approver, adjustment_id: str) -> store.AdjustmentRow:
@@ -167,7 +167,7 @@ class AdjustmentService:
             try:
                 async with driver_connection(self.engine) as conn:
                     with store.translate_errors():
-                        async with conn.transaction():
+                        async with store.transaction(conn):
                             outcome = await self._approve(conn, approver, adjustment_id)
                 break
             except store.RetryableConflict:
@@ -184,7 +184,7 @@ class AdjustmentService:
     async def _approve(
         self, conn: Connection, approver: Approver, adjustment_id: str
     ) -> store.AdjustmentRow | datetime:
-        await store.claim_keys(conn, [])  # the settlement barrier, shared, like every posting
+        await store.enter_settlement_barrier(conn)  # shared, like every posting
         row = await store.lock_adjustment(conn, adjustment_id)
         if row is None:
             raise AdjustmentNotFound(f"No adjustment {adjustment_id}.")

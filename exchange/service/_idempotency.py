@@ -1,4 +1,10 @@
-"""Idempotency for single requests outside the batch path (enrolment, sessions)."""
+"""Idempotency for single requests outside the batch path (enrolment, sessions, batch
+acceptance, adjustment requests): the store's one claim (`store.claim_keys`) and one
+`store.remember`, with the decision every caller shares (replay, 409, 422, go ahead).
+
+`conn` may be the store's connection or a SQLAlchemy connection inside `engine.begin()`:
+the store runs on the driver connection under it, in the same database transaction.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +16,17 @@ from exchange import store
 from exchange.errors import IdempotencyKeyReused, RequestInProgress
 from exchange.service._commands import Idempotency, Outcome
 
-__all__ = ["remember", "replay_or_claim"]
+__all__ = ["claim_outcome", "remember", "replay_or_claim"]
 
 
-async def replay_or_claim(
-    conn: AsyncConnection, partner_id: str, idempotency: Idempotency | None
+def claim_outcome(
+    claim: tuple[str, str],
+    idempotency: Idempotency,
+    locked: set[tuple[str, str]],
+    stored: dict[tuple[str, str], store.StoredResponse],
 ) -> Outcome | None:
-    """For a single idempotent request: the earlier response (a replay), an error (the key
-    is in use or was used for another request), or None: go ahead, the key is ours until
-    the database transaction ends."""
-    if idempotency is None:
-        return None
-    claim = (partner_id, idempotency.key)
-    locked, stored = await store.claim_idempotency_keys(conn, [claim])
+    """What a claim means: the earlier response (a replay), an error (the key is in use or
+    was used for another request), or None: go ahead, the key is ours."""
     if claim not in locked:
         raise RequestInProgress()
     previous = stored.get(claim)
@@ -33,9 +37,22 @@ async def replay_or_claim(
     return Outcome(previous.status_code, previous.response, replayed=True)
 
 
+async def replay_or_claim(
+    conn: AsyncConnection | store.Connection, owner: str, idempotency: Idempotency | None
+) -> Outcome | None:
+    """For a single idempotent request: `claim_outcome`'s answer; the key is ours until the
+    database transaction ends."""
+    if idempotency is None:
+        return None
+    claim = (owner, idempotency.key)
+    driver = await store.driver_of(conn)
+    locked, stored = await store.claim_keys(driver, [claim], barrier=False)
+    return claim_outcome(claim, idempotency, locked, stored)
+
+
 async def remember(
-    conn: AsyncConnection,
-    partner_id: str,
+    conn: AsyncConnection | store.Connection,
+    owner: str,
     *,
     idempotency: Idempotency | None,
     status_code: int,
@@ -44,16 +61,7 @@ async def remember(
 ) -> None:
     """Store the response under the request's idempotency key (same database transaction)."""
     if idempotency is not None:
-        await store.save_idempotency(
-            conn,
-            [
-                store.IdempotencyRecord(
-                    partner_id,
-                    idempotency.key,
-                    idempotency.fingerprint,
-                    status_code,
-                    body,
-                    posting_id,
-                )
-            ],
+        record = store.IdempotencyRecord(
+            owner, idempotency.key, idempotency.fingerprint, status_code, body, posting_id
         )
+        await store.remember(await store.driver_of(conn), [record])

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import msgspec
-from asyncpg import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange import store
@@ -54,6 +53,7 @@ from exchange.service._commands import (
     VoidHold,
 )
 from exchange.service._idempotency import remember, replay_or_claim
+from exchange.store import Connection
 from exchange.views import (
     decode_cursor,
     encode_cursor,
@@ -117,7 +117,7 @@ class LedgerService:
 
     async def _run(self, conn: Connection, requests: Sequence[LedgerRequest]) -> list[Outcome]:
         batch = _Batch(requests, [None] * len(requests), self.render)
-        async with conn.transaction():
+        async with store.transaction(conn):
             await self._claim_nonces(conn, batch)
             await self._claim_keys(conn, batch)
             await self._resolve_members(conn, batch)
@@ -214,7 +214,7 @@ class LedgerService:
             for index, request in enumerate(batch.requests)
             if request.idempotency is not None and batch.outcomes[index] is None
         }
-        locked, stored = await store.claim_keys(conn, list(claims.values()))
+        locked, stored = await store.claim_keys(conn, list(claims.values()), barrier=True)
         seen: set[tuple[str, str]] = set()
         for index, claim in claims.items():
             idempotency = batch.requests[index].idempotency
@@ -281,7 +281,7 @@ class LedgerService:
         self, partner_id: str, reference: str | None, idempotency: Idempotency | None
     ) -> Outcome:
         """Enrol a new member, linked to the enrolling partner."""
-        async with self.engine.begin() as conn:
+        async with driver_connection(self.engine) as conn, store.transaction(conn):
             with store.translate_errors():
                 earlier = await replay_or_claim(conn, partner_id, idempotency)
                 if earlier is not None:
@@ -317,7 +317,7 @@ class LedgerService:
         async def attempt() -> bool:
             async with driver_connection(self.engine) as conn:
                 with store.translate_errors():
-                    async with conn.transaction():
+                    async with store.transaction(conn):
                         return await self._sweep_members(conn, now, limit, result)
 
         return await retry_conflicts(
@@ -334,7 +334,7 @@ class LedgerService:
         self, conn: Connection, now: datetime, limit: int, result: SweepResult
     ) -> bool:
         """One round: lock up to `limit` members with something due, settle them, write."""
-        await store.claim_keys(conn, [])  # the settlement barrier, shared
+        await store.enter_settlement_barrier(conn)
         member_ids = await store.due_member_ids(conn, now, limit)
         if not member_ids:
             return True
@@ -354,7 +354,7 @@ class LedgerService:
 
     async def get_transaction(self, partner_id: str, posting_id: uuid.UUID) -> Transaction:
         """One of the partner's own transactions; anything else is 404."""
-        async with self.engine.connect() as conn:
+        async with driver_connection(self.engine) as conn:
             row = await store.fetch_posting(conn, posting_id)
         if row is None or row.partner_id != partner_id or row.type not in PARTNER_TRANSACTION_TYPES:
             raise TransactionNotFound()
@@ -379,7 +379,7 @@ class LedgerService:
             before = decode_cursor(after)
             if before is None:
                 raise Unprocessable("after is not a cursor this API returned.")
-        async with self.engine.connect() as conn:
+        async with driver_connection(self.engine) as conn:
             rows = await store.list_postings(
                 conn,
                 types=types,
@@ -398,7 +398,7 @@ class LedgerService:
         return TransactionPage(items=[transaction_from_row(row) for row in page], next=cursor)
 
     async def get_hold(self, partner_id: str, hold_id: uuid.UUID) -> Hold:
-        async with self.engine.connect() as conn:
+        async with driver_connection(self.engine) as conn:
             row = await store.fetch_hold(conn, hold_id)
         if row is None or row.partner_id != partner_id:
             raise HoldNotFound()

@@ -1,6 +1,17 @@
-"""All ledger SQL. The posting path runs on asyncpg directly (`_posting`, its write
-statement in `_write`, with the balance and sweep reads in `_reads`); everything else goes
-through SQLAlchemy Core (`_queries`). Driver errors stop here (`_errors`).
+"""All ledger SQL, in one dialect: asyncpg on the pooled connection (`Connection`).
+
+_connection   the connection type; `driver_of` (the asyncpg connection inside a
+              SQLAlchemy `engine.begin()` block) and `transaction`
+_posting      the posting path's steps, round trip by round trip
+_keys         idempotency keys, partner- and member-scoped: `claim_keys`, `remember`
+              (and the settlement barrier, entered with the claim)
+_write        the batch's one write statement, its columns derived from `exchange.tables`
+_rows         the row structs the store writes (fields = table columns, in order)
+_reads        balance reads and the sweep's due members
+_queries      off the hot path: closing the journal, enrolment, history, liability
+_members      tiers' qualifying points, the transfer limit's 30-day total
+_adjustments  four-eyes adjustments
+_errors       driver errors stop here
 """
 
 from exchange.store._adjustments import (
@@ -14,6 +25,7 @@ from exchange.store._adjustments import (
     member_exists,
     pending_adjustments,
 )
+from exchange.store._connection import Connection, driver_of, transaction
 from exchange.store._errors import (
     RetryableConflict,
     is_connection_lost,
@@ -21,16 +33,20 @@ from exchange.store._errors import (
     translate_errors,
     unavailable_as_503,
 )
+from exchange.store._keys import (
+    MEMBER_KEYS,
+    PARTNER_KEYS,
+    KeyScope,
+    claim_keys,
+    enter_settlement_barrier,
+    remember,
+)
 from exchange.store._members import (
-    claim_member_key,
     qualifying_points,
     read_book_with_qualifying,
-    save_member_key,
     transferred_since,
 )
 from exchange.store._posting import (
-    Connection,
-    claim_keys,
     claim_nonces,
     load_books,
     load_originals,
@@ -39,7 +55,6 @@ from exchange.store._posting import (
     resolve_targets,
 )
 from exchange.store._queries import (
-    claim_idempotency_keys,
     close_journal_until,
     create_member,
     fetch_hold,
@@ -47,7 +62,6 @@ from exchange.store._queries import (
     is_linked,
     liability_by_issuer,
     list_postings,
-    save_idempotency,
 )
 from exchange.store._reads import due_member_ids, read_book
 from exchange.store._records import (
@@ -57,26 +71,43 @@ from exchange.store._records import (
     SignatureRecord,
     StoredResponse,
 )
+from exchange.store._rows import (
+    AllocationRow,
+    EntryRow,
+    HoldRow,
+    LinkRow,
+    LotRow,
+    PostingRow,
+)
 from exchange.store._write import BatchWrite, write_batch
 
 __all__ = [
     "COUNTER_SHARDS",
+    "MEMBER_KEYS",
+    "PARTNER_KEYS",
     "SETTLEMENT_BARRIER_KEY",
     "AdjustmentRow",
+    "AllocationRow",
     "BatchWrite",
     "Connection",
+    "EntryRow",
+    "HoldRow",
     "IdempotencyRecord",
+    "KeyScope",
+    "LinkRow",
+    "LotRow",
+    "PostingRow",
     "RetryableConflict",
     "SignatureRecord",
     "StoredResponse",
     "adjustment_partner_status",
-    "claim_idempotency_keys",
     "claim_keys",
-    "claim_member_key",
     "claim_nonces",
     "close_journal_until",
     "create_member",
+    "driver_of",
     "due_member_ids",
+    "enter_settlement_barrier",
     "fetch_adjustment",
     "fetch_hold",
     "fetch_posting",
@@ -98,9 +129,9 @@ __all__ = [
     "qualifying_points",
     "read_book",
     "read_book_with_qualifying",
+    "remember",
     "resolve_targets",
-    "save_idempotency",
-    "save_member_key",
+    "transaction",
     "transferred_since",
     "translate_errors",
     "unavailable_as_503",

@@ -1,5 +1,5 @@
-"""Adjustments' SQL: the request (SQLAlchemy Core, beside its idempotency record) and the
-approval (asyncpg, in the same database transaction as the posting it creates)."""
+"""Adjustments' SQL: the request (beside its idempotency record) and the approval (in the
+same database transaction as the posting it creates), on the store's one connection type."""
 
 from __future__ import annotations
 
@@ -8,12 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import asyncpg
-from sqlalchemy import insert, select
-from sqlalchemy.ext.asyncio import AsyncConnection
-
-from exchange.tables import adjustments, members
-from partners.tables import partners
+from exchange.store._connection import Connection
+from exchange.tables import adjustments
 
 __all__ = [
     "AdjustmentRow",
@@ -50,52 +46,55 @@ def _row(row: Any) -> AdjustmentRow:
     return AdjustmentRow(**{name: row[name] for name in AdjustmentRow.__dataclass_fields__})
 
 
-async def member_exists(conn: AsyncConnection, member_id: str) -> bool:
-    found = await conn.scalar(select(members.c.member_id).where(members.c.member_id == member_id))
+async def member_exists(conn: Connection, member_id: str) -> bool:
+    found = await conn.fetchval("SELECT 1 FROM members WHERE member_id = $1", member_id)
     return found is not None
 
 
-async def adjustment_partner_status(conn: AsyncConnection, partner_id: str) -> str | None:
-    status: str | None = await conn.scalar(
-        select(partners.c.status).where(partners.c.partner_id == partner_id)
+async def adjustment_partner_status(conn: Connection, partner_id: str) -> str | None:
+    status: str | None = await conn.fetchval(
+        "SELECT status FROM partners WHERE partner_id = $1", partner_id
     )
     return status
 
 
-async def insert_adjustment(conn: AsyncConnection, row: AdjustmentRow) -> None:
-    values = {name: getattr(row, name) for name in AdjustmentRow.__dataclass_fields__}
-    await conn.execute(insert(adjustments).values(values))
+_COLUMNS = tuple(AdjustmentRow.__dataclass_fields__)
+_INSERT_SQL = (
+    f"INSERT INTO {adjustments.name} ({', '.join(_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({', '.join(f'${n}' for n in range(1, len(_COLUMNS) + 1))})"
+)
 
 
-async def fetch_adjustment(conn: AsyncConnection, adjustment_id: str) -> AdjustmentRow | None:
-    row = (
-        await conn.execute(select(adjustments).where(adjustments.c.adjustment_id == adjustment_id))
-    ).first()
-    return _row(row._mapping) if row is not None else None
+async def insert_adjustment(conn: Connection, row: AdjustmentRow) -> None:
+    await conn.execute(_INSERT_SQL, *(getattr(row, name) for name in _COLUMNS))
 
 
-async def pending_adjustments(conn: AsyncConnection, limit: int) -> list[AdjustmentRow]:
+async def fetch_adjustment(conn: Connection, adjustment_id: str) -> AdjustmentRow | None:
+    row = await conn.fetchrow("SELECT * FROM adjustments WHERE adjustment_id = $1", adjustment_id)
+    return _row(row) if row is not None else None
+
+
+async def pending_adjustments(conn: Connection, limit: int) -> list[AdjustmentRow]:
     """Adjustments awaiting their second operator, oldest first (the soonest to expire)."""
-    rows = await conn.execute(
-        select(adjustments)
-        .where(adjustments.c.status == "pending")
-        .order_by(adjustments.c.requested_at, adjustments.c.adjustment_id)
-        .limit(limit)
+    rows = await conn.fetch(
+        "SELECT * FROM adjustments WHERE status = 'pending' "
+        "ORDER BY requested_at, adjustment_id LIMIT $1",
+        limit,
     )
-    return [_row(row._mapping) for row in rows]
+    return [_row(row) for row in rows]
 
 
 _LOCK_SQL = "SELECT * FROM adjustments WHERE adjustment_id = $1 FOR UPDATE"
 
 
-async def lock_adjustment(conn: asyncpg.Connection, adjustment_id: str) -> AdjustmentRow | None:
+async def lock_adjustment(conn: Connection, adjustment_id: str) -> AdjustmentRow | None:
     """The adjustment, locked until the end of the database transaction: two approvals
     racing each other post it once."""
     row = await conn.fetchrow(_LOCK_SQL, adjustment_id)
     return _row(row) if row is not None else None
 
 
-async def mark_adjustment_expired(conn: asyncpg.Connection, adjustment_id: str) -> None:
+async def mark_adjustment_expired(conn: Connection, adjustment_id: str) -> None:
     await conn.execute(
         "UPDATE adjustments SET status = 'expired' WHERE adjustment_id = $1 AND status = 'pending'",
         adjustment_id,
@@ -103,7 +102,7 @@ async def mark_adjustment_expired(conn: asyncpg.Connection, adjustment_id: str) 
 
 
 async def mark_adjustment_posted(
-    conn: asyncpg.Connection,
+    conn: Connection,
     adjustment_id: str,
     *,
     approved_by: str,

@@ -1,37 +1,36 @@
 """Members SQL on the asyncpg driver: qualifying points (tiers), a balance read with the
 tier in the same statement, and what a transfer needs besides the posting path's steps
-(the 30-day total, member-scoped idempotency keys).
+(the 30-day total). Member-scoped idempotency keys are `_keys.claim_keys` and
+`_keys.remember` with `scope=MEMBER_KEYS`.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable
 from datetime import datetime
 
-from exchange.ledger import MemberBook
-from exchange.store._posting import Connection, _holds, _lots
+from exchange.ledger import MemberBook, PostingType
+from exchange.store._connection import Connection
+from exchange.store._posting import _holds, _lots
 from exchange.store._reads import _READ_BOOK_SQL
-from exchange.store._records import StoredResponse
 
 __all__ = [
-    "claim_member_key",
     "qualifying_points",
     "read_book_with_qualifying",
-    "save_member_key",
     "transferred_since",
 ]
 
 # Earns in the window minus the reversals of those earns. Both parts are index-only scans
 # of partial covering indexes (ix_postings_member_id_earned, ..._earn_reversed); a
 # reversal looks up its original's posted_at by primary key (reversals are rare).
-_QUALIFYING_EXPR = """(
+_QUALIFYING_EXPR = f"""(
     (SELECT coalesce(sum(e.points), 0) FROM postings AS e
-     WHERE e.member_id = {member} AND e.type = 'earn' AND e.posted_at > {since})
+     WHERE e.member_id = {{member}} AND e.type = '{PostingType.EARN}' AND e.posted_at > {{since}})
   - (SELECT coalesce(sum(r.points), 0) FROM postings AS r
      JOIN postings AS o ON o.posting_id = r.reverses
-     WHERE r.member_id = {member} AND r.type = 'earn_reversal' AND o.posted_at > {since})
-)::bigint"""
+     WHERE r.member_id = {{member}} AND r.type = '{PostingType.EARN_REVERSAL}'
+       AND o.posted_at > {{since}})
+)::bigint"""  # noqa: S608 - constants
 
 _QUALIFYING_SQL = f"""
 SELECT m.member_id, {_QUALIFYING_EXPR.format(member="m.member_id", since="$2")} AS points
@@ -72,65 +71,12 @@ async def read_book_with_qualifying(
     return book, row["closed_until"], int(row["qualifying"])
 
 
-_TRANSFERRED_SQL = """
+_TRANSFERRED_SQL = f"""
 SELECT coalesce(sum(points), 0)::bigint FROM postings
-WHERE member_id = $1 AND type = 'transfer_out' AND posted_at > $2
-"""
+WHERE member_id = $1 AND type = '{PostingType.TRANSFER_OUT}' AND posted_at > $2
+"""  # noqa: S608 - a constant
 
 
 async def transferred_since(conn: Connection, member_id: str, since: datetime) -> int:
     """Points the member transferred out after `since` (call with the member locked)."""
     return int(await conn.fetchval(_TRANSFERRED_SQL, member_id, since))
-
-
-# The same exactly-once steps as partner keys (`claim_keys`): try-lock the key for this
-# database transaction (never wait), then read what is stored under it.
-_CLAIM_MEMBER_KEY_SQL = """
-SELECT pg_try_advisory_xact_lock(
-           hashtextextended('member' || chr(31) || $1 || chr(31) || $2, 0)) AS locked,
-       i.fingerprint, i.status_code, i.response
-FROM (SELECT 1) AS one
-LEFT JOIN member_idempotency_keys AS i ON i.member_id = $1 AND i.key = $2
-"""
-
-
-async def claim_member_key(
-    conn: Connection, member_id: str, key: str
-) -> tuple[bool, StoredResponse | None]:
-    """(locked, stored response) for a member's Idempotency-Key."""
-    row = await conn.fetchrow(_CLAIM_MEMBER_KEY_SQL, member_id, key)
-    if row is None or not row["locked"]:
-        return False, None
-    if row["fingerprint"] is None:
-        return True, None
-    return True, StoredResponse(
-        bytes(row["fingerprint"]), row["status_code"], bytes(row["response"])
-    )
-
-
-_SAVE_MEMBER_KEY_SQL = """
-INSERT INTO member_idempotency_keys (member_id, key, fingerprint, status_code, response,
-                                     posting_id, created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-"""
-
-
-async def save_member_key(
-    conn: Connection,
-    member_id: str,
-    *,
-    key: str,
-    stored: StoredResponse,
-    posting_id: uuid.UUID | None,
-    at: datetime,
-) -> None:
-    await conn.execute(
-        _SAVE_MEMBER_KEY_SQL,
-        member_id,
-        key,
-        stored.fingerprint,
-        stored.status_code,
-        stored.response,
-        posting_id,
-        at,
-    )

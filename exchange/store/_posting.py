@@ -18,7 +18,8 @@ sorted (an insert waits only for another batch inserting the same pair); the
 settlement barrier (shared); idempotency keys (try-locks, never wait); member rows
 sorted; credit-limited partner rows sorted; counter shards upserted sorted.
 
-The write step's statement is in `_write`; `_reads` holds the reads off the write path
+The claim step is `_keys.claim_keys` (the same function every idempotent operation uses);
+the write step's statement is in `_write`; `_reads` holds the reads off the write path
 (a member's book for a balance, members with something due).
 """
 
@@ -31,7 +32,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
 import msgspec
 
 from exchange.errors import InvariantViolation
@@ -44,10 +44,9 @@ from exchange.ledger import (
     PartnerTerms,
     PostingType,
 )
-from exchange.store._records import SETTLEMENT_BARRIER_KEY, StoredResponse
+from exchange.store._connection import Connection
 
 __all__ = [
-    "claim_keys",
     "claim_nonces",
     "load_books",
     "load_originals",
@@ -55,9 +54,6 @@ __all__ = [
     "lock_members",
     "resolve_targets",
 ]
-
-Connection = asyncpg.Connection
-
 
 # -- nonces: one use per (keyid, nonce), in the posting's own database transaction -------------
 
@@ -85,48 +81,6 @@ async def claim_nonces(
         [seen_at for _, _, seen_at in claims],
     )
     return {(row["key_id"], row["nonce"]) for row in rows}
-
-
-# -- claim: barrier + idempotency ------------------------------------------------------------
-
-_BARRIER_SQL = "SELECT pg_advisory_xact_lock_shared($1::bigint)"
-
-# The barrier CTE runs once, before any row is produced. A key committed by another
-# transaction between this statement's snapshot and its try-lock is missed here, but its
-# primary key makes our insert fail later, and the retry then sees and replays it.
-_CLAIM_SQL = """
-WITH barrier AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($1::bigint) AS held)
-SELECT c.partner_id, c.key,
-       pg_try_advisory_xact_lock(hashtextextended(c.partner_id || chr(31) || c.key, 0)) AS locked,
-       i.fingerprint, i.status_code, i.response
-FROM barrier
-CROSS JOIN unnest($2::text[], $3::text[]) AS c(partner_id, key)
-LEFT JOIN idempotency_keys AS i ON i.partner_id = c.partner_id AND i.key = c.key
-"""
-
-
-async def claim_keys(
-    conn: Connection, claims: Sequence[tuple[str, str]]
-) -> tuple[set[tuple[str, str]], dict[tuple[str, str], StoredResponse]]:
-    """Enter the settlement barrier; try-lock each (partner, key) and read stored responses."""
-    if not claims:
-        await conn.execute(_BARRIER_SQL, SETTLEMENT_BARRIER_KEY)
-        return set(), {}
-    rows = await conn.fetch(
-        _CLAIM_SQL,
-        SETTLEMENT_BARRIER_KEY,
-        [partner_id for partner_id, _ in claims],
-        [key for _, key in claims],
-    )
-    locked = {(row["partner_id"], row["key"]) for row in rows if row["locked"]}
-    stored = {
-        (row["partner_id"], row["key"]): StoredResponse(
-            bytes(row["fingerprint"]), row["status_code"], bytes(row["response"])
-        )
-        for row in rows
-        if row["locked"] and row["fingerprint"] is not None
-    }
-    return locked, stored
 
 
 # -- resolve: what a capture, void or reversal is about ---------------------------------------

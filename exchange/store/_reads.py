@@ -7,7 +7,8 @@ from __future__ import annotations
 from datetime import datetime
 
 from exchange.ledger import MemberBook
-from exchange.store._posting import _HOLD_JSON, _LOT_COLUMNS, Connection, _holds, _lots
+from exchange.store._connection import Connection
+from exchange.store._posting import _HOLD_JSON, _LOT_COLUMNS, _holds, _lots
 
 __all__ = ["due_member_ids", "read_book"]
 

@@ -1,9 +1,14 @@
-"""Small records and constants shared by both halves of the store."""
+"""Small records and constants shared by the store's modules.
+
+`IdempotencyRecord` and `SignatureRecord` are the rows of `idempotency_keys` and
+`posting_signatures` (see `_rows`: array_like, fields in column order)."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+
+import msgspec
 
 __all__ = [
     "COUNTER_SHARDS",
@@ -26,8 +31,10 @@ class StoredResponse:
     response: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class IdempotencyRecord:
+class IdempotencyRecord(msgspec.Struct, frozen=True, array_like=True):
+    """A stored response under its key. `partner_id` is the key's owner: the partner (or
+    the reserved `operator` row), or the member for member-scoped keys."""
+
     partner_id: str
     key: str
     fingerprint: bytes
@@ -36,8 +43,7 @@ class IdempotencyRecord:
     posting_id: uuid.UUID | None
 
 
-@dataclass(frozen=True, slots=True)
-class SignatureRecord:
+class SignatureRecord(msgspec.Struct, frozen=True, array_like=True):
     posting_id: uuid.UUID
     key_id: str
     signature_input: str

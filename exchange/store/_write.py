@@ -1,7 +1,8 @@
 """The posting path's write: every insert and update of a batch in one statement.
 
-`BatchWrite` gathers a batch's rows table by table; `write_batch` sends them in one
-round trip (the `write` step of `_posting`'s table).
+`BatchWrite` gathers a batch's rows table by table (the row structs of `_rows`);
+`write_batch` sends them in one round trip (the `write` step of `_posting`'s table). The
+column lists are derived from `exchange.tables`, never written out by hand.
 """
 
 from __future__ import annotations
@@ -16,66 +17,56 @@ from typing import Any
 import msgspec
 
 from exchange.ledger import Balance, MemberBook, Posting, PostingType
-from exchange.store._posting import Connection
+from exchange.store._connection import Connection
 from exchange.store._records import COUNTER_SHARDS, IdempotencyRecord, SignatureRecord
+from exchange.store._rows import (
+    AllocationRow,
+    EntryRow,
+    HoldRow,
+    LinkRow,
+    LotRow,
+    PostingRow,
+    column_list,
+    written_columns,
+)
+from exchange.tables import (
+    allocations,
+    entries,
+    holds,
+    idempotency_keys,
+    lots,
+    member_links,
+    members,
+    posting_signatures,
+    postings,
+)
 
-__all__ = ["BatchWrite", "write_batch"]
+__all__ = ["BatchWrite", "encode_rows", "json_rows", "write_batch"]
 
 
 # -- write -----------------------------------------------------------------------------------
 
 # Each table's rows travel as one JSON array of arrays (encoded by msgspec in C, unpacked
 # by PostgreSQL), not as one array parameter per column: encoding ~1,000 values through
-# the driver's per-value codecs cost five times the CPU on the exchange's side.
+# the driver's per-value codecs cost five times the CPU on the exchange's side. The
+# columns (and their order, which is the row structs' field order) come from
+# `exchange.tables`; `tests/unit/test_store_rows.py` keeps the structs in step.
+_INSERTED = (postings, entries, lots, allocations, holds, member_links, posting_signatures,
+             idempotency_keys)  # fmt: skip
 _TABLES: dict[str, tuple[tuple[str, str], ...]] = {
-    "postings": (
-        ("posting_id", "uuid"), ("type", "text"), ("member_id", "text"), ("partner_id", "text"),
-        ("points", "bigint"), ("reference", "text"), ("reverses", "uuid"), ("hold_id", "uuid"),
-        ("unit_price", "numeric"), ("currency", "text"), ("posted_at", "timestamptz"),
-        ("available_at", "timestamptz"), ("expires_at", "timestamptz"),
-        ("available_after", "bigint"), ("held_after", "bigint"), ("pending_after", "bigint"),
-        ("terms_version", "integer"), ("purchase_amount", "numeric"),
-        ("purchase_currency", "text"),
-    ),
-    "entries": (
-        ("posting_id", "uuid"), ("line", "smallint"), ("account", "text"), ("owner", "text"),
-        ("amount", "bigint"), ("posted_at", "timestamptz"),
-    ),
-    "lots": (
-        ("lot_id", "uuid"), ("member_id", "text"), ("issuer_id", "text"), ("earn_id", "uuid"),
-        ("initial", "bigint"), ("remaining", "bigint"), ("unit_price", "numeric"),
-        ("available_at", "timestamptz"), ("expires_at", "timestamptz"), ("matured", "boolean"),
-        ("created_at", "timestamptz"), ("source_lot_id", "uuid"),
-    ),
-    "allocations": (
-        ("posting_id", "uuid"), ("lot_id", "uuid"), ("kind", "text"), ("points", "bigint"),
-    ),
-    "holds": (
-        ("hold_id", "uuid"), ("member_id", "text"), ("partner_id", "text"), ("points", "bigint"),
-        ("status", "text"), ("reference", "text"), ("hold_posting_id", "uuid"),
-        ("created_at", "timestamptz"), ("expires_at", "timestamptz"),
-    ),
-    "member_links": (("member_id", "text"), ("partner_id", "text")),
-    "posting_signatures": (
-        ("posting_id", "uuid"), ("key_id", "text"), ("signature_input", "text"),
-        ("signature", "text"), ("content_digest", "text"), ("signature_base", "bytea"),
-    ),
-    "idempotency_keys": (
-        ("partner_id", "text"), ("key", "text"), ("fingerprint", "bytea"),
-        ("status_code", "smallint"), ("response", "bytea"), ("posting_id", "uuid"),
-    ),
-}  # fmt: skip
-_CHANGED_LOTS = (("lot_id", "uuid"), ("remaining", "bigint"), ("matured", "boolean"))
-_CHANGED_HOLDS = (
-    ("hold_id", "uuid"), ("status", "text"), ("transaction_id", "uuid"),
-    ("captured_points", "bigint"), ("closed_at", "timestamptz"),
-)  # fmt: skip
-_DEBTS = (("member_id", "text"), ("debt", "bigint"))
+    table.name: column_list(table, written_columns(table)) for table in _INSERTED
+}
+_CHANGED_LOTS = column_list(lots, ("lot_id", "remaining", "matured"))
+_CHANGED_HOLDS = column_list(
+    holds, ("hold_id", "status", "transaction_id", "captured_points", "closed_at")
+)
+_DEBTS = column_list(members, ("member_id", "debt"))
+# Per-batch sums, not a table's columns: (partner, issued value, liability points, value).
 _COUNTERS = (("partner_id", "text"), ("issued", "numeric"), ("points", "bigint"),
              ("value", "numeric"))  # fmt: skip
 
 
-def _rows(parameter: int, columns: tuple[tuple[str, str], ...]) -> str:
+def json_rows(parameter: int, columns: tuple[tuple[str, str], ...]) -> str:
     """SELECT the columns out of JSON parameter $parameter (an array of row arrays)."""
     fields = []
     for index, (name, kind) in enumerate(columns):
@@ -93,7 +84,7 @@ def _rows(parameter: int, columns: tuple[tuple[str, str], ...]) -> str:
 def _insert(table: str, parameter: int, tail: str = "") -> str:
     columns = _TABLES[table]
     names = ", ".join(name for name, _ in columns)
-    return f"INSERT INTO {table} ({names}) {_rows(parameter, columns)}{tail}"
+    return f"INSERT INTO {table} ({names}) {json_rows(parameter, columns)}{tail}"
 
 
 # Every insert and update of a batch in ONE statement. Sub-statements of a WITH run on
@@ -109,19 +100,19 @@ new_allocations AS ({_insert("allocations", 4)}),
 new_holds AS ({_insert("holds", 5)}),
 changed_lots AS (
     UPDATE lots SET remaining = v.remaining, matured = v.matured
-    FROM ({_rows(6, _CHANGED_LOTS)}) AS v WHERE lots.lot_id = v.lot_id),
+    FROM ({json_rows(6, _CHANGED_LOTS)}) AS v WHERE lots.lot_id = v.lot_id),
 changed_holds AS (
     UPDATE holds SET status = v.status, transaction_id = v.transaction_id,
                      captured_points = v.captured_points, closed_at = v.closed_at
-    FROM ({_rows(7, _CHANGED_HOLDS)}) AS v WHERE holds.hold_id = v.hold_id),
+    FROM ({json_rows(7, _CHANGED_HOLDS)}) AS v WHERE holds.hold_id = v.hold_id),
 changed_debts AS (
     UPDATE members SET debt = v.debt
-    FROM ({_rows(8, _DEBTS)}) AS v WHERE members.member_id = v.member_id),
+    FROM ({json_rows(8, _DEBTS)}) AS v WHERE members.member_id = v.member_id),
 counters AS (
     INSERT INTO partner_counters (partner_id, shard, issued_value, liability_points,
                                   liability_value)
     SELECT v.partner_id, (pg_backend_pid() % $9::int)::smallint, v.issued, v.points, v.value
-    FROM ({_rows(10, _COUNTERS)}) AS v
+    FROM ({json_rows(10, _COUNTERS)}) AS v
     ON CONFLICT (partner_id, shard) DO UPDATE SET
         issued_value = partner_counters.issued_value + excluded.issued_value,
         liability_points = partner_counters.liability_points + excluded.liability_points,
@@ -135,21 +126,26 @@ SELECT 1
 _ENCODER = msgspec.json.Encoder(decimal_format="string")
 
 
+def encode_rows(rows: Iterable[Any]) -> str:
+    """Rows (row structs or tuples, in column order) as the JSON parameter of `json_rows`."""
+    return _ENCODER.encode(rows).decode()
+
+
 @dataclass
 class BatchWrite:
     """Everything one batch writes, table by table, as rows in `_WRITE_SQL`'s column order."""
 
-    postings: list[tuple[Any, ...]] = field(default_factory=list)
-    entries: list[tuple[Any, ...]] = field(default_factory=list)
-    new_lots: list[tuple[Any, ...]] = field(default_factory=list)
-    allocations: list[tuple[Any, ...]] = field(default_factory=list)
-    new_holds: list[tuple[Any, ...]] = field(default_factory=list)
+    postings: list[PostingRow] = field(default_factory=list)
+    entries: list[EntryRow] = field(default_factory=list)
+    new_lots: list[LotRow] = field(default_factory=list)
+    allocations: list[AllocationRow] = field(default_factory=list)
+    new_holds: list[HoldRow] = field(default_factory=list)
     changed_lots: list[tuple[Any, ...]] = field(default_factory=list)
     changed_holds: list[tuple[Any, ...]] = field(default_factory=list)
     debts: list[tuple[Any, ...]] = field(default_factory=list)
-    links: list[tuple[Any, ...]] = field(default_factory=list)
-    signatures: list[tuple[Any, ...]] = field(default_factory=list)
-    keys: list[tuple[Any, ...]] = field(default_factory=list)
+    links: list[LinkRow] = field(default_factory=list)
+    signatures: list[SignatureRecord] = field(default_factory=list)
+    keys: list[IdempotencyRecord] = field(default_factory=list)
     counters: dict[str, list[Any]] = field(
         default_factory=lambda: defaultdict(lambda: [Decimal(0), 0, Decimal(0)])
     )
@@ -168,7 +164,7 @@ class BatchWrite:
                 hold_postings[posting.hold_id] = posting.posting_id
         for lot_id in book.new_lots:
             lot = book.lots[lot_id]
-            self.new_lots.append((
+            self.new_lots.append(LotRow(
                 lot.lot_id, lot.member_id, lot.issuer_id, lot.earn_id, lot.initial, lot.remaining,
                 lot.unit_price, lot.available_at, lot.expires_at, lot.matured, lot.created_at,
                 lot.source_lot_id,
@@ -181,9 +177,10 @@ class BatchWrite:
             self.changed_lots.append((lot_id, lot.remaining, lot.matured))
         for hold_id in book.new_holds:
             hold = book.holds[hold_id]
-            self.new_holds.append((
+            self.new_holds.append(HoldRow(
                 hold.hold_id, hold.member_id, hold.partner_id, hold.points, hold.status.value,
-                hold.reference, hold_postings[hold_id], hold.created_at, hold.expires_at,
+                hold.reference, hold_postings[hold_id], hold.transaction_id,
+                hold.captured_points, hold.created_at, hold.expires_at, hold.closed_at,
             ))  # fmt: skip
         for hold_id in sorted(book.changed_holds - book.new_holds):
             hold = book.holds[hold_id]
@@ -195,7 +192,7 @@ class BatchWrite:
             self.debts.append((book.member_id, book.debt))
 
     def _add_posting(self, book: MemberBook, posting: Posting, after: Balance | None) -> None:
-        self.postings.append((
+        self.postings.append(PostingRow(
             posting.posting_id, posting.type.value, posting.member_id, posting.partner_id,
             posting.points, posting.reference, posting.reverses, posting.hold_id,
             posting.unit_price, posting.currency, posting.posted_at, posting.available_at,
@@ -204,13 +201,15 @@ class BatchWrite:
             posting.purchase_currency,
         ))  # fmt: skip
         for line, entry in enumerate(posting.entries):
-            self.entries.append((
+            self.entries.append(EntryRow(
                 posting.posting_id, line, entry.account.value, entry.owner, entry.amount,
                 posting.posted_at,
             ))  # fmt: skip
         for allocation in posting.allocations:
             self.allocations.append(
-                (posting.posting_id, allocation.lot_id, allocation.kind.value, allocation.points)
+                AllocationRow(
+                    posting.posting_id, allocation.lot_id, allocation.kind.value, allocation.points
+                )
             )
             lot = book.lots[allocation.lot_id]
             counter = self.counters[lot.issuer_id]
@@ -224,26 +223,15 @@ class BatchWrite:
             self.counters[posting.partner_id or ""][0] += sign * posting.points * posting.unit_price
 
     def add_links(self, pairs: Iterable[tuple[str, str]]) -> None:
-        self.links.extend(sorted(set(pairs)))
+        self.links.extend(
+            LinkRow(member_id, partner_id) for member_id, partner_id in sorted(set(pairs))
+        )
 
     def add_signatures(self, records: Iterable[SignatureRecord]) -> None:
-        self.signatures.extend(
-            (
-                r.posting_id,
-                r.key_id,
-                r.signature_input,
-                r.signature,
-                r.content_digest,
-                r.signature_base,
-            )
-            for r in records
-        )
+        self.signatures.extend(records)
 
     def add_keys(self, records: Iterable[IdempotencyRecord]) -> None:
-        self.keys.extend(
-            (r.partner_id, r.key, r.fingerprint, r.status_code, r.response, r.posting_id)
-            for r in records
-        )
+        self.keys.extend(records)
 
     def arguments(self) -> list[Any]:
         # Counters sorted by partner, so batches meeting on a shard row lock rows in one order.

@@ -1,0 +1,152 @@
+"""Idempotency keys: the one claim and the one "remember the response", for every caller.
+
+Keys live in a scope: partners' keys (`idempotency_keys`, owned by a partner or the
+reserved `operator` row) or members' keys (`member_idempotency_keys`, owned by a member).
+The exactly-once steps are the same in both:
+
+    claim      try-lock (owner, key) for this database transaction (never wait: a key
+               locked by another transaction is being processed, the caller answers 409),
+               and read the response stored under it, if any
+    remember   store the response under the key, in the same database transaction as the
+               effect; the lock is released at commit, after the response is visible
+
+The posting path claims with `barrier=True` (the default): the settlement barrier
+(shared) is entered in the same statement, one round trip; its keys are remembered inside
+the batch's single write statement (`_write`, same columns). A key committed by another
+transaction between that statement's snapshot and its try-lock is missed there, but the
+key's primary key makes the write fail and the batch's retry replays it. Callers that do
+not retry (enrolment, sessions, batch acceptance, adjustment requests: no posting, so no
+barrier) claim with `barrier=False`: the stored responses are read in a second statement,
+after the locks are held, so they see everything committed before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from exchange.members.tables import member_idempotency_keys
+from exchange.store._connection import Connection
+from exchange.store._records import SETTLEMENT_BARRIER_KEY, IdempotencyRecord, StoredResponse
+from exchange.store._rows import column_list
+from exchange.store._write import encode_rows, json_rows
+from exchange.tables import idempotency_keys
+
+__all__ = [
+    "MEMBER_KEYS",
+    "PARTNER_KEYS",
+    "KeyScope",
+    "claim_keys",
+    "enter_settlement_barrier",
+    "remember",
+]
+
+Claim = tuple[str, str]  # (owner, key)
+_BARRIER_SQL = "SELECT pg_advisory_xact_lock_shared($1::bigint)"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyScope:
+    table: str
+    owner: str  # the owner's column
+    # Prefix of the advisory lock's text, so that equal (owner, key) pairs of two scopes
+    # never share a lock; kept as it was when the scopes had their own functions.
+    lock_prefix: str
+
+    def claim_sql(self, *, barrier: bool) -> str:
+        lock = (
+            f"pg_try_advisory_xact_lock(hashtextextended({self.lock_prefix}"
+            "c.owner || chr(31) || c.key, 0)) AS locked"
+        )
+        if not barrier:
+            unnest = "unnest($1::text[], $2::text[]) AS c(owner, key)"
+            return f"SELECT c.owner, c.key, {lock} FROM {unnest}"  # noqa: S608
+        # The barrier CTE runs once, before any row is produced.
+        return f"""
+WITH barrier AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($3::bigint) AS held)
+SELECT c.owner, c.key, {lock}, i.fingerprint, i.status_code, i.response
+FROM barrier
+CROSS JOIN unnest($1::text[], $2::text[]) AS c(owner, key)
+LEFT JOIN {self.table} AS i ON i.{self.owner} = c.owner AND i.key = c.key
+"""  # noqa: S608 - built from the constant scopes below, never from input
+
+    def stored_sql(self) -> str:
+        return (
+            f"SELECT i.{self.owner} AS owner, i.key, i.fingerprint, i.status_code, i.response "  # noqa: S608
+            f"FROM {self.table} AS i JOIN unnest($1::text[], $2::text[]) AS c(owner, key) "
+            f"ON i.{self.owner} = c.owner AND i.key = c.key"
+        )
+
+    def remember_sql(self) -> str:
+        # The partners' table's columns (the batch write's), with this scope's owner.
+        columns = ((self.owner, "text"), *column_list(idempotency_keys, _RECORD_COLUMNS))
+        names = ", ".join(name for name, _ in columns)
+        return (
+            f"INSERT INTO {self.table} ({names}, created_at) "  # noqa: S608
+            f"SELECT v.*, coalesce($2::timestamptz, now()) FROM ({json_rows(1, columns)}) AS v"
+        )
+
+
+# An IdempotencyRecord's columns after its owner (`partner_id` or `member_id`).
+_RECORD_COLUMNS = ("key", "fingerprint", "status_code", "response", "posting_id")
+
+PARTNER_KEYS = KeyScope(idempotency_keys.name, "partner_id", "")
+MEMBER_KEYS = KeyScope(member_idempotency_keys.name, "member_id", "'member' || chr(31) || ")
+
+
+async def claim_keys(
+    conn: Connection,
+    claims: Sequence[Claim],
+    *,
+    scope: KeyScope = PARTNER_KEYS,
+    barrier: bool = True,
+) -> tuple[set[Claim], dict[Claim, StoredResponse]]:
+    """Try-lock each (owner, key); return the claims locked and the responses stored under
+    them. With `barrier` (the posting path's default), enter the settlement barrier
+    (shared) first, in the same statement; with no claims, only that."""
+    if not claims:
+        if barrier:
+            await enter_settlement_barrier(conn)
+        return set(), {}
+    owners = [owner for owner, _ in claims]
+    keys = [key for _, key in claims]
+    if barrier:
+        rows = await conn.fetch(scope.claim_sql(barrier=True), owners, keys, SETTLEMENT_BARRIER_KEY)
+        locked = {(row["owner"], row["key"]) for row in rows if row["locked"]}
+        found = [row for row in rows if row["locked"] and row["fingerprint"] is not None]
+    else:
+        rows = await conn.fetch(scope.claim_sql(barrier=False), owners, keys)
+        locked = {(row["owner"], row["key"]) for row in rows if row["locked"]}
+        if not locked:
+            return locked, {}
+        ordered = sorted(locked)
+        found = await conn.fetch(
+            scope.stored_sql(), [owner for owner, _ in ordered], [key for _, key in ordered]
+        )
+    stored = {
+        (row["owner"], row["key"]): StoredResponse(
+            bytes(row["fingerprint"]), row["status_code"], bytes(row["response"])
+        )
+        for row in found
+    }
+    return locked, stored
+
+
+async def enter_settlement_barrier(conn: Connection) -> None:
+    """Hold the settlement barrier (shared) until the end of the database transaction:
+    every posting does, so closing a period waits for the postings in flight."""
+    await conn.execute(_BARRIER_SQL, SETTLEMENT_BARRIER_KEY)
+
+
+async def remember(
+    conn: Connection,
+    records: Sequence[IdempotencyRecord],
+    *,
+    scope: KeyScope = PARTNER_KEYS,
+    at: datetime | None = None,
+) -> None:
+    """Store each response under its key (`at`: the record's time; default the database
+    transaction's start). The posting path remembers inside its batch write instead."""
+    if records:
+        await conn.execute(scope.remember_sql(), encode_rows(records), at)
