@@ -35,7 +35,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
+from exchange.ledger import Account, AllocationKind, HoldStatus, PostingType
+
 __all__ = [
+    "ACCOUNTS",
+    "ALLOCATION_KINDS",
+    "HOLD_STATUSES",
+    "POSTING_TYPES",
     "adjustments",
     "allocations",
     "console_sessions",
@@ -147,31 +153,14 @@ member_links = Table(
 
 # -- the journal ------------------------------------------------------------------------------
 
-POSTING_TYPES = (
-    "earn",
-    "burn",
-    "earn_reversal",
-    "burn_reversal",
-    "hold",
-    "hold_release",
-    "expiry",
-    "maturation",
-    "adjustment",
-    "transfer_out",
-    "transfer_in",
-)
+# The ledger's enums are the one list of each kind: the CHECK constraints below and the
+# store's SQL are built from them (in enum order, so the constraints' text is unchanged).
+POSTING_TYPES = tuple(kind.value for kind in PostingType)
 # `transfer` is a clearing account owned by one transfer (its id): the sender's
 # transfer_out credits it, the recipient's transfer_in debits it, so it nets to zero.
-ACCOUNTS = (
-    "available",
-    "held",
-    "pending",
-    "issued",
-    "redeemed",
-    "breakage",
-    "adjusted",
-    "transfer",
-)
+ACCOUNTS = tuple(account.value for account in Account)
+ALLOCATION_KINDS = tuple(kind.value for kind in AllocationKind)
+HOLD_STATUSES = tuple(status.value for status in HoldStatus)
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -323,7 +312,7 @@ allocations = Table(
     Column("points", BigInteger, nullable=False),
     PrimaryKeyConstraint("posting_id", "lot_id", "kind"),
     CheckConstraint("points > 0", name="points"),
-    CheckConstraint("kind IN ('draw', 'release', 'repay')", name="kind"),
+    CheckConstraint(_in("kind", ALLOCATION_KINDS), name="kind"),
     Index("ix_allocations_lot_id", "lot_id"),
 )
 
@@ -343,7 +332,7 @@ holds = Table(
     _timestamp("expires_at"),
     _timestamp("closed_at", nullable=True),
     CheckConstraint("points > 0", name="points"),
-    CheckConstraint("status IN ('open', 'captured', 'voided', 'expired')", name="status"),
+    CheckConstraint(_in("status", HOLD_STATUSES), name="status"),
     CheckConstraint("(status = 'open') = (closed_at IS NULL)", name="closed"),
     Index("ix_holds_member_id_open", "member_id", postgresql_where=text("status = 'open'")),
     Index("ix_holds_expires_at_open", "expires_at", postgresql_where=text("status = 'open'")),

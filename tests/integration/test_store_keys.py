@@ -1,0 +1,101 @@
+"""The store's one idempotency claim and one remember, on real PostgreSQL: both scopes,
+both kinds of caller (the store's connection, and a SQLAlchemy `engine.begin()` block
+reaching it through `store.driver_of`), and the database transaction they join."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exchange import store
+from exchange.clock import FrozenClock
+from exchange.db import driver_connection
+from exchange.errors import IdempotencyKeyReused, RequestInProgress
+from exchange.service import Idempotency, LedgerService, Outcome, remember, replay_or_claim
+from tests.support import add_partner, enrol
+
+KEY = Idempotency("key-1", b"f" * 32)
+
+
+class Boom(Exception):
+    pass
+
+
+async def _stored(engine: AsyncEngine, table: str) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(text(f"SELECT count(*) FROM {table}")) or 0)
+
+
+async def test_a_key_remembered_in_a_rolled_back_block_is_not_stored(
+    engine: AsyncEngine, clock: FrozenClock
+) -> None:
+    """The store statement joins the block's database transaction (SQLAlchemy's lazy BEGIN
+    is sent first): a failure after it leaves nothing behind, and the key is free again."""
+    await add_partner(engine, clock)
+
+    async def remember_then_fail() -> None:
+        async with engine.begin() as conn:
+            assert await replay_or_claim(conn, "grocer", KEY) is None
+            await remember(conn, "grocer", idempotency=KEY, status_code=201, body=b"{}")
+            raise Boom
+
+    with pytest.raises(Boom):
+        await remember_then_fail()
+    assert await _stored(engine, "idempotency_keys") == 0
+    async with engine.begin() as conn:
+        assert await replay_or_claim(conn, "grocer", KEY) is None
+
+
+async def test_a_remembered_key_replays_and_refuses_another_request(
+    engine: AsyncEngine, clock: FrozenClock
+) -> None:
+    await add_partner(engine, clock)
+    async with engine.begin() as conn:
+        assert await replay_or_claim(conn, "grocer", KEY) is None
+        await remember(conn, "grocer", idempotency=KEY, status_code=201, body=b'{"a":1}')
+    async with engine.begin() as conn:
+        assert await replay_or_claim(conn, "grocer", KEY) == Outcome(201, b'{"a":1}', replayed=True)
+    other = Idempotency(KEY.key, b"g" * 32)
+    async with driver_connection(engine) as conn, store.transaction(conn):
+        with pytest.raises(IdempotencyKeyReused):
+            await replay_or_claim(conn, "grocer", other)
+
+
+async def test_a_key_claimed_by_an_open_transaction_is_in_progress(
+    engine: AsyncEngine, clock: FrozenClock
+) -> None:
+    await add_partner(engine, clock)
+    async with driver_connection(engine) as first, store.transaction(first):
+        assert await replay_or_claim(first, "grocer", KEY) is None
+        async with driver_connection(engine) as second, store.transaction(second):
+            with pytest.raises(RequestInProgress):
+                await replay_or_claim(second, "grocer", KEY)
+            locked, _ = await store.claim_keys(second, [("grocer", KEY.key)], barrier=True)
+            assert locked == set()
+
+
+async def test_member_keys_are_their_own_scope(
+    engine: AsyncEngine, clock: FrozenClock, ledger: LedgerService
+) -> None:
+    """The same function with `scope=MEMBER_KEYS` writes and reads members' keys, and a
+    partner's key of the same name is another key."""
+    await add_partner(engine, clock)
+    member = await enrol(ledger, "grocer")
+    claim = (member, KEY.key)
+    record = store.IdempotencyRecord(member, KEY.key, KEY.fingerprint, 201, b"{}", None)
+    async with driver_connection(engine) as conn, store.transaction(conn):
+        locked, stored = await store.claim_keys(conn, [claim], scope=store.MEMBER_KEYS)
+        assert (locked, stored) == ({claim}, {})
+        await store.remember(conn, [record], scope=store.MEMBER_KEYS, at=clock.now())
+    assert await _stored(engine, "member_idempotency_keys") == 1
+    assert await _stored(engine, "idempotency_keys") == 0
+    async with driver_connection(engine) as conn, store.transaction(conn):
+        locked, stored = await store.claim_keys(conn, [claim], scope=store.MEMBER_KEYS)
+        assert stored == {claim: store.StoredResponse(KEY.fingerprint, 201, b"{}")}
+        async with engine.connect() as sa:
+            at = await sa.scalar(text("SELECT created_at FROM member_idempotency_keys"))
+        assert at == clock.now()
+        # Partner scope, no barrier (the off-path claim): a different table and lock.
+        locked, stored = await store.claim_keys(conn, [("grocer", KEY.key)], barrier=False)
+        assert (locked, stored) == ({("grocer", KEY.key)}, {})
