@@ -7,6 +7,7 @@ _keys         idempotency keys, partner- and member-scoped: `claim_keys`, `remem
               (and the settlement barrier, entered with the claim)
 _write        the batch's one write statement, its columns derived from `exchange.tables`
 _rows         the row structs the store writes (fields = table columns, in order)
+_records      the idempotency and signature records; the barrier key, counter shards
 _reads        balance reads and the sweep's due members
 _queries      off the hot path: closing the journal, enrolment, history, liability
 _members      tiers' qualifying points, the transfer limit's 30-day total
