@@ -355,7 +355,8 @@ class LedgerService:
     async def get_transaction(self, partner_id: str, posting_id: uuid.UUID) -> Transaction:
         """One of the partner's own transactions; anything else is 404."""
         async with driver_connection(self.engine) as conn:
-            row = await store.fetch_posting(conn, posting_id)
+            with store.translate_errors():
+                row = await store.fetch_posting(conn, posting_id)
         if row is None or row.partner_id != partner_id or row.type not in PARTNER_TRANSACTION_TYPES:
             raise TransactionNotFound()
         return transaction_from_row(row)
@@ -380,17 +381,18 @@ class LedgerService:
             if before is None:
                 raise Unprocessable("after is not a cursor this API returned.")
         async with driver_connection(self.engine) as conn:
-            rows = await store.list_postings(
-                conn,
-                types=types,
-                limit=limit + 1,
-                partner_id=partner_id,
-                member_id=member_id,
-                reference=reference,
-                before=before,
-                posted_after=posted_after,
-                posted_before=posted_before,
-            )
+            with store.translate_errors():
+                rows = await store.list_postings(
+                    conn,
+                    types=types,
+                    limit=limit + 1,
+                    partner_id=partner_id,
+                    member_id=member_id,
+                    reference=reference,
+                    before=before,
+                    posted_after=posted_after,
+                    posted_before=posted_before,
+                )
         page = rows[:limit]
         cursor = (
             encode_cursor(page[-1].posted_at, page[-1].posting_id) if len(rows) > limit else None
@@ -399,7 +401,8 @@ class LedgerService:
 
     async def get_hold(self, partner_id: str, hold_id: uuid.UUID) -> Hold:
         async with driver_connection(self.engine) as conn:
-            row = await store.fetch_hold(conn, hold_id)
+            with store.translate_errors():
+                row = await store.fetch_hold(conn, hold_id)
         if row is None or row.partner_id != partner_id:
             raise HoldNotFound()
         return hold_from_row(row, self.clock.now())

@@ -46,6 +46,7 @@ _LOST = (
     TimeoutError,
 )
 _CHAIN_DEPTH_MAX = 8
+_BAD_VALUE = "A value in the request cannot be stored (bad characters or out of range)."
 
 
 class RetryableConflict(Exception):
@@ -76,10 +77,17 @@ def _sqlstate(exc: BaseException) -> str | None:
     return None
 
 
+def _is_bad_argument(exc: BaseException) -> bool:
+    """asyncpg refused to encode a query argument (a date PostgreSQL cannot hold, ...)
+    before sending anything: the request's value, not the connection. (Its client-side
+    `DataError` is both an InterfaceError and a ValueError; it is not exported.)"""
+    return isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError)
+
+
 def is_connection_lost(exc: BaseException) -> bool:
     """The connection this failed on cannot be used again: discard it, never reuse it."""
     for candidate in _causes(exc):
-        if isinstance(candidate, _LOST):
+        if isinstance(candidate, _LOST) and not _is_bad_argument(candidate):
             return True
         if isinstance(candidate, DBAPIError) and candidate.connection_invalidated:
             return True
@@ -152,13 +160,15 @@ def translate_errors() -> Iterator[None]:
         if state is not None and state.startswith("22"):
             # A data exception (a NUL byte, a value out of range): the request carried a
             # value PostgreSQL cannot hold. The edges check formats first; this is the net.
-            raise Unprocessable(
-                "A value in the request cannot be stored (bad characters or out of range)."
-            ) from exc
+            raise Unprocessable(_BAD_VALUE) from exc
         if state is not None and (state.startswith("23") or state == "P0001"):
             raise InvariantViolation(f"database refused a write ({state}): {exc}") from exc
         if is_unavailable(exc):
             raise _unavailable(exc) from exc
         raise
-    except (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError, OSError) as exc:
+    except asyncpg.InterfaceError as exc:
+        if _is_bad_argument(exc):
+            raise Unprocessable(_BAD_VALUE) from exc
+        raise _unavailable(exc) from exc
+    except (asyncpg.exceptions.InternalClientError, OSError) as exc:
         raise _unavailable(exc) from exc
