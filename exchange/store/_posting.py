@@ -45,6 +45,7 @@ from exchange.ledger import (
     PostingType,
 )
 from exchange.store._connection import Connection
+from exchange.store._rows import LotRow
 
 __all__ = [
     "claim_nonces",
@@ -208,10 +209,9 @@ async def load_partner_terms(
 
 # -- books -----------------------------------------------------------------------------------
 
-_LOT_COLUMNS = (
-    "lot_id, member_id, issuer_id, earn_id, initial, remaining, unit_price, available_at, "
-    "expires_at, matured, created_at"
-)
+# A book's lots are read back as the rows the store writes (`_rows.LotRow`, the table's
+# columns in order), so the read cannot miss a column the write has.
+_LOT_COLUMNS = ", ".join(LotRow.__struct_fields__)
 # Three index-friendly parts: the members' open lots, named lots (a reversal's), and
 # the lots reserved by the members' open holds or by named holds. One JSON document
 # decoded by msgspec is several times cheaper than decoding rows field by field.
@@ -243,21 +243,7 @@ SELECT
 """  # noqa: S608 - built from constant column lists, never from input
 
 
-class _LotRow(msgspec.Struct, array_like=True):
-    lot_id: uuid.UUID
-    member_id: str
-    issuer_id: str
-    earn_id: uuid.UUID
-    initial: int
-    remaining: int
-    unit_price: Decimal
-    available_at: datetime
-    expires_at: datetime
-    matured: bool
-    created_at: datetime
-
-
-_LOT_ROWS = msgspec.json.Decoder(list[_LotRow])
+_LOT_ROWS = msgspec.json.Decoder(list[LotRow])
 
 
 def _lots(document: str) -> list[Lot]:
@@ -274,6 +260,7 @@ def _lots(document: str) -> list[Lot]:
             row.expires_at,
             row.matured,
             row.created_at,
+            row.source_lot_id,
         )
         for row in _LOT_ROWS.decode(document)
     ]
