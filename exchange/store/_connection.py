@@ -38,7 +38,11 @@ async def driver_of(conn: AsyncConnection | Connection) -> Connection:
     driver = fairy.driver_connection
     if not isinstance(driver, asyncpg.Connection):
         raise TypeError(f"expected an asyncpg connection, got {type(driver).__name__}")
-    adapted: Any = fairy.dbapi_connection
-    if conn.in_transaction() and getattr(adapted, "_transaction", None) is None:
-        await adapted._start_transaction()  # SQLAlchemy's own lazy BEGIN
+    if conn.in_transaction() and not driver.is_in_transaction():
+        adapted: Any = fairy.dbapi_connection
+        start = getattr(adapted, "_start_transaction", None)  # SQLAlchemy's own lazy BEGIN
+        if start is not None:
+            await start()
+        else:  # a SQLAlchemy without it: any statement through SQLAlchemy begins
+            await conn.exec_driver_sql("SELECT 1")
     return driver
