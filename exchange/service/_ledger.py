@@ -52,7 +52,7 @@ from exchange.service._commands import (
     SweepResult,
     VoidHold,
 )
-from exchange.service._idempotency import remember, replay_or_claim
+from exchange.service._idempotency import claim_outcome, remember, replay_or_claim
 from exchange.store import Connection
 from exchange.views import (
     decode_cursor,
@@ -220,17 +220,17 @@ class LedgerService:
             idempotency = batch.requests[index].idempotency
             if idempotency is None:  # pragma: no cover - claims only holds requests with keys
                 continue
-            if claim not in locked or claim in seen:
+            if claim in seen:  # twice in this batch: the first one is being processed
                 batch.fail(index, RequestInProgress())
-            elif claim in stored:
-                previous = stored[claim]
-                if previous.fingerprint != idempotency.fingerprint:
-                    batch.fail(index, IdempotencyKeyReused())
-                else:
-                    batch.outcomes[index] = Outcome(
-                        previous.status_code, previous.response, replayed=True
-                    )
+                continue
             seen.add(claim)
+            try:  # the same decision as every single idempotent request's
+                earlier = claim_outcome(claim, idempotency, locked, stored)
+            except (RequestInProgress, IdempotencyKeyReused) as exc:
+                batch.fail(index, exc)
+            else:
+                if earlier is not None:
+                    batch.outcomes[index] = earlier
 
     async def _resolve_members(self, conn: Connection, batch: _Batch) -> None:
         """Which member each request is about; unknown or foreign holds and transactions
