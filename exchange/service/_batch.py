@@ -46,7 +46,7 @@ from exchange.service._commands import (
 
 
 @dataclass
-class _Batch:
+class PendingBatch:
     """Working state of one submit: which request is about which member, and results."""
 
     requests: Sequence[LedgerRequest]
@@ -67,8 +67,8 @@ class _Batch:
         return [index for index, outcome in enumerate(self.outcomes) if outcome is None]
 
 
-def _apply(
-    batch: _Batch,
+def apply_rule(
+    batch: PendingBatch,
     index: int,
     book: MemberBook,
     partners: dict[str, PartnerState],
@@ -124,7 +124,7 @@ def _apply(
 
 
 def _execute(
-    batch: _Batch, book: MemberBook, partner: PartnerState, command: Command, ctx: Context
+    batch: PendingBatch, book: MemberBook, partner: PartnerState, command: Command, ctx: Context
 ) -> Effect:
     """Apply one command with the pure rules."""
     match command:

@@ -39,7 +39,7 @@ from exchange.ledger import (
 from exchange.members import QUALIFYING_WINDOW, tier_status
 from exchange.retry import retry_conflicts
 from exchange.schemas import Hold, MemberCreated, Transaction, TransactionPage
-from exchange.service._batch import _apply, _Batch
+from exchange.service._batch import PendingBatch, apply_rule
 from exchange.service._commands import (
     CaptureHold,
     Command,
@@ -116,7 +116,7 @@ class LedgerService:
         )
 
     async def _run(self, conn: Connection, requests: Sequence[LedgerRequest]) -> list[Outcome]:
-        batch = _Batch(requests, [None] * len(requests), self.render)
+        batch = PendingBatch(requests, [None] * len(requests), self.render)
         async with store.transaction(conn):
             await self._claim_nonces(conn, batch)
             await self._claim_keys(conn, batch)
@@ -133,7 +133,7 @@ class LedgerService:
             # transaction commits empty, releasing the locks.
         return [outcome or Outcome() for outcome in batch.outcomes]
 
-    async def _load(self, conn: Connection, batch: _Batch) -> dict[str, MemberBook]:
+    async def _load(self, conn: Connection, batch: PendingBatch) -> dict[str, MemberBook]:
         """Lock the members, load partners, originals and books; apply every request."""
         if not batch.pending():
             return {}
@@ -158,11 +158,11 @@ class LedgerService:
             now=self.clock.now(), closed_until=closed_until, points_ttl=self.points_ttl, ids=new_id
         )
         for index in batch.pending():
-            _apply(batch, index, books[batch.members[index]], partners, ctx)
+            apply_rule(batch, index, books[batch.members[index]], partners, ctx)
         return books
 
     async def _load_tiers(
-        self, conn: Connection, batch: _Batch, partners: dict[str, PartnerState]
+        self, conn: Connection, batch: PendingBatch, partners: dict[str, PartnerState]
     ) -> None:
         """The tier of each member about to earn from a purchase with a partner that has
         tier multipliers: from the journal as committed before this batch (under the
@@ -183,11 +183,11 @@ class LedgerService:
         batch.tiers = {m: tier_status(p, self.tiers).name for m, p in points.items()}
 
     @staticmethod
-    def _commands(batch: _Batch) -> list[Command]:
+    def _commands(batch: PendingBatch) -> list[Command]:
         return [batch.requests[index].command for index in batch.pending()]
 
     @staticmethod
-    async def _claim_nonces(conn: Connection, batch: _Batch) -> None:
+    async def _claim_nonces(conn: Connection, batch: PendingBatch) -> None:
         """Spend each signed request's nonce in this database transaction: one durable
         commit for the nonce and the posting. A replay (stored, or twice in this batch) is
         refused before its key is claimed; every other outcome, refusals included, commits
@@ -208,7 +208,7 @@ class LedgerService:
             if pair not in stored:
                 batch.fail(index, _replayed())
 
-    async def _claim_keys(self, conn: Connection, batch: _Batch) -> None:
+    async def _claim_keys(self, conn: Connection, batch: PendingBatch) -> None:
         claims = {
             index: (request.command.partner_id, request.idempotency.key)
             for index, request in enumerate(batch.requests)
@@ -232,7 +232,7 @@ class LedgerService:
                 if earlier is not None:
                     batch.outcomes[index] = earlier
 
-    async def _resolve_members(self, conn: Connection, batch: _Batch) -> None:
+    async def _resolve_members(self, conn: Connection, batch: PendingBatch) -> None:
         """Which member each request is about; unknown or foreign holds and transactions
         are 404, exactly as if they did not exist."""
         commands = {index: batch.requests[index].command for index in batch.pending()}
@@ -263,11 +263,11 @@ class LedgerService:
                 batch.members[index] = command.member_id
 
     @staticmethod
-    def _reversal_targets(batch: _Batch) -> list[uuid.UUID]:
+    def _reversal_targets(batch: PendingBatch) -> list[uuid.UUID]:
         return [c.transaction_id for c in LedgerService._commands(batch) if isinstance(c, Reverse)]
 
     @staticmethod
-    def _original_lots(batch: _Batch) -> list[uuid.UUID]:
+    def _original_lots(batch: PendingBatch) -> list[uuid.UUID]:
         wanted: list[uuid.UUID] = []
         for original in batch.originals.values():
             if original.lot_id is not None:

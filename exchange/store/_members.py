@@ -11,8 +11,8 @@ from datetime import datetime
 
 from exchange.ledger import MemberBook, PostingType
 from exchange.store._connection import Connection
-from exchange.store._posting import _holds, _lots
-from exchange.store._reads import _READ_BOOK_SQL
+from exchange.store._posting import holds_of, lots_of
+from exchange.store._reads import READ_BOOK_SQL
 
 __all__ = [
     "qualifying_points",
@@ -39,12 +39,12 @@ FROM unnest($1::text[]) AS m(member_id)
 
 # The balance read of `_reads`, plus the qualifying points, in the same single statement
 # (one round trip, one snapshot); erased members are not found.
-_READ_BALANCE_SQL = _READ_BOOK_SQL.replace(
+_READ_BALANCE_SQL = READ_BOOK_SQL.replace(
     "\nFROM members AS m\nWHERE m.member_id = $1\n",
     f", {_QUALIFYING_EXPR.format(member='m.member_id', since='$3')} AS qualifying"
     "\nFROM members AS m\nWHERE m.member_id = $1 AND m.status = 'active'\n",
 )
-if _READ_BALANCE_SQL == _READ_BOOK_SQL:  # pragma: no cover - caught by any balance test
+if _READ_BALANCE_SQL == READ_BOOK_SQL:  # pragma: no cover - caught by any balance test
     raise RuntimeError("the balance read's statement changed shape; update _READ_BALANCE_SQL")
 
 
@@ -64,9 +64,9 @@ async def read_book_with_qualifying(
     if row is None:
         return None
     book = MemberBook(member_id=member_id, debt=row["debt"])
-    for lot in _lots(row["lots"]):
+    for lot in lots_of(row["lots"]):
         book.lots[lot.lot_id] = lot
-    for hold in _holds(row["holds"]):
+    for hold in holds_of(row["holds"]):
         book.holds[hold.hold_id] = hold
     return book, row["closed_until"], int(row["qualifying"])
 

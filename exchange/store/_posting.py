@@ -211,11 +211,11 @@ async def load_partner_terms(
 
 # A book's lots are read back as the rows the store writes (`_rows.LotRow`, the table's
 # columns in order), so the read cannot miss a column the write has.
-_LOT_COLUMNS = ", ".join(LotRow.__struct_fields__)
+LOT_COLUMNS = ", ".join(LotRow.__struct_fields__)
 # Three index-friendly parts: the members' open lots, named lots (a reversal's), and
 # the lots reserved by the members' open holds or by named holds. One JSON document
 # decoded by msgspec is several times cheaper than decoding rows field by field.
-_HOLD_JSON = """json_build_array(
+HOLD_JSON = """json_build_array(
        h.hold_id, h.member_id, h.partner_id, h.points, h.status, h.created_at, h.expires_at,
        h.reference, h.captured_points, h.transaction_id, h.closed_at,
        (SELECT json_agg(json_build_array(a.lot_id, a.points)
@@ -224,19 +224,19 @@ _HOLD_JSON = """json_build_array(
         WHERE a.posting_id = h.hold_posting_id AND a.kind = 'draw'))"""
 _BOOKS_SQL = f"""
 SELECT
-  (SELECT coalesce(json_agg(json_build_array({_LOT_COLUMNS})), '[]')::text FROM (
-      SELECT {_LOT_COLUMNS} FROM lots
+  (SELECT coalesce(json_agg(json_build_array({LOT_COLUMNS})), '[]')::text FROM (
+      SELECT {LOT_COLUMNS} FROM lots
       WHERE member_id = ANY($1::text[]) AND (remaining > 0 OR NOT matured)
       UNION ALL
-      SELECT {_LOT_COLUMNS} FROM lots WHERE lot_id = ANY($2::uuid[])
+      SELECT {LOT_COLUMNS} FROM lots WHERE lot_id = ANY($2::uuid[])
       UNION ALL
-      SELECT {", ".join("l." + c.strip() for c in _LOT_COLUMNS.split(","))}
+      SELECT {", ".join("l." + c.strip() for c in LOT_COLUMNS.split(","))}
       FROM holds AS h
       JOIN allocations AS a ON a.posting_id = h.hold_posting_id AND a.kind = 'draw'
       JOIN lots AS l ON l.lot_id = a.lot_id
       WHERE (h.member_id = ANY($1::text[]) AND h.status = 'open') OR h.hold_id = ANY($3::uuid[])
   ) AS book_lots) AS lots,
-  (SELECT coalesce(json_agg({_HOLD_JSON}), '[]')::text
+  (SELECT coalesce(json_agg({HOLD_JSON}), '[]')::text
    FROM holds AS h
    WHERE (h.member_id = ANY($1::text[]) AND h.status = 'open') OR h.hold_id = ANY($3::uuid[])
   ) AS holds
@@ -246,7 +246,7 @@ SELECT
 _LOT_ROWS = msgspec.json.Decoder(list[LotRow])
 
 
-def _lots(document: str) -> list[Lot]:
+def lots_of(document: str) -> list[Lot]:
     return [
         Lot(
             row.lot_id,
@@ -284,7 +284,7 @@ class _HoldRow(msgspec.Struct, array_like=True):
 _HOLD_ROWS = msgspec.json.Decoder(list[_HoldRow])
 
 
-def _holds(document: str) -> list[Hold]:
+def holds_of(document: str) -> list[Hold]:
     return [
         Hold(
             hold_id=row.hold_id,
@@ -323,11 +323,11 @@ async def load_books(
     row = await conn.fetchrow(_BOOKS_SQL, member_ids, list(set(lot_ids)), holds)
     if row is None:  # an aggregate over the locked members: always exactly one row
         raise InvariantViolation("the books query returned no row")
-    for lot in _lots(row["lots"]):
+    for lot in lots_of(row["lots"]):
         book = books.get(lot.member_id)
         if book is not None:
             book.lots[lot.lot_id] = lot
-    for hold in _holds(row["holds"]):
+    for hold in holds_of(row["holds"]):
         book = books.get(hold.member_id)
         if book is not None:
             book.holds[hold.hold_id] = hold

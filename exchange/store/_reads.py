@@ -8,7 +8,7 @@ from datetime import datetime
 
 from exchange.ledger import MemberBook
 from exchange.store._connection import Connection
-from exchange.store._posting import _HOLD_JSON, _LOT_COLUMNS, _holds, _lots
+from exchange.store._posting import HOLD_JSON, LOT_COLUMNS, holds_of, lots_of
 
 __all__ = ["due_member_ids", "read_book"]
 
@@ -20,18 +20,18 @@ __all__ = ["due_member_ids", "read_book"]
 # open lots, open holds with what they reserved, and the lots those holds reserved from
 # (an expired hold's points flow back through them). Correlated on the one member, so
 # every part is an index lookup.
-_READ_BOOK_SQL = f"""
+READ_BOOK_SQL = f"""
 SELECT m.debt, (SELECT closed_until FROM ledger_state WHERE id = 1) AS closed_until,
-       (SELECT coalesce(json_agg(json_build_array({_LOT_COLUMNS})), '[]')::text
-        FROM (SELECT {_LOT_COLUMNS} FROM lots
+       (SELECT coalesce(json_agg(json_build_array({LOT_COLUMNS})), '[]')::text
+        FROM (SELECT {LOT_COLUMNS} FROM lots
               WHERE member_id = m.member_id AND (remaining > 0 OR NOT matured)
               UNION ALL
-              SELECT {", ".join("l." + c.strip() for c in _LOT_COLUMNS.split(","))}
+              SELECT {", ".join("l." + c.strip() for c in LOT_COLUMNS.split(","))}
               FROM holds AS h
               JOIN allocations AS a ON a.posting_id = h.hold_posting_id AND a.kind = 'draw'
               JOIN lots AS l ON l.lot_id = a.lot_id
               WHERE h.member_id = m.member_id AND h.status = 'open') AS book_lots) AS lots,
-       (SELECT coalesce(json_agg({_HOLD_JSON}), '[]')::text
+       (SELECT coalesce(json_agg({HOLD_JSON}), '[]')::text
         FROM holds AS h WHERE h.member_id = m.member_id AND h.status = 'open') AS holds
 FROM members AS m
 WHERE m.member_id = $1
@@ -45,13 +45,13 @@ async def read_book(
 ) -> tuple[MemberBook, datetime] | None:
     """A member's book for a balance read (no locks), or None for an unknown member (or,
     with `linked_to`, one not linked to that partner)."""
-    row = await conn.fetchrow(_READ_BOOK_SQL, member_id, linked_to)
+    row = await conn.fetchrow(READ_BOOK_SQL, member_id, linked_to)
     if row is None:
         return None
     book = MemberBook(member_id=member_id, debt=row["debt"])
-    for lot in _lots(row["lots"]):
+    for lot in lots_of(row["lots"]):
         book.lots[lot.lot_id] = lot
-    for hold in _holds(row["holds"]):
+    for hold in holds_of(row["holds"]):
         book.holds[hold.hold_id] = hold
     return book, row["closed_until"]
 

@@ -46,6 +46,7 @@ from settlement.store._payments import (
     open_items,
 )
 from settlement.store._period import (
+    MEASURING_QUERIES,
     SETTLEMENT_WORK_MEM_MB,
     read_period,
 )
@@ -81,6 +82,7 @@ from settlement.store._scheduler import (
 __all__ = [
     "AGEING_LIMITS_DAYS",
     "LINE_POSTING_TYPES",
+    "MEASURING_QUERIES",
     "SETTLEMENT_WORK_MEM_MB",
     "LiabilityReconciliation",
     "LiabilityRow",

@@ -16,7 +16,7 @@ from settlement.engine import (
     PeriodFigures,
 )
 
-__all__ = ["SETTLEMENT_WORK_MEM_MB", "read_period"]
+__all__ = ["MEASURING_QUERIES", "SETTLEMENT_WORK_MEM_MB", "read_period"]
 
 SETTLEMENT_WORK_MEM_MB = 64
 
@@ -93,6 +93,15 @@ SELECT coalesce(sum(amount) FILTER (
            WHERE posted_at >= :start AND account = 'adjusted'), 0) AS adjusted
 FROM entries
 WHERE account IN ('available', 'held', 'pending', 'adjusted') AND posted_at < :end"""
+
+
+# The period's measuring queries by name, for `exchange bench settlement --explain`.
+MEASURING_QUERIES = {
+    "activity": _ACTIVITY_SQL,
+    "accounts": _ACCOUNTS_SQL,
+    "cross_brand": _CROSS_BRAND_SQL,
+    "outstanding": _OUTSTANDING_SQL,
+}
 
 
 async def read_period(conn: AsyncConnection, period: Period) -> PeriodFigures:

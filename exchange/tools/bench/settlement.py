@@ -37,7 +37,7 @@ from exchange.embedded import EmbeddedPostgres
 from exchange.verify import verify_ledger
 from exchange.wiring import build_services
 from settlement.engine import BEGINNING_OF_TIME, Period
-from settlement.store import read_period
+from settlement.store import MEASURING_QUERIES, SETTLEMENT_WORK_MEM_MB, read_period
 
 __all__ = ["SettlementBenchOptions", "run_settlement_bench"]
 
@@ -200,13 +200,10 @@ async def _baseline(engine: AsyncEngine) -> float:
 
 async def _explain(engine: AsyncEngine, period: Period) -> None:
     """EXPLAIN ANALYZE each measuring query: where a run spends its time."""
-    from settlement.store import _period as measuring  # noqa: PLC0415
-
     bounds = {"start": period.start, "end": period.end}
     async with engine.connect() as conn, conn.begin():
-        await conn.execute(text(f"SET LOCAL work_mem = '{measuring.SETTLEMENT_WORK_MEM_MB}MB'"))
-        for name in ("_ACTIVITY_SQL", "_ACCOUNTS_SQL", "_CROSS_BRAND_SQL", "_OUTSTANDING_SQL"):
-            sql = getattr(measuring, name)
+        await conn.execute(text(f"SET LOCAL work_mem = '{SETTLEMENT_WORK_MEM_MB}MB'"))
+        for name, sql in MEASURING_QUERIES.items():
             rows = await conn.execute(text("EXPLAIN (ANALYZE, COSTS OFF) " + sql), bounds)
             click.echo(f"-- {name}")
             click.echo("\n".join(row[0] for row in rows))
