@@ -6,7 +6,7 @@ rules produce and `exchange.service` runs them inside database transactions.
 The posting rules' contract (validate first, mutate after; time-driven changes applied
 first, in order, never stamped inside a closed period) is the docstring of `_operations`.
 `_model` holds the data; `_common` what the rules share; `_time` the time-driven changes
-(`settle_due`); `_operations` earns, burns, holds and balances; `_reversals` reversals;
+(`apply_due`); `_operations` earns, burns, holds and balances; `_reversals` reversals;
 `_transfers` member-to-member transfers.
 """
 
@@ -45,7 +45,7 @@ from exchange.ledger._operations import (
     void_hold,
 )
 from exchange.ledger._reversals import reverse
-from exchange.ledger._time import settle_due
+from exchange.ledger._time import apply_due
 from exchange.ledger._transfers import TransferLimits, transfer
 
 __all__ = [
@@ -75,6 +75,7 @@ __all__ = [
     "PostingType",
     "TransferLimits",
     "adjust",
+    "apply_due",
     "balance",
     "burn",
     "capture_hold",
@@ -82,7 +83,6 @@ __all__ = [
     "open_hold",
     "points_for_purchase",
     "reverse",
-    "settle_due",
     "transfer",
     "void_hold",
 ]

@@ -3,7 +3,7 @@ postings it records. Pure: no I/O, no clock but the one passed in.
 
 Every rule validates first and mutates after, so an operation that raises leaves the
 book exactly as it found it. Time-driven changes (pending points maturing, holds
-expiring, lots expiring) are applied by `settle_due` before any operation, in the
+expiring, lots expiring) are applied by `apply_due` before any operation, in the
 order they fell due, and stamped with the moment they fell due (never before the
 ledger's `closed_until`: a closed settlement period never changes).
 """

@@ -1,6 +1,6 @@
 """Time-driven changes: pending points maturing, holds expiring, lots expiring.
 
-`settle_due` applies them before any operation (see the rules' contract in
+`apply_due` applies them before any operation (see the rules' contract in
 `_operations`).
 """
 
@@ -21,7 +21,7 @@ from exchange.ledger._common import (
 )
 from exchange.ledger._model import Account, Hold, HoldStatus, Lot, MemberBook, Posting, PostingType
 
-__all__ = ["release_hold", "settle_due"]
+__all__ = ["apply_due", "release_hold"]
 
 
 # -- time-driven changes -----------------------------------------------------------------------
@@ -103,7 +103,7 @@ def _next_due(book: MemberBook, now: datetime) -> datetime | None:
     return min(moments, default=None)
 
 
-def _settle_moment(book: MemberBook, ctx: Context, moment: datetime) -> None:
+def _apply_moment(book: MemberBook, ctx: Context, moment: datetime) -> None:
     """Everything falling due at one instant: pending lots mature and open holds expire
     (their points become spendable together), then any debt is repaid once, soonest-
     expiring points first, then lots expiring at this instant expire."""
@@ -133,7 +133,7 @@ def _settle_moment(book: MemberBook, ctx: Context, moment: datetime) -> None:
             expire_lot(book, ctx, lot, at)
 
 
-def settle_due(book: MemberBook, ctx: Context) -> None:
+def apply_due(book: MemberBook, ctx: Context) -> None:
     """Apply every time-driven change due by `ctx.now`, instant by instant, in order."""
     while (moment := _next_due(book, ctx.now)) is not None:
-        _settle_moment(book, ctx, moment)
+        _apply_moment(book, ctx, moment)

@@ -5,7 +5,7 @@ order (the settlement barrier shared, the idempotency key try-locked, both membe
 locked in member_id order, books loaded, the pure rule applied, one write statement):
 
     barrier → member key → lock sender and recipient (sorted) → books → 30-day total
-    → settle due changes → `ledger.transfer` → write postings, lots, allocations → key
+    → apply due changes → `ledger.transfer` → write postings, lots, allocations → key
 
 so a transfer and any posting, burn or transfer in the opposite direction serialise on
 the member rows without deadlocking, and nothing it refuses changes anything.
@@ -37,8 +37,8 @@ from exchange.ledger import (
     MemberBook,
     Posting,
     TransferLimits,
+    apply_due,
     balance,
-    settle_due,
     transfer,
 )
 from exchange.members import _store
@@ -98,7 +98,7 @@ class MembersService:
             raise MemberNotFound(f"No member {member_id}.")
         book, closed_until, qualifying = loaded
         # Apply what has fallen due to this throwaway copy, exactly as a posting would.
-        settle_due(book, self._context(now, closed_until, uuid.uuid4))
+        apply_due(book, self._context(now, closed_until, uuid.uuid4))
         return balance(book, now), tier_status(qualifying, self.settings.tiers)
 
     # -- transfers --------------------------------------------------------------------------
@@ -142,7 +142,7 @@ class MembersService:
         sent = await store.transferred_since(conn, member_id, now - TRANSFER_WINDOW)
         ctx = self._context(now, closed_until)
         for book in books.values():
-            settle_due(book, ctx)
+            apply_due(book, ctx)
         sender, recipient = books[member_id], books[to_member_id]
         transfer_id = new_id()
         out_posting, in_posting = transfer(

@@ -36,7 +36,7 @@ from exchange.errors import (
     Unprocessable,
 )
 from exchange.ids import format_transaction_id, new_adjustment_id, new_id
-from exchange.ledger import Context, PartnerState, adjust, balance, settle_due
+from exchange.ledger import Context, PartnerState, adjust, apply_due, balance
 from exchange.logs import get_logger
 from exchange.service._commands import Idempotency, Outcome
 from exchange.service._idempotency import remember, replay_or_claim
@@ -232,7 +232,7 @@ class AdjustmentService:
         ctx = Context(
             now=now, closed_until=closed_until, points_ttl=self.ledger.points_ttl, ids=new_id
         )
-        settle_due(book, ctx)
+        apply_due(book, ctx)
         posting = adjust(book, ctx, issuer, row.points, reference=row.adjustment_id)
         write = store.BatchWrite()
         write.add_books([book], {posting.posting_id: balance(book, now)})

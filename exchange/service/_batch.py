@@ -21,6 +21,7 @@ from exchange.ledger import (
     MemberBook,
     OriginalPosting,
     PartnerState,
+    apply_due,
     balance,
     burn,
     capture_hold,
@@ -28,7 +29,6 @@ from exchange.ledger import (
     open_hold,
     points_for_purchase,
     reverse,
-    settle_due,
     void_hold,
 )
 from exchange.service._commands import (
@@ -84,7 +84,7 @@ def apply_rule(
             raise PartnerTerminated(f"Partner {command.partner_id} has been terminated.")
         if not partner.terms.active:
             raise PartnerSuspended(f"Partner {command.partner_id} is suspended.")
-        settle_due(book, ctx)
+        apply_due(book, ctx)
         effect = _execute(batch, book, partner, command, ctx)
     except ExchangeError as error:
         batch.fail(index, error)

@@ -33,8 +33,8 @@ from exchange.ledger import (
     MemberBook,
     PartnerState,
     PostingType,
+    apply_due,
     balance,
-    settle_due,
 )
 from exchange.members import QUALIFYING_WINDOW, tier_status
 from exchange.retry import retry_conflicts
@@ -333,7 +333,7 @@ class LedgerService:
     async def _sweep_members(
         self, conn: Connection, now: datetime, limit: int, result: SweepResult
     ) -> bool:
-        """One round: lock up to `limit` members with something due, settle them, write."""
+        """One round: lock up to `limit` members with something due, apply what fell due, write."""
         await store.enter_settlement_barrier(conn)
         member_ids = await store.due_member_ids(conn, now, limit)
         if not member_ids:
@@ -342,7 +342,7 @@ class LedgerService:
         books = await store.load_books(conn, debts)
         ctx = Context(now=now, closed_until=closed_until, points_ttl=self.points_ttl, ids=new_id)
         for book in books.values():
-            settle_due(book, ctx)
+            apply_due(book, ctx)
             result.count(book.postings)
         write = store.BatchWrite()
         write.add_books(books.values(), {})
@@ -419,7 +419,7 @@ class LedgerService:
         book, closed_until = loaded
         now = self.clock.now()
         # Apply what has fallen due to this throwaway copy, exactly as a posting would.
-        settle_due(
+        apply_due(
             book,
             Context(now=now, closed_until=closed_until, points_ttl=self.points_ttl, ids=uuid.uuid4),
         )

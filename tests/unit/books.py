@@ -12,7 +12,7 @@ any open holds) as whitespace-separated columns; `-` means "none". Times are ISO
     ''')
 
 `available` `-` means the lot's points were available when it was created; a time means
-the lot is pending until then (its maturation is applied by `settle_due`, as on read).
+the lot is pending until then (its maturation is applied by `apply_due`, as on read).
 `remaining` defaults to `points`, `created` to `now-1d`, `price` to the issuer's issue
 price. Holds are a second table (`hold partner points created expires draws`, draws as
 `a:20,b:10`); the lots' `remaining` is written net of what holds reserved, as stored.
@@ -22,7 +22,7 @@ rule runs (`ledger.earn("grocer", 10, lot="c")`), so assertions read like the ta
 `ledger.remaining() == {"a": 70, "b": 20, "c": 10}`.
 
 The harness mirrors the service: each operation first applies what has fallen due
-(`settle_due`), then the rule. `refused` checks the other half of the contract: the rule
+(`apply_due`), then the rule. `refused` checks the other half of the contract: the rule
 raises its typed error and leaves the book and the partners' state exactly as they were.
 Ids come from a counter, so the same test always builds the same book.
 """
@@ -52,13 +52,13 @@ from exchange.ledger import (
     PartnerTerms,
     Posting,
     PostingType,
+    apply_due,
     balance,
     burn,
     capture_hold,
     earn,
     open_hold,
     reverse,
-    settle_due,
     void_hold,
 )
 
@@ -227,7 +227,7 @@ class Ledger:
     def settle(self) -> list[Posting]:
         """Apply what has fallen due by now (as every read and posting does)."""
         before = len(self.book.postings)
-        settle_due(self.book, self.ctx)
+        apply_due(self.book, self.ctx)
         return self.book.postings[before:]
 
     def earn(

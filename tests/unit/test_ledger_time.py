@@ -1,4 +1,4 @@
-"""Time-driven changes applied on read (`settle_due`): pending points mature, holds and
+"""Time-driven changes applied on read (`apply_due`): pending points mature, holds and
 lots expire, each stamped when it fell due, in order, never inside a closed period.
 Pure: no database, each rule run on a book written as a table."""
 
