@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import msgspec
 
+from exchange.tools.bench.monitor import Monitor, cpu_ms_per_item
 from exchange.tools.bench.presign import Signer, Workload
 from partners.signing import load_private_key, sign_request
 
@@ -33,6 +34,10 @@ class BatchResult:
     seconds: float
     postings_per_s: float
     ratio_to_pgbench: float | None = None
+    # CPU over the scenario, % of one core per group (server, postgres, other: everything
+    # else on the machine), and milliseconds of it per posting.
+    cpu_percent: dict[str, float] = field(default_factory=dict)
+    cpu_ms_per_posting: dict[str, float] = field(default_factory=dict)
 
 
 def _signed(
@@ -87,12 +92,15 @@ async def _one(
     raise RuntimeError(f"batch {path} not completed within {TIMEOUT_S} s")
 
 
-async def run_batch_scenario(base_url: str, workload: Workload) -> BatchResult:
+async def run_batch_scenario(
+    base_url: str, workload: Workload, monitor: Monitor | None = None
+) -> BatchResult:
     """Every partner (up to 50) uploads one batch at the same moment; wait for all."""
     tag = uuid.uuid4().hex[:8]
     signers = workload.signers[:PARTNERS_MAX]
     bodies = [msgspec.json.encode({"items": _items(workload, p, tag)}) for p in range(len(signers))]
     async with httpx.AsyncClient(timeout=60) as http:
+        before = monitor.read_cpu() if monitor else None
         started = time.monotonic()
         done = await asyncio.gather(
             *(
@@ -101,6 +109,7 @@ async def run_batch_scenario(base_url: str, workload: Workload) -> BatchResult:
             )
         )
         seconds = time.monotonic() - started
+        window = Monitor.window(before, monitor.read_cpu()) if monitor and before else None
     posted = sum(d["posted"] for d in done)
     return BatchResult(
         name="batches",
@@ -110,4 +119,6 @@ async def run_batch_scenario(base_url: str, workload: Workload) -> BatchResult:
         rejected=sum(d["rejected"] for d in done),
         seconds=round(seconds, 2),
         postings_per_s=round(posted / seconds, 1) if seconds else 0.0,
+        cpu_percent=window.percent if window else {},
+        cpu_ms_per_posting=cpu_ms_per_item(window, posted) if window else {},
     )
