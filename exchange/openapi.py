@@ -264,7 +264,7 @@ def _success(operation: dict[str, Any], spec: Api, refs: Refs) -> dict[str, dict
     return kept
 
 
-_STATUS_TEXT = {200: "OK", 201: "Created", 204: "No content"}
+_STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted", 204: "No content"}
 
 
 def _parameters(operation: dict[str, Any], handler: HTTPRouteHandler, spec: Api) -> None:

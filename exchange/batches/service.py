@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exchange.batches import store
 from exchange.batches.commands import item_command, item_idempotency
 from exchange.batches.parse import Item, parse_batch
+from exchange.batches.schemas import BatchAccepted, BatchResult, BatchResultPage, BatchStatus
 from exchange.batches.store import ItemResult, PendingItem
 from exchange.batching import GroupCommitter
 from exchange.clock import Clock
@@ -61,12 +62,6 @@ class _Posted(msgspec.Struct):
     """The one field of a posting's response that a batch result keeps."""
 
     transaction_id: str | None = None
-
-
-class _Accepted(msgspec.Struct, frozen=True):
-    batch_id: str
-    status: str
-    items: int
 
 
 class BatchService:
@@ -111,7 +106,7 @@ class BatchService:
                 self._batch_row(batch_id, partner_id, len(items), proof),
                 _rows(batch_id, items),
             )
-            response = msgspec.json.encode(_Accepted(batch_id, "accepted", len(items)))
+            response = msgspec.json.encode(BatchAccepted(batch_id, "accepted", len(items)))
             await remember(
                 conn, partner_id, idempotency=idempotency, status_code=202, body=response
             )
@@ -136,36 +131,33 @@ class BatchService:
             "signature_base": proof.signature_base,
         }
 
-    async def status(self, partner_id: str, batch_id: str) -> dict[str, Any]:
+    async def status(self, partner_id: str, batch_id: str) -> BatchStatus:
         async with self.engine.connect() as conn:
             row = await store.get_batch(conn, partner_id, batch_id)
             if row is None:
                 raise BatchNotFound(f"No batch {batch_id}.")
             counts = await store.live_counts(conn, batch_id)
-        view: dict[str, Any] = {
-            "batch_id": row.batch_id,
-            "status": row.status,
-            "items": row.items,
-            "posted": counts.get("posted", 0),
-            "rejected": counts.get("rejected", 0),
-            "created_at": row.created_at,
-        }
-        if row.completed_at is not None:
-            view["completed_at"] = row.completed_at
-        return view
+        return BatchStatus(
+            batch_id=row.batch_id,
+            status=row.status,
+            items=row.items,
+            posted=counts.get("posted", 0),
+            rejected=counts.get("rejected", 0),
+            created_at=row.created_at,
+            completed_at=msgspec.UNSET if row.completed_at is None else row.completed_at,
+        )
 
     async def results(
         self, partner_id: str, batch_id: str, after: int, limit: int
-    ) -> dict[str, Any]:
+    ) -> BatchResultPage:
         async with self.engine.connect() as conn:
             if await store.get_batch(conn, partner_id, batch_id) is None:
                 raise BatchNotFound(f"No batch {batch_id}.")
             rows = await store.list_results(conn, batch_id, after, limit)
-        results = [_result_view(row) for row in rows]
-        page: dict[str, Any] = {"results": results}
-        if len(rows) == limit:
-            page["next"] = str(rows[-1].seq)
-        return page
+        return BatchResultPage(
+            results=[_result_view(row) for row in rows],
+            next=str(rows[-1].seq) if len(rows) == limit else msgspec.UNSET,
+        )
 
     # --- processing ---------------------------------------------------------------------
 
@@ -289,10 +281,10 @@ def _rows(batch_id: str, items: Sequence[Item]) -> list[dict[str, Any]]:
     ]
 
 
-def _result_view(row: Any) -> dict[str, Any]:
-    view: dict[str, Any] = {"item_id": row.item_id, "status": row.status}
-    if row.transaction_id is not None:
-        view["transaction_id"] = row.transaction_id
-    if row.code is not None:
-        view["code"] = row.code
-    return view
+def _result_view(row: Any) -> BatchResult:
+    return BatchResult(
+        item_id=row.item_id,
+        status=row.status,
+        transaction_id=msgspec.UNSET if row.transaction_id is None else row.transaction_id,
+        code=msgspec.UNSET if row.code is None else row.code,
+    )
