@@ -1,8 +1,9 @@
 """One bench run, phase by phase (method: docs/performance.md).
 
     start PostgreSQL (fresh, durable) and `exchange serve` → pgbench baseline (exchange idle)
-    → setup (partners, members, opening balances; verify) → four timed scenarios
-    → optional soak → verify → tables and JSON → stop everything, whatever happened.
+    → setup (partners, members, opening balances; verify) → the timed scenarios
+    → optional soak → the batch scenario → verify → tables and JSON → stop everything,
+    whatever happened. `--only` keeps the named scenarios (always after the baseline).
 
 `run_bench` returns the JSON document and whether the run failed (the ledger did not
 verify, or a measurement was invalid); `cli.bench` is the command around it.
