@@ -53,7 +53,7 @@ __all__ = ["BatchService"]
 _log = get_logger("exchange.batches")
 POLL_S = 1.0
 STALL_S = 0.2
-CHUNK_MAX = 500  # items per read, per ledger transaction and per results statement
+CHUNK_MAX = 250  # items per read, per ledger transaction and per results statement
 IN_FLIGHT_DEFAULT = 2  # batches processed at once per server process (2 connections each)
 _ITEM: Final = msgspec.json.Decoder(Item)
 
