@@ -9,6 +9,7 @@ from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, QueryParameter
 
 from exchange.batches.parse import BatchUpload
+from exchange.batches.schemas import BatchAccepted, BatchResultPage, BatchStatus
 from exchange.batches.service import BatchService
 from exchange.errors import BatchMalformed, BatchNotFound, UnsupportedMediaType
 from exchange.openapi import api
@@ -38,7 +39,7 @@ class BatchController(Controller):
         status_code=202,
         summary="Submit a batch file (JSON or CSV)",
         request_max_body_size=BATCH_BODY_MAX_BYTES,
-        opt=api(body=BatchUpload, errors=(BatchMalformed,)),
+        opt=api(body=BatchUpload, responses={202: BatchAccepted}, errors=(BatchMalformed,)),
     )
     async def submit(
         self,
@@ -62,19 +63,23 @@ class BatchController(Controller):
             headers=headers,
         )
 
-    @get("/{batch_id:str}", summary="A batch's progress", opt=api(errors=(BatchNotFound,)))
+    @get(
+        "/{batch_id:str}",
+        summary="A batch's progress",
+        opt=api(responses={200: BatchStatus}, errors=(BatchNotFound,)),
+    )
     async def status(
         self,
         partner: NamedDependency[PartnerCaller],
         batches: NamedDependency[BatchService],
         batch_id: FromPath[str],
-    ) -> dict[str, Any]:
+    ) -> BatchStatus:
         return await batches.status(partner.partner_id, _batch_id(batch_id))
 
     @get(
         "/{batch_id:str}/results",
         summary="Per-item results, in file order",
-        opt=api(errors=(BatchNotFound,)),
+        opt=api(responses={200: BatchResultPage}, errors=(BatchNotFound,)),
     )
     async def results(
         self,
@@ -83,5 +88,5 @@ class BatchController(Controller):
         batch_id: FromPath[str],
         after: After = 0,
         limit: Limit = 100,
-    ) -> dict[str, Any]:
+    ) -> BatchResultPage:
         return await batches.results(partner.partner_id, _batch_id(batch_id), after, limit)

@@ -9,7 +9,14 @@ submitted again and the ledger replays its first answer (same transaction id).
 
 One owner per batch across server processes: the processor holds the batch row locked
 (`FOR UPDATE SKIP LOCKED`) while it works; a crash releases the lock, and any process
-resumes the batch at its first pending item.
+resumes the batch at its first pending item. Each process runs `in_flight` processors, so
+as many batches progress at once per process.
+
+Throughput: a processor reads a chunk of pending items together with their item ids'
+first results (one statement), builds the chunk's ledger requests and commits them as one
+unit (`GroupCommitter.commit_group`: one database transaction for the chunk, split by
+halves only if it fails as a whole, so a refused item never affects another), then records
+the chunk's results in one statement.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,7 +33,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exchange.batches import store
 from exchange.batches.commands import item_command, item_idempotency
 from exchange.batches.parse import Item, parse_batch
-from exchange.batches.store import ItemResult
+from exchange.batches.schemas import BatchAccepted, BatchResult, BatchResultPage, BatchStatus
+from exchange.batches.store import ItemResult, PendingItem
 from exchange.batching import GroupCommitter
 from exchange.clock import Clock
 from exchange.errors import BatchNotFound, ExchangeError, RequestInProgress, ServiceUnavailable
@@ -45,23 +53,38 @@ __all__ = ["BatchService"]
 _log = get_logger("exchange.batches")
 POLL_S = 1.0
 STALL_S = 0.2
+CHUNK_MAX = 250  # items per read, per ledger transaction and per results statement
+IN_FLIGHT_DEFAULT = 2  # batches processed at once per server process (2 connections each)
+_ITEM: Final = msgspec.json.Decoder(Item)
 
 
-class _Accepted(msgspec.Struct, frozen=True):
-    batch_id: str
-    status: str
-    items: int
+class _Posted(msgspec.Struct):
+    """The one field of a posting's response that a batch result keeps."""
+
+    transaction_id: str | None = None
 
 
 class BatchService:
-    def __init__(self, engine: AsyncEngine, clock: Clock, committer: GroupCommitter) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        clock: Clock,
+        committer: GroupCommitter,
+        *,
+        chunk: int = CHUNK_MAX,
+        in_flight: int = IN_FLIGHT_DEFAULT,
+    ) -> None:
+        if chunk < 1 or in_flight < 1:
+            raise ValueError("chunk and in_flight must be at least 1")
         self.engine = engine
         self.clock = clock
         self.committer = committer
-        # Items in flight at once: enough to fill group commits, never the whole queue.
-        self.chunk = max(1, min(500, committer.queue_max // 2))
+        self.chunk = chunk
+        # Each processor holds one connection (its batch's lock) and uses one more at a
+        # time for its chunk: keep well within the pool the HTTP requests share.
+        self.in_flight = in_flight
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def accept(
         self,
@@ -83,7 +106,7 @@ class BatchService:
                 self._batch_row(batch_id, partner_id, len(items), proof),
                 _rows(batch_id, items),
             )
-            response = msgspec.json.encode(_Accepted(batch_id, "accepted", len(items)))
+            response = msgspec.json.encode(BatchAccepted(batch_id, "accepted", len(items)))
             await remember(
                 conn, partner_id, idempotency=idempotency, status_code=202, body=response
             )
@@ -108,49 +131,50 @@ class BatchService:
             "signature_base": proof.signature_base,
         }
 
-    async def status(self, partner_id: str, batch_id: str) -> dict[str, Any]:
+    async def status(self, partner_id: str, batch_id: str) -> BatchStatus:
         async with self.engine.connect() as conn:
             row = await store.get_batch(conn, partner_id, batch_id)
             if row is None:
                 raise BatchNotFound(f"No batch {batch_id}.")
             counts = await store.live_counts(conn, batch_id)
-        view: dict[str, Any] = {
-            "batch_id": row.batch_id,
-            "status": row.status,
-            "items": row.items,
-            "posted": counts.get("posted", 0),
-            "rejected": counts.get("rejected", 0),
-            "created_at": row.created_at,
-        }
-        if row.completed_at is not None:
-            view["completed_at"] = row.completed_at
-        return view
+        return BatchStatus(
+            batch_id=row.batch_id,
+            status=row.status,
+            items=row.items,
+            posted=counts.get("posted", 0),
+            rejected=counts.get("rejected", 0),
+            created_at=row.created_at,
+            completed_at=msgspec.UNSET if row.completed_at is None else row.completed_at,
+        )
 
     async def results(
         self, partner_id: str, batch_id: str, after: int, limit: int
-    ) -> dict[str, Any]:
+    ) -> BatchResultPage:
         async with self.engine.connect() as conn:
             if await store.get_batch(conn, partner_id, batch_id) is None:
                 raise BatchNotFound(f"No batch {batch_id}.")
             rows = await store.list_results(conn, batch_id, after, limit)
-        results = [_result_view(row) for row in rows]
-        page: dict[str, Any] = {"results": results}
-        if len(rows) == limit:
-            page["next"] = str(rows[-1].seq)
-        return page
+        return BatchResultPage(
+            results=[_result_view(row) for row in rows],
+            next=str(rows[-1].seq) if len(rows) == limit else msgspec.UNSET,
+        )
 
     # --- processing ---------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="batch-processor")
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._run(), name=f"batch-processor-{n}")
+                for n in range(self.in_flight)
+            ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
 
     async def _run(self) -> None:
         while True:
@@ -159,7 +183,9 @@ class BatchService:
             except Exception as exc:  # the database away, a bug: log, wait, resume
                 _log.warning("batch_processing_failed", error=type(exc).__name__)
                 worked = False
-            if not worked:
+            if worked:
+                self._wake.set()  # another batch may be waiting: let idle processors look
+            else:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), POLL_S)
@@ -188,17 +214,15 @@ class BatchService:
     async def _process_chunk(self, batch_id: str, partner_id: str, proof: SignatureProof) -> bool:
         """Post the next pending items; False when none is left."""
         async with self.engine.connect() as conn:
-            pending = await store.pending_items(conn, batch_id, self.chunk)
-            if not pending:
-                return False
-            known = await store.first_results(conn, partner_id, [r.item_id for r in pending])
-        results, fresh, seen = [], [], set()
+            pending = await store.pending_items(conn, batch_id, partner_id, self.chunk)
+        if not pending:
+            return False
+        results: list[ItemResult] = []
+        fresh: list[PendingItem] = []
+        seen: set[str] = set()
         for row in pending:
-            first = known.get(row.item_id)
-            if first is not None:
-                results.append(
-                    ItemResult(row.seq, row.item_id, first.status, first.transaction_id, first.code)
-                )
+            if row.first is not None:
+                results.append(row.first)
             elif row.item_id not in seen:  # a repeat in this chunk waits for the first's result
                 seen.add(row.item_id)
                 fresh.append(row)
@@ -210,31 +234,38 @@ class BatchService:
         return True
 
     async def _post(
-        self, partner_id: str, rows: Sequence[Any], proof: SignatureProof
+        self, partner_id: str, rows: Sequence[PendingItem], proof: SignatureProof
     ) -> list[ItemResult | None]:
-        async def one(row: Any) -> ItemResult | None:
+        """Post the chunk's items as one unit; None for an item not decided (it stays
+        pending and is tried again)."""
+        results: list[ItemResult | None] = []
+        requests: list[LedgerRequest] = []
+        posted: list[PendingItem] = []
+        for row in rows:
             try:
-                item: Item = msgspec.convert(row.payload, type=Item)
-                command = item_command(partner_id, item)
-                outcome = await self.committer.submit(
-                    LedgerRequest(command, item_idempotency(row.item_id), proof)
-                )
-            except (ServiceUnavailable, RequestInProgress):
-                return None  # not decided: stays pending, tried again
-            except ExchangeError as exc:
-                return ItemResult(row.seq, row.item_id, "rejected", code=exc.code)
-            return _from_outcome(row, outcome)
+                command = item_command(partner_id, _ITEM.decode(row.payload))
+            except ExchangeError as exc:  # refused as its single endpoint would refuse it
+                results.append(ItemResult(row.seq, row.item_id, "rejected", code=exc.code))
+                continue
+            requests.append(LedgerRequest(command, item_idempotency(row.item_id), proof))
+            posted.append(row)
+        if not requests:
+            return results
+        try:
+            outcomes = await self.committer.commit_group(requests)
+        except ServiceUnavailable:
+            return results  # the database away or too busy: the rest stays pending
+        results += [_from_outcome(r, o) for r, o in zip(posted, outcomes, strict=True)]
+        return results
 
-        return list(await asyncio.gather(*(one(row) for row in rows)))
 
-
-def _from_outcome(row: Any, outcome: Outcome) -> ItemResult | None:
+def _from_outcome(row: PendingItem, outcome: Outcome) -> ItemResult | None:
     if outcome.error is not None:
         if isinstance(outcome.error, ServiceUnavailable | RequestInProgress):
             return None
         return ItemResult(row.seq, row.item_id, "rejected", code=outcome.error.code)
-    answer = msgspec.json.decode(outcome.body)
-    return ItemResult(row.seq, row.item_id, "posted", transaction_id=answer.get("transaction_id"))
+    answer = msgspec.json.decode(outcome.body, type=_Posted)
+    return ItemResult(row.seq, row.item_id, "posted", transaction_id=answer.transaction_id)
 
 
 def _rows(batch_id: str, items: Sequence[Item]) -> list[dict[str, Any]]:
@@ -250,10 +281,10 @@ def _rows(batch_id: str, items: Sequence[Item]) -> list[dict[str, Any]]:
     ]
 
 
-def _result_view(row: Any) -> dict[str, Any]:
-    view: dict[str, Any] = {"item_id": row.item_id, "status": row.status}
-    if row.transaction_id is not None:
-        view["transaction_id"] = row.transaction_id
-    if row.code is not None:
-        view["code"] = row.code
-    return view
+def _result_view(row: Any) -> BatchResult:
+    return BatchResult(
+        item_id=row.item_id,
+        status=row.status,
+        transaction_id=msgspec.UNSET if row.transaction_id is None else row.transaction_id,
+        code=msgspec.UNSET if row.code is None else row.code,
+    )

@@ -263,3 +263,43 @@ async def test_another_partners_batch_is_not_found(
         assert got.json()["code"] == "batch_not_found"
     unknown = await signed(client, grocer, clock, "GET", "/v1/batches/bat_nope")
     assert unknown.status_code == 404
+
+
+async def test_responses_have_exactly_the_documented_fields(
+    client: httpx.AsyncClient, grocer: OnboardedPartner, clock: FrozenClock
+) -> None:
+    """Contract §9's bodies, field for field, and the OpenAPI document describes them (a
+    code generator gets typed results, not untyped objects)."""
+    member_id = await _member(grocer)
+    items = [
+        {"item_id": "f-1", "type": "earn", "member_id": member_id, "reference": "r", "points": 3},
+        {"item_id": "f-2", "type": "burn", "member_id": member_id, "points": 500},
+    ]
+    accepted = await _submit(client, grocer, clock, items)
+    assert set(accepted.json()) == {"batch_id", "status", "items"}
+    done = await _finished(client, grocer, clock, accepted.json()["batch_id"])
+    assert set(done) == {
+        "batch_id", "status", "items", "posted", "rejected", "created_at", "completed_at",
+    }  # fmt: skip
+    path = f"/v1/batches/{accepted.json()['batch_id']}/results?limit=1"
+    first = await signed(client, grocer, clock, "GET", path)
+    assert set(first.json()) == {"results", "next"}
+    assert set(first.json()["results"][0]) == {"item_id", "status", "transaction_id"}
+    rest = await signed(client, grocer, clock, "GET", f"{path}&after={first.json()['next']}")
+    assert rest.json()["results"] == [
+        {"item_id": "f-2", "status": "rejected", "code": "insufficient_points"}
+    ]
+
+    document = (await client.get("/schema/openapi.json")).json()
+    operations = {
+        ("/v1/batches", "post", "202"): "BatchAccepted",
+        ("/v1/batches/{batch_id}", "get", "200"): "BatchStatus",
+        ("/v1/batches/{batch_id}/results", "get", "200"): "BatchResultPage",
+    }
+    for (route, method, status), name in operations.items():
+        response = document["paths"][route][method]["responses"][status]
+        schema = response["content"]["application/json"]["schema"]
+        assert schema == {"$ref": f"#/components/schemas/{name}"}, (route, schema)
+    status_schema = document["components"]["schemas"]["BatchStatus"]
+    assert set(status_schema["required"]) == set(done) - {"completed_at"}
+    assert status_schema["properties"]["status"]["enum"] == ["completed", "processing"]

@@ -63,3 +63,45 @@ def test_bench_smoke_run_measures_every_scenario_and_keeps_the_ledger_clean(
     targets = {target["name"] for target in report["targets"]}
     assert "ledger verifies after the run" in targets
     assert not (tmp_path / "data" / "pg" / "postmaster.pid").exists(), "PostgreSQL was stopped"
+
+
+def test_only_refuses_an_unknown_scenario_before_starting_anything() -> None:
+    result = subprocess.run(
+        [*BENCH, "--only", "batches,nope"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "unknown scenario nope" in result.stderr
+    assert "uniform_earn" in result.stderr  # the choices are named
+
+
+@pytest.mark.slow
+def test_only_batches_runs_the_batch_scenario_alone_against_its_pgbench_baseline(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "bench.json"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("EXCHANGE_")}
+    result = subprocess.run(
+        [
+            *BENCH,
+            *("--only", "batches", "--seconds", "2", "--clients", "4", "--members", "200"),
+            *("--partners", "2", "--workers", "1", "--out", str(out)),
+            *("--data-dir", str(tmp_path / "data")),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["baseline"]["tps"] > 0
+    assert report["scenarios"] == {}
+    batches = report["batches"]
+    assert (batches["batches"], batches["posted"], batches["rejected"]) == (2, 2000, 0)
+    assert batches["ratio_to_pgbench"] > 0
+    assert batches["cpu_percent"]["server"] > 0
+    assert batches["cpu_ms_per_posting"]["postgres"] > 0
+    targets = {target["name"]: target for target in report["targets"]}
+    assert targets["ledger verifies after the run"]["passed"] is True
+    assert targets["batch postings vs pgbench tps"]["threshold"] == "≥ 3.0x"

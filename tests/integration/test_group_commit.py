@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.batching import GroupCommitter
 from exchange.clock import FrozenClock
-from exchange.errors import InvariantViolation
+from exchange.errors import (
+    DatabaseUnavailable,
+    InvariantViolation,
+    ServiceUnavailable,
+    Unprocessable,
+)
 from exchange.service import Burn, Earn, LedgerRequest, LedgerService, Outcome
 from tests.support import add_partner, assert_ledger_verifies, enrol
 
@@ -65,3 +71,68 @@ async def test_a_failing_request_is_isolated_and_others_still_commit(
         earned = await conn.scalar(text("SELECT sum(points) FROM postings WHERE type = 'earn'"))
     assert earned == 150
     await assert_ledger_verifies(engine)
+
+
+async def test_a_group_is_one_transaction_and_a_failing_request_is_split_out_by_halves(
+    engine: AsyncEngine, ledger: LedgerService, clock: FrozenClock
+) -> None:
+    await add_partner(engine, clock, "grocer")
+    member = await enrol(ledger, "grocer")
+    calls: list[int] = []
+
+    class Fragile(LedgerService):
+        """Fails any transaction that contains the poisoned reference (as a bug would)."""
+
+        async def submit(self, requests: Sequence[LedgerRequest]) -> list[Outcome]:
+            calls.append(len(requests))
+            if any(getattr(r.command, "reference", None) == "poison" for r in requests):
+                raise InvariantViolation("simulated bug")
+            return await super().submit(requests)
+
+    committer = GroupCommitter(
+        Fragile(engine, clock, points_ttl=ledger.points_ttl), batch_max=4, concurrency=1
+    )
+    clean = [LedgerRequest(Earn("grocer", member, f"c-{i}", points=1)) for i in range(50)]
+    assert [o.status_code for o in await committer.commit_group(clean)] == [201] * 50
+    assert calls == [50], "a group is one transaction, whatever batch_max says"
+
+    calls.clear()
+    earns = [LedgerRequest(Earn("grocer", member, f"o-{i}", points=5)) for i in range(40)]
+    poison = LedgerRequest(Earn("grocer", member, "poison", points=5))
+    nul = LedgerRequest(Earn("grocer", member, "o-\x00", points=5))
+    too_much = LedgerRequest(Burn("grocer", member, 10_000))
+    outcomes = await committer.commit_group([*earns[:20], poison, nul, too_much, *earns[20:]])
+    assert [o.status_code for o in outcomes[:20] + outcomes[23:]] == [201] * 40
+    assert isinstance(outcomes[20].error, InvariantViolation)
+    assert isinstance(outcomes[21].error, Unprocessable)  # refused before the transaction
+    assert outcomes[22].error is not None
+    assert outcomes[22].error.code == "insufficient_points"
+    assert calls[0] == 42  # the NUL one never joined the transaction
+    assert len(calls) < 20, f"split by halves, not one by one: {calls}"
+    async with engine.connect() as conn:
+        earned = await conn.scalar(text("SELECT sum(points) FROM postings WHERE type = 'earn'"))
+    assert earned == 50 + 200
+    await assert_ledger_verifies(engine)
+
+
+async def test_a_group_meeting_the_database_away_is_not_split_and_decides_nothing(
+    engine: AsyncEngine, ledger: LedgerService, clock: FrozenClock
+) -> None:
+    await add_partner(engine, clock, "grocer")
+    member = await enrol(ledger, "grocer")
+    calls: list[int] = []
+
+    class Away(LedgerService):
+        async def submit(self, requests: Sequence[LedgerRequest]) -> list[Outcome]:
+            calls.append(len(requests))
+            raise DatabaseUnavailable("simulated outage")
+
+    committer = GroupCommitter(
+        Away(engine, clock, points_ttl=ledger.points_ttl), batch_max=64, concurrency=1
+    )
+    earns = [LedgerRequest(Earn("grocer", member, f"o-{i}", points=5)) for i in range(30)]
+    with pytest.raises(ServiceUnavailable):
+        await committer.commit_group(earns)
+    assert calls == [30]
+    totals = await assert_ledger_verifies(engine)
+    assert totals["issued"] == 0

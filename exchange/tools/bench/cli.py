@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from exchange.tools.bench.report import write_json
-from exchange.tools.bench.run import Options, console, run_bench
+from exchange.tools.bench.run import SCENARIO_NAMES, Options, console, run_bench
 from exchange.tools.bench.settlement import SettlementBenchOptions, run_settlement_bench
 
 __all__ = ["bench"]
@@ -25,6 +25,16 @@ DEFAULT_CLIENTS = 16
 
 def _default_out() -> Path:
     return Path("bench-results") / f"bench-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
+
+
+def _scenarios(value: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
+    unknown = [name for name in names if name not in SCENARIO_NAMES]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIO_NAMES)}"
+        )
+    return names
 
 
 @click.group("bench", invoke_without_command=True)
@@ -81,6 +91,13 @@ def _default_out() -> Path:
     "--keep-data",
     is_flag=True,
     help="Keep the temporary data folder afterwards (a --data-dir is always kept).",
+)
+@click.option(
+    "--only",
+    default="",
+    metavar="SCENARIO[,SCENARIO]",
+    callback=lambda _ctx, _param, value: _scenarios(value),
+    help=f"Run only these scenarios (after the pgbench baseline): {', '.join(SCENARIO_NAMES)}.",
 )
 @click.option(
     "--profile",
