@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Request, delete, get, post, put
+from litestar import Controller, Request, Response, delete, get, post, put
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, FromQuery, QueryParameter
 
@@ -112,8 +112,14 @@ class WebhookController(Controller):
         partner: NamedDependency[PartnerCaller],
         webhooks: NamedDependency[WebhookService],
         event_id: FromPath[str],
-    ) -> DeliveryRetry:
-        return await webhooks.retry(partner.partner_id, event_id)
+    ) -> Response[Any]:
+        outcome = await webhooks.retry(partner.partner_id, event_id, partner.idempotency)
+        return Response(
+            content=outcome.body,
+            status_code=outcome.status_code,
+            media_type="application/json",
+            headers={"Idempotency-Replayed": "true"} if outcome.replayed else None,
+        )
 
 
 class ExchangeKeyController(Controller):

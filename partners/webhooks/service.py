@@ -46,6 +46,7 @@ from exchange.clock import Clock
 from exchange.config import ConfigError, Settings
 from exchange.errors import DeliveryNotFound, Unprocessable, WebhookNotFound, WebhookUrlInvalid
 from exchange.logs import get_logger
+from exchange.service import Idempotency, Outcome, remember, replay_or_claim
 from partners.signing import public_key_b64url, sign_request
 from partners.webhooks import store
 from partners.webhooks.events import EVENT_TYPES
@@ -145,12 +146,21 @@ class WebhookService:
             next=rows[-1].event_id if rows and len(rows) == limit else msgspec.UNSET,
         )
 
-    async def retry(self, partner_id: str, event_id: str) -> DeliveryRetry:
+    async def retry(
+        self, partner_id: str, event_id: str, idempotency: Idempotency | None
+    ) -> Outcome:
+        """Schedule a delivery again, once per Idempotency-Key: a resend of the same request
+        gets the first answer and schedules nothing more (contract §2.2)."""
         async with self.engine.begin() as conn:
+            replay = await replay_or_claim(conn, partner_id, idempotency)
+            if replay is not None:
+                return replay
             if not await store.retry_delivery(conn, partner_id, event_id[:64], _wall_now()):
                 raise DeliveryNotFound(f"No delivery {event_id[:64]}.")
+            body = msgspec.json.encode(DeliveryRetry(event_id=event_id, status="pending"))
+            await remember(conn, partner_id, idempotency=idempotency, status_code=202, body=body)
         self._wake.set()
-        return DeliveryRetry(event_id=event_id, status="pending")
+        return Outcome(202, body)
 
     # --- keys ----------------------------------------------------------------------------
 

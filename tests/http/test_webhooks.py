@@ -229,6 +229,17 @@ async def test_a_batch_completed_event_is_signed_retried_and_then_delivered(
     assert missing.status_code == 404
     assert missing.json()["code"] == "delivery_not_found"
 
+    # A resend of the same retry (same Idempotency-Key) is answered from the first and
+    # schedules no further delivery.
+    path = f"/v1/webhook/deliveries/{event['event_id']}/retry"
+    first = await signed(client, grocer, clock, "POST", path, idempotency_key="retry-once")
+    await _until(lambda: len(receiver.seen) == 5, "the delivery retried once more")
+    resent = await signed(client, grocer, clock, "POST", path, idempotency_key="retry-once")
+    assert (resent.status_code, resent.headers.get("idempotency-replayed")) == (202, "true")
+    assert resent.content == first.content
+    await asyncio.sleep(0.5)
+    assert len(receiver.seen) == 5, "a replayed retry sent the event again"
+
 
 async def test_a_receiver_that_keeps_failing_gets_a_failed_delivery(
     client: httpx.AsyncClient,

@@ -266,11 +266,6 @@ _PARTNER_GETS = [
     "/v1/documents/{document_ref}", "/v1/webhook", "/v1/webhook/deliveries",
 ]  # fmt: skip
 _RETRY = "/v1/webhook/deliveries/{event_id}/retry"
-# The document derives 409 request_in_progress and 422 idempotency_key_reused for every
-# partner POST (exchange/openapi.py), but sending a delivery again records no
-# Idempotency-Key (it is idempotent in itself: the delivery becomes pending), so no
-# request can get either answer from it.
-_NO_REPLAY = "the retry records no Idempotency-Key: never answered (derived for every POST)"
 UNREACHED: dict[tuple[str, str, int], str] = {
     ("get", "/ready", 503): "needs the database away (tests/http/test_foundation.py)",
     ("post", "/v1/adjustments/{adjustment_id}/approval", 409): "an adjustment that expired "
@@ -286,8 +281,7 @@ UNREACHED: dict[tuple[str, str, int], str] = {
     ("put", "/v1/webhook", 429): _LIMIT,
     ("delete", "/v1/webhook", 429): _LIMIT,
     ("post", _RETRY, 429): _LIMIT,
-    ("post", _RETRY, 409): _NO_REPLAY,
-    ("post", _RETRY, 422): _NO_REPLAY,
+    ("post", _RETRY, 409): _RACE,
 }
 
 
@@ -396,9 +390,17 @@ def _webhooks(live: Live) -> None:
         time.sleep(0.1)
     assert revoked, found
     assert live.send("GET", deliveries, "partner", params={"status": "sent"}).status_code == 422
+    key = {"Idempotency-Key": f"retry-{time.monotonic_ns()}"}
     again = live.send("POST", f"{deliveries}/{revoked[-1]['event_id']}/retry", "partner",
-                      template=retry)  # fmt: skip
+                      template=retry, headers=key)  # fmt: skip
     assert again.status_code == 202, again.text
+    replayed = live.send("POST", f"{deliveries}/{revoked[-1]['event_id']}/retry", "partner",
+                         template=retry, headers=key)  # fmt: skip
+    assert (replayed.status_code, replayed.headers.get("idempotency-replayed")) == (202, "true")
+    assert replayed.content == again.content
+    reused = live.send("POST", f"{deliveries}/evt_other/retry", "partner", template=retry,
+                       headers=key)  # fmt: skip
+    assert (reused.status_code, reused.json()["code"]) == (422, "idempotency_key_reused")
     missing = live.send("POST", f"{deliveries}/evt_nope/retry", "partner", template=retry)
     assert missing.status_code == 404, missing.text
     live.send("POST", f"{deliveries}/evt_nope/retry", "partner", template=retry,
