@@ -1,6 +1,7 @@
 """Idempotency for single requests outside the batch path (enrolment, sessions, batch
-acceptance, adjustment requests): the store's one claim (`store.claim_keys`) and one
-`store.remember`, with the decision every caller shares (replay, 409, 422, go ahead).
+acceptance, adjustment requests, webhook retries, operators' POSTs): the store's one
+claim (`store.claim_keys`) and one `store.remember`, with the decision every caller
+shares (replay, 409, 422, go ahead).
 
 `conn` may be the store's connection or a SQLAlchemy connection inside `engine.begin()`:
 the store runs on the driver connection under it, in the same database transaction.
@@ -9,6 +10,7 @@ the store runs on the driver connection under it, in the same database transacti
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -38,7 +40,11 @@ def claim_outcome(
 
 
 async def replay_or_claim(
-    conn: AsyncConnection | store.Connection, owner: str, idempotency: Idempotency | None
+    conn: AsyncConnection | store.Connection,
+    owner: str,
+    idempotency: Idempotency | None,
+    *,
+    scope: store.KeyScope = store.PARTNER_KEYS,
 ) -> Outcome | None:
     """For a single idempotent request: `claim_outcome`'s answer; the key is ours until the
     database transaction ends."""
@@ -46,7 +52,7 @@ async def replay_or_claim(
         return None
     claim = (owner, idempotency.key)
     driver = await store.driver_of(conn)
-    locked, stored = await store.claim_keys(driver, [claim], barrier=False)
+    locked, stored = await store.claim_keys(driver, [claim], scope=scope, barrier=False)
     return claim_outcome(claim, idempotency, locked, stored)
 
 
@@ -58,10 +64,12 @@ async def remember(
     status_code: int,
     body: bytes,
     posting_id: uuid.UUID | None = None,
+    scope: store.KeyScope = store.PARTNER_KEYS,
+    at: datetime | None = None,
 ) -> None:
     """Store the response under the request's idempotency key (same database transaction)."""
     if idempotency is not None:
         record = store.IdempotencyRecord(
             owner, idempotency.key, idempotency.fingerprint, status_code, body, posting_id
         )
-        await store.remember(await store.driver_of(conn), [record])
+        await store.remember(await store.driver_of(conn), [record], scope=scope, at=at)

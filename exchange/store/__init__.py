@@ -37,6 +37,7 @@ from exchange.store._errors import (
 from exchange.store._keys import (
     MEMBER_KEYS,
     PARTNER_KEYS,
+    RECORD_COLUMNS,
     KeyScope,
     claim_keys,
     enter_settlement_barrier,
@@ -86,6 +87,7 @@ __all__ = [
     "COUNTER_SHARDS",
     "MEMBER_KEYS",
     "PARTNER_KEYS",
+    "RECORD_COLUMNS",
     "SETTLEMENT_BARRIER_KEY",
     "AdjustmentRow",
     "AllocationRow",

@@ -1,7 +1,8 @@
 """Idempotency keys: the one claim and the one "remember the response", for every caller.
 
 Keys live in a scope: partners' keys (`idempotency_keys`, owned by a partner or the
-reserved `operator` row) or members' keys (`member_idempotency_keys`, owned by a member).
+reserved `operator` row), members' keys (`member_idempotency_keys`, owned by a member) or
+operator tokens' keys (`settlement.store.OPERATOR_KEYS`).
 The exactly-once steps are the same in both:
 
     claim      try-lock (owner, key) for this database transaction (never wait: a key
@@ -36,6 +37,7 @@ from exchange.tables import idempotency_keys
 __all__ = [
     "MEMBER_KEYS",
     "PARTNER_KEYS",
+    "RECORD_COLUMNS",
     "KeyScope",
     "claim_keys",
     "enter_settlement_barrier",
@@ -46,6 +48,10 @@ Claim = tuple[str, str]  # (owner, key)
 _BARRIER_SQL = "SELECT pg_advisory_xact_lock_shared($1::bigint)"
 
 
+# An IdempotencyRecord's columns after its owner (`partner_id`, `member_id`, `token_id`).
+RECORD_COLUMNS = ("key", "fingerprint", "status_code", "response", "posting_id")
+
+
 @dataclass(frozen=True, slots=True)
 class KeyScope:
     table: str
@@ -53,6 +59,9 @@ class KeyScope:
     # Prefix of the advisory lock's text, so that equal (owner, key) pairs of two scopes
     # never share a lock; kept as it was when the scopes had their own functions.
     lock_prefix: str
+    # The record's columns this scope's table has, a prefix of RECORD_COLUMNS (operator
+    # keys have no posting).
+    record_columns: tuple[str, ...] = RECORD_COLUMNS
 
     def claim_sql(self, *, barrier: bool) -> str:
         lock = (
@@ -80,16 +89,13 @@ LEFT JOIN {self.table} AS i ON i.{self.owner} = c.owner AND i.key = c.key
 
     def remember_sql(self) -> str:
         # The partners' table's columns (the batch write's), with this scope's owner.
-        columns = ((self.owner, "text"), *column_list(idempotency_keys, _RECORD_COLUMNS))
+        columns = ((self.owner, "text"), *column_list(idempotency_keys, self.record_columns))
         names = ", ".join(name for name, _ in columns)
         return (
             f"INSERT INTO {self.table} ({names}, created_at) "  # noqa: S608
             f"SELECT v.*, coalesce($2::timestamptz, now()) FROM ({json_rows(1, columns)}) AS v"
         )
 
-
-# An IdempotencyRecord's columns after its owner (`partner_id` or `member_id`).
-_RECORD_COLUMNS = ("key", "fingerprint", "status_code", "response", "posting_id")
 
 PARTNER_KEYS = KeyScope(idempotency_keys.name, "partner_id", "")
 MEMBER_KEYS = KeyScope(member_idempotency_keys.name, "member_id", "'member' || chr(31) || ")

@@ -9,7 +9,7 @@
     _receivables   open documents and unapplied credits as of a date
     _journal       the period figures the run's journal needs beyond its lines
     _rollforward   the roll-forward's classified movements
-    _idempotency   operator idempotency keys (lock and stored reply)
+    _idempotency   the operator tokens' scope of the ledger store's idempotency keys
     _scheduler     the scheduler's advisory lock
 
 The documents' numbering and rows are `settlement.documents._store`. The calculations
@@ -23,12 +23,7 @@ from settlement.store._approval import (
     load_approval,
     load_approvals,
 )
-from settlement.store._idempotency import (
-    StoredOperatorReply,
-    insert_operator_reply,
-    load_operator_reply,
-    try_lock_operator_key,
-)
+from settlement.store._idempotency import OPERATOR_KEYS
 from settlement.store._journal import (
     read_journal_figures,
 )
@@ -83,20 +78,19 @@ __all__ = [
     "AGEING_LIMITS_DAYS",
     "LINE_POSTING_TYPES",
     "MEASURING_QUERIES",
+    "OPERATOR_KEYS",
     "SETTLEMENT_WORK_MEM_MB",
     "LiabilityReconciliation",
     "LiabilityRow",
     "PeriodPosting",
     "RunCollision",
     "RunHeader",
-    "StoredOperatorReply",
     "StoredRun",
     "add_settled_issuance",
     "closed_until",
     "earliest_posting",
     "find_run",
     "insert_approval",
-    "insert_operator_reply",
     "insert_payment",
     "insert_run",
     "latest_run",
@@ -106,7 +100,6 @@ __all__ = [
     "load_approval",
     "load_approvals",
     "load_header",
-    "load_operator_reply",
     "load_payment",
     "load_run",
     "lock_partner",
@@ -118,6 +111,5 @@ __all__ = [
     "read_period",
     "read_unapplied",
     "translate_errors",
-    "try_lock_operator_key",
     "try_scheduler_lock",
 ]

@@ -13,6 +13,7 @@ from exchange.clock import FrozenClock
 from exchange.db import driver_connection
 from exchange.errors import IdempotencyKeyReused, RequestInProgress
 from exchange.service import Idempotency, LedgerService, Outcome, remember, replay_or_claim
+from settlement import store as settlement_store
 from tests.support import add_partner, enrol
 
 KEY = Idempotency("key-1", b"f" * 32)
@@ -99,3 +100,37 @@ async def test_member_keys_are_their_own_scope(
         # Partner scope, no barrier (the off-path claim): a different table and lock.
         locked, stored = await store.claim_keys(conn, [("grocer", KEY.key)], barrier=False)
         assert (locked, stored) == ({("grocer", KEY.key)}, {})
+
+
+async def test_operator_keys_are_their_own_scope(engine: AsyncEngine, clock: FrozenClock) -> None:
+    """Operators' POSTs use the same claim and remember, in their own table (no posting
+    column) and lock namespace: a token's key replays, is refused for another request,
+    is in progress while held, and never collides with a partner key of the same text."""
+    token = "tok_" + "0" * 28
+    async with engine.begin() as conn:
+        assert await replay_or_claim(conn, token, KEY, scope=settlement_store.OPERATOR_KEYS) is None
+        await remember(
+            conn,
+            token,
+            idempotency=KEY,
+            status_code=201,
+            body=b'{"ok":true}',
+            scope=settlement_store.OPERATOR_KEYS,
+            at=clock.now(),
+        )
+    assert await _stored(engine, "operator_idempotency_keys") == 1
+    assert await _stored(engine, "idempotency_keys") == 0
+    async with engine.begin() as conn:
+        again = await replay_or_claim(conn, token, KEY, scope=settlement_store.OPERATOR_KEYS)
+        assert again == Outcome(201, b'{"ok":true}', replayed=True)
+        other = Idempotency(KEY.key, b"g" * 32)
+        with pytest.raises(IdempotencyKeyReused):
+            await replay_or_claim(conn, token, other, scope=settlement_store.OPERATOR_KEYS)
+    fresh = Idempotency("key-2", KEY.fingerprint)
+    async with engine.begin() as holder:
+        await replay_or_claim(holder, token, fresh, scope=settlement_store.OPERATOR_KEYS)
+        async with engine.begin() as rival:
+            with pytest.raises(RequestInProgress):
+                await replay_or_claim(rival, token, fresh, scope=settlement_store.OPERATOR_KEYS)
+            # The same text as a partner's key is another lock.
+            assert await replay_or_claim(rival, token, fresh) is None
