@@ -54,7 +54,7 @@ from exchange.service import Idempotency, NonceClaim, SignatureProof
 from exchange.wiring import Services
 from partners import store
 from partners.sessions import MEMBER_TOKEN_SHAPE
-from partners.signing import IncomingRequest, verify_body, verify_headers
+from partners.signing import IncomingRequest, lean_verify_body, lean_verify_headers
 
 __all__ = [
     "NONCE_IN_POSTING",
@@ -148,7 +148,7 @@ async def partner_caller(
     headers = _headers(request)
     incoming = IncomingRequest(method=method, path=path, query=query, headers=headers, body=b"")
     try:
-        checked = await verify_headers(
+        checked = await lean_verify_headers(
             incoming,
             authority=services.settings.authority,
             now=int(services.clock.now().timestamp()),
@@ -157,7 +157,7 @@ async def partner_caller(
     except ExchangeError as exc:
         metrics.SIGNATURE_FAILURES.labels(exc.code).inc()
         raise
-    await services.limiter.check("partner", checked.params.key_id)
+    await services.limiter.check("partner", checked.verified.params.key_id)
     key = _idempotency_key(method, headers)
     body = await request.body()
     deferred: list[NonceClaim] = []
@@ -173,7 +173,7 @@ async def partner_caller(
         )
 
     try:
-        verified = await verify_body(
+        verified = await lean_verify_body(
             checked, dataclasses.replace(incoming, body=body), record_nonce=record_nonce
         )
     except ExchangeError as exc:

@@ -77,6 +77,7 @@ from partners.signing._keys import (
     load_private_key,
     public_key_b64url,
 )
+from partners.signing._lean import LeanHeaders, lean_verify_body, lean_verify_headers
 from partners.signing._parse import (
     check_content_digest,
     check_coverage,
@@ -109,6 +110,7 @@ __all__ = [
     "IncomingRequest",
     "KeyRecord",
     "KeyResolver",
+    "LeanHeaders",
     "MessageSignature",
     "NonceRecorder",
     "ParsedSignature",
@@ -125,6 +127,8 @@ __all__ = [
     "decode_signature_member",
     "generate_keypair",
     "is_acceptable_public_key",
+    "lean_verify_body",
+    "lean_verify_headers",
     "load_private_key",
     "parse_signature_headers",
     "public_key_b64url",
