@@ -41,7 +41,7 @@ from exchange import metrics
 from exchange.errors import ExchangeError, IdempotencyKeyMissing, NonceReplayed
 from exchange.service import Idempotency, NonceClaim, SignatureProof
 from exchange.wiring import Services
-from partners.signing import IncomingRequest, verify_body, verify_headers
+from partners.signing import IncomingRequest, lean_verify_body, lean_verify_headers
 
 __all__ = [
     "NONCE_IN_POSTING",
@@ -115,7 +115,7 @@ async def partner_caller(
     headers = _headers(request)
     incoming = IncomingRequest(method=method, path=path, query=query, headers=headers, body=b"")
     try:
-        checked = await verify_headers(
+        checked = await lean_verify_headers(
             incoming,
             authority=services.settings.authority,
             now=int(services.clock.now().timestamp()),
@@ -124,7 +124,7 @@ async def partner_caller(
     except ExchangeError as exc:
         metrics.SIGNATURE_FAILURES.labels(exc.code).inc()
         raise
-    await services.limiter.check("partner", checked.params.key_id)
+    await services.limiter.check("partner", checked.verified.params.key_id)
     key = _idempotency_key(method, headers)
     body = await request.body()
     deferred: list[NonceClaim] = []
@@ -140,7 +140,7 @@ async def partner_caller(
         )
 
     try:
-        verified = await verify_body(
+        verified = await lean_verify_body(
             checked, dataclasses.replace(incoming, body=body), record_nonce=record_nonce
         )
     except ExchangeError as exc:

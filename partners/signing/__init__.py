@@ -41,6 +41,14 @@ nor cryptography; each step raises the error named in `partners.errors`:
 10. Only then is `(keyid, nonce)` recorded; a second use → nonce_replayed.
 
 No error detail contains a signature base, a key or a stack trace.
+
+The server verifies with `lean_verify_headers` / `lean_verify_body` (`_lean`): the same
+rules in the same order, but canonically spelled `Signature-Input`, `Signature` and
+`Content-Digest` fields (what `sign_request` and ordinary RFC 9421 clients send) are
+read with anchored patterns, and the `@signature-params` line is the header's own text,
+which for a canonical field is exactly its RFC 8941 serialization. Anything else is
+handed to `verify_headers` / `verify_body`, which stay the reference; a property test
+(`tests/unit/test_lean_signing.py`) checks the two agree on generated requests.
 """
 
 from partners.signing._base import signature_base
@@ -77,6 +85,7 @@ from partners.signing._keys import (
     load_private_key,
     public_key_b64url,
 )
+from partners.signing._lean import LeanHeaders, lean_verify_body, lean_verify_headers
 from partners.signing._parse import (
     check_content_digest,
     check_coverage,
@@ -109,6 +118,7 @@ __all__ = [
     "IncomingRequest",
     "KeyRecord",
     "KeyResolver",
+    "LeanHeaders",
     "MessageSignature",
     "NonceRecorder",
     "ParsedSignature",
@@ -125,6 +135,8 @@ __all__ = [
     "decode_signature_member",
     "generate_keypair",
     "is_acceptable_public_key",
+    "lean_verify_body",
+    "lean_verify_headers",
     "load_private_key",
     "parse_signature_headers",
     "public_key_b64url",
