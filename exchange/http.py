@@ -363,7 +363,7 @@ class PartnerController(Controller):
         summary="Reserve points at the till",
         opt=api(
             body=schemas.HoldCreate,
-            responses={201: schemas.Hold},
+            responses={201: schemas.HoldOut},
             errors=(MemberNotFound, InsufficientPoints),
         )
         | _POSTING,
@@ -373,7 +373,7 @@ class PartnerController(Controller):
         request: Request[Any, Any, Any],
         partner: NamedDependency[PartnerCaller],
         services: NamedDependency[Services],
-    ) -> Response[schemas.Hold]:
+    ) -> Response[schemas.HoldOut]:
         def build() -> Command:
             data = decode_body(request, partner.body, schemas.HoldCreate)
             return OpenHold(
@@ -385,14 +385,14 @@ class PartnerController(Controller):
     @get(
         "/holds/{hold_id:str}",
         summary="One of the partner's holds",
-        opt=api(responses={200: schemas.Hold}, errors=(HoldNotFound,)),
+        opt=api(responses={200: schemas.HoldOut}, errors=(HoldNotFound,)),
     )
     async def get_hold(
         self,
         partner: NamedDependency[PartnerCaller],
         services: NamedDependency[Services],
         hold_id: FromPath[str],
-    ) -> schemas.Hold:
+    ) -> schemas.HoldOut:
         return await services.ledger.get_hold(partner.partner_id, _hold_id(hold_id))
 
     @post(
@@ -401,7 +401,7 @@ class PartnerController(Controller):
         summary="Burn held points",
         opt=api(
             body=schemas.HoldCapture,
-            responses={200: schemas.Hold},
+            responses={200: schemas.HoldOut},
             errors=(HoldNotFound, HoldNotOpen),
         )
         | _POSTING,
@@ -412,7 +412,7 @@ class PartnerController(Controller):
         partner: NamedDependency[PartnerCaller],
         services: NamedDependency[Services],
         hold_id: FromPath[str],
-    ) -> Response[schemas.Hold]:
+    ) -> Response[schemas.HoldOut]:
         def build() -> Command:
             data = decode_body(request, partner.body, schemas.HoldCapture)
             return CaptureHold(partner.partner_id, _hold_id(hold_id), data.points)
@@ -423,7 +423,9 @@ class PartnerController(Controller):
         "/holds/{hold_id:str}/void",
         status_code=200,
         summary="Release held points",
-        opt=api(body=EmptyBody, responses={200: schemas.Hold}, errors=(HoldNotFound, HoldNotOpen))
+        opt=api(
+            body=EmptyBody, responses={200: schemas.HoldOut}, errors=(HoldNotFound, HoldNotOpen)
+        )
         | _POSTING,
     )
     async def void(
@@ -432,7 +434,7 @@ class PartnerController(Controller):
         partner: NamedDependency[PartnerCaller],
         services: NamedDependency[Services],
         hold_id: FromPath[str],
-    ) -> Response[schemas.Hold]:
+    ) -> Response[schemas.HoldOut]:
         def build() -> Command:
             decode_body(request, partner.body, EmptyBody)
             return VoidHold(partner.partner_id, _hold_id(hold_id))
@@ -534,14 +536,14 @@ class BalanceController(Controller):
         "/{member_id:str}/balance",
         summary="A member's balance",
         dependencies={"caller": Provide(member_or_partner_caller)},
-        opt=api(responses={200: schemas.Balance}, errors=(MemberNotFound,)),
+        opt=api(responses={200: schemas.BalanceOut}, errors=(MemberNotFound,)),
     )
     async def balance(
         self,
         caller: NamedDependency[Caller],
         services: NamedDependency[Services],
         member_id: FromPath[str],
-    ) -> schemas.Balance:
+    ) -> schemas.BalanceOut:
         if caller.partner_id is None and caller.member_id != member_id:
             raise MemberNotFound(f"No member {member_id}.")
         balance, tier = await services.members.read_balance(

@@ -20,14 +20,14 @@ __all__ = [
     "REFERENCE_PATTERN",
     "Adjustment",
     "AdjustmentCreate",
-    "Balance",
     "BalanceAfter",
+    "BalanceOut",
     "BurnCreate",
     "EarnCreate",
     "Expiring",
-    "Hold",
     "HoldCapture",
     "HoldCreate",
+    "HoldOut",
     "MemberCreate",
     "MemberCreated",
     "MoneyIn",
@@ -151,7 +151,7 @@ class TransactionPage(_Out, frozen=True):
     next: str | None
 
 
-class Hold(_Out, frozen=True, omit_defaults=True):
+class HoldOut(_Out, frozen=True, omit_defaults=True):
     hold_id: str
     status: str
     points: int
@@ -181,7 +181,7 @@ class Tier(_Out, frozen=True, omit_defaults=True):
     next: NextTier | msgspec.UnsetType = msgspec.UNSET
 
 
-class Balance(_Out, frozen=True, omit_defaults=True):
+class BalanceOut(_Out, frozen=True, omit_defaults=True):
     member_id: str
     available: int
     held: int

@@ -125,8 +125,8 @@ def transaction_from_row(row: Any) -> schemas.Transaction:
     )
 
 
-def hold_view(hold: Hold) -> schemas.Hold:
-    return schemas.Hold(
+def hold_view(hold: Hold) -> schemas.HoldOut:
+    return schemas.HoldOut(
         hold_id=format_hold_id(hold.hold_id),
         status=hold.status.value,
         points=hold.points,
@@ -145,8 +145,8 @@ def hold_view(hold: Hold) -> schemas.Hold:
     )
 
 
-def balance_view(balance: Balance, tier: schemas.Tier | None = None) -> schemas.Balance:
-    return schemas.Balance(
+def balance_view(balance: Balance, tier: schemas.Tier | None = None) -> schemas.BalanceOut:
+    return schemas.BalanceOut(
         tier=msgspec.UNSET if tier is None else tier,
         member_id=balance.member_id,
         available=balance.available,
@@ -160,12 +160,12 @@ def balance_view(balance: Balance, tier: schemas.Tier | None = None) -> schemas.
     )
 
 
-def hold_from_row(row: Any, now: datetime) -> schemas.Hold:
+def hold_from_row(row: Any, now: datetime) -> schemas.HoldOut:
     """A stored hold; an open hold past its expiry shows as expired (as it is released)."""
     status = row.status
     if status == "open" and row.expires_at <= now:
         status = "expired"
-    return schemas.Hold(
+    return schemas.HoldOut(
         hold_id=format_hold_id(row.hold_id),
         status=status,
         points=row.points,

@@ -46,8 +46,11 @@ from partners.signing import IncomingRequest, lean_verify_body, lean_verify_head
 __all__ = [
     "NONCE_IN_POSTING",
     "PartnerCaller",
+    "header_list",
+    "idempotency_key_of",
     "operator_idempotency",
     "partner_caller",
+    "request_fingerprint",
     "spend_nonce",
 ]
 
@@ -70,14 +73,14 @@ class PartnerCaller:
     nonce: NonceClaim | None = None
 
 
-def _headers(request: Request[Any, Any, Any]) -> list[tuple[str, str]]:
+def header_list(request: Request[Any, Any, Any]) -> list[tuple[str, str]]:
     return [
         (name.decode("latin-1").lower(), value.decode("latin-1"))
         for name, value in request.scope["headers"]
     ]
 
 
-def _idempotency_key(method: str, headers: list[tuple[str, str]]) -> str | None:
+def idempotency_key_of(method: str, headers: list[tuple[str, str]]) -> str | None:
     values = [value for name, value in headers if name == "idempotency-key"]
     if method != "POST":
         return None
@@ -89,7 +92,7 @@ def _idempotency_key(method: str, headers: list[tuple[str, str]]) -> str | None:
     return values[0]
 
 
-def _fingerprint(method: str, path: str, body: bytes) -> bytes:
+def request_fingerprint(method: str, path: str, body: bytes) -> bytes:
     """What makes two requests 'the same request' for idempotency: method, path, body."""
     digest = hashlib.sha256()
     for part in (method.encode(), path.encode("latin-1"), body):
@@ -112,7 +115,7 @@ async def partner_caller(
     method = scope["method"]
     path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
     query = scope.get("query_string", b"").decode("latin-1")
-    headers = _headers(request)
+    headers = header_list(request)
     incoming = IncomingRequest(method=method, path=path, query=query, headers=headers, body=b"")
     try:
         checked = await lean_verify_headers(
@@ -125,7 +128,7 @@ async def partner_caller(
         metrics.SIGNATURE_FAILURES.labels(exc.code).inc()
         raise
     await services.limiter.check("partner", checked.verified.params.key_id)
-    key = _idempotency_key(method, headers)
+    key = idempotency_key_of(method, headers)
     body = await request.body()
     deferred: list[NonceClaim] = []
     in_posting = bool(request.route_handler.opt.get(NONCE_IN_POSTING))
@@ -154,7 +157,7 @@ async def partner_caller(
         content_digest=verified.content_digest,
         signature_base=verified.signature_base,
     )
-    idempotency = Idempotency(key, _fingerprint(method, path, body)) if key else None
+    idempotency = Idempotency(key, request_fingerprint(method, path, body)) if key else None
     nonce = deferred[0] if deferred else None
     return PartnerCaller(verified.partner_id, verified.key_id, body, proof, idempotency, nonce)
 
@@ -187,9 +190,9 @@ async def spend_nonce(
 def operator_idempotency(request: Request[Any, Any, Any], body: bytes) -> Idempotency:
     """An operator POST's Idempotency-Key (contract §8 follows §2.2 exactly): missing or
     malformed -> 400; the fingerprint is the same method, path and body as a partner's."""
-    key = _idempotency_key("POST", _headers(request))
+    key = idempotency_key_of("POST", header_list(request))
     if key is None:  # pragma: no cover - POST always yields a key or raises
         raise IdempotencyKeyMissing()
     scope = request.scope
     path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
-    return Idempotency(key, _fingerprint("POST", path, body))
+    return Idempotency(key, request_fingerprint("POST", path, body))

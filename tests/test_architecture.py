@@ -305,21 +305,9 @@ def test_the_server_and_the_command_line_load_no_tool() -> None:
     assert result.stdout.strip() == "[]"
 
 
-# Database access outside the database modules, still to be moved into their stores. Each
-# entry fails (strict xfail) once fixed, so the list can only shrink.
-_DRIVER_DEBTS: dict[str, str] = {}
-
-
-def _driver_case(module: str) -> object:
-    if module in _DRIVER_DEBTS:
-        reason = f"{module} {_DRIVER_DEBTS[module]}"
-        return pytest.param(module, marks=pytest.mark.xfail(strict=True, reason=reason))
-    return module
-
-
 @pytest.mark.parametrize(
     "module",
-    [_driver_case(module) for module in sorted(PRODUCT) if not _is_database_module(module)],
+    [module for module in sorted(PRODUCT) if not _is_database_module(module)],
 )
 def test_database_drivers_stay_in_the_database_modules(module: str) -> None:
     """asyncpg and SQLAlchemy (SQL, driver errors, raw connections) are used only in
@@ -362,3 +350,33 @@ def test_every_package_declares_a_sorted_all_of_names_that_exist(package: str) -
     assert len(set(names)) == len(names), f"{package}.__all__ repeats a name"
     module = importlib.import_module(package)
     assert [name for name in names if not hasattr(module, name)] == []
+
+
+def _private_imports(path: Path, module: str) -> list[str]:
+    """`from x import _name` where `_name` is not a module of x's own package: a helper
+    used by another module is part of its module's interface and is named as such."""
+    found = []
+    package = module.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ImportFrom) or not node.module or node.level:
+            continue
+        for alias in node.names:
+            if not alias.name.startswith("_") or alias.name.startswith("__"):
+                continue
+            if f"{node.module}.{alias.name}" in MODULES and node.module.startswith(package):
+                continue  # a package's private module, imported inside that package
+            found.append(f"{node.module}.{alias.name}")
+    return found
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_underscored_name_crosses_a_module(module: str) -> None:
+    """Style rule 11 (one word, one meaning): a name with an underscore is its module's own;
+    a helper another module needs gets a public name (and its module's `__all__`)."""
+    assert _private_imports(MODULES[module], module) == []
+
+
+def test_the_private_import_scan_sees_a_crossing(tmp_path: Path) -> None:
+    source = tmp_path / "mod.py"
+    source.write_text("from exchange.ledger._common import _secret\nfrom os import path\n")
+    assert _private_imports(source, "exchange.service.mod") == ["exchange.ledger._common._secret"]

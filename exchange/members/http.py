@@ -26,7 +26,7 @@ from exchange.service import Idempotency
 
 # The partner gateway's own Idempotency-Key rules and request fingerprint, so that a
 # member's key behaves exactly like a partner's.
-from partners.auth import _fingerprint, _headers, _idempotency_key
+from partners.auth import header_list, idempotency_key_of, request_fingerprint
 
 __all__ = ["MemberAdminController", "MemberRightsController"]
 
@@ -39,11 +39,11 @@ def _own(member: MemberCaller, member_id: str) -> None:
 
 async def _idempotency(request: Request[Any, Any, Any], body: bytes) -> Idempotency:
     scope = request.scope
-    key = _idempotency_key(scope["method"], _headers(request))
+    key = idempotency_key_of(scope["method"], header_list(request))
     path = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
     if key is None:  # pragma: no cover - only POSTs come here, and they always need a key
         raise RuntimeError("a POST without an idempotency key passed the check")
-    return Idempotency(key, _fingerprint(scope["method"], path, body))
+    return Idempotency(key, request_fingerprint(scope["method"], path, body))
 
 
 class MemberRightsController(Controller):

@@ -38,7 +38,7 @@ from exchange.ledger import (
 )
 from exchange.members import QUALIFYING_WINDOW, tier_status
 from exchange.retry import retry_conflicts
-from exchange.schemas import Hold, MemberCreated, Transaction, TransactionPage
+from exchange.schemas import HoldOut, MemberCreated, Transaction, TransactionPage
 from exchange.service._batch import PendingBatch, apply_rule
 from exchange.service._commands import (
     CaptureHold,
@@ -399,7 +399,7 @@ class LedgerService:
         )
         return TransactionPage(items=[transaction_from_row(row) for row in page], next=cursor)
 
-    async def get_hold(self, partner_id: str, hold_id: uuid.UUID) -> Hold:
+    async def get_hold(self, partner_id: str, hold_id: uuid.UUID) -> HoldOut:
         async with driver_connection(self.engine) as conn:
             with store.translate_errors():
                 row = await store.fetch_hold(conn, hold_id)

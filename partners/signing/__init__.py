@@ -2,7 +2,7 @@
 
 Division of labour. The `http-message-signatures` library builds signature bases and
 runs Ed25519: `HTTPMessageSigner` signs, `HTTPMessageVerifier` verifies, both through
-`_ComponentResolver`, our implementation of the library's component-resolver extension
+`ComponentResolver`, our implementation of the library's component-resolver extension
 point, which gives `@authority` as the exchange's configured host, `@path` and `@query`
 exactly as they were sent (percent-encoding preserved, never decoded or re-encoded), and
 header fields per RFC 9421 §2.1. Everything the library cannot express is ours: one

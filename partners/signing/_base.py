@@ -15,27 +15,33 @@ from http_sf.compat import Item
 
 from partners.errors import SignatureInvalid
 from partners.signing._data import IncomingRequest, ParsedSignature
-from partners.signing._parse import _field_lines
+from partners.signing._parse import field_lines
 
-__all__ = ["signature_base"]
+__all__ = [
+    "ComponentResolver",
+    "FieldLines",
+    "SignedMessage",
+    "WindowlessVerifier",
+    "signature_base",
+]
 
 
 # --- the component resolver shared by signer and verifier -------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class _Message:
+class SignedMessage:
     """The view of a request the library's signer and verifier work on."""
 
     method: str
     authority: str
     path: str
     query: str
-    headers: Any  # a dict when signing (the library writes to it), a _FieldLines when verifying
+    headers: Any  # a dict when signing (the library writes to it), a FieldLines when verifying
 
 
 @dataclass(frozen=True, slots=True)
-class _FieldLines:
+class FieldLines:
     """Read-only header lines in arrival order, duplicates kept (all the verifier reads)."""
 
     lines: Sequence[tuple[str, str]]
@@ -44,7 +50,7 @@ class _FieldLines:
         return self.lines
 
 
-class _ComponentResolver:
+class ComponentResolver:
     """Component values per RFC 9421 §2.1-2.2 for the components this profile allows.
 
     `@path` and `@query` are the request's raw spelling; `@authority` is the exchange's
@@ -53,7 +59,7 @@ class _ComponentResolver:
     duplicates before this point, but the resolver itself stays RFC-exact).
     """
 
-    def __init__(self, message: _Message) -> None:
+    def __init__(self, message: SignedMessage) -> None:
         self._message = message
 
     def resolve(self, component: Item) -> str:
@@ -71,13 +77,13 @@ class _ComponentResolver:
             if name not in derived:
                 raise HTTPMessageSignaturesException(f"derived component {name} not supported")
             return derived[name]
-        lines = _field_lines(list(message.headers.items()), name)
+        lines = field_lines(list(message.headers.items()), name)
         if not lines:
             raise HTTPMessageSignaturesException(f"covered header {name} absent")
         return ", ".join(normalize_header_value(line) for line in lines)
 
 
-class _WindowlessVerifier(HTTPMessageVerifier):
+class WindowlessVerifier(HTTPMessageVerifier):
     """The library's verifier minus its clock checks, which read the wall clock.
 
     Our profile checks `created`/`expires` against the caller's `now` before this runs.
@@ -114,7 +120,7 @@ def signature_base(
             if value is None:
                 raise SignatureInvalid(f"derived component {name} is not part of the profile")
         else:
-            fields = _field_lines(request.headers, name)
+            fields = field_lines(request.headers, name)
             if not fields:
                 raise SignatureInvalid(f"covered header {name} is absent")
             value = ", ".join(normalize_header_value(line) for line in fields)

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from http_message_signatures import ContentDigest
 
 from partners.signing._ed25519 import ED25519_KEY_BYTES, is_acceptable_public_key
-from partners.signing._parse import _signature_bytes, _single_member
+from partners.signing._parse import signature_bytes, single_member
 
 __all__ = [
     "b64url_decode",
@@ -93,5 +93,5 @@ def content_digest(body: bytes) -> str:
 
 def decode_signature_member(signature: str) -> bytes:
     """The raw signature bytes from a stored one-member Signature value (`label=:...:`)."""
-    _, member = _single_member("Signature", signature)
-    return _signature_bytes(member)
+    _, member = single_member("Signature", signature)
+    return signature_bytes(member)

@@ -57,11 +57,11 @@ from partners.signing._data import (
 )
 from partners.signing._ed25519 import is_acceptable_public_key
 from partners.signing._parse import (
-    _key_status,
-    _known_key,
     check_content_digest,
     check_content_digest_field,
     check_signature_params,
+    require_known_key,
+    require_usable_key,
 )
 from partners.signing._verify import VerifiedHeaders, verify_body, verify_headers
 
@@ -216,7 +216,7 @@ async def lean_verify_headers(
             _check_digest(digest, request.body)
     elif digest is None:
         check_content_digest_field(request)
-    record = _known_key(await resolve_key(params.key_id), params.key_id)
+    record = require_known_key(await resolve_key(params.key_id), params.key_id)
     if not _acceptable(record.public_key):
         raise KeyRevoked(f"key {params.key_id!r} has been revoked")
     try:
@@ -231,7 +231,7 @@ async def lean_verify_headers(
             f"the signature does not verify for keyid {params.key_id!r}; sign @authority as "
             f'"{authority}" and @path and @query exactly as sent'
         ) from None
-    _key_status(record, params.key_id)
+    require_usable_key(record, params.key_id)
     signature_input = f"{parsed.label}={canonical.signature_params}"
     return LeanHeaders(VerifiedHeaders(parsed, params, record, base, signature_input), fields)
 

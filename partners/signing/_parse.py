@@ -48,7 +48,12 @@ __all__ = [
     "check_content_digest_field",
     "check_coverage",
     "check_signature_params",
+    "field_lines",
     "parse_signature_headers",
+    "require_known_key",
+    "require_usable_key",
+    "signature_bytes",
+    "single_member",
 ]
 
 _ED25519_SIGNATURE_BYTES: Final = 64
@@ -56,7 +61,7 @@ _PARAMETERS: Final = frozenset({"alg", "created", "expires", "keyid", "nonce", "
 _DIGESTS: Final = {"sha-256": hashlib.sha256, "sha-512": hashlib.sha512}
 
 
-def _field_lines(headers: Sequence[tuple[str, str]], name: str) -> list[str]:
+def field_lines(headers: Sequence[tuple[str, str]], name: str) -> list[str]:
     return [value for field, value in headers if field.lower() == name]
 
 
@@ -67,7 +72,7 @@ def _reject_duplicate(key: str, context: str) -> None:
     raise ValueError(f"duplicate {context} key {key!r}")
 
 
-def _single_member(field: str, value: str) -> tuple[str, Any]:
+def single_member(field: str, value: str) -> tuple[str, Any]:
     if len(value) > SIGNATURE_FIELD_BYTES_MAX:
         raise SignatureInvalid(f"{field} is longer than {SIGNATURE_FIELD_BYTES_MAX} bytes")
     try:
@@ -85,7 +90,7 @@ def _single_member(field: str, value: str) -> tuple[str, Any]:
     return str(label), member
 
 
-def _signature_bytes(member: Any) -> bytes:
+def signature_bytes(member: Any) -> bytes:
     value = member[0]
     if not isinstance(value, bytes) or len(value) != _ED25519_SIGNATURE_BYTES:
         raise SignatureInvalid("Signature must be a byte sequence holding a 64-byte Ed25519 value")
@@ -121,20 +126,20 @@ def parse_signature_headers(headers: Sequence[tuple[str, str]]) -> ParsedSignatu
     repeated, too long, not an RFC 8941 dictionary, not exactly one member, or the labels
     differ, or when a member has the wrong shape.
     """
-    inputs = _field_lines(headers, "signature-input")
-    signatures = _field_lines(headers, "signature")
+    inputs = field_lines(headers, "signature-input")
+    signatures = field_lines(headers, "signature")
     if not inputs or not signatures:
         raise SignatureMissing("the request needs both Signature-Input and Signature (RFC 9421)")
     if len(inputs) > 1 or len(signatures) > 1:
         raise SignatureInvalid("Signature-Input and Signature must each be sent exactly once")
-    input_label, input_member = _single_member("Signature-Input", inputs[0])
-    signature_label, signature_member = _single_member("Signature", signatures[0])
+    input_label, input_member = single_member("Signature-Input", inputs[0])
+    signature_label, signature_member = single_member("Signature", signatures[0])
     if input_label != signature_label:
         raise SignatureInvalid(
             f"labels differ: Signature-Input has {input_label!r}, Signature {signature_label!r}"
         )
     components, params = _components(input_member)
-    return ParsedSignature(input_label, components, params, _signature_bytes(signature_member))
+    return ParsedSignature(input_label, components, params, signature_bytes(signature_member))
 
 
 # --- the profile's rules --------------------------------------------------------------------
@@ -193,7 +198,7 @@ def check_coverage(parsed: ParsedSignature, request: IncomingRequest) -> None:
     """Required coverage (rule 4) and covered headers present exactly once (rule 5)."""
     required = list(REQUIRED_COMPONENTS)
     if request.body:
-        if not _field_lines(request.headers, "content-digest"):
+        if not field_lines(request.headers, "content-digest"):
             raise SignatureInsufficient(
                 "a request body needs a Content-Digest header (sha-256 or sha-512), "
                 "covered by the signature"
@@ -210,7 +215,7 @@ def check_coverage(parsed: ParsedSignature, request: IncomingRequest) -> None:
             if name not in REQUIRED_COMPONENTS:
                 raise SignatureInvalid(f'derived component "{name}" is not part of the profile')
             continue
-        count = len(_field_lines(request.headers, name))
+        count = len(field_lines(request.headers, name))
         if count != 1:
             raise SignatureInvalid(
                 f'covered header "{name}" appears {count} times; it must appear exactly once'
@@ -219,7 +224,7 @@ def check_coverage(parsed: ParsedSignature, request: IncomingRequest) -> None:
 
 def _digest_members(request: IncomingRequest) -> tuple[str, dict[str, Any]] | None:
     """The Content-Digest header parsed, with at least one supported member; no body read."""
-    lines = _field_lines(request.headers, "content-digest")
+    lines = field_lines(request.headers, "content-digest")
     if not lines:
         return None
     if len(lines) > 1 or len(lines[0]) > CONTENT_DIGEST_FIELD_BYTES_MAX:
@@ -259,13 +264,13 @@ def check_content_digest(request: IncomingRequest) -> str | None:
     return value
 
 
-def _known_key(record: KeyRecord | None, key_id: str) -> KeyRecord:
+def require_known_key(record: KeyRecord | None, key_id: str) -> KeyRecord:
     if record is None:
         raise KeyUnknown(f"no key is registered with keyid {key_id!r}")
     return record
 
 
-def _key_status(record: KeyRecord, key_id: str) -> KeyRecord:
+def require_usable_key(record: KeyRecord, key_id: str) -> KeyRecord:
     """Revoked key, suspended partner: told only to a caller whose signature verified,
     so the status of someone else's key is never revealed to a stranger."""
     if not record.key_active:

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from http_message_signatures import HTTPMessageSigner, MappingKeyResolver
 from http_message_signatures.algorithms import ED25519
 
-from partners.signing._base import _ComponentResolver, _Message
+from partners.signing._base import ComponentResolver, SignedMessage
 from partners.signing._data import (
     BODY_COMPONENTS,
     POST_COMPONENTS,
@@ -53,9 +53,9 @@ def sign_components(
     signer = HTTPMessageSigner(
         signature_algorithm=ED25519,
         key_resolver=MappingKeyResolver(public_keys={}, private_keys={key_id: private_key}),
-        component_resolver_class=_ComponentResolver,
+        component_resolver_class=ComponentResolver,
     )
-    message = _Message(method, authority, path, query, fields)
+    message = SignedMessage(method, authority, path, query, fields)
     signer.sign(
         message,
         key_id=key_id,

@@ -18,10 +18,10 @@ from http_message_signatures.algorithms import ED25519
 from exchange.errors import InvariantViolation
 from partners.errors import KeyRevoked, NonceReplayed, SignatureInvalid
 from partners.signing._base import (
-    _ComponentResolver,
-    _FieldLines,
-    _Message,
-    _WindowlessVerifier,
+    ComponentResolver,
+    FieldLines,
+    SignedMessage,
+    WindowlessVerifier,
     signature_base,
 )
 from partners.signing._data import (
@@ -36,13 +36,13 @@ from partners.signing._data import (
 )
 from partners.signing._ed25519 import is_acceptable_public_key
 from partners.signing._parse import (
-    _key_status,
-    _known_key,
     check_content_digest,
     check_content_digest_field,
     check_coverage,
     check_signature_params,
     parse_signature_headers,
+    require_known_key,
+    require_usable_key,
 )
 
 __all__ = [
@@ -70,7 +70,7 @@ def verify_message_signature(
     Applies only the structural checks of `parse_signature_headers` (one signature, plain
     components, 64-byte value); no parameter, clock, coverage, digest or key-status rules:
     `verify_request` applies those first. The base is
-    built by the library's verifier through `_ComponentResolver`, then re-checked here
+    built by the library's verifier through `ComponentResolver`, then re-checked here
     so that `signature_base` is provably the byte string that verified.
     Raises SignatureInvalid; ValueError if `public_key` is not a 32-byte Ed25519 key.
     """
@@ -81,13 +81,13 @@ def verify_message_signature(
     )
     parsed = parse_signature_headers(request.headers)
     key_id = parsed.params.get("keyid")
-    verifier = _WindowlessVerifier(
+    verifier = WindowlessVerifier(
         signature_algorithm=ED25519,
         key_resolver=MappingKeyResolver(public_keys={str(key_id): key}, private_keys={}),
-        component_resolver_class=_ComponentResolver,
+        component_resolver_class=ComponentResolver,
     )
-    message = _Message(
-        request.method, authority, request.path, request.query, _FieldLines(request.headers)
+    message = SignedMessage(
+        request.method, authority, request.path, request.query, FieldLines(request.headers)
     )
     try:
         (result,) = verifier.verify(message, max_age=None)
@@ -154,7 +154,7 @@ async def verify_headers(
         check_content_digest(request)
     else:
         check_content_digest_field(request)
-    record = _known_key(await resolve_key(params.key_id), params.key_id)
+    record = require_known_key(await resolve_key(params.key_id), params.key_id)
     if not _acceptable(record.public_key):
         # Stored before the strict check (start-up revokes these): fail closed.
         raise KeyRevoked(f"key {params.key_id!r} has been revoked")
@@ -168,7 +168,7 @@ async def verify_headers(
             f"the signature does not verify for keyid {params.key_id!r}; sign @authority as "
             f'"{authority}" and @path and @query exactly as sent'
         )
-    _key_status(record, params.key_id)
+    require_usable_key(record, params.key_id)
     return VerifiedHeaders(parsed, params, record, base, signature_input)
 
 
