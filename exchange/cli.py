@@ -108,7 +108,7 @@ def serve(host: str, port: int, workers: int, http_server: str) -> None:
         import uvicorn  # noqa: PLC0415 - only the server needs it
 
         uvicorn.run(
-            "exchange.app:create_app",
+            "exchange.app:create_served_app",
             factory=True,
             host=host,
             port=port,
@@ -127,7 +127,7 @@ def _serve_granian(host: str, port: int, workers: int) -> None:
     except ImportError:
         raise click.ClickException("--server granian needs granian: pip install granian") from None
     Server(
-        "exchange.app:create_app",
+        "exchange.app:create_served_app",
         address=host,
         port=port,
         interface=Interfaces.ASGI,
