@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import signal
@@ -126,6 +127,10 @@ def _serve_granian(host: str, port: int, workers: int) -> None:
         from granian.server import Server  # noqa: PLC0415
     except ImportError:
         raise click.ClickException("--server granian needs granian: pip install granian") from None
+    # Spawned, not forked (Linux's default): a worker must import the app afresh, as
+    # uvicorn's do, so that prometheus-client sees PROMETHEUS_MULTIPROC_DIR at import and
+    # the workers' metrics add up (a forked worker inherits the parent's in-memory mode).
+    multiprocessing.set_start_method("spawn", force=True)
     Server(
         "exchange.app:create_served_app",
         address=host,

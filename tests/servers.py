@@ -46,9 +46,9 @@ def wait_ready(port: int, process: subprocess.Popen[bytes], timeout_s: float = 3
 
 
 @contextmanager
-def serving(data_dir: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+def serving(data_dir: Path, port: int, *options: str) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
-        [*EXCHANGE, "serve", "--port", str(port)],
+        [*EXCHANGE, "serve", "--port", str(port), *options],
         env=server_env(EXCHANGE_DATA_DIR=str(data_dir)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -146,8 +146,9 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def worker_pids(self) -> list[int]:
-        """The processes serving requests: uvicorn's (spawned) or granian's (forked, the
-        server's own command line) workers, or the server itself with one."""
+        """The processes serving requests: uvicorn's or granian's (both spawned; a forked
+        worker would carry the server's own command line) workers, or the server itself
+        with one."""
         try:
             server = psutil.Process(self.process.pid)
             children = server.children()
