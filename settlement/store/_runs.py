@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.errors import InvariantViolation
 from exchange.ids import format_transaction_id
+from exchange.ledger import PostingType
 from exchange.tables import ledger_state, postings
 from partners.tables import partners
 from settlement.engine import (
@@ -362,7 +363,17 @@ class PeriodPosting:
     posted_at: datetime
 
 
-LINE_POSTING_TYPES = ("earn", "earn_reversal", "burn", "burn_reversal", "expiry")
+# The postings a statement line is made of: what partners earn and burn, and breakage.
+LINE_POSTING_TYPES = tuple(
+    str(kind)
+    for kind in (
+        PostingType.EARN,
+        PostingType.EARN_REVERSAL,
+        PostingType.BURN,
+        PostingType.BURN_REVERSAL,
+        PostingType.EXPIRY,
+    )
+)
 
 
 async def period_postings(
