@@ -133,7 +133,8 @@ class MembersService:
             earlier = await self._replay(conn, member_id, idempotency)
             if earlier is not None:
                 return earlier
-        debts, closed_until = await store.lock_members(conn, {member_id, to_member_id})
+        locked = await store.lock_members(conn, {member_id, to_member_id})
+        debts, closed_until = locked.debts, locked.closed_until
         for wanted in (member_id, to_member_id):
             if wanted not in debts:
                 raise MemberNotFound(f"No member {wanted}.")

@@ -218,10 +218,11 @@ class AdjustmentService:
         return posted
 
     async def _post(self, conn: Connection, row: store.AdjustmentRow, now: datetime) -> uuid.UUID:
-        debts, closed_until = await store.lock_members(conn, [row.member_id])
+        locked = await store.lock_members(conn, [row.member_id], partner_ids=[row.issuer_id])
+        debts, closed_until = locked.debts, locked.closed_until
         if row.member_id not in debts:
             raise MemberNotFound(f"No member {row.member_id}.")
-        terms = await store.load_partner_terms(conn, [row.issuer_id])
+        terms = await store.lock_credit_limited(conn, locked.terms)
         issuer = PartnerState(terms[row.issuer_id])
         if row.points > 0 and issuer.terms.terminated:  # terminated since the request
             raise Unprocessable(

@@ -137,12 +137,19 @@ class LedgerService:
         """Lock the members, load partners, originals and books; apply every request."""
         if not batch.pending():
             return {}
-        debts, closed_until = await store.lock_members(conn, set(batch.members.values()))
+        locked = await store.lock_members(
+            conn,
+            set(batch.members.values()),
+            partner_ids={batch.requests[index].command.partner_id for index in batch.pending()},
+        )
+        debts, closed_until = locked.debts, locked.closed_until
         for index in batch.pending():
             if batch.members[index] not in debts:
                 batch.fail(index, MemberNotFound(f"No member {batch.members[index]}."))
         partner_ids = {batch.requests[index].command.partner_id for index in batch.pending()}
-        terms = await store.load_partner_terms(conn, partner_ids)
+        terms = await store.lock_credit_limited(
+            conn, {p: t for p, t in locked.terms.items() if p in partner_ids}
+        )
         partners = {partner_id: PartnerState(t) for partner_id, t in terms.items()}
         await self._load_tiers(conn, batch, partners)
         batch.originals = await store.load_originals(conn, self._reversal_targets(batch))
@@ -338,9 +345,11 @@ class LedgerService:
         member_ids = await store.due_member_ids(conn, now, limit)
         if not member_ids:
             return True
-        debts, closed_until = await store.lock_members(conn, member_ids, include_erased=True)
-        books = await store.load_books(conn, debts)
-        ctx = Context(now=now, closed_until=closed_until, points_ttl=self.points_ttl, ids=new_id)
+        locked = await store.lock_members(conn, member_ids, include_erased=True)
+        books = await store.load_books(conn, locked.debts)
+        ctx = Context(
+            now=now, closed_until=locked.closed_until, points_ttl=self.points_ttl, ids=new_id
+        )
         for book in books.values():
             apply_due(book, ctx)
             result.count(book.postings)

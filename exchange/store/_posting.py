@@ -7,9 +7,9 @@ per batch, whatever the batch size:
     nonces       the signatures' (keyid, nonce) pairs, if any          1, only if signed
     claim        barrier + idempotency try-locks + stored responses   1 statement
     resolve      which member a hold or an original belongs to        1, only if needed
-    lock         member rows in member_id order + closed_until        1
-    partners     terms (+ lock and exposure for credit-limited ones)  1 (3)
-    books        lots, then holds with their reserved lots            2
+    lock         member rows in member_id order, closed_until, terms  1
+    limited      credit-limited partners: lock, then exposure         2, only if any
+    books        lots, and holds with their reserved lots             1
     originals    transactions being reversed                          1-3, only if needed
     write        every insert and update of the batch                 1 (data-modifying CTE)
 
@@ -28,9 +28,9 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 import msgspec
 
@@ -48,10 +48,12 @@ from exchange.store._connection import Connection
 from exchange.store._rows import LotRow
 
 __all__ = [
+    "Locked",
+    "TermsRow",
     "claim_nonces",
     "load_books",
     "load_originals",
-    "load_partner_terms",
+    "lock_credit_limited",
     "lock_members",
     "resolve_targets",
 ]
@@ -112,98 +114,132 @@ async def resolve_targets(
     return holds, postings
 
 
-# -- lock ------------------------------------------------------------------------------------
+# -- lock (with the partners' terms) ----------------------------------------------------------
 
-# closed_until is read here, after the barrier is held: it only moves under the exclusive
-# barrier, so this value stays right until we commit.
-_LOCK_SQL = """
-SELECT m.member_id, m.debt, (SELECT closed_until FROM ledger_state WHERE id = 1) AS closed_until
-FROM members AS m
-WHERE m.member_id = ANY($1::text[]) AND (m.status = 'active' OR $2::boolean)
-ORDER BY m.member_id
-FOR NO KEY UPDATE OF m
-"""
-_CLOSED_SQL = "SELECT closed_until FROM ledger_state WHERE id = 1"
+# One round trip: the member rows locked in member_id order (the CTE produces, and so
+# locks, them in that order), the journal's closing time and the partners' terms, as one
+# row of JSON documents. closed_until is read after the barrier is held: it only moves
+# under the exclusive barrier, so this value stays right until we commit. The terms are
+# the ones in force now (read unlocked: the posting keeps the version it was priced with);
+# credit-limited partners are locked and re-read afterwards (`lock_credit_limited`).
+_TERMS_ROW = """json_build_array(
+       partner_id, status, settlement_currency, issue_price::text, redemption_value::text,
+       earn_rates, credit_limit::text, settled_issuance::text, receivable_open::text,
+       terms_version, tier_multipliers)"""
+_LOCK_SQL = f"""
+WITH locked AS MATERIALIZED (
+    SELECT m.member_id, m.debt FROM members AS m
+    WHERE m.member_id = ANY($1::text[]) AND (m.status = 'active' OR $2::boolean)
+    ORDER BY m.member_id
+    FOR NO KEY UPDATE OF m)
+SELECT (SELECT coalesce(json_agg(json_build_array(member_id, debt)), '[]') FROM locked)::text
+           AS members,
+       (SELECT closed_until FROM ledger_state WHERE id = 1) AS closed_until,
+       (SELECT coalesce(json_agg({_TERMS_ROW}), '[]') FROM partners
+        WHERE partner_id = ANY($3::text[]))::text AS terms
+"""  # noqa: S608 - built from constant text, never from input
+
+
+class TermsRow(msgspec.Struct, array_like=True, frozen=True):
+    """A partner's terms as `_TERMS_ROW` sends them."""
+
+    partner_id: str
+    status: str
+    settlement_currency: str
+    issue_price: Decimal
+    redemption_value: Decimal
+    earn_rates: dict[str, Decimal]
+    credit_limit: Decimal | None
+    settled_issuance: Decimal
+    receivable_open: Decimal
+    terms_version: int
+    tier_multipliers: dict[str, Decimal]
+
+    def terms(self, exposure: Decimal = Decimal(0)) -> PartnerTerms:
+        return PartnerTerms(
+            partner_id=self.partner_id,
+            active=self.status == "active",
+            settlement_currency=self.settlement_currency,
+            issue_price=self.issue_price,
+            redemption_value=self.redemption_value,
+            earn_rates=self.earn_rates,
+            credit_limit=self.credit_limit,
+            exposure=exposure,
+            # Kept on each posting: a price change committing while this batch runs is
+            # visible afterwards as the version the posting was really priced with.
+            version=self.terms_version,
+            terminated=self.status == "terminated",
+            tier_multipliers=self.tier_multipliers,
+        )
+
+
+_MEMBER_ROWS = msgspec.json.Decoder(list[tuple[str, int]])
+_TERMS_ROWS = msgspec.json.Decoder(list[TermsRow])
+_TERMS_ONE = msgspec.json.Decoder(TermsRow)
+
+
+@dataclass(frozen=True, slots=True)
+class Locked:
+    """What `lock_members` holds and read: the locked members' debts, the journal's
+    closing time, and the terms of the partners asked for (credit-limited ones not yet
+    locked: see `lock_credit_limited`)."""
+
+    debts: dict[str, int]
+    closed_until: datetime
+    terms: dict[str, PartnerTerms]
 
 
 async def lock_members(
-    conn: Connection, member_ids: Iterable[str], *, include_erased: bool = False
-) -> tuple[dict[str, int], datetime]:
-    """Lock member rows in member_id order; their debts, and the journal's closing time.
-    Erased members are left out (not found), except for the sweep (`include_erased`):
-    their points still expire on time."""
-    rows = await conn.fetch(_LOCK_SQL, sorted(set(member_ids)), include_erased)
-    debts = {row["member_id"]: row["debt"] for row in rows}
-    closed_until = rows[0]["closed_until"] if rows else await conn.fetchval(_CLOSED_SQL)
-    return debts, closed_until
+    conn: Connection,
+    member_ids: Iterable[str],
+    *,
+    partner_ids: Iterable[str] = (),
+    include_erased: bool = False,
+) -> Locked:
+    """Lock member rows in member_id order; their debts, the journal's closing time and
+    the terms of `partner_ids`, in one round trip. Erased members are left out (not
+    found), except for the sweep (`include_erased`): their points still expire on time."""
+    row = await conn.fetchrow(
+        _LOCK_SQL, sorted(set(member_ids)), include_erased, sorted(set(partner_ids))
+    )
+    if row is None:  # a SELECT without FROM returns one row
+        raise InvariantViolation("the lock statement returned no row")
+    terms = {found.partner_id: found.terms() for found in _TERMS_ROWS.decode(row["terms"])}
+    return Locked(dict(_MEMBER_ROWS.decode(row["members"])), row["closed_until"], terms)
 
 
-# -- partners --------------------------------------------------------------------------------
+# -- credit-limited partners -------------------------------------------------------------------
 
-_PARTNERS_SQL = """
-SELECT partner_id, status, settlement_currency, issue_price, redemption_value,
-       earn_rates::text AS earn_rates, credit_limit, settled_issuance, receivable_open,
-       terms_version, tier_multipliers::text AS tier_multipliers
-FROM partners WHERE partner_id = ANY($1::text[])
-"""
-# Credit-limited partners: lock, then read the exposure in a LATER statement, so that it
-# includes everything committed by whoever held the lock before us.
-_LOCK_LIMITED_SQL = _PARTNERS_SQL + " ORDER BY partner_id FOR NO KEY UPDATE"
+# Lock, then read the exposure in a LATER statement, so that it includes everything
+# committed by whoever held the lock before us.
+_LOCK_LIMITED_SQL = f"""
+SELECT {_TERMS_ROW}::text AS terms FROM partners WHERE partner_id = ANY($1::text[])
+ORDER BY partner_id FOR NO KEY UPDATE
+"""  # noqa: S608 - built from constant text, never from input
 _EXPOSURE_SQL = """
 SELECT partner_id, coalesce(sum(issued_value), 0) AS issued
 FROM partner_counters WHERE partner_id = ANY($1::text[]) GROUP BY partner_id
 """
 
 
-def _terms(row: Any, exposure: Decimal) -> PartnerTerms:
-    rates = msgspec.json.decode(row["earn_rates"], type=dict[str, str])
-    multipliers = msgspec.json.decode(row["tier_multipliers"], type=dict[str, str])
-    return PartnerTerms(
-        partner_id=row["partner_id"],
-        active=row["status"] == "active",
-        settlement_currency=row["settlement_currency"],
-        issue_price=row["issue_price"],
-        redemption_value=row["redemption_value"],
-        earn_rates={currency: Decimal(rate) for currency, rate in rates.items()},
-        credit_limit=row["credit_limit"],
-        exposure=exposure,
-        # Kept on each posting: a price change committing while this batch runs is
-        # visible afterwards as the version the posting was really priced with.
-        version=row["terms_version"],
-        terminated=row["status"] == "terminated",
-        tier_multipliers={tier: Decimal(value) for tier, value in multipliers.items()},
-    )
-
-
-async def load_partner_terms(
-    conn: Connection, partner_ids: Iterable[str]
+async def lock_credit_limited(
+    conn: Connection, terms: dict[str, PartnerTerms]
 ) -> dict[str, PartnerTerms]:
-    """The terms in force now; credit-limited partners locked, with their exposure."""
-    ids = sorted(set(partner_ids))
-    if not ids:
-        return {}
-    rows = {row["partner_id"]: row for row in await conn.fetch(_PARTNERS_SQL, ids)}
-    limited = sorted(
-        partner_id for partner_id, row in rows.items() if row["credit_limit"] is not None
-    )
-    exposures: dict[str, Decimal] = {}
-    if limited:
-        for row in await conn.fetch(_LOCK_LIMITED_SQL, limited):
-            rows[row["partner_id"]] = row
-        issued = {
-            row["partner_id"]: row["issued"] for row in await conn.fetch(_EXPOSURE_SQL, limited)
-        }
-        # Unsettled issuance of the open period, plus what closed runs billed and the
-        # partner has not paid yet (contract §8: headroom returns when it pays).
-        exposures = {
-            partner_id: issued.get(partner_id, Decimal(0))
-            - rows[partner_id]["settled_issuance"]
-            + rows[partner_id]["receivable_open"]
-            for partner_id in limited
-        }
-    return {
-        partner_id: _terms(row, exposures.get(partner_id, Decimal(0)))
-        for partner_id, row in rows.items()
+    """`terms` with each credit-limited partner locked (in partner_id order), its terms
+    read again under the lock and its exposure added; nothing to do (no round trip)
+    when none has a limit."""
+    limited = sorted(partner_id for partner_id, t in terms.items() if t.credit_limit is not None)
+    if not limited:
+        return terms
+    rows = [_TERMS_ONE.decode(row["terms"]) for row in await conn.fetch(_LOCK_LIMITED_SQL, limited)]
+    issued = {row["partner_id"]: row["issued"] for row in await conn.fetch(_EXPOSURE_SQL, limited)}
+    # Unsettled issuance of the open period, plus what closed runs billed and the partner
+    # has not paid yet (contract §8: headroom returns when it pays).
+    return terms | {
+        row.partner_id: row.terms(
+            issued.get(row.partner_id, Decimal(0)) - row.settled_issuance + row.receivable_open
+        )
+        for row in rows
     }
 
 

@@ -1,0 +1,117 @@
+"""The statements a posting batch sends, counted on the pooled connections: each is a
+round trip, the hot path's fixed cost per batch (docs/performance.md). A batch of signed
+earns sends the same seven whatever its size; a credit-limited partner adds two."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from exchange.clock import FrozenClock
+from exchange.service import (
+    Earn,
+    Idempotency,
+    LedgerRequest,
+    LedgerService,
+    NonceClaim,
+    SignatureProof,
+)
+from tests.support import add_partner, enrol
+
+PROOF = SignatureProof(
+    "grocer-key-1",
+    'sig1=("@method" "@target-uri" "content-digest");created=1;keyid="grocer-key-1"',
+    "sig1=:c2lnbmF0dXJl:",
+    "sha-256=:ZGlnZXN0:",
+    b'"@method": POST',
+)
+# asyncpg's own introspection of a type it has not met on this connection yet: once per
+# connection and type, not per batch.
+INTROSPECTION = ("SELECT current_setting('jit')", "WITH RECURSIVE typeinfo_tree",
+                 "SELECT set_config('jit'")  # fmt: skip
+# What each statement is, by how it starts.
+STEPS = {
+    "BEGIN": "begin",
+    "INSERT INTO signature_nonces": "nonces",
+    "WITH barrier": "claim",
+    "WITH locked": "lock and terms",
+    "SELECT (SELECT coalesce(json_agg(json_build_array(lot_id": "books",
+    "SELECT partner_id": "lock credit-limited",
+    "SELECT json_build_array(": "lock credit-limited",
+    "SELECT partner_id, coalesce(sum(issued_value)": "exposure",
+    "WITH new_postings": "write",
+    "COMMIT": "commit",
+}
+
+
+def _step(query: str) -> str:
+    text = " ".join(query.split())
+    matches = [prefix for prefix in STEPS if text.startswith(prefix)]
+    return STEPS[max(matches, key=len)] if matches else text[:60]
+
+
+@contextmanager
+def statements(engine: AsyncEngine) -> Iterator[list[str]]:
+    """Every statement sent on a connection checked out inside the block, in order."""
+    sent: list[str] = []
+    watched: list[Any] = []
+
+    def log(record: Any) -> None:
+        if not " ".join(record.query.split()).startswith(INTROSPECTION):
+            sent.append(_step(record.query))
+
+    def on_checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        driver = dbapi_connection.driver_connection
+        driver.add_query_logger(log)
+        watched.append(driver)
+
+    event.listen(engine.sync_engine.pool, "checkout", on_checkout)
+    try:
+        yield sent
+    finally:
+        event.remove(engine.sync_engine.pool, "checkout", on_checkout)
+        for driver in watched:
+            driver.remove_query_logger(log)
+
+
+def _signed_earns(members: list[str], clock: FrozenClock, tag: str) -> list[LedgerRequest]:
+    return [
+        LedgerRequest(
+            Earn("grocer", member_id, f"{tag}-{index}", points=10),
+            Idempotency(f"{tag}-key-{index}", bytes(32)),
+            PROOF,
+            NonceClaim(PROOF.key_id, f"{tag}-nonce-{index:04}", clock.now()),
+        )
+        for index, member_id in enumerate(members)
+    ]
+
+
+async def test_a_batch_of_signed_earns_sends_seven_statements_whatever_its_size(
+    engine: AsyncEngine, clock: FrozenClock, ledger: LedgerService
+) -> None:
+    await add_partner(engine, clock)
+    members = [await enrol(ledger, "grocer") for _ in range(5)]
+    expected = ["begin", "nonces", "claim", "lock and terms", "books", "write", "commit"]
+    for size in (1, 5):
+        with statements(engine) as sent:
+            outcomes = await ledger.submit(_signed_earns(members[:size], clock, f"b{size}"))
+        assert [outcome.status_code for outcome in outcomes] == [201] * size
+        assert sent == expected, sent
+
+
+async def test_a_credit_limited_partner_adds_its_lock_and_exposure(
+    engine: AsyncEngine, clock: FrozenClock, ledger: LedgerService
+) -> None:
+    await add_partner(engine, clock, credit_limit="1000")
+    members = [await enrol(ledger, "grocer") for _ in range(2)]
+    with statements(engine) as sent:
+        outcomes = await ledger.submit(_signed_earns(members, clock, "limited"))
+    assert [outcome.status_code for outcome in outcomes] == [201, 201]
+    assert sent == [
+        "begin", "nonces", "claim", "lock and terms", "lock credit-limited", "exposure",
+        "books", "write", "commit",
+    ], sent  # fmt: skip
