@@ -17,6 +17,8 @@ from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from exchange.client_address import TrustedProxies
+
 __all__ = [
     "VARIABLES",
     "WEBHOOK_KEY_SECRET_BYTES",
@@ -30,6 +32,8 @@ __all__ = [
 SettlementCycle = Literal["daily", "weekly", "monthly"]
 LogFormat = Literal["json", "console"]
 WEBHOOK_KEY_SECRET_BYTES = 32  # an AES-256 key
+# What uvicorn trusted by default when it read X-Forwarded-For itself: the default keeps it.
+_LOOPBACK_PROXIES = TrustedProxies.parse("127.0.0.1,::1")
 
 
 class ConfigError(Exception):
@@ -203,6 +207,7 @@ class Settings:
     transfer_points_max: int = 10_000
     transfer_points_30d_max: int = 50_000
     expiry_reminder_days: tuple[int, ...] = (30, 7)
+    trusted_proxies: TrustedProxies = _LOOPBACK_PROXIES
 
     @property
     def authority(self) -> str:
@@ -286,6 +291,7 @@ _PARSERS: dict[str, Any] = {
     "transfer_points_max": lambda v: _positive_int(v, high=10**12),
     "transfer_points_30d_max": lambda v: _positive_int(v, high=10**12),
     "expiry_reminder_days": _reminder_days,
+    "trusted_proxies": TrustedProxies.parse,
 }
 
 VARIABLES: tuple[Variable, ...] = (
@@ -535,6 +541,15 @@ VARIABLES: tuple[Variable, ...] = (
         "30,7",
         "integers 1-3650, comma-separated",
         "Days before expiry at which member.points_expiring events are written.",
+    ),
+    Variable(
+        "EXCHANGE_TRUSTED_PROXIES",
+        "trusted_proxies",
+        "127.0.0.1,::1",
+        "IP addresses or CIDR networks, comma-separated, or none",
+        "Reverse proxies whose X-Forwarded-For is believed: the client is the rightmost "
+        "entry that is not one of them (/metrics' loopback rule, the console's sign-in "
+        "limit). none: the socket peer is always the client. See docs/operations.md.",
     ),
 )
 

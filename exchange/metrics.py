@@ -13,7 +13,7 @@ Series (all prefixed `exchange_`):
 Multiprocess mode: prometheus-client decides at import time, from
 `PROMETHEUS_MULTIPROC_DIR`, whether values live in this process's memory or in files
 shared by every worker. `exchange serve --workers N` (N > 1) sets it to a fresh folder
-under the data folder before uvicorn spawns the workers, and `render()` then merges every
+under the data folder before the server spawns the workers, and `render()` then merges every
 worker's files, so one scrape sees the whole server whichever worker answers it.
 """
 

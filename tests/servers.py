@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -46,10 +46,13 @@ def wait_ready(port: int, process: subprocess.Popen[bytes], timeout_s: float = 3
 
 
 @contextmanager
-def serving(data_dir: Path, port: int, *options: str) -> Iterator[subprocess.Popen[bytes]]:
+def serving(
+    data_dir: Path, port: int, *options: str, env: Mapping[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`exchange serve --port <port> <options>`; `env` adds settings to the clean environment."""
     process = subprocess.Popen(
         [*EXCHANGE, "serve", "--port", str(port), *options],
-        env=server_env(EXCHANGE_DATA_DIR=str(data_dir)),
+        env=server_env(EXCHANGE_DATA_DIR=str(data_dir), **(env or {})),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

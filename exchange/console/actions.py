@@ -16,6 +16,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 from litestar.response import Redirect, Template
 
+from exchange.client_address import client_address
 from exchange.console import sessions
 from exchange.console._web import (
     PRE_COOKIE,
@@ -94,7 +95,10 @@ class ConsoleActions(Controller):
         pre = request.cookies.get(PRE_COOKIE, "")
         if not pre or not hmac.compare_digest(form.get("csrf_token", ""), pre):
             raise Forbidden("The sign-in form expired or did not come from this site; reload it.")
-        client = (request.scope.get("client") or ("unknown", 0))[0]
+        # Per client, as `exchange.client_address` decides it: behind a trusted proxy every
+        # peer is the proxy, and one shared bucket would let one guesser lock everyone out.
+        address = client_address(request.scope, services.settings.trusted_proxies)
+        client = str(address) if address is not None else "unknown"
         await services.limiter.check("operator", f"console-sign-in:{client}")
         token = form.get("token", "").strip()[:TOKEN_LENGTH_MAX]
         started = await sessions.start_session(services.engine, services.clock, token)

@@ -139,7 +139,15 @@ async def _serve(
     # the server's access and client lines (thousands of JSON lines) go to `log` instead.
     configure_logging(settings.log_level, settings.log_format, stream=log)
     port = int(settings.public_url.rsplit(":", 1)[1])
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    # proxy_headers off, as in `exchange serve`: the app alone decides who the client is.
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -206,7 +206,7 @@ def test_metrics_of_a_real_multi_worker_server_parse_and_add_up(exchange: Exchan
             if key.split("|")[0] == prefix and all(part in key for part in wanted)
         )
 
-    # Both workers' counts, merged: however uvicorn spread the 20 requests.
+    # Both workers' counts, merged: however the server spread the 20 requests.
     assert total("exchange_http_requests_total", route="/health", status="200") >= 20
     assert total("exchange_db_pool_size") == WORKERS * POOL_SIZE
     assert total("exchange_postings_total", type="earn") == 3

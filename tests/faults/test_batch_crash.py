@@ -3,6 +3,7 @@ once (contract §9), and the ledger verifies clean."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -10,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from exchange.embedded import EmbeddedPostgres
@@ -28,14 +30,26 @@ class Server:
     def start(self) -> None:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [*EXCHANGE, "serve", "--port", str(self.port)], env=self.env, stdout=log, stderr=log
+                [*EXCHANGE, "serve", "--port", str(self.port)],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # its own process group: kill() reaches every worker
             )
         wait_ready(self.port, self.process, timeout_s=60)
 
     def kill(self) -> None:
+        """A crash of the whole server: SIGKILL to each of its processes at once. granian
+        serves from a worker process even with one worker; SIGKILL to the command alone
+        left that worker posting the batch and answering on the port, so the restart
+        below was no restart at all."""
         assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
+        os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _answers(self.port):
+            assert time.monotonic() < deadline, "a process of the killed server still answers"
+            time.sleep(0.1)
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -43,8 +57,16 @@ class Server:
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=30)
+
+
+def _answers(port: int) -> bool:
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+    except httpx.TransportError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="module")

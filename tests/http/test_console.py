@@ -11,12 +11,19 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.clock import FrozenClock
+from exchange.config import Settings
 from exchange.operators import create_operator_token, revoke_operator_token
 from partners.signing import generate_keypair
 from tests.http.conftest import PartnerFactory
 
 PERIOD_END = "2026-11-24T00:00:00Z"
 RUN_ID = "stl_20261124T000000Z"
+
+
+@pytest.fixture
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    changes: dict[str, str] = getattr(request, "param", {})
+    return settings.with_changes(**changes)
 
 
 def csrf_token_of(html: str) -> str:
@@ -105,6 +112,26 @@ async def test_a_bad_token_or_a_forged_sign_in_form_is_refused(
     forged = await client.post("/console/sign-in", data={"token": token, "csrf_token": "x"})
     assert forged.status_code == 403
     assert (await client.get("/console")).status_code == 303
+
+
+@pytest.mark.parametrize("settings", [{"operator_rate_limit": "2/minute"}], indirect=True)
+async def test_sign_in_attempts_are_limited_per_client_not_per_local_proxy(
+    client: httpx.AsyncClient,
+) -> None:
+    # The in-process client's peer is 127.0.0.1: a reverse proxy on the same host, naming
+    # each client in X-Forwarded-For (exchange.client_address).
+    async def attempt(forwarded: str) -> int:
+        headers = {"X-Forwarded-For": forwarded}
+        page = await client.get("/console/sign-in", headers=headers)
+        form = {"token": "xop_not-a-token", "csrf_token": csrf_token_of(page.text)}
+        return (await client.post("/console/sign-in", data=form, headers=headers)).status_code
+
+    assert [await attempt("203.0.113.9") for _ in range(3)] == [401, 401, 429]
+    # Another client behind the same proxy keeps its own allowance: one guesser cannot
+    # lock everyone out, as it would if the proxy's address were the key.
+    assert await attempt("198.51.100.4") == 401
+    # A client cannot reset its allowance by claiming another address in front.
+    assert await attempt("198.51.100.77, 203.0.113.9") == 429
 
 
 async def test_revoking_the_operator_token_ends_its_console_sessions(

@@ -4,12 +4,15 @@ own parser, and who may scrape (loopback freely, anyone else with an operator to
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 from litestar import Litestar
 from prometheus_client.parser import text_string_to_metric_families
 
+from exchange.client_address import TrustedProxies
+from exchange.config import Settings
 from tests.conftest import PUBLIC_URL
 from tests.http.conftest import PartnerFactory
 
@@ -30,6 +33,12 @@ def _value(
         for found, value in samples.get(name, [])
         if all(found.get(key) == wanted for key, wanted in labels.items())
     )
+
+
+@pytest.fixture
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    changes: dict[str, Any] = getattr(request, "param", {})
+    return settings.with_changes(**changes)
 
 
 @pytest.fixture
@@ -88,3 +97,33 @@ async def test_metrics_need_an_operator_token_away_from_loopback(
     allowed = await remote.get("/metrics", headers=finance_headers)
     assert allowed.status_code == 200
     assert "exchange_http_requests_total" in allowed.text
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "status"),
+    [
+        (None, 200),  # a local agent
+        ("127.0.0.1", 200),  # a local agent, through the proxy
+        ("203.0.113.9", 401),  # a remote client, through the proxy
+        ("2001:db8::7", 401),
+        ("127.0.0.1, 203.0.113.9", 401),  # the client's own claim, left of what the proxy saw
+        ("203.0.113.9, 127.0.0.1", 401),  # two local proxies in a row
+        ("unknown", 401),  # unreadable: not provably local
+    ],
+)
+async def test_behind_a_local_reverse_proxy_the_client_it_names_is_judged(
+    client: httpx.AsyncClient, forwarded: str | None, status: int
+) -> None:
+    # The in-process client's peer is 127.0.0.1, a trusted proxy by default.
+    headers = {} if forwarded is None else {"X-Forwarded-For": forwarded}
+    assert (await client.get("/metrics", headers=headers)).status_code == status
+
+
+@pytest.mark.parametrize("settings", [{"trusted_proxies": TrustedProxies()}], indirect=True)
+async def test_with_no_trusted_proxy_x_forwarded_for_is_ignored(
+    client: httpx.AsyncClient, remote: httpx.AsyncClient
+) -> None:
+    relayed = await client.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert relayed.status_code == 200  # the loopback peer is the client
+    spoofed = await remote.get("/metrics", headers={"X-Forwarded-For": "127.0.0.1"})
+    assert spoofed.status_code == 401

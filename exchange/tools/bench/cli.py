@@ -61,9 +61,9 @@ def _scenarios(value: str) -> tuple[str, ...]:
 )
 @click.option(
     "--server",
-    default="uvicorn",
+    default="granian",
     show_default=True,
-    type=click.Choice(["uvicorn", "granian"]),
+    type=click.Choice(["granian", "uvicorn"]),
     help="exchange serve --server: the HTTP server around the same app.",
 )
 @click.option(
