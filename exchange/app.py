@@ -35,6 +35,7 @@ from exchange.openapi import ContractRenderPlugin
 from exchange.problems import exception_handlers
 from exchange.service import AdjustmentService
 from exchange.wiring import Services, build_services
+from exchange.workers import exit_with_the_command
 from partners.http import PartnerAdminController
 from partners.webhooks.http import ExchangeKeyController, WebhookController
 from partners.webhooks.service import WebhookService
@@ -166,7 +167,9 @@ def create_served_app() -> Litestar:
     process, so it also tunes the garbage collector: what was imported and built at
     start-up is frozen out of every future collection (`gc.freeze`), and the young
     generation is collected less often. `create_app` alone (tests, embedding) leaves the
-    host process's collector alone."""
+    host process's collector alone. A worker also ends with the `exchange serve` that
+    started it (`exchange.workers`)."""
+    exit_with_the_command()
     app = create_app()
     gc.freeze()
     _, older, oldest = gc.get_threshold()
