@@ -8,11 +8,10 @@ the same driver connection, inside the same database transaction, with `driver_o
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import asyncpg
+from asyncpg.transaction import Transaction
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 __all__ = ["Connection", "driver_of", "transaction"]
@@ -20,34 +19,9 @@ __all__ = ["Connection", "driver_of", "transaction"]
 Connection: TypeAlias = asyncpg.Connection
 
 
-# The store's statements have a fixed shape and take their values as arrays or JSON, so a
-# plan made once per connection fits every call; PostgreSQL would otherwise plan several
-# of them anew on every execution (a custom plan always looks cheaper than the generic
-# one for an array parameter of unknown length): 0.7 ms of PostgreSQL's CPU per posting
-# batch, more than its whole write (docs/performance.md, "Plans"). Transaction-local, so
-# the setting never leaks to other users of the pooled connection; sent with BEGIN, in
-# one round trip.
-_BEGIN = "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan"
-
-
-@contextlib.asynccontextmanager
-async def transaction(conn: Connection) -> AsyncIterator[None]:
-    """A database transaction on `conn` (`async with store.transaction(conn):`), with
-    generic plans for the store's prepared statements. Committed when the block ends,
-    rolled back when it raises; a connection the rollback could not reach is left in its
-    transaction, which `exchange.db.driver_connection` sees and throws away."""
-    if conn.is_in_transaction():
-        raise RuntimeError("store.transaction does not nest")
-    await conn.execute(_BEGIN)
-    try:
-        yield
-    except BaseException:
-        if not conn.is_closed():
-            # The block's own error says why; a failed rollback must not replace it.
-            with contextlib.suppress(Exception):
-                await conn.execute("ROLLBACK")
-        raise
-    await conn.execute("COMMIT")
+def transaction(conn: Connection) -> Transaction:
+    """A database transaction on `conn` (`async with store.transaction(conn):`)."""
+    return conn.transaction()
 
 
 async def driver_of(conn: AsyncConnection | Connection) -> Connection:
