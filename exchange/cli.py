@@ -72,11 +72,11 @@ def main() -> None:
 @click.option(
     "--server",
     "http_server",
-    default="granian",
+    default="uvicorn",
     show_default=True,
-    type=click.Choice(["granian", "uvicorn"]),
-    help="The HTTP server around the same app (granian: less CPU per request, measured "
-    "against uvicorn in docs/performance.md).",
+    type=click.Choice(["uvicorn", "granian"]),
+    help="The HTTP server around the same app (measured against each other in "
+    "docs/performance.md, 'granian against uvicorn').",
 )
 def serve(host: str, port: int, workers: int, http_server: str) -> None:
     """Start the API (and the embedded PostgreSQL when EXCHANGE_DATABASE_URL is unset)."""

@@ -42,7 +42,7 @@ def test_bench_smoke_run_measures_every_scenario_and_keeps_the_ledger_clean(
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())
 
-    assert report["server"]["http_server"] == "granian"  # the default, as `exchange serve`'s
+    assert report["server"]["http_server"] == "uvicorn"  # the default, as `exchange serve`'s
     assert report["baseline"]["tps"] > 0
     assert report["baseline"]["latency_ms"]["p99"] > 0
     assert report["setup"]["verify_clean"] is True

@@ -61,9 +61,9 @@ def _scenarios(value: str) -> tuple[str, ...]:
 )
 @click.option(
     "--server",
-    default="granian",
+    default="uvicorn",
     show_default=True,
-    type=click.Choice(["granian", "uvicorn"]),
+    type=click.Choice(["uvicorn", "granian"]),
     help="exchange serve --server: the HTTP server around the same app.",
 )
 @click.option(

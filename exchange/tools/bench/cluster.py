@@ -188,7 +188,7 @@ def _is_worker(process: psutil.Process, server_command: list[str]) -> bool:
 
 
 def start_server(
-    database_url: str, *, workers: int, log_path: Path, http_server: str = "granian"
+    database_url: str, *, workers: int, log_path: Path, http_server: str = "uvicorn"
 ) -> Server:
     """`exchange serve --workers N --port <free>`, waited for until /ready answers 200."""
     port = free_port()
