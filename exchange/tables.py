@@ -293,14 +293,15 @@ lots = Table(
         "ix_lots_expires_at_open", "expires_at", "issuer_id", postgresql_where=text("remaining > 0")
     ),
     Index("ix_lots_available_at_pending", "available_at", postgresql_where=text("NOT matured")),
-    # One lot per earn; a transfer_in creates one lot per source lot.
+    # One lot per earn (source_lot_id NULL, and NULLs equal here); a transfer_in creates
+    # one lot per source lot. The same index finds a posting's lots by earn_id.
     Index(
-        "uq_lots_earn_id",
+        "uq_lots_earn_id_source_lot_id",
         "earn_id",
+        "source_lot_id",
         unique=True,
-        postgresql_where=text("source_lot_id IS NULL"),
+        postgresql_nulls_not_distinct=True,
     ),
-    Index("ix_lots_earn_id", "earn_id"),
 )
 
 allocations = Table(

@@ -1,4 +1,5 @@
-"""The migrations build exactly the schema the table definitions describe."""
+"""The migrations build exactly the schema the table definitions describe, and the ones
+that change a live ledger's indexes go down and up over real data."""
 
 from __future__ import annotations
 
@@ -6,13 +7,19 @@ import asyncio
 import uuid
 
 import asyncpg
+import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exchange.db import create_engine, current_revision, head_revision, migrate
+from exchange.clock import FrozenClock
+from exchange.db import alembic_config, create_engine, current_revision, head_revision, migrate
 from exchange.embedded import EmbeddedPostgres
+from exchange.service import Earn, LedgerService
 from migrations.metadata import metadata
+from tests.support import add_partner, enrol, submit
 
 
 async def test_migrations_on_an_empty_database_match_the_models(postgres: EmbeddedPostgres) -> None:
@@ -40,3 +47,48 @@ async def test_migrations_on_an_empty_database_match_the_models(postgres: Embedd
         admin = await asyncpg.connect(postgres.url("postgres"))
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
+
+
+_DUPLICATE_EARN_LOT = """
+INSERT INTO lots (lot_id, member_id, issuer_id, earn_id, initial, remaining, unit_price,
+                  available_at, expires_at, matured, created_at, source_lot_id)
+SELECT $1, member_id, issuer_id, earn_id, initial, remaining, unit_price, available_at,
+       expires_at, matured, created_at, {source}
+FROM lots WHERE source_lot_id IS NULL ORDER BY created_at LIMIT 1
+"""
+
+
+async def _lot_indexes(url: str) -> set[str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'lots'")
+    finally:
+        await conn.close()
+    return {row["indexname"] for row in rows if "earn_id" in row["indexname"]}
+
+
+async def test_one_lot_per_earn_holds_through_0011_up_and_down(
+    database_url: str, engine: AsyncEngine, ledger: LedgerService, clock: FrozenClock
+) -> None:
+    """0011 replaces lots' two earn_id indexes by one unique (earn_id, source_lot_id)
+    NULLS NOT DISTINCT index: over a ledger with lots it downgrades and upgrades, an earn
+    still has one lot only, and a transfer's lots (one per source lot) still fit."""
+    await add_partner(engine, clock)
+    for _ in range(3):
+        await submit(ledger, Earn("grocer", await enrol(ledger, "grocer"), "r", points=10))
+    await asyncio.to_thread(command.downgrade, alembic_config(database_url), "0010")
+    assert await _lot_indexes(database_url) == {"uq_lots_earn_id", "ix_lots_earn_id"}
+    await asyncio.to_thread(migrate, database_url)
+    assert await _lot_indexes(database_url) == {"uq_lots_earn_id_source_lot_id"}
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(_DUPLICATE_EARN_LOT.format(source="NULL"), uuid.uuid4())
+        # A lot moved from another lot (a transfer_in's) shares the posting, not the source.
+        source = await conn.fetchval("SELECT lot_id FROM lots ORDER BY created_at LIMIT 1")
+        await conn.execute(_DUPLICATE_EARN_LOT.format(source="$2"), uuid.uuid4(), source)
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(_DUPLICATE_EARN_LOT.format(source="$2"), uuid.uuid4(), source)
+    finally:
+        await conn.close()
