@@ -45,6 +45,15 @@ def wait_ready(port: int, process: subprocess.Popen[bytes], timeout_s: float = 3
     raise AssertionError(f"not ready within {timeout_s} s")
 
 
+def answers(port: int) -> bool:
+    """Whether anything answers HTTP on the port (a server, or what is left of one)."""
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
+    except httpx.TransportError:
+        return False
+    return True
+
+
 @contextmanager
 def serving(
     data_dir: Path, port: int, *options: str, env: Mapping[str, str] | None = None

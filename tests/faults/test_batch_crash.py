@@ -11,12 +11,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from exchange.embedded import EmbeddedPostgres
 from tests.faults.conftest import Exchange, ledger_report, setup_partner
-from tests.servers import EXCHANGE, free_port, server_env, wait_ready
+from tests.servers import EXCHANGE, answers, free_port, server_env, wait_ready
 
 ITEMS = 4000
 MEMBERS = 20
@@ -47,7 +46,7 @@ class Server:
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=30)
         deadline = time.monotonic() + 10
-        while _answers(self.port):
+        while answers(self.port):
             assert time.monotonic() < deadline, "a process of the killed server still answers"
             time.sleep(0.1)
 
@@ -59,14 +58,6 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=30)
-
-
-def _answers(port: int) -> bool:
-    try:
-        httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-    except httpx.TransportError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")

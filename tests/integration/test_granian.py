@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exchange.embedded import EmbeddedPostgres
-from tests.servers import EXCHANGE, free_port, server_env, serving, wait_ready
+from tests.servers import EXCHANGE, answers, free_port, server_env, serving, wait_ready
 
 WORKERS = 2
 
@@ -47,14 +47,6 @@ def test_a_multi_worker_server_answers_and_its_metrics_add_up(server: str, tmp_p
     assert _total(metrics, "exchange_db_pool_size") > 0
 
 
-def _answers(port: int) -> bool:
-    try:
-        httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-    except httpx.TransportError:
-        return False
-    return True
-
-
 @pytest.mark.parametrize(("server", "workers"), [("granian", 1), ("granian", 2), ("uvicorn", 2)])
 def test_workers_end_with_their_command_when_it_is_killed(
     server: str, workers: int, postgres: EmbeddedPostgres, tmp_path: Path
@@ -83,7 +75,7 @@ def test_workers_end_with_their_command_when_it_is_killed(
         process.wait(timeout=10)
         _, alive = psutil.wait_procs(serving_workers, timeout=20)
         assert alive == [], f"workers outlived their command: {alive}"
-        assert not _answers(port)
+        assert not answers(port)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
