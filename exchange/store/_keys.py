@@ -69,21 +69,21 @@ class KeyScope:
             "c.owner || chr(31) || c.key, 0)) AS locked"
         )
         if not barrier:
-            unnest = "unnest($1::text[], $2::text[]) AS c(owner, key)"
+            unnest = "unnest_small($1::text[], $2::text[]) AS c(owner, key)"
             return f"SELECT c.owner, c.key, {lock} FROM {unnest}"  # noqa: S608
         # The barrier CTE runs once, before any row is produced.
         return f"""
 WITH barrier AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($3::bigint) AS held)
 SELECT c.owner, c.key, {lock}, i.fingerprint, i.status_code, i.response
 FROM barrier
-CROSS JOIN unnest($1::text[], $2::text[]) AS c(owner, key)
+CROSS JOIN unnest_small($1::text[], $2::text[]) AS c(owner, key)
 LEFT JOIN {self.table} AS i ON i.{self.owner} = c.owner AND i.key = c.key
 """  # noqa: S608 - built from the constant scopes below, never from input
 
     def stored_sql(self) -> str:
         return (
             f"SELECT i.{self.owner} AS owner, i.key, i.fingerprint, i.status_code, i.response "  # noqa: S608
-            f"FROM {self.table} AS i JOIN unnest($1::text[], $2::text[]) AS c(owner, key) "
+            f"FROM {self.table} AS i JOIN unnest_small($1::text[], $2::text[]) AS c(owner, key) "
             f"ON i.{self.owner} = c.owner AND i.key = c.key"
         )
 

@@ -128,15 +128,18 @@ _TERMS_ROW = """json_build_array(
        terms_version, tier_multipliers)"""
 _LOCK_SQL = f"""
 WITH locked AS MATERIALIZED (
-    SELECT m.member_id, m.debt FROM members AS m
-    WHERE m.member_id = ANY($1::text[]) AND (m.status = 'active' OR $2::boolean)
+    SELECT m.member_id, m.debt
+    FROM unnest_small($1::text[]) AS asked(member_id)
+    JOIN members AS m ON m.member_id = asked.member_id
+    WHERE m.status = 'active' OR $2::boolean
     ORDER BY m.member_id
     FOR NO KEY UPDATE OF m)
 SELECT (SELECT coalesce(json_agg(json_build_array(member_id, debt)), '[]') FROM locked)::text
            AS members,
        (SELECT closed_until FROM ledger_state WHERE id = 1) AS closed_until,
-       (SELECT coalesce(json_agg({_TERMS_ROW}), '[]') FROM partners
-        WHERE partner_id = ANY($3::text[]))::text AS terms
+       (SELECT coalesce(json_agg({_TERMS_ROW}), '[]')
+        FROM unnest_small($3::text[]) AS asked(partner_id) JOIN partners USING (partner_id)
+       )::text AS terms
 """  # noqa: S608 - built from constant text, never from input
 
 
@@ -251,6 +254,9 @@ LOT_COLUMNS = ", ".join(LotRow.__struct_fields__)
 # Three index-friendly parts: the members' open lots, named lots (a reversal's), and
 # the lots reserved by the members' open holds or by named holds. One JSON document
 # decoded by msgspec is several times cheaper than decoding rows field by field.
+# The posting path's statements (claim, lock, books) take their arrays through
+# `unnest_small` (migration 0012), so that their generic plan is kept rather than each
+# call planned anew (docs/performance.md, "Plans").
 HOLD_JSON = """json_build_array(
        h.hold_id, h.member_id, h.partner_id, h.points, h.status, h.created_at, h.expires_at,
        h.reference, h.captured_points, h.transaction_id, h.closed_at,
@@ -258,24 +264,28 @@ HOLD_JSON = """json_build_array(
                         ORDER BY l.expires_at, l.created_at, l.lot_id)
         FROM allocations AS a JOIN lots AS l ON l.lot_id = a.lot_id
         WHERE a.posting_id = h.hold_posting_id AND a.kind = 'draw'))"""
+_BOOK_LOT = ", ".join("l." + name for name in LotRow.__struct_fields__)
 _BOOKS_SQL = f"""
+WITH book_holds AS (
+    SELECT h.* FROM unnest_small($1::text[]) AS asked(member_id)
+    JOIN holds AS h ON h.member_id = asked.member_id AND h.status = 'open'
+    UNION ALL
+    SELECT h.* FROM unnest_small($3::uuid[]) AS asked(hold_id)
+    JOIN holds AS h ON h.hold_id = asked.hold_id
+    WHERE NOT (h.status = 'open' AND h.member_id = ANY($1::text[])))
 SELECT
   (SELECT coalesce(json_agg(json_build_array({LOT_COLUMNS})), '[]')::text FROM (
-      SELECT {LOT_COLUMNS} FROM lots
-      WHERE member_id = ANY($1::text[]) AND (remaining > 0 OR NOT matured)
+      SELECT {_BOOK_LOT} FROM unnest_small($1::text[]) AS asked(member_id)
+      JOIN lots AS l ON l.member_id = asked.member_id AND (l.remaining > 0 OR NOT l.matured)
       UNION ALL
-      SELECT {LOT_COLUMNS} FROM lots WHERE lot_id = ANY($2::uuid[])
+      SELECT {_BOOK_LOT} FROM unnest_small($2::uuid[]) AS asked(lot_id)
+      JOIN lots AS l ON l.lot_id = asked.lot_id
       UNION ALL
-      SELECT {", ".join("l." + c.strip() for c in LOT_COLUMNS.split(","))}
-      FROM holds AS h
+      SELECT {_BOOK_LOT} FROM book_holds AS h
       JOIN allocations AS a ON a.posting_id = h.hold_posting_id AND a.kind = 'draw'
       JOIN lots AS l ON l.lot_id = a.lot_id
-      WHERE (h.member_id = ANY($1::text[]) AND h.status = 'open') OR h.hold_id = ANY($3::uuid[])
   ) AS book_lots) AS lots,
-  (SELECT coalesce(json_agg({HOLD_JSON}), '[]')::text
-   FROM holds AS h
-   WHERE (h.member_id = ANY($1::text[]) AND h.status = 'open') OR h.hold_id = ANY($3::uuid[])
-  ) AS holds
+  (SELECT coalesce(json_agg({HOLD_JSON}), '[]')::text FROM book_holds AS h) AS holds
 """  # noqa: S608 - built from constant column lists, never from input
 
 

@@ -4,6 +4,7 @@ that change a live ledger's indexes go down and up over real data."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import asyncpg
@@ -90,5 +91,49 @@ async def test_one_lot_per_earn_holds_through_0011_up_and_down(
         await conn.execute(_DUPLICATE_EARN_LOT.format(source="$2"), uuid.uuid4(), source)
         with pytest.raises(asyncpg.UniqueViolationError):
             await conn.execute(_DUPLICATE_EARN_LOT.format(source="$2"), uuid.uuid4(), source)
+    finally:
+        await conn.close()
+
+
+async def test_unnest_small_comes_and_goes_with_0012_and_is_planned_as_one_row(
+    database_url: str,
+) -> None:
+    """0012's `unnest_small` gives an array's elements (one array, or two side by side)
+    with a declared estimate of one row, which the planner keeps because the function is
+    not inlined: that estimate is what lets the posting path keep its generic plans."""
+
+    async def functions() -> set[str]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT oid::regprocedure::text AS name FROM pg_proc WHERE proname = 'unnest_small'"
+            )
+        finally:
+            await conn.close()
+        return {row["name"] for row in rows}
+
+    both = {"unnest_small(anyarray)", "unnest_small(anyarray,anyarray)"}
+    assert await functions() == both
+    await asyncio.to_thread(command.downgrade, alembic_config(database_url), "0011")
+    assert await functions() == set()
+    await asyncio.to_thread(migrate, database_url)
+    assert await functions() == both
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        many = [f"m{index:03}" for index in range(500)]
+        assert (
+            await conn.fetchval("SELECT array_agg(x) FROM unnest_small($1::text[]) AS x", many)
+            == many
+        )
+        pairs = await conn.fetch(
+            "SELECT * FROM unnest_small($1::text[], $2::text[])", ["p1", "p2"], ["k1", "k2"]
+        )
+        assert [tuple(row) for row in pairs] == [("p1", "k1"), ("p2", "k2")]
+        assert await conn.fetchval("SELECT count(*) FROM unnest_small(NULL::text[])") == 0
+        plan = await conn.fetchval(
+            "EXPLAIN (FORMAT JSON) SELECT * FROM unnest_small($1::text[])", many
+        )
+        assert json.loads(plan)[0]["Plan"]["Plan Rows"] == 1
     finally:
         await conn.close()
