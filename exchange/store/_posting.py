@@ -251,6 +251,7 @@ async def lock_credit_limited(
 # A book's lots are read back as the rows the store writes (`_rows.LotRow`, the table's
 # columns in order), so the read cannot miss a column the write has.
 LOT_COLUMNS = ", ".join(LotRow.__struct_fields__)
+LOT_COLUMNS_OF_L = ", ".join("l." + name for name in LotRow.__struct_fields__)  # lots AS l
 # Three index-friendly parts: the members' open lots, named lots (a reversal's), and
 # the lots reserved by the members' open holds or by named holds. One JSON document
 # decoded by msgspec is several times cheaper than decoding rows field by field.
@@ -264,7 +265,6 @@ HOLD_JSON = """json_build_array(
                         ORDER BY l.expires_at, l.created_at, l.lot_id)
         FROM allocations AS a JOIN lots AS l ON l.lot_id = a.lot_id
         WHERE a.posting_id = h.hold_posting_id AND a.kind = 'draw'))"""
-_BOOK_LOT = ", ".join("l." + name for name in LotRow.__struct_fields__)
 _BOOKS_SQL = f"""
 WITH book_holds AS (
     SELECT h.* FROM unnest_small($1::text[]) AS asked(member_id)
@@ -275,13 +275,13 @@ WITH book_holds AS (
     WHERE NOT (h.status = 'open' AND h.member_id = ANY($1::text[])))
 SELECT
   (SELECT coalesce(json_agg(json_build_array({LOT_COLUMNS})), '[]')::text FROM (
-      SELECT {_BOOK_LOT} FROM unnest_small($1::text[]) AS asked(member_id)
+      SELECT {LOT_COLUMNS_OF_L} FROM unnest_small($1::text[]) AS asked(member_id)
       JOIN lots AS l ON l.member_id = asked.member_id AND (l.remaining > 0 OR NOT l.matured)
       UNION ALL
-      SELECT {_BOOK_LOT} FROM unnest_small($2::uuid[]) AS asked(lot_id)
+      SELECT {LOT_COLUMNS_OF_L} FROM unnest_small($2::uuid[]) AS asked(lot_id)
       JOIN lots AS l ON l.lot_id = asked.lot_id
       UNION ALL
-      SELECT {_BOOK_LOT} FROM book_holds AS h
+      SELECT {LOT_COLUMNS_OF_L} FROM book_holds AS h
       JOIN allocations AS a ON a.posting_id = h.hold_posting_id AND a.kind = 'draw'
       JOIN lots AS l ON l.lot_id = a.lot_id
   ) AS book_lots) AS lots,

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from exchange.ledger import MemberBook
 from exchange.store._connection import Connection
-from exchange.store._posting import HOLD_JSON, LOT_COLUMNS, holds_of, lots_of
+from exchange.store._posting import HOLD_JSON, LOT_COLUMNS, LOT_COLUMNS_OF_L, holds_of, lots_of
 
 __all__ = ["due_member_ids", "read_book"]
 
@@ -26,7 +26,7 @@ SELECT m.debt, (SELECT closed_until FROM ledger_state WHERE id = 1) AS closed_un
         FROM (SELECT {LOT_COLUMNS} FROM lots
               WHERE member_id = m.member_id AND (remaining > 0 OR NOT matured)
               UNION ALL
-              SELECT {", ".join("l." + c.strip() for c in LOT_COLUMNS.split(","))}
+              SELECT {LOT_COLUMNS_OF_L}
               FROM holds AS h
               JOIN allocations AS a ON a.posting_id = h.hold_posting_id AND a.kind = 'draw'
               JOIN lots AS l ON l.lot_id = a.lot_id
