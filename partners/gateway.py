@@ -241,7 +241,7 @@ class SignatureGateway:
             first: dict[tuple[str, str], _Pending] = {}
             for item in batch:
                 if (item.key_id, item.nonce) in first:
-                    item.future.set_result(False)  # the same pair twice in one write
+                    _answer(item.future, False)  # the same pair twice in one write
                 else:
                     first[(item.key_id, item.nonce)] = item
             stored = await store.insert_nonces(
@@ -251,7 +251,7 @@ class SignatureGateway:
                 durable=durable,
             )
             for pair, item in first.items():
-                item.future.set_result(pair in stored)
+                _answer(item.future, pair in stored)
         except BaseException as exc:  # fail closed: every waiting request fails
             for item in batch:
                 if not item.future.done():
@@ -261,6 +261,13 @@ class SignatureGateway:
         finally:
             self._writing[durable] = False
             self._start_write(durable)
+
+
+def _answer(future: asyncio.Future[bool], value: bool) -> None:
+    """Answer a waiting request, unless it gave up (cancelled: its client went away or
+    the server is stopping); its nonce is still written, as a spent nonce must be."""
+    if not future.done():
+        future.set_result(value)
 
 
 def housekeeping_jobs(engine: AsyncEngine) -> list[Callable[[datetime], Awaitable[int]]]:

@@ -29,6 +29,8 @@ from exchange.db import create_engine, migrate
 from exchange.embedded import EmbeddedPostgres
 from exchange.service import LedgerService
 
+pytest_plugins = ["tests.watchdog"]
+
 TEMPLATE = "exchange_template"
 PUBLIC_URL = "https://exchange.test"
 
@@ -115,7 +117,10 @@ async def running(app: Litestar) -> AsyncIterator[None]:
         yield
     finally:
         await inbox.put({"type": "lifespan.shutdown"})
-        await outbox.get()
+        # If the lifespan task ended early, its error is raised here rather than waited on.
+        replied = asyncio.ensure_future(outbox.get())
+        await asyncio.wait({replied, task}, return_when=asyncio.FIRST_COMPLETED)
+        replied.cancel()
         await task
 
 

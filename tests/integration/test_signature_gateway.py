@@ -92,6 +92,27 @@ async def test_racing_uses_of_one_nonce_admit_exactly_one(
     await gateway.stop()
 
 
+async def test_a_request_that_gives_up_does_not_fail_its_neighbours_write(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    """A request cancelled while its nonce waits (its client went away, a server stopping)
+    shares a write with others: they get their answers, and the gateway still stops."""
+    gateway = SignatureGateway(engine, database_url)
+    now = datetime(2026, 11, 23, 10, tzinfo=UTC)
+    first = asyncio.create_task(gateway.record_nonce("key_1", "nonce-first-0001", now))
+    gone = asyncio.create_task(gateway.record_nonce("key_1", "nonce-gone-00001", now))
+    again = asyncio.create_task(gateway.record_nonce("key_1", "nonce-gone-00001", now))
+    other = asyncio.create_task(gateway.record_nonce("key_1", "nonce-other-0001", now))
+    await asyncio.sleep(0)  # all four queued: the first writes alone, the rest wait together
+    gone.cancel()
+    assert await first is True
+    # The same nonce twice in one write: the one still waiting is told it was used.
+    assert await again is False
+    assert await other is True
+    assert gone.cancelled()
+    await asyncio.wait_for(gateway.stop(), 10)
+
+
 async def test_housekeeping_forgets_spent_nonces_and_expired_sessions(
     engine: AsyncEngine, database_url: str, clock: FrozenClock
 ) -> None:
