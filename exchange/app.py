@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
             database_url,
             pool_size=settings.db_pool_size,
             pool_timeout_s=settings.db_pool_timeout_s,
+            lock_timeout_s=settings.db_lock_timeout_s,
         )
         app.state.engine = engine
         metrics.instrument_engine(engine)

@@ -182,6 +182,7 @@ class Settings:
     scheduler_interval_s: int = 60
     db_pool_size: int = 10
     db_pool_timeout_s: int = 10
+    db_lock_timeout_s: int = 5
     log_level: str = "INFO"
     log_format: LogFormat = "json"
     partner_rate_limit: str = "1000/second"
@@ -267,6 +268,7 @@ _PARSERS: dict[str, Any] = {
     "scheduler_interval_s": lambda v: _positive_int(v, high=86400),
     "db_pool_size": lambda v: _positive_int(v, high=1000),
     "db_pool_timeout_s": lambda v: _positive_int(v, high=3600),
+    "db_lock_timeout_s": lambda v: _positive_int(v, high=3600),
     "log_level": _choice(("DEBUG", "INFO", "WARNING", "ERROR")),
     "log_format": _choice(get_args(LogFormat)),
     "partner_rate_limit": _rate_limit,
@@ -367,6 +369,14 @@ VARIABLES: tuple[Variable, ...] = (
         "10",
         "an integer 1-3600",
         "How long a request waits for a free connection (or to connect, at most 10 s) before 503.",
+    ),
+    Variable(
+        "EXCHANGE_DB_LOCK_TIMEOUT_S",
+        "db_lock_timeout_s",
+        "5",
+        "an integer 1-3600",
+        "How long a statement waits for a row another database session holds locked before "
+        "the request gets a 503 (a stuck session never hangs the exchange).",
     ),
     Variable(
         "EXCHANGE_LOG_LEVEL",

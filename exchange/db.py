@@ -53,6 +53,7 @@ __all__ = [
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 CONNECT_TIMEOUT_S = 10
+LOCK_TIMEOUT_S_DEFAULT = 5  # as EXCHANGE_DB_LOCK_TIMEOUT_S's default
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -68,7 +69,13 @@ def libpq_url(url: str) -> str:
     return urlunsplit(("postgresql", parts.netloc, parts.path, parts.query, parts.fragment))
 
 
-def create_engine(url: str, *, pool_size: int = 10, pool_timeout_s: int = 10) -> AsyncEngine:
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    pool_timeout_s: int = 10,
+    lock_timeout_s: int = LOCK_TIMEOUT_S_DEFAULT,
+) -> AsyncEngine:
     """A bounded pool: `pool_size` connections and no overflow, so load cannot exhaust
     PostgreSQL's max_connections however many requests arrive.
 
@@ -79,6 +86,12 @@ def create_engine(url: str, *, pool_size: int = 10, pool_timeout_s: int = 10) ->
     attempt waits at most the pool timeout, so a request never waits longer than that
     for a database that is not there. No `pool_pre_ping`: it would cost a round trip per
     checkout on the hot path, and the checkout check below catches the common case.
+
+    No wait for a lock is unbounded: a statement that waits longer than `lock_timeout_s`
+    for a row another session holds (a session stuck idle in a transaction, an operator's
+    open psql) fails with SQLSTATE 55P03, which the store answers as 503, retry later.
+    Without it, one stuck session would hang every request that touches its rows, and the
+    group-commit batches holding them.
     """
     engine = create_async_engine(
         sqlalchemy_url(url),
@@ -89,7 +102,7 @@ def create_engine(url: str, *, pool_size: int = 10, pool_timeout_s: int = 10) ->
         pool_recycle=3600,
         connect_args={
             "timeout": min(CONNECT_TIMEOUT_S, pool_timeout_s),
-            "server_settings": {"timezone": "UTC"},
+            "server_settings": {"timezone": "UTC", "lock_timeout": f"{lock_timeout_s * 1000}"},
         },
     )
     event.listen(engine.sync_engine.pool, "checkout", _refuse_closed_connection)

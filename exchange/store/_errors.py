@@ -20,7 +20,13 @@ import asyncpg
 from sqlalchemy.exc import DBAPIError, DisconnectionError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from exchange.errors import DatabaseUnavailable, ExchangeError, InvariantViolation, Unprocessable
+from exchange.errors import (
+    DatabaseUnavailable,
+    ExchangeError,
+    InvariantViolation,
+    ServiceUnavailable,
+    Unprocessable,
+)
 
 __all__ = [
     "RetryableConflict",
@@ -30,7 +36,14 @@ __all__ = [
     "unavailable_as_503",
 ]
 
-_RETRYABLE = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
+_RETRYABLE = {"40001", "40P01"}  # serialization failure, deadlock
+# lock_timeout expired (the exchange takes no NOWAIT locks): another session has held a row
+# this statement needs for seconds. Retrying at once would wait as long again: 503.
+_LOCK_TIMEOUT = "55P03"
+_LOCKED = (
+    "A record this request needs is held by another database session; retry shortly "
+    "(with the same Idempotency-Key)."
+)
 # Connection exceptions (08), insufficient resources (53: disk full, out of memory, too many
 # connections), operator intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03
 # cannot connect now, 57P04 database dropped), system I/O error (58030).
@@ -117,7 +130,9 @@ def is_unavailable(exc: BaseException) -> bool:
     if any(_refuses_connections(candidate) for candidate in _causes(exc)):
         return True
     state = _sqlstate(exc)
-    return state is not None and (state.startswith(_UNAVAILABLE_PREFIXES) or state == _READ_ONLY)
+    return state is not None and (
+        state.startswith(_UNAVAILABLE_PREFIXES) or state in (_READ_ONLY, _LOCK_TIMEOUT)
+    )
 
 
 def _unavailable(exc: BaseException) -> DatabaseUnavailable:
@@ -155,6 +170,10 @@ def translate_errors() -> Iterator[None]:
         state = _sqlstate(exc)
         if state in _RETRYABLE:
             raise RetryableConflict(state) from exc
+        if state == _LOCK_TIMEOUT:
+            # Not DatabaseUnavailable: the database is there, and a group-commit batch that
+            # waited for one member's row is split so its other requests still post.
+            raise ServiceUnavailable(_LOCKED) from exc
         if state == "23505" and "idempotency_keys" in str(exc):
             raise RetryableConflict(state) from exc
         if state is not None and state.startswith("22"):
