@@ -12,6 +12,11 @@ One owner per batch across server processes: the processor holds the batch row l
 resumes the batch at its first pending item. Each process runs `in_flight` processors, so
 as many batches progress at once per process.
 
+A stopping server lets each processor finish the chunk it is posting and record its
+results, then leaves the rest of the batch pending for the next start (`stop`): the
+database work in flight is never cancelled midway. Only a processor that has not
+finished within `STOP_GRACE_S` is cancelled, which rolls its chunk back whole.
+
 Throughput: a processor reads a chunk of pending items together with their item ids'
 first results (one statement), builds the chunk's ledger requests and commits them as one
 unit (`GroupCommitter.commit_group`: one database transaction for the chunk, split by
@@ -53,6 +58,7 @@ __all__ = ["BatchService"]
 _log = get_logger("exchange.batches")
 POLL_S = 1.0
 STALL_S = 0.2
+STOP_GRACE_S = 30.0  # a chunk takes milliseconds; this is for a database that stalls
 CHUNK_MAX = 250  # items per read, per ledger transaction and per results statement
 IN_FLIGHT_DEFAULT = 2  # batches processed at once per server process (2 connections each)
 _ITEM: Final = msgspec.json.Decoder(Item)
@@ -84,6 +90,7 @@ class BatchService:
         # time for its chunk: keep well within the pool the HTTP requests share.
         self.in_flight = in_flight
         self._wake = asyncio.Event()
+        self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
     async def accept(
@@ -163,21 +170,30 @@ class BatchService:
 
     def start(self) -> None:
         if not self._tasks:
+            self._stopping = False
             self._tasks = [
                 asyncio.create_task(self._run(), name=f"batch-processor-{n}")
                 for n in range(self.in_flight)
             ]
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Let each processor finish its chunk and stop; cancel one still busy after
+        `grace_s` (its chunk rolls back whole and stays pending)."""
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
+        self._stopping = True
+        self._wake.set()
+        if not tasks:
+            return
+        _, late = await asyncio.wait(tasks, timeout=grace_s)
+        for task in late:
+            _log.warning("batch_processor_cancelled_at_stop", grace_s=grace_s)
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 worked = await self.process_next()
             except Exception as exc:  # the database away, a bug: log, wait, resume
@@ -185,13 +201,14 @@ class BatchService:
                 worked = False
             if worked:
                 self._wake.set()  # another batch may be waiting: let idle processors look
-            else:
+            elif not self._stopping:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), POLL_S)
 
     async def process_next(self) -> bool:
-        """Process one unfinished batch to its end; False when there is none to own."""
+        """Process one unfinished batch to its end (or until `stop`); False when there is
+        none to own."""
         async with self.engine.connect() as owner, owner.begin():
             batch = await store.claim_next_batch(owner)
             if batch is None:
@@ -206,7 +223,8 @@ class BatchService:
                 signature_base=bytes(batch.signature_base),
             )
             while await self._process_chunk(batch.batch_id, batch.partner_id, proof):
-                pass
+                if self._stopping:
+                    return False  # the rest stays pending; the lock goes with the owner
             data = await store.complete_batch(owner, batch, self.clock.now())
         _log.info("batch_completed", **data)
         return True

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import asyncpg
 import httpx
 import msgspec
 import pytest
 from litestar import Litestar
 
 from exchange.clock import FrozenClock
+from exchange.db import libpq_url
 from exchange.wiring import Services
 from partners.audit import verify_transaction
 from tests.http.conftest import OnboardedPartner, PartnerFactory
@@ -303,3 +305,56 @@ async def test_responses_have_exactly_the_documented_fields(
     status_schema = document["components"]["schemas"]["BatchStatus"]
     assert set(status_schema["required"]) == set(done) - {"completed_at"}
     assert status_schema["properties"]["status"]["enum"] == ["completed", "processing"]
+
+
+async def test_a_stopping_server_finishes_its_chunk_and_the_next_start_posts_the_rest(
+    client: httpx.AsyncClient,
+    grocer: OnboardedPartner,
+    clock: FrozenClock,
+    app: Litestar,
+    database_url: str,
+) -> None:
+    """A graceful stop does not cancel database work midway: a processor whose chunk is
+    waiting on the database finishes it and records its results, the rest of the batch
+    stays pending, and the next start posts it, each item once."""
+    member_id = await _member(grocer)
+    items = [
+        {"item_id": f"s-{n}", "type": "earn", "member_id": member_id, "reference": "r", "points": 1}
+        for n in range(600)
+    ]  # three chunks of 250, 250 and 100
+    services: Services = app.state.services
+    holder = await asyncpg.connect(libpq_url(database_url))
+    try:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM members WHERE member_id = $1 FOR UPDATE", member_id)
+        batch_id = (await _submit(client, grocer, clock, items)).json()["batch_id"]
+        for _ in range(400):  # the first chunk waits for the member's row
+            if await holder.fetchval(_WAITING_FOR_A_LOCK):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the first chunk never reached the held row")
+        stopping = asyncio.create_task(services.batches.stop())
+        await asyncio.sleep(0.3)
+        assert not stopping.done(), "stop cancelled the chunk in flight instead of waiting"
+        await held.rollback()
+    finally:
+        await holder.close()
+    await asyncio.wait_for(stopping, 20)
+
+    stopped = (await signed(client, grocer, clock, "GET", f"/v1/batches/{batch_id}")).json()
+    assert (stopped["status"], stopped["posted"]) == ("processing", 250)
+    assert await _balance(grocer, member_id) == 250
+
+    services.batches.start()
+    done = await _finished(client, grocer, clock, batch_id)
+    assert (done["posted"], done["rejected"]) == (600, 0)
+    assert await _balance(grocer, member_id) == 600
+    await assert_ledger_verifies(services.engine)
+
+
+_WAITING_FOR_A_LOCK = """
+SELECT count(*) > 0 FROM pg_stat_activity
+WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()
+"""
