@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from exchange.background import finish_or_cancel
 from exchange.clock import Clock, utc
 from exchange.config import SettlementCycle
 from exchange.logs import get_logger
@@ -57,6 +58,7 @@ __all__ = [
 SCHEDULER_LOCK_KEY = 0x5E77_1E00_0002
 RUNS_PER_TICK_MAX = 100
 BACKOFF_S_MAX = 300.0  # the longest wait between ticks while the database is away
+STOP_GRACE_S = 10.0  # how long a stopping server waits for a tick in progress
 _log = get_logger("settlement.schedule")
 
 # A housekeeping job gets the tick's time; what it returns is logged.
@@ -230,6 +232,7 @@ class Scheduler:
         self.zone = zone  # cut-offs fall at local midnight here (EXCHANGE_SETTLEMENT_TIMEZONE)
         self.housekeeping: list[HousekeepingJob] = list(housekeeping)
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     def add_housekeeping(self, job: HousekeepingJob) -> None:
         """Register a job run on every tick (under the scheduler lock, after settlement)."""
@@ -247,19 +250,20 @@ class Scheduler:
 
     def start(self) -> None:
         if self._task is None:
+            self._stop.clear()
             self._task = asyncio.create_task(self._loop(), name="exchange-scheduler")
 
     async def stop(self) -> None:
+        """Let a tick in progress finish; one still running after STOP_GRACE_S is
+        cancelled (its database transaction rolls back; the next start runs it again)."""
         task, self._task = self._task, None
-        if task is None:
-            return
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        self._stop.set()
+        if task is not None:
+            await finish_or_cancel([task], grace_s=STOP_GRACE_S, worker="scheduler")
 
     async def _loop(self) -> None:
         failures = 0
-        while True:  # for the life of the process; stop() cancels it
+        while not self._stop.is_set():  # for the life of the process, until stop()
             try:
                 await self.tick()
             except Exception as exc:  # a failed tick is logged and retried later
@@ -270,4 +274,5 @@ class Scheduler:
                     _log.exception("scheduler_tick_failed")
             else:
                 failures = 0
-            await asyncio.sleep(tick_delay_s(self.interval_s, failures))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), tick_delay_s(self.interval_s, failures))

@@ -35,6 +35,7 @@ from typing import Any, Final
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from exchange.background import finish_or_cancel
 from exchange.batches import store
 from exchange.batches.commands import item_command, item_idempotency
 from exchange.batches.parse import Item, parse_batch
@@ -182,15 +183,7 @@ class BatchService:
         tasks, self._tasks = self._tasks, []
         self._stopping = True
         self._wake.set()
-        if not tasks:
-            return
-        _, late = await asyncio.wait(tasks, timeout=grace_s)
-        for task in late:
-            _log.warning("batch_processor_cancelled_at_stop", grace_s=grace_s)
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await finish_or_cancel(tasks, grace_s=grace_s, worker="batch-processor")
 
     async def _run(self) -> None:
         while not self._stopping:

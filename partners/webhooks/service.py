@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange import metrics
+from exchange.background import finish_or_cancel
 from exchange.clock import Clock
 from exchange.config import ConfigError, Settings
 from exchange.errors import DeliveryNotFound, Unprocessable, WebhookNotFound, WebhookUrlInvalid
@@ -93,6 +94,7 @@ class WebhookService:
         self.poll_s = min(1.0, self.backoff_s)
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._stopping = False
 
     # --- subscriptions -------------------------------------------------------------------
 
@@ -258,18 +260,22 @@ class WebhookService:
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.create_task(self._run(), name="webhook-worker")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Let the round of deliveries in hand finish (each attempt is bounded by
+        TIMEOUT_S); one still running after that is cancelled, and its claim rolls back:
+        those deliveries are sent again later, with the same event_id."""
+        task, self._task = self._task, None
+        self._stopping = True
+        self._wake.set()
+        if task is not None:
+            await finish_or_cancel([task], grace_s=TIMEOUT_S, worker="webhook-worker")
 
     async def _run(self) -> None:
         async with httpx.AsyncClient(timeout=TIMEOUT_S, follow_redirects=False) as http:
-            while True:
+            while not self._stopping:
                 try:
                     worked = await self.deliver_due(http)
                     self._unavailable = None
@@ -285,7 +291,7 @@ class WebhookService:
                     worked = 0
                 with contextlib.suppress(Exception):  # the database away: said above
                     metrics.WEBHOOK_BACKLOG.set(await self.backlog())
-                if not worked:
+                if not worked and not self._stopping:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.poll_s)

@@ -9,6 +9,7 @@ import hashlib
 import json
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -58,6 +59,7 @@ class Receiver:
     """A partner's webhook endpoint: answers 500 to the first `failures` deliveries."""
 
     failures: int = 0
+    delay_s: float = 0.0  # how long it takes to answer, once it has the delivery
     keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
     seen: list[dict[str, Any]] = field(default_factory=list)  # every attempt, verified or not
     port: int = 0
@@ -96,6 +98,7 @@ class Receiver:
             key_id, verified = "", False
         event = json.loads(body)
         self.seen.append({"event": event, "verified": verified, "key_id": key_id})
+        time.sleep(self.delay_s)
         if not verified:
             return 401
         attempts = sum(1 for s in self.seen if s["event"]["event_id"] == event["event_id"])
@@ -239,6 +242,29 @@ async def test_a_batch_completed_event_is_signed_retried_and_then_delivered(
     assert resent.content == first.content
     await asyncio.sleep(0.5)
     assert len(receiver.seen) == 5, "a replayed retry sent the event again"
+
+
+async def test_a_stopping_server_finishes_the_delivery_in_flight(
+    client: httpx.AsyncClient,
+    grocer: OnboardedPartner,
+    clock: FrozenClock,
+    receiver: Receiver,
+    app: Litestar,
+) -> None:
+    """The deliverer is not cut off while a receiver is answering: the delivery is
+    recorded as delivered, so it is not sent again after the restart."""
+    receiver.delay_s = 0.5
+    await _subscribe(client, grocer, clock, receiver)
+    member = await grocer.client.enrol_member()
+    item = {"item_id": "w-s", "type": "earn", "member_id": member["member_id"], "points": 1}
+    body = msgspec.json.encode({"items": [item | {"reference": "r"}]})
+    assert (await signed(client, grocer, clock, "POST", "/v1/batches", body=body)).is_success
+    await _until(lambda: receiver.seen, "the delivery to arrive")
+    services: Services = app.state.services
+    await asyncio.wait_for(services.webhooks.stop(), 20)
+    [record] = await _deliveries(client, grocer, clock)
+    assert (record["status"], record["attempts"], record["last_status"]) == ("delivered", 1, 200)
+    assert len(receiver.seen) == 1
 
 
 async def test_a_receiver_that_keeps_failing_gets_a_failed_delivery(

@@ -197,6 +197,34 @@ async def test_the_app_starts_and_stops_its_scheduler(
     assert [run_id for run_id, _, _ in await _runs(engine)] == ["stl_20261124T000000Z"]
 
 
+async def test_stopping_waits_for_the_tick_in_progress(
+    engine: AsyncEngine, clock: FrozenClock
+) -> None:
+    """A stopping server lets the tick finish its work (here a housekeeping job that is
+    half done) instead of cutting it off; the loop then ends without another tick."""
+    scheduler = Scheduler(
+        engine=engine,
+        clock=clock,
+        settlement=_service(engine, clock),
+        cycle="daily",
+        interval_s=3600,
+    )
+    inside = asyncio.Event()
+    finished: list[str] = []
+
+    async def slow_job(now: datetime) -> int:
+        inside.set()
+        await asyncio.sleep(0.5)  # work in flight when stop() is called
+        finished.append("slow_job")
+        return 1
+
+    scheduler.add_housekeeping(slow_job)
+    scheduler.start()
+    await asyncio.wait_for(inside.wait(), 10)
+    await asyncio.wait_for(scheduler.stop(), 10)
+    assert finished == ["slow_job"], "stop cancelled the tick instead of letting it finish"
+
+
 async def test_the_scheduler_cuts_riga_months_at_local_midnight_across_dst(
     engine: AsyncEngine, clock: FrozenClock, ledger: LedgerService
 ) -> None:
