@@ -118,6 +118,9 @@ def serve(host: str, port: int, workers: int, http_server: str) -> None:
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=10,
+            # httptools (uvicorn[standard]) with each response's head and body in one
+            # write (exchange.serving).
+            http="exchange.serving:CoalescingHttpToolsProtocol",
             # The app decides who the client is from the raw peer (exchange.client_address,
             # EXCHANGE_TRUSTED_PROXIES), as under granian: uvicorn's own X-Forwarded-For
             # rewrite would make the same request mean something else per server.
