@@ -5,6 +5,7 @@ need other rows post meanwhile, and the refused one posts exactly once when retr
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 import asyncpg
@@ -16,7 +17,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exchange.clock import FrozenClock
 from exchange.config import Settings
 from exchange.db import libpq_url
-from tests.conftest import PUBLIC_URL
 from tests.http.conftest import OnboardedPartner, PartnerFactory
 from tests.http.signed import signed
 from tests.support import assert_ledger_verifies
@@ -25,14 +25,9 @@ LOCK_TIMEOUT_S = 1
 
 
 @pytest.fixture
-def settings(database_url: str) -> Settings:
-    return Settings(
-        database_url=database_url,
-        public_url=PUBLIC_URL,
-        scheduler_enabled=False,
-        log_level="WARNING",
-        db_lock_timeout_s=LOCK_TIMEOUT_S,
-    )
+def settings(settings: Settings) -> Settings:
+    """The tests' settings with a short lock timeout."""
+    return dataclasses.replace(settings, db_lock_timeout_s=LOCK_TIMEOUT_S)
 
 
 async def _earn(
