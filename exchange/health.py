@@ -40,7 +40,7 @@ class HealthController(Controller):
     tags = ["health"]
     security = []
 
-    @get("/health", summary="Liveness: the process answers", opt=api())
+    @get("/health", summary="Liveness: the process answers", opt=api(database=False))
     async def health(self) -> Health:
         return Health(status="ok")
 

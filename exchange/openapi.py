@@ -50,6 +50,7 @@ from exchange.errors import (
     PayloadTooLarge,
     RateLimited,
     RequestInProgress,
+    ServiceUnavailable,
     Unauthorized,
     Unprocessable,
     UnsupportedMediaType,
@@ -86,6 +87,9 @@ class Api:
     idempotent: bool = False  # an operator POST that needs an Idempotency-Key
     # Security schemes when the caller dependency does not say (None: anonymous allowed).
     security: tuple[str | None, ...] = ()
+    # False for the one handler that never touches the database (liveness): every other
+    # may answer 503 while PostgreSQL is away, busy or holding a row it needs.
+    database: bool = True
 
 
 def api(
@@ -97,6 +101,7 @@ def api(
     example: Any = None,
     idempotent: bool = False,
     security: Iterable[str | None] = (),
+    database: bool = True,
 ) -> dict[str, Any]:
     """The `opt=` of a route handler: `@post(..., opt=api(body=EarnCreate, errors=(...)))`."""
     return {
@@ -108,6 +113,7 @@ def api(
             example,
             idempotent,
             tuple(security),
+            database,
         )
     }
 
@@ -207,6 +213,12 @@ def _codes(errors: Iterable[Any]) -> dict[int, list[str]]:
     return {status: sorted(codes) for status, codes in sorted(found.items())}
 
 
+_RETRY_AFTER = {
+    "description": "Seconds to wait before trying again.",
+    "schema": {"type": "integer", "minimum": 0},
+}
+
+
 def _problem_response(status: int, codes: list[str]) -> dict[str, Any]:
     schema = {
         "allOf": [
@@ -215,10 +227,19 @@ def _problem_response(status: int, codes: list[str]) -> dict[str, Any]:
         ]
     }
     listed = ", ".join(f"`{code}`" for code in codes)
-    return {
+    response: dict[str, Any] = {
         "description": f"A problem (RFC 9457) with code {listed}.",
         "content": {PROBLEM_JSON: {"schema": schema}},
     }
+    if status == ServiceUnavailable.status:
+        response["description"] += (
+            " The database is away or busy, or another session holds a row this request "
+            "needs: nothing was changed; retry after `Retry-After` seconds (a POST with the "
+            "same Idempotency-Key)."
+        )
+    if status in (RateLimited.status, ServiceUnavailable.status):
+        response["headers"] = {"Retry-After": _RETRY_AFTER}
+    return response
 
 
 Refs = list[tuple[Any, dict[str, Any]]]
@@ -309,6 +330,8 @@ def _complete(operation: dict[str, Any], handler: HTTPRouteHandler, spec: Api, r
         errors.append(Unprocessable)
     if spec.idempotent:
         errors += [IdempotencyKeyMissing, RequestInProgress, IdempotencyKeyReused]
+    if spec.database:
+        errors.append(ServiceUnavailable)
     responses = _success(operation, spec, refs)
     for status, codes in _codes(errors).items():
         responses[str(status)] = _problem_response(status, codes)

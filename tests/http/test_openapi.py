@@ -115,6 +115,15 @@ async def test_errors_are_problem_json_with_their_codes(served: httpx.Response) 
         "four_eyes_required",
         "partner_terminated",
     ]
+    # Every operation but liveness may find the database away, busy or a row held: a 503
+    # to retry after Retry-After, which a generated client must know to expect.
+    for (method, path), operation in ops.items():
+        if path == "/health":
+            assert "503" not in operation["responses"]
+        else:
+            assert problem_codes(operation, 503) == ["service_unavailable"], (method, path)
+            assert "Retry-After" in operation["responses"]["503"]["headers"], (method, path)
+    assert "Retry-After" in burn["responses"]["429"]["headers"]
     problem = doc["components"]["schemas"]["Problem"]
     assert set(problem["required"]) == {"type", "title", "status", "detail", "code"}
     for (method, path), operation in ops.items():
