@@ -47,7 +47,7 @@ def _print_tasks(nodeid: str) -> None:
     sys.stderr.flush()
 
 
-@pytest.hookimpl
+@pytest.hookimpl(optionalhook=True)
 def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
     if settings.timeout and settings.timeout > EARLY_S:
         timer = threading.Timer(settings.timeout - EARLY_S, _print_tasks, args=(item.nodeid,))
@@ -57,7 +57,7 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> None:
     # None: pytest-timeout's own timer is set as well
 
 
-@pytest.hookimpl
+@pytest.hookimpl(optionalhook=True)
 def pytest_timeout_cancel_timer(item: pytest.Item) -> None:
     timer = _timers.pop(item.nodeid, None)
     if timer is not None:
