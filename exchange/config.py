@@ -182,7 +182,7 @@ class Settings:
     scheduler_interval_s: int = 60
     db_pool_size: int = 10
     db_pool_timeout_s: int = 10
-    db_lock_timeout_s: int = 5
+    db_lock_timeout_s: int = 10
     log_level: str = "INFO"
     log_format: LogFormat = "json"
     partner_rate_limit: str = "1000/second"
@@ -373,7 +373,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "EXCHANGE_DB_LOCK_TIMEOUT_S",
         "db_lock_timeout_s",
-        "5",
+        "10",
         "an integer 1-3600",
         "How long a statement waits for a row another database session holds locked before "
         "the request gets a 503 (a stuck session never hangs the exchange).",

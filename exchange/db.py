@@ -53,7 +53,7 @@ __all__ = [
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 CONNECT_TIMEOUT_S = 10
-LOCK_TIMEOUT_S_DEFAULT = 5  # as EXCHANGE_DB_LOCK_TIMEOUT_S's default
+LOCK_TIMEOUT_S_DEFAULT = 10  # as EXCHANGE_DB_LOCK_TIMEOUT_S's default
 
 
 def sqlalchemy_url(url: str) -> str:
