@@ -103,7 +103,18 @@ def _exchange_error(request: Request[Any, Any, Any], exc: ExchangeError) -> Resp
         return problem_response(
             500, exc.code, exc.title, "An internal error occurred.", request_id=_request_id(request)
         )
-    if exc.status >= 500:
+    if isinstance(exc, ServiceUnavailable):
+        # Busy, not broken (the commit queue full, a row held past the lock timeout): an
+        # operating condition, logged like an unreachable database, at most once a second.
+        suppressed = _unavailable_log.take()
+        if suppressed is not None:
+            _log.warning(
+                "service_unavailable",
+                detail=exc.detail,
+                path=request.url.path,
+                suppressed=suppressed,
+            )
+    elif exc.status >= 500:
         _log.error("server_error", code=exc.code, detail=exc.detail)
     return problem_response(
         exc.status,

@@ -64,6 +64,7 @@ async def test_a_row_held_by_a_stuck_session_is_a_503_not_a_hang(
     clock: FrozenClock,
     database_url: str,
     engine: AsyncEngine,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     if not await _database_timeouts_fire(database_url):
         pytest.skip("PostgreSQL's timeouts do not fire under libfaketime with an offset")
@@ -94,6 +95,14 @@ async def test_a_row_held_by_a_stuck_session_is_a_503_not_a_hang(
         ]
         # Bounded by the lock timeout (a batch waits once whole, then its request alone).
         assert waited_s < 10 * LOCK_TIMEOUT_S
+        # The operator is told once, as a warning: busy, not a bug.
+        said = [
+            (r.levelname, r.getMessage()) for r in caplog.records if r.name == "exchange.problems"
+        ]
+        assert [level for level, message in said if "service_unavailable" in message] == [
+            "WARNING"
+        ], said
+        assert not [message for level, message in said if level == "ERROR"], said
         await stuck.rollback()
     finally:
         await holder.close()
