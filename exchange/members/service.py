@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange import schemas, store
 from exchange.clock import Clock
+from exchange.coalesce import Coalescer
 from exchange.config import Settings
 from exchange.db import driver_connection
 from exchange.errors import (
@@ -51,6 +53,10 @@ __all__ = ["TRANSFER_WINDOW", "MembersService", "tier_view"]
 
 TRANSFER_WINDOW = timedelta(days=30)
 RETRIES_MAX = 5
+# Balance reads in one statement at most, and such statements in flight per process (as
+# the group committer's batches: one fills while the other runs).
+BALANCE_READS_MAX = 64
+BALANCE_READS_AT_ONCE = 2
 
 
 def tier_view(status: TierStatus) -> schemas.Tier:
@@ -78,6 +84,9 @@ class MembersService:
             points_per_transfer_max=settings.transfer_points_max,
             points_per_30d_max=settings.transfer_points_30d_max,
         )
+        self._balances = Coalescer(
+            self._read_balances, batch_max=BALANCE_READS_MAX, concurrency=BALANCE_READS_AT_ONCE
+        )
 
     def _context(self, now: datetime, closed_until: datetime, ids: Any = new_id) -> Context:
         return Context(now=now, closed_until=closed_until, points_ttl=self.points_ttl, ids=ids)
@@ -87,19 +96,28 @@ class MembersService:
     async def read_balance(
         self, member_id: str, *, partner_id: str | None = None
     ) -> tuple[Balance, TierStatus]:
-        """The balance and tier now, from one statement (one snapshot, no locks). With
-        `partner_id`, only for a member linked to that partner; erased members: 404."""
-        now = self.clock.now()
-        async with driver_connection(self.engine) as conn:
-            loaded = await store.read_book_with_qualifying(
-                conn, member_id, linked_to=partner_id, since=now - QUALIFYING_WINDOW
-            )
-        if loaded is None:
+        """The balance and tier now, from one statement (one snapshot, no locks), which
+        concurrent reads share (`exchange.coalesce`). With `partner_id`, only for a
+        member linked to that partner; erased members: 404."""
+        found = await self._balances.get((member_id, partner_id))
+        if found is None:
             raise MemberNotFound(f"No member {member_id}.")
-        book, closed_until, qualifying = loaded
-        # Apply what has fallen due to this throwaway copy, exactly as a posting would.
-        apply_due(book, self._context(now, closed_until, uuid.uuid4))
-        return balance(book, now), tier_status(qualifying, self.settings.tiers)
+        return found
+
+    async def _read_balances(
+        self, keys: Sequence[store.BalanceKey]
+    ) -> dict[store.BalanceKey, tuple[Balance, TierStatus]]:
+        now = self.clock.now()  # after every request read here arrived
+        async with driver_connection(self.engine) as conn:
+            loaded = await store.read_books_with_qualifying(
+                conn, keys, since=now - QUALIFYING_WINDOW
+            )
+        read: dict[store.BalanceKey, tuple[Balance, TierStatus]] = {}
+        for key, (book, closed_until, qualifying) in loaded.items():
+            # Apply what has fallen due to this throwaway copy, exactly as a posting would.
+            apply_due(book, self._context(now, closed_until, uuid.uuid4))
+            read[key] = (balance(book, now), tier_status(qualifying, self.settings.tiers))
+        return read
 
     # -- transfers --------------------------------------------------------------------------
 

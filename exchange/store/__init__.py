@@ -44,8 +44,9 @@ from exchange.store._keys import (
     remember,
 )
 from exchange.store._members import (
+    BalanceKey,
     qualifying_points,
-    read_book_with_qualifying,
+    read_books_with_qualifying,
     transferred_since,
 )
 from exchange.store._posting import (
@@ -93,6 +94,7 @@ __all__ = [
     "SETTLEMENT_BARRIER_KEY",
     "AdjustmentRow",
     "AllocationRow",
+    "BalanceKey",
     "BatchWrite",
     "Connection",
     "EntryRow",
@@ -135,7 +137,7 @@ __all__ = [
     "pending_adjustments",
     "qualifying_points",
     "read_book",
-    "read_book_with_qualifying",
+    "read_books_with_qualifying",
     "remember",
     "resolve_targets",
     "transaction",

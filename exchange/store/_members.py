@@ -6,17 +6,18 @@ tier in the same statement, and what a transfer needs besides the posting path's
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import TypeAlias
 
 from exchange.ledger import MemberBook, PostingType
 from exchange.store._connection import Connection
-from exchange.store._posting import holds_of, lots_of
-from exchange.store._reads import READ_BOOK_SQL
+from exchange.store._reads import BOOK_COLUMNS, book_of
 
 __all__ = [
+    "BalanceKey",
     "qualifying_points",
-    "read_book_with_qualifying",
+    "read_books_with_qualifying",
     "transferred_since",
 ]
 
@@ -37,16 +38,6 @@ SELECT m.member_id, {_QUALIFYING_EXPR.format(member="m.member_id", since="$2")} 
 FROM unnest($1::text[]) AS m(member_id)
 """  # noqa: S608 - built from constants
 
-# The balance read of `_reads`, plus the qualifying points, in the same single statement
-# (one round trip, one snapshot); erased members are not found.
-_READ_BALANCE_SQL = READ_BOOK_SQL.replace(
-    "\nFROM members AS m\nWHERE m.member_id = $1\n",
-    f", {_QUALIFYING_EXPR.format(member='m.member_id', since='$3')} AS qualifying"
-    "\nFROM members AS m\nWHERE m.member_id = $1 AND m.status = 'active'\n",
-)
-if _READ_BALANCE_SQL == READ_BOOK_SQL:  # pragma: no cover - caught by any balance test
-    raise RuntimeError("the balance read's statement changed shape; update _READ_BALANCE_SQL")
-
 
 async def qualifying_points(
     conn: Connection, member_ids: Iterable[str], since: datetime
@@ -56,19 +47,39 @@ async def qualifying_points(
     return {row["member_id"]: int(row["points"]) for row in rows}
 
 
-async def read_book_with_qualifying(
-    conn: Connection, member_id: str, *, linked_to: str | None, since: datetime
-) -> tuple[MemberBook, datetime, int] | None:
-    """`read_book` and the member's qualifying points since `since`, in one statement."""
-    row = await conn.fetchrow(_READ_BALANCE_SQL, member_id, linked_to, since)
-    if row is None:
-        return None
-    book = MemberBook(member_id=member_id, debt=row["debt"])
-    for lot in lots_of(row["lots"]):
-        book.lots[lot.lot_id] = lot
-    for hold in holds_of(row["holds"]):
-        book.holds[hold.hold_id] = hold
-    return book, row["closed_until"], int(row["qualifying"])
+# Balance reads of many members at once (coalesced requests, `exchange.coalesce`): each
+# (member, asking partner) pair's book as `_reads` reads it, and its qualifying points,
+# in one statement (one round trip, one snapshot). A pair whose member is unknown,
+# erased, or not linked to the asking partner (NULL: the member's own token) has no row.
+_READ_BALANCES_SQL = f"""
+SELECT r.first AS member_id, r.second AS linked_to, {BOOK_COLUMNS},
+       {_QUALIFYING_EXPR.format(member="m.member_id", since="$3")} AS qualifying
+FROM unnest_small($1::text[], $2::text[]) AS r
+JOIN members AS m ON m.member_id = r.first
+WHERE m.status = 'active'
+  AND (r.second IS NULL OR EXISTS (
+      SELECT 1 FROM member_links AS k WHERE k.member_id = m.member_id AND k.partner_id = r.second))
+"""  # noqa: S608 - built from constants
+
+BalanceKey: TypeAlias = tuple[str, str | None]  # (member id, the asking partner or None)
+
+
+async def read_books_with_qualifying(
+    conn: Connection, keys: Sequence[BalanceKey], *, since: datetime
+) -> dict[BalanceKey, tuple[MemberBook, datetime, int]]:
+    """Each key's book, `closed_until` and qualifying points since `since`, from one
+    statement; a key with nothing to read (see `_READ_BALANCES_SQL`) is absent."""
+    rows = await conn.fetch(
+        _READ_BALANCES_SQL, [key[0] for key in keys], [key[1] for key in keys], since
+    )
+    return {
+        (row["member_id"], row["linked_to"]): (
+            book_of(row["member_id"], row),
+            row["closed_until"],
+            int(row["qualifying"]),
+        )
+        for row in rows
+    }
 
 
 _TRANSFERRED_SQL = f"""

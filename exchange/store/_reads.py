@@ -6,22 +6,22 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import asyncpg
+
 from exchange.ledger import MemberBook
 from exchange.store._connection import Connection
 from exchange.store._posting import HOLD_JSON, LOT_COLUMNS, LOT_COLUMNS_OF_L, holds_of, lots_of
 
-__all__ = ["due_member_ids", "read_book"]
+__all__ = ["BOOK_COLUMNS", "book_of", "due_member_ids", "read_book"]
 
 
 # -- reads -----------------------------------------------------------------------------------
 
 
-# One statement, so one snapshot: the member's debt (if linked to the asking partner),
-# open lots, open holds with what they reserved, and the lots those holds reserved from
-# (an expired hold's points flow back through them). Correlated on the one member, so
-# every part is an index lookup.
-READ_BOOK_SQL = f"""
-SELECT m.debt, (SELECT closed_until FROM ledger_state WHERE id = 1) AS closed_until,
+# The book of the member row `m`, as columns: its debt, open lots, open holds with what
+# they reserved, and the lots those holds reserved from (an expired hold's points flow
+# back through them). Correlated on the one member, so every part is an index lookup.
+BOOK_COLUMNS = f"""m.debt, (SELECT closed_until FROM ledger_state WHERE id = 1) AS closed_until,
        (SELECT coalesce(json_agg(json_build_array({LOT_COLUMNS})), '[]')::text
         FROM (SELECT {LOT_COLUMNS} FROM lots
               WHERE member_id = m.member_id AND (remaining > 0 OR NOT matured)
@@ -32,7 +32,11 @@ SELECT m.debt, (SELECT closed_until FROM ledger_state WHERE id = 1) AS closed_un
               JOIN lots AS l ON l.lot_id = a.lot_id
               WHERE h.member_id = m.member_id AND h.status = 'open') AS book_lots) AS lots,
        (SELECT coalesce(json_agg({HOLD_JSON}), '[]')::text
-        FROM holds AS h WHERE h.member_id = m.member_id AND h.status = 'open') AS holds
+        FROM holds AS h WHERE h.member_id = m.member_id AND h.status = 'open') AS holds"""  # noqa: S608 - built from constant column lists, never from input
+
+# One statement, so one snapshot: the member's book, if linked to the asking partner.
+READ_BOOK_SQL = f"""
+SELECT {BOOK_COLUMNS}
 FROM members AS m
 WHERE m.member_id = $1
   AND ($2::text IS NULL OR EXISTS (
@@ -48,12 +52,17 @@ async def read_book(
     row = await conn.fetchrow(READ_BOOK_SQL, member_id, linked_to)
     if row is None:
         return None
+    return book_of(member_id, row), row["closed_until"]
+
+
+def book_of(member_id: str, row: asyncpg.Record) -> MemberBook:
+    """The book a row of `BOOK_COLUMNS` holds."""
     book = MemberBook(member_id=member_id, debt=row["debt"])
     for lot in lots_of(row["lots"]):
         book.lots[lot.lot_id] = lot
     for hold in holds_of(row["holds"]):
         book.holds[hold.hold_id] = hold
-    return book, row["closed_until"]
+    return book
 
 
 _DUE_SQL = """
