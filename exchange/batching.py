@@ -40,6 +40,7 @@ __all__ = ["GroupCommitter"]
 
 _log = get_logger("exchange.batching")
 QUEUE_MAX_DEFAULT = 1000  # as EXCHANGE_GROUP_COMMIT_QUEUE_MAX's default
+_CUT_SHORT = "The server stopped before this posting's batch finished; retry with the same key."
 
 
 class GroupCommitter:
@@ -58,8 +59,9 @@ class GroupCommitter:
         self.concurrency = concurrency
         self.queue_max = queue_max
         self._queue: deque[tuple[LedgerRequest, asyncio.Future[Outcome]]] = deque()
-        self._running = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Running batches, with their requests: at most `concurrency`.
+        self._tasks: dict[asyncio.Task[None], list[tuple[LedgerRequest, asyncio.Future[Outcome]]]]
+        self._tasks = {}
         self.batches = 0
         self.requests = 0
 
@@ -87,20 +89,21 @@ class GroupCommitter:
         return await future
 
     def _start_batches(self) -> None:
-        while self._queue and self._running < self.concurrency:
+        while self._queue and len(self._tasks) < self.concurrency:
             size = min(self.batch_max, len(self._queue))
             batch = [self._queue.popleft() for _ in range(size)]
-            self._running += 1
-            task = asyncio.create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task = asyncio.create_task(self._commit(batch))
+            self._tasks[task] = batch
+            task.add_done_callback(self._finished)
 
-    async def _run(self, batch: list[tuple[LedgerRequest, asyncio.Future[Outcome]]]) -> None:
-        try:
-            await self._commit(batch)
-        finally:
-            self._running -= 1
-            self._start_batches()
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        """In a done-callback, so it runs even for a batch cancelled before its first step
+        (at event-loop teardown): its slot is freed and none of its requests is left
+        waiting for ever: each is answered 503, to be retried with its Idempotency-Key (a
+        batch cancelled mid-commit may or may not have committed; the key decides)."""
+        for _, future in self._tasks.pop(task):
+            _resolve_error(future, ServiceUnavailable(_CUT_SHORT))
+        self._start_batches()
 
     async def _commit(self, batch: Sequence[tuple[LedgerRequest, asyncio.Future[Outcome]]]) -> None:
         self.batches += 1

@@ -20,6 +20,7 @@ one.
 database away: each request answers 503, as it would alone). Its callers validate keys
 before asking, so no one key can make a fetch fail for its neighbours. A lookup whose
 caller gave up (its client went away) is skipped; the fetch still finishes for the rest.
+A fetch cut short (cancelled at the event loop's end) answers its lookups 503.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Generic, TypeVar
 
+from exchange.errors import ServiceUnavailable
+
 __all__ = ["Coalescer"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+_CUT_SHORT = "The server stopped before this read was answered; retry."
 
 
 class Coalescer(Generic[K, V]):
@@ -75,7 +79,8 @@ class Coalescer(Generic[K, V]):
         (at event-loop teardown): the slot is freed and no waiter is left hanging."""
         for futures in self._tasks.pop(task).values():
             for future in futures:
-                future.cancel()  # a no-op for those answered
+                if not future.done():
+                    future.set_exception(ServiceUnavailable(_CUT_SHORT))
         self._start()
 
     async def _fetch(self, batch: dict[K, list[asyncio.Future[V | None]]]) -> None:

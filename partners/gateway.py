@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from exchange.errors import DatabaseUnavailable
+from exchange.errors import DatabaseUnavailable, ServiceUnavailable
 from exchange.logs import get_logger
 from partners import store
 from partners.keycache import KeyCache
@@ -57,6 +57,7 @@ LISTEN_CHECK_S = 5.0
 # it can be forgotten.
 NONCE_KEEP = timedelta(seconds=CREATED_PAST_S_MAX + 60)
 _log = get_logger("partners.gateway")
+_CUT_SHORT = "The server stopped before this request's nonce was recorded; retry."
 
 
 @dataclass
@@ -234,7 +235,18 @@ class SignatureGateway:
         queue.clear()
         task = asyncio.create_task(self._write(batch, durable))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda done: self._written(done, batch, durable))
+
+    def _written(self, task: asyncio.Task[None], batch: list[_Pending], durable: bool) -> None:
+        """In a done-callback, so it runs even for a write cancelled before its first step
+        (at event-loop teardown): the writer is free again and no request is left waiting
+        (fail closed: one whose nonce was not answered is refused)."""
+        self._tasks.discard(task)
+        for item in batch:
+            if not item.future.done():
+                item.future.set_exception(ServiceUnavailable(_CUT_SHORT))
+        self._writing[durable] = False
+        self._start_write(durable)
 
     async def _write(self, batch: list[_Pending], durable: bool) -> None:
         try:
@@ -252,15 +264,10 @@ class SignatureGateway:
             )
             for pair, item in first.items():
                 _answer(item.future, pair in stored)
-        except BaseException as exc:  # fail closed: every waiting request fails
+        except Exception as exc:  # fail closed: every waiting request fails
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-        finally:
-            self._writing[durable] = False
-            self._start_write(durable)
 
 
 def _answer(future: asyncio.Future[bool], value: bool) -> None:

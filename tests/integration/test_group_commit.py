@@ -136,3 +136,38 @@ async def test_a_group_meeting_the_database_away_is_not_split_and_decides_nothin
     assert calls == [30]
     totals = await assert_ledger_verifies(engine)
     assert totals["issued"] == 0
+
+
+@pytest.mark.parametrize("started", [True, False])
+async def test_a_batch_cut_short_answers_503_and_the_next_batch_runs(
+    engine: AsyncEngine, ledger: LedgerService, clock: FrozenClock, started: bool
+) -> None:
+    """At the event loop's end a batch task is cancelled, possibly before its first step:
+    its requests are answered 503 (retry with the same key), never left waiting, and
+    the committer's slot is free for the next batch."""
+    await add_partner(engine, clock, "grocer")
+    member = await enrol(ledger, "grocer")
+    gate = asyncio.Event()
+
+    class Held(LedgerService):
+        async def submit(self, requests: Sequence[LedgerRequest]) -> list[Outcome]:
+            await gate.wait()
+            return await super().submit(requests)
+
+    committer = GroupCommitter(
+        Held(engine, clock, points_ttl=ledger.points_ttl), batch_max=64, concurrency=1
+    )
+    waiting = asyncio.ensure_future(committer.submit(LedgerRequest(Earn("grocer", member, "a", 5))))
+    await asyncio.sleep(0)  # queued, and its batch's task created
+    if started:
+        for _ in range(5):
+            await asyncio.sleep(0)
+    (batch,) = committer._tasks
+    batch.cancel()
+    with pytest.raises(ServiceUnavailable, match="same key"):
+        await asyncio.wait_for(waiting, 10)  # before: waited for ever
+    gate.set()
+    outcome = await committer.submit(LedgerRequest(Earn("grocer", member, "b", 5)))
+    assert outcome.status_code == 201
+    totals = await assert_ledger_verifies(engine)
+    assert totals["issued"] == 5

@@ -6,10 +6,12 @@ import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.clock import FrozenClock
+from exchange.errors import ServiceUnavailable
 from partners import registry
 from partners.gateway import (
     KEY_DIRECTORY_MISSES_PER_S,
@@ -110,6 +112,26 @@ async def test_a_request_that_gives_up_does_not_fail_its_neighbours_write(
     assert await again is False
     assert await other is True
     assert gone.cancelled()
+    await asyncio.wait_for(gateway.stop(), 10)
+
+
+@pytest.mark.parametrize("started", [True, False])
+async def test_a_nonce_write_cut_short_refuses_its_requests_and_frees_the_writer(
+    engine: AsyncEngine, database_url: str, started: bool
+) -> None:
+    """At the event loop's end a write task is cancelled, possibly before its first step:
+    its requests are refused 503 (fail closed), never left waiting, and the next nonce
+    is written."""
+    gateway = SignatureGateway(engine, database_url)
+    now = datetime(2026, 11, 23, 10, tzinfo=UTC)
+    waiting = asyncio.create_task(gateway.record_nonce("key_1", "nonce-cut-000001", now))
+    for _ in range(1 if not started else 3):
+        await asyncio.sleep(0)
+    (write,) = gateway._tasks
+    write.cancel()
+    with pytest.raises(ServiceUnavailable):
+        await asyncio.wait_for(waiting, 10)  # before: waited for ever
+    assert await asyncio.wait_for(gateway.record_nonce("key_1", "nonce-next-00001", now), 10)
     await asyncio.wait_for(gateway.stop(), 10)
 
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import pytest
 
 from exchange.coalesce import Coalescer
+from exchange.errors import ServiceUnavailable
 
 
 class Source:
@@ -124,16 +125,23 @@ async def test_a_caller_that_gives_up_does_not_stop_the_fetch_for_the_others() -
         await leaving
 
 
-async def test_a_fetch_cancelled_at_teardown_cancels_its_waiters_and_frees_its_slot() -> None:
+@pytest.mark.parametrize("started", [True, False])
+async def test_a_fetch_cut_short_answers_its_waiters_503_and_frees_its_slot(
+    started: bool,
+) -> None:
+    """At the event loop's end a fetch is cancelled, possibly before its first step."""
     source = Source()
     source.gate = asyncio.Event()
     reads = Coalescer(source.fetch, batch_max=64, concurrency=1)
     waiter = asyncio.ensure_future(reads.get(1))
-    await settle()
+    await asyncio.sleep(0)  # the lookup is queued and its fetch task created
+    if started:
+        await settle()
     (task,) = reads._tasks
     task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiter
+    with pytest.raises(ServiceUnavailable):
+        await asyncio.wait_for(waiter, 10)
+    assert source.calls == ([[1]] if started else [])
     source.gate.set()
     assert await reads.get(2) == (20, 0)
 
