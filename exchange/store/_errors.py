@@ -6,6 +6,8 @@ database, the rest.
     DatabaseUnavailable    the database cannot serve us right now (503 + Retry-After):
                            unreachable, restarting, our connection killed, read-only,
                            disk full or out of memory
+    ServiceUnavailable     the database is there but did not finish this statement (503):
+                           a row held past the lock timeout, a statement cancelled
 
 `is_unavailable` is the one classification of "the database is away" (used here, by the
 pool plumbing in `exchange.db`, and as the last net in `exchange.problems`).
@@ -43,6 +45,13 @@ _LOCK_TIMEOUT = "55P03"
 _LOCKED = (
     "A record this request needs is held by another database session; retry shortly "
     "(with the same Idempotency-Key)."
+)
+# query_canceled: a statement_timeout (set on the role or the database by an operator) or
+# an operator's pg_cancel_backend. The connection is fine and nothing was written: 503.
+_CANCELED = "57014"
+_CANCELED_DETAIL = (
+    "A database statement of this request was cancelled (a statement timeout or an "
+    "operator); retry shortly (with the same Idempotency-Key)."
 )
 # Connection exceptions (08), insufficient resources (53: disk full, out of memory, too many
 # connections), operator intervention (57P01 admin shutdown, 57P02 crash shutdown, 57P03
@@ -131,7 +140,7 @@ def is_unavailable(exc: BaseException) -> bool:
         return True
     state = _sqlstate(exc)
     return state is not None and (
-        state.startswith(_UNAVAILABLE_PREFIXES) or state in (_READ_ONLY, _LOCK_TIMEOUT)
+        state.startswith(_UNAVAILABLE_PREFIXES) or state in (_READ_ONLY, _LOCK_TIMEOUT, _CANCELED)
     )
 
 
@@ -170,10 +179,12 @@ def translate_errors() -> Iterator[None]:
         state = _sqlstate(exc)
         if state in _RETRYABLE:
             raise RetryableConflict(state) from exc
-        if state == _LOCK_TIMEOUT:
+        if state in (_LOCK_TIMEOUT, _CANCELED):
             # Not DatabaseUnavailable: the database is there, and a group-commit batch that
             # waited for one member's row is split so its other requests still post.
-            raise ServiceUnavailable(_LOCKED) from exc
+            raise ServiceUnavailable(
+                _LOCKED if state == _LOCK_TIMEOUT else _CANCELED_DETAIL
+            ) from exc
         if state == "23505" and "idempotency_keys" in str(exc):
             raise RetryableConflict(state) from exc
         if state is not None and state.startswith("22"):
