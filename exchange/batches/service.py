@@ -40,7 +40,7 @@ from exchange.batches import store
 from exchange.batches.commands import item_command, item_idempotency
 from exchange.batches.parse import Item, parse_batch
 from exchange.batches.schemas import BatchAccepted, BatchResult, BatchResultPage, BatchStatus
-from exchange.batches.store import ItemResult, PendingItem
+from exchange.batches.store import ItemResult, NewItem, PendingItem
 from exchange.batching import GroupCommitter
 from exchange.clock import Clock
 from exchange.errors import BatchNotFound, ExchangeError, RequestInProgress, ServiceUnavailable
@@ -63,6 +63,7 @@ STOP_GRACE_S = 30.0  # a chunk takes milliseconds; this is for a database that s
 CHUNK_MAX = 250  # items per read, per ledger transaction and per results statement
 IN_FLIGHT_DEFAULT = 2  # batches processed at once per server process (2 connections each)
 _ITEM: Final = msgspec.json.Decoder(Item)
+_ITEM_JSON: Final = msgspec.json.Encoder()
 
 
 class _Posted(msgspec.Struct):
@@ -112,7 +113,7 @@ class BatchService:
             await store.insert_batch(
                 conn,
                 self._batch_row(batch_id, partner_id, len(items), proof),
-                _rows(batch_id, items),
+                _new_items(items),
             )
             response = msgspec.json.encode(BatchAccepted(batch_id, "accepted", len(items)))
             await remember(
@@ -279,15 +280,9 @@ def _from_outcome(row: PendingItem, outcome: Outcome) -> ItemResult | None:
     return ItemResult(row.seq, row.item_id, "posted", transaction_id=answer.transaction_id)
 
 
-def _rows(batch_id: str, items: Sequence[Item]) -> list[dict[str, Any]]:
+def _new_items(items: Sequence[Item]) -> list[NewItem]:
     return [
-        {
-            "batch_id": batch_id,
-            "seq": seq,
-            "item_id": item.item_id,
-            "payload": msgspec.to_builtins(item),
-            "status": "pending",
-        }
+        NewItem(seq, item.item_id, _ITEM_JSON.encode(item).decode())
         for seq, item in enumerate(items, start=1)
     ]
 
