@@ -51,6 +51,36 @@ async def test_unbalanced_entries_are_refused(engine: AsyncEngine, member: str) 
     assert "does not balance" in message
 
 
+async def test_entries_balance_per_posting_not_per_statement(
+    engine: AsyncEngine, member: str
+) -> None:
+    # +5 on one posting and -5 on another sum to zero together: each posting is unbalanced.
+    message = await _refused(
+        engine,
+        "INSERT INTO entries (posting_id, line, account, owner, amount, posted_at) "
+        "SELECT posting_id, 9, 'available', member_id, "
+        "CASE WHEN type = 'earn' THEN 5 ELSE -5 END, posted_at FROM postings "
+        "WHERE member_id = '" + member + "'",
+    )
+    assert "does not balance" in message
+
+
+async def test_a_balanced_pair_may_still_be_appended(engine: AsyncEngine, member: str) -> None:
+    # What the guard promises: every posting's entries sum to zero, whenever they came.
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO entries (posting_id, line, account, owner, amount, posted_at) "
+                "SELECT posting_id, line, 'available', :member, amount, posted_at FROM "
+                "(SELECT posting_id, posted_at FROM postings WHERE member_id = :member "
+                "AND type = 'earn') AS p, (VALUES (8, 3), (9, -3)) AS v(line, amount)"
+            ),
+            {"member": member},
+        )
+        totals = await conn.execute(text("SELECT sum(amount) FROM entries GROUP BY posting_id"))
+        assert {total for (total,) in totals} == {0}
+
+
 async def test_nothing_may_be_posted_into_a_closed_period(
     engine: AsyncEngine, member: str, clock: FrozenClock
 ) -> None:
