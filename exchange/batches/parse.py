@@ -108,9 +108,18 @@ def parse_batch(body: bytes, media_type: str) -> list[Item]:
     return items
 
 
+_UPLOAD = msgspec.json.Decoder(BatchUpload)
+_ENVELOPE = msgspec.json.Decoder(BatchFile)
+_ITEM = msgspec.json.Decoder(Item)
+
+
 def _parse_json(body: bytes) -> tuple[list[Item], list[str]]:
+    try:  # a well-formed file, the usual case: decoded whole, in one pass
+        return _UPLOAD.decode(body).items, []
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        pass  # something is wrong: find what, and where
     try:
-        envelope = msgspec.json.decode(body, type=BatchFile)
+        envelope = _ENVELOPE.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         return [], [f"the body is not {{'items': [...]}}: {exc}"]
     if len(envelope.items) > ITEMS_MAX:
@@ -119,7 +128,7 @@ def _parse_json(body: bytes) -> tuple[list[Item], list[str]]:
     errors: list[str] = []
     for number, raw in enumerate(envelope.items, start=1):
         try:
-            items.append(msgspec.json.decode(raw, type=Item))
+            items.append(_ITEM.decode(raw))
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             errors.append(f"item {number}: {exc}")
     return items, errors
