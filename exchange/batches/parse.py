@@ -25,6 +25,7 @@ __all__ = [
     "EarnItem",
     "Item",
     "ReversalItem",
+    "decode_item",
     "parse_batch",
 ]
 
@@ -110,7 +111,12 @@ def parse_batch(body: bytes, media_type: str) -> list[Item]:
 
 _UPLOAD = msgspec.json.Decoder(BatchUpload)
 _ENVELOPE = msgspec.json.Decoder(BatchFile)
-_ITEM = msgspec.json.Decoder(Item)
+_ITEM: msgspec.json.Decoder[Item] = msgspec.json.Decoder(Item)
+
+
+def decode_item(data: bytes | str) -> Item:
+    """One item from its JSON (a file's item, or an item as stored with its batch)."""
+    return _ITEM.decode(data)
 
 
 def _parse_json(body: bytes) -> tuple[list[Item], list[str]]:
@@ -128,7 +134,7 @@ def _parse_json(body: bytes) -> tuple[list[Item], list[str]]:
     errors: list[str] = []
     for number, raw in enumerate(envelope.items, start=1):
         try:
-            items.append(_ITEM.decode(raw))
+            items.append(decode_item(raw))
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             errors.append(f"item {number}: {exc}")
     return items, errors

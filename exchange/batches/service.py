@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exchange.background import finish_or_cancel
 from exchange.batches import store
 from exchange.batches.commands import item_command, item_idempotency
-from exchange.batches.parse import Item, parse_batch
+from exchange.batches.parse import Item, decode_item, parse_batch
 from exchange.batches.schemas import BatchAccepted, BatchResult, BatchResultPage, BatchStatus
 from exchange.batches.store import ItemResult, NewItem, PendingItem
 from exchange.batching import GroupCommitter
@@ -62,7 +62,6 @@ STALL_S = 0.2
 STOP_GRACE_S = 30.0  # a chunk takes milliseconds; this is for a database that stalls
 CHUNK_MAX = 250  # items per read, per ledger transaction and per results statement
 IN_FLIGHT_DEFAULT = 2  # batches processed at once per server process (2 connections each)
-_ITEM: Final = msgspec.json.Decoder(Item)
 _ITEM_JSON: Final = msgspec.json.Encoder()
 
 
@@ -255,7 +254,7 @@ class BatchService:
         posted: list[PendingItem] = []
         for row in rows:
             try:
-                command = item_command(partner_id, _ITEM.decode(row.payload))
+                command = item_command(partner_id, decode_item(row.payload))
             except ExchangeError as exc:  # refused as its single endpoint would refuse it
                 results.append(ItemResult(row.seq, row.item_id, "rejected", code=exc.code))
                 continue
