@@ -26,6 +26,7 @@ __all__ = [
     "Item",
     "ReversalItem",
     "decode_item",
+    "encode_item",
     "parse_batch",
 ]
 
@@ -112,11 +113,17 @@ def parse_batch(body: bytes, media_type: str) -> list[Item]:
 _UPLOAD = msgspec.json.Decoder(BatchUpload)
 _ENVELOPE = msgspec.json.Decoder(BatchFile)
 _ITEM: msgspec.json.Decoder[Item] = msgspec.json.Decoder(Item)
+_ENCODER = msgspec.json.Encoder()
 
 
 def decode_item(data: bytes | str) -> Item:
     """One item from its JSON (a file's item, or an item as stored with its batch)."""
     return _ITEM.decode(data)
+
+
+def encode_item(item: Item) -> str:
+    """An item's JSON as it is stored with its batch (what `decode_item` reads back)."""
+    return _ENCODER.encode(item).decode()
 
 
 def _parse_json(body: bytes) -> tuple[list[Item], list[str]]:

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -38,7 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exchange.background import finish_or_cancel
 from exchange.batches import store
 from exchange.batches.commands import item_command, item_idempotency
-from exchange.batches.parse import Item, decode_item, parse_batch
+from exchange.batches.parse import Item, decode_item, encode_item, parse_batch
 from exchange.batches.schemas import BatchAccepted, BatchResult, BatchResultPage, BatchStatus
 from exchange.batches.store import ItemResult, NewItem, PendingItem
 from exchange.batching import GroupCommitter
@@ -62,7 +62,6 @@ STALL_S = 0.2
 STOP_GRACE_S = 30.0  # a chunk takes milliseconds; this is for a database that stalls
 CHUNK_MAX = 250  # items per read, per ledger transaction and per results statement
 IN_FLIGHT_DEFAULT = 2  # batches processed at once per server process (2 connections each)
-_ITEM_JSON: Final = msgspec.json.Encoder()
 
 
 class _Posted(msgspec.Struct):
@@ -281,8 +280,7 @@ def _from_outcome(row: PendingItem, outcome: Outcome) -> ItemResult | None:
 
 def _new_items(items: Sequence[Item]) -> list[NewItem]:
     return [
-        NewItem(seq, item.item_id, _ITEM_JSON.encode(item).decode())
-        for seq, item in enumerate(items, start=1)
+        NewItem(seq, item.item_id, encode_item(item)) for seq, item in enumerate(items, start=1)
     ]
 
 

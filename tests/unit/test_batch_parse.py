@@ -8,7 +8,15 @@ import json
 import msgspec
 import pytest
 
-from exchange.batches.parse import BurnItem, EarnItem, Item, ReversalItem, parse_batch
+from exchange.batches.parse import (
+    BurnItem,
+    EarnItem,
+    Item,
+    ReversalItem,
+    decode_item,
+    encode_item,
+    parse_batch,
+)
 from exchange.errors import BatchMalformed, PayloadTooLarge
 
 MEMBER = "mem_01a21bad4f5e7186b020a11b1f8c8add"
@@ -66,3 +74,8 @@ def test_more_items_than_a_batch_holds_are_refused_as_too_large() -> None:
     items = [{**GOOD[1], "item_id": f"b-{n}"} for n in range(10_001)]
     with pytest.raises(PayloadTooLarge):
         parse_batch(_file(items), "application/json")
+
+
+def test_an_item_stored_with_its_batch_reads_back_as_itself() -> None:
+    items = parse_batch(_file(GOOD), "application/json")
+    assert [decode_item(encode_item(item)) for item in items] == items
