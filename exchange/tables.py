@@ -41,13 +41,17 @@ __all__ = [
     "ACCOUNTS",
     "ALLOCATION_KINDS",
     "HOLD_STATUSES",
+    "KEY_COLUMNS",
     "POSTING_TYPES",
+    "REQUEST_COLUMNS",
+    "SIGNATURE_COLUMNS",
     "adjustments",
     "allocations",
     "console_sessions",
     "entries",
     "holds",
     "idempotency_keys",
+    "idempotency_records",
     "ledger_state",
     "lots",
     "member_links",
@@ -57,6 +61,7 @@ __all__ = [
     "partner_counters",
     "posting_signatures",
     "postings",
+    "views",
 ]
 
 NAMING_CONVENTION = {
@@ -167,6 +172,19 @@ def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(value) for value in values)})"
 
 
+# The columns of `postings` that hold the request that made the posting: what a partner
+# sent, not what the posting is. Its idempotency key with the response stored under it
+# (contract 2.2), and its verified signature (`exchange audit`).
+KEY_COLUMNS = ("idempotency_key", "request_fingerprint", "response_status", "response")
+SIGNATURE_COLUMNS = (
+    "signature_key_id",
+    "signature_input",
+    "signature",
+    "content_digest",
+    "signature_base",
+)
+REQUEST_COLUMNS = KEY_COLUMNS + SIGNATURE_COLUMNS
+
 postings = Table(
     "postings",
     metadata,
@@ -193,7 +211,33 @@ postings = Table(
     # What an earn was for, when the partner sent a purchase (disputes).
     Column("purchase_amount", MONEY, nullable=True),
     Column("purchase_currency", String(3), nullable=True),
+    # The request that made the posting (migration 0014, REQUEST_COLUMNS), on its row: its
+    # idempotency key with the response stored under it (contract 2.2; all NULL without a
+    # key, and after the member's erasure), and the verified signature (exchange audit).
+    Column("idempotency_key", String(255), nullable=True),
+    Column("request_fingerprint", LargeBinary, nullable=True),  # sha256(method, path, body)
+    Column("response_status", SmallInteger, nullable=True),
+    Column("response", LargeBinary, nullable=True),
+    Column("signature_key_id", ID, nullable=True),
+    Column("signature_input", Text, nullable=True),
+    Column("signature", Text, nullable=True),
+    Column("content_digest", Text, nullable=True),
+    Column("signature_base", LargeBinary, nullable=True),
     CheckConstraint("points > 0", name="points"),
+    CheckConstraint(
+        "(idempotency_key IS NULL) = (request_fingerprint IS NULL) "
+        "AND (idempotency_key IS NULL) = (response_status IS NULL) "
+        "AND (idempotency_key IS NULL) = (response IS NULL) "
+        "AND (idempotency_key IS NULL OR partner_id IS NOT NULL)",
+        name="request",
+    ),
+    CheckConstraint(
+        "(signature IS NULL) = (signature_key_id IS NULL) "
+        "AND (signature IS NULL) = (signature_input IS NULL) "
+        "AND (signature IS NULL) = (signature_base IS NULL) "
+        "AND (signature IS NOT NULL OR content_digest IS NULL)",
+        name="signature",
+    ),
     CheckConstraint(
         "type <> 'adjustment' OR (partner_id IS NOT NULL AND unit_price IS NOT NULL)",
         name="adjustment",
@@ -224,6 +268,14 @@ postings = Table(
         "partner_id",
         "reference",
         postgresql_where=text("reference IS NOT NULL"),
+    ),
+    # A partner's key names one posting at most; the claim finds the stored response by it.
+    Index(
+        "uq_postings_partner_id_idempotency_key",
+        "partner_id",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text("idempotency_key IS NOT NULL"),
     ),
     Index("ix_postings_reverses", "reverses", postgresql_where=text("reverses IS NOT NULL")),
     Index("ix_postings_posted_at", "posted_at"),
@@ -341,8 +393,11 @@ holds = Table(
 
 # -- exactly once, and proof of who asked -----------------------------------------------------
 
-idempotency_keys = Table(
-    "idempotency_keys",
+# A stored response whose request made no posting of its own on the posting path
+# (enrolment, sessions, batch acceptance, webhook retries, operators' POSTs), and every
+# record stored before migration 0014 moved the posting path's onto the posting row.
+idempotency_records = Table(
+    "idempotency_records",
     metadata,
     Column("partner_id", ID, ForeignKey("partners.partner_id"), nullable=False),
     Column("key", String(255), nullable=False),
@@ -354,15 +409,35 @@ idempotency_keys = Table(
     PrimaryKeyConstraint("partner_id", "key"),
 )
 
+# -- views (migration 0014): read-only names for what now lives on other rows ---------------
+
+# Views are not tables: they are described on their own MetaData, which Alembic's
+# comparison of tables does not see. Their SQL is in migration 0014.
+views = MetaData()
+
+# Every partner key's stored response: `idempotency_records` and the keyed postings.
+idempotency_keys = Table(
+    "idempotency_keys",
+    views,
+    Column("partner_id", ID),
+    Column("key", String(255)),
+    Column("fingerprint", LargeBinary),
+    Column("status_code", SmallInteger),
+    Column("response", LargeBinary),
+    Column("posting_id", Uuid),
+    Column("created_at", DateTime(timezone=True)),
+)
+
+# The verified signature of each signed posting, as `exchange audit` reads it.
 posting_signatures = Table(
     "posting_signatures",
-    metadata,
-    Column("posting_id", Uuid, ForeignKey("postings.posting_id"), primary_key=True),
-    Column("key_id", ID, nullable=False),
-    Column("signature_input", Text, nullable=False),
-    Column("signature", Text, nullable=False),
-    Column("content_digest", Text, nullable=True),
-    Column("signature_base", LargeBinary, nullable=False),
+    views,
+    Column("posting_id", Uuid),
+    Column("key_id", ID),
+    Column("signature_input", Text),
+    Column("signature", Text),
+    Column("content_digest", Text),
+    Column("signature_base", LargeBinary),
 )
 
 # One row: the journal is closed before `closed_until` (moved only by settlement).

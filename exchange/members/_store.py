@@ -1,12 +1,13 @@
 """Members SQL off the posting path (SQLAlchemy Core): export, erasure, and the expiry
 reminders' INSERT ... SELECT into the webhook outbox (`exchange.members.reminders`).
 
-Erasure and the journal's append-only guard: a partner's `reference` on a posting is
-partner data about the member, so erasure must scrub it, while the journal refuses every
-UPDATE. Migration 0007 narrows the guard to one exception: inside a database
+Erasure and the journal's append-only guard: a partner's `reference` on a posting, and
+the partner's idempotency key with the response stored under it, are partner data about
+the member, so erasure must scrub them, while the journal refuses every UPDATE.
+Migrations 0007 and 0014 narrow the guard to one exception: inside a database
 transaction that has set `exchange.erasing_member` to the posting's member, an UPDATE
-that sets `reference` to NULL and changes nothing else is allowed. Amounts, types,
-times and prices can never change, so every settlement figure stays what it was.
+that sets those to NULL and changes nothing else is allowed. Amounts, types, times and
+prices can never change, so every settlement figure stays what it was.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from exchange.ids import format_hold_id, format_transaction_id
 from exchange.members.tables import member_idempotency_keys, webhook_outbox
 from exchange.tables import (
+    KEY_COLUMNS,
+    REQUEST_COLUMNS,
     adjustments,
     holds,
-    idempotency_keys,
+    idempotency_records,
     lots,
     member_links,
     members,
@@ -94,8 +97,9 @@ def _references(
 
 async def export_sections(conn: AsyncConnection, member_id: str) -> dict[str, Any] | None:
     """Every row about the member, by section (see EXPORT_SECTIONS); None if unknown or
-    erased. Token hashes and stored response bytes are left out: they are secrets or
-    copies of what the export already shows."""
+    erased. Token hashes, stored response bytes and the partners' requests on postings
+    (keys, responses, signatures) are left out: secrets, or copies of what the export
+    already shows."""
     member_rows = await _rows(
         conn, select(members).where(members.c.member_id == member_id, members.c.status == "active")
     )
@@ -106,7 +110,9 @@ async def export_sections(conn: AsyncConnection, member_id: str) -> dict[str, An
     history = [
         _posting(row)
         for row in await _rows(
-            conn, select(postings).where(postings.c.member_id == member_id).order_by(*order)
+            conn,
+            select(postings).where(postings.c.member_id == member_id).order_by(*order),
+            drop=REQUEST_COLUMNS,
         )
     ]
     held = await _rows(
@@ -156,9 +162,11 @@ async def erase_member(conn: AsyncConnection, member_id: str, now: datetime) -> 
 
     The member row is locked first (FOR UPDATE waits for postings in flight for it; later
     ones find it erased). Kept: the member row (status `erased`), postings, entries, lots,
-    allocations and holds, with their amounts. Scrubbed: every reference. Deleted: links,
-    sessions, the member's idempotency records and the partners' idempotency records
-    about it (a retry now gets 404, never a replay), and its undelivered reminders."""
+    allocations and holds, with their amounts, and the signature evidence of postings.
+    Scrubbed: every reference, and the partners' keys and responses on the member's
+    postings. Deleted: links, sessions, the member's idempotency records and the partners'
+    other records about it (a retry now gets 404, never a replay), and its undelivered
+    reminders."""
     status = (
         await conn.execute(
             select(members.c.status).where(members.c.member_id == member_id).with_for_update()
@@ -173,8 +181,11 @@ async def erase_member(conn: AsyncConnection, member_id: str, now: datetime) -> 
     mine = select(postings.c.posting_id).where(postings.c.member_id == member_id)
     await conn.execute(
         update(postings)
-        .where(postings.c.member_id == member_id, postings.c.reference.is_not(None))
-        .values(reference=None)
+        .where(
+            postings.c.member_id == member_id,
+            or_(postings.c.reference.is_not(None), postings.c.idempotency_key.is_not(None)),
+        )
+        .values(dict.fromkeys(("reference", *KEY_COLUMNS)))
     )
     await conn.execute(
         update(holds)
@@ -191,11 +202,11 @@ async def erase_member(conn: AsyncConnection, member_id: str, now: datetime) -> 
     # Enrolment and session responses name the member without a posting: found by content
     # (a scan, acceptable for a rare operator action).
     await conn.execute(
-        delete(idempotency_keys).where(
+        delete(idempotency_records).where(
             or_(
-                idempotency_keys.c.posting_id.in_(mine),
+                idempotency_records.c.posting_id.in_(mine),
                 text(
-                    "position(convert_to(:member_id, 'UTF8') in idempotency_keys.response) > 0"
+                    "position(convert_to(:member_id, 'UTF8') in idempotency_records.response) > 0"
                 ).bindparams(member_id=member_id),
             )
         )

@@ -54,8 +54,9 @@ class PendingBatch:
     render: Render
     members: dict[int, str] = field(default_factory=dict)  # request index -> member_id
     originals: dict[uuid.UUID, OriginalPosting] = field(default_factory=dict)
-    records: list[store.IdempotencyRecord] = field(default_factory=list)
-    signatures: list[store.SignatureRecord] = field(default_factory=list)
+    # posting_id -> the request that made it (key, response, signature), stored on its row
+    posting_requests: dict[uuid.UUID, store.PostingRequest] = field(default_factory=dict)
+    records: list[store.IdempotencyRecord] = field(default_factory=list)  # keys stored apart
     links: set[tuple[str, str]] = field(default_factory=set)
     after: dict[uuid.UUID, Balance] = field(default_factory=dict)
     tiers: dict[str, str] = field(default_factory=dict)  # member_id -> tier (multipliers)
@@ -98,29 +99,27 @@ def apply_rule(
     batch.outcomes[index] = Outcome(status, body)
     if isinstance(command, Earn | Burn | OpenHold):
         batch.links.add((book.member_id, command.partner_id))
-    if request.idempotency is not None:
+    keyed = request.idempotency
+    if keyed is not None and command.partner_id != posting.partner_id:
+        # A key whose owner is not the posting's partner cannot sit on the posting.
         batch.records.append(
             store.IdempotencyRecord(
-                command.partner_id,
-                request.idempotency.key,
-                request.idempotency.fingerprint,
-                status,
-                body,
-                posting.posting_id,
+                command.partner_id, keyed.key, keyed.fingerprint, status, body, posting.posting_id
             )
         )
-    if request.signature is not None:
-        proof = request.signature
-        batch.signatures.append(
-            store.SignatureRecord(
-                posting.posting_id,
-                proof.key_id,
-                proof.signature_input,
-                proof.signature,
-                proof.content_digest,
-                proof.signature_base,
-            )
-        )
+        keyed = None
+    proof = request.signature
+    batch.posting_requests[posting.posting_id] = store.PostingRequest(
+        idempotency_key=keyed.key if keyed else None,
+        request_fingerprint=keyed.fingerprint if keyed else None,
+        response_status=status if keyed else None,
+        response=body if keyed else None,
+        signature_key_id=proof.key_id if proof else None,
+        signature_input=proof.signature_input if proof else None,
+        signature=proof.signature if proof else None,
+        content_digest=proof.content_digest if proof else None,
+        signature_base=proof.signature_base if proof else None,
+    )
 
 
 def _execute(

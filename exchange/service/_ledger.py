@@ -123,10 +123,9 @@ class LedgerService:
             await self._resolve_members(conn, batch)
             books = await self._load(conn, batch)
             write = store.BatchWrite()
-            write.add_books(books.values(), batch.after)
+            write.add_books(books.values(), batch.after, batch.posting_requests)
             write.add_links(batch.links)
-            write.add_signatures(batch.signatures)
-            write.add_keys(batch.records)
+            write.add_records(batch.records)
             if any(o and o.error is None and not o.replayed for o in batch.outcomes):
                 await store.write_batch(conn, write)
             # else: nothing succeeded, so write nothing (not even due changes); the

@@ -7,7 +7,7 @@ _keys         idempotency keys, partner- and member-scoped: `claim_keys`, `remem
               (and the settlement barrier, entered with the claim)
 _write        the batch's one write statement, its columns derived from `exchange.tables`
 _rows         the row structs the store writes (fields = table columns, in order)
-_records      the idempotency and signature records; the barrier key, counter shards
+_records      idempotency records, a posting's request; the barrier key, counter shards
 _reads        balance reads and the sweep's due members
 _queries      off the hot path: closing the journal, enrolment, history, liability
 _members      tiers' qualifying points, the transfer limit's 30-day total
@@ -71,9 +71,10 @@ from exchange.store._queries import (
 from exchange.store._reads import due_member_ids, read_book
 from exchange.store._records import (
     COUNTER_SHARDS,
+    NO_REQUEST,
     SETTLEMENT_BARRIER_KEY,
     IdempotencyRecord,
-    SignatureRecord,
+    PostingRequest,
     StoredResponse,
 )
 from exchange.store._rows import (
@@ -89,6 +90,7 @@ from exchange.store._write import BatchWrite, write_batch
 __all__ = [
     "COUNTER_SHARDS",
     "MEMBER_KEYS",
+    "NO_REQUEST",
     "PARTNER_KEYS",
     "RECORD_COLUMNS",
     "SETTLEMENT_BARRIER_KEY",
@@ -104,9 +106,9 @@ __all__ = [
     "LinkRow",
     "Locked",
     "LotRow",
+    "PostingRequest",
     "PostingRow",
     "RetryableConflict",
-    "SignatureRecord",
     "StoredResponse",
     "TermsRow",
     "adjustment_partner_status",

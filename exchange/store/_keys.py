@@ -1,8 +1,10 @@
 """Idempotency keys: the one claim and the one "remember the response", for every caller.
 
-Keys live in a scope: partners' keys (`idempotency_keys`, owned by a partner or the
-reserved `operator` row), members' keys (`member_idempotency_keys`, owned by a member) or
-operator tokens' keys (`settlement.store.OPERATOR_KEYS`).
+Keys live in a scope: partners' keys (owned by a partner or the reserved `operator` row),
+members' keys (`member_idempotency_keys`, owned by a member) or operator tokens' keys
+(`settlement.store.OPERATOR_KEYS`). A partner's key is stored in one of two places: on the
+posting its request made (the posting path, `_write`) or in `idempotency_records` (every
+other request); claims read both through the view `idempotency_keys` (migration 0014).
 The exactly-once steps are the same in both:
 
     claim      try-lock (owner, key) for this database transaction (never wait: a key
@@ -12,10 +14,11 @@ The exactly-once steps are the same in both:
                effect; the lock is released at commit, after the response is visible
 
 The posting path claims with `barrier=True` (the default): the settlement barrier
-(shared) is entered in the same statement, one round trip; its keys are remembered inside
-the batch's single write statement (`_write`, same columns). A key committed by another
+(shared) is entered in the same statement, one round trip; its keys are remembered on the
+batch's postings, inside its single write statement (`_write`). A key committed by another
 transaction between that statement's snapshot and its try-lock is missed there, but the
-key's primary key makes the write fail and the batch's retry replays it. Callers that do
+write then fails as a duplicate key (the postings' unique index, or the trigger that keeps
+a key in one place) and the batch's retry replays it. Callers that do
 not retry (enrolment, sessions, batch acceptance, adjustment requests: no posting, so no
 barrier) claim with `barrier=False`: the stored responses are read in a second statement,
 after the locks are held, so they see everything committed before.
@@ -32,7 +35,7 @@ from exchange.store._connection import Connection
 from exchange.store._records import SETTLEMENT_BARRIER_KEY, IdempotencyRecord, StoredResponse
 from exchange.store._rows import column_list
 from exchange.store._write import encode_rows, json_rows
-from exchange.tables import idempotency_keys
+from exchange.tables import idempotency_keys, idempotency_records
 
 __all__ = [
     "MEMBER_KEYS",
@@ -54,7 +57,7 @@ RECORD_COLUMNS = ("key", "fingerprint", "status_code", "response", "posting_id")
 
 @dataclass(frozen=True, slots=True)
 class KeyScope:
-    table: str
+    table: str  # where the stored responses are read
     owner: str  # the owner's column
     # Prefix of the advisory lock's text, so that equal (owner, key) pairs of two scopes
     # never share a lock; kept as it was when the scopes had their own functions.
@@ -62,6 +65,8 @@ class KeyScope:
     # The record's columns this scope's table has, a prefix of RECORD_COLUMNS (operator
     # keys have no posting).
     record_columns: tuple[str, ...] = RECORD_COLUMNS
+    # Where `remember` stores a response, when not where claims read it.
+    records_table: str | None = None
 
     def claim_sql(self, *, barrier: bool) -> str:
         lock = (
@@ -89,15 +94,17 @@ LEFT JOIN {self.table} AS i ON i.{self.owner} = c.owner AND i.key = c.key
 
     def remember_sql(self) -> str:
         # The partners' table's columns (the batch write's), with this scope's owner.
-        columns = ((self.owner, "text"), *column_list(idempotency_keys, self.record_columns))
+        columns = ((self.owner, "text"), *column_list(idempotency_records, self.record_columns))
         names = ", ".join(name for name, _ in columns)
         return (
-            f"INSERT INTO {self.table} ({names}, created_at) "  # noqa: S608
+            f"INSERT INTO {self.records_table or self.table} ({names}, created_at) "  # noqa: S608
             f"SELECT v.*, coalesce($2::timestamptz, now()) FROM ({json_rows(1, columns)}) AS v"
         )
 
 
-PARTNER_KEYS = KeyScope(idempotency_keys.name, "partner_id", "")
+PARTNER_KEYS = KeyScope(
+    idempotency_keys.name, "partner_id", "", records_table=idempotency_records.name
+)
 MEMBER_KEYS = KeyScope(member_idempotency_keys.name, "member_id", "'member' || chr(31) || ")
 
 
@@ -153,6 +160,6 @@ async def remember(
     at: datetime | None = None,
 ) -> None:
     """Store each response under its key (`at`: the record's time; default the database
-    transaction's start). The posting path remembers inside its batch write instead."""
+    transaction's start). The posting path stores its keys on its postings instead."""
     if records:
         await conn.execute(scope.remember_sql(), encode_rows(records), at)

@@ -1,7 +1,7 @@
 """Small records and constants shared by the store's modules.
 
-`IdempotencyRecord` and `SignatureRecord` are the rows of `idempotency_keys` and
-`posting_signatures` (see `_rows`: array_like, fields in column order)."""
+`IdempotencyRecord` is a row of `idempotency_records`; `PostingRequest` is the request's
+part of a `postings` row (see `_rows`: array_like, fields in column order)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import msgspec
 
 __all__ = [
     "COUNTER_SHARDS",
+    "NO_REQUEST",
     "SETTLEMENT_BARRIER_KEY",
     "IdempotencyRecord",
-    "SignatureRecord",
+    "PostingRequest",
     "StoredResponse",
 ]
 
@@ -43,10 +44,21 @@ class IdempotencyRecord(msgspec.Struct, frozen=True, array_like=True):
     posting_id: uuid.UUID | None
 
 
-class SignatureRecord(msgspec.Struct, frozen=True, array_like=True):
-    posting_id: uuid.UUID
-    key_id: str
-    signature_input: str
-    signature: str
-    content_digest: str | None
-    signature_base: bytes
+class PostingRequest(msgspec.Struct, frozen=True, array_like=True):
+    """What a posting keeps of the request that made it, on its own row (migration 0014):
+    the partner's idempotency key with the response stored under it (contract 2.2), and
+    the verified signature (`exchange audit` re-verifies it). All None for a posting no
+    request made (expiry, maturing points) or made without a key or a signature."""
+
+    idempotency_key: str | None = None
+    request_fingerprint: bytes | None = None
+    response_status: int | None = None
+    response: bytes | None = None
+    signature_key_id: str | None = None
+    signature_input: str | None = None
+    signature: str | None = None
+    content_digest: str | None = None
+    signature_base: bytes | None = None
+
+
+NO_REQUEST = PostingRequest()

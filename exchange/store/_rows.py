@@ -45,7 +45,7 @@ __all__ = [
 
 class PostingRow(msgspec.Struct, frozen=True, array_like=True):
     """`postings`: a ledger `Posting` without its entries and allocations (their own
-    tables), with the member's balance right after it."""
+    tables), with the member's balance right after it and the request that made it."""
 
     posting_id: uuid.UUID
     type: str
@@ -66,6 +66,16 @@ class PostingRow(msgspec.Struct, frozen=True, array_like=True):
     terms_version: int | None
     purchase_amount: Decimal | None
     purchase_currency: str | None
+    # The request that made it (`_records.PostingRequest`, field for field).
+    idempotency_key: str | None
+    request_fingerprint: bytes | None
+    response_status: int | None
+    response: bytes | None
+    signature_key_id: str | None
+    signature_input: str | None
+    signature: str | None
+    content_digest: str | None
+    signature_base: bytes | None
 
 
 class EntryRow(msgspec.Struct, frozen=True, array_like=True):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -18,7 +18,7 @@ import msgspec
 
 from exchange.ledger import Balance, MemberBook, Posting, PostingType
 from exchange.store._connection import Connection
-from exchange.store._records import COUNTER_SHARDS, IdempotencyRecord, SignatureRecord
+from exchange.store._records import COUNTER_SHARDS, NO_REQUEST, IdempotencyRecord, PostingRequest
 from exchange.store._rows import (
     AllocationRow,
     EntryRow,
@@ -33,11 +33,10 @@ from exchange.tables import (
     allocations,
     entries,
     holds,
-    idempotency_keys,
+    idempotency_records,
     lots,
     member_links,
     members,
-    posting_signatures,
     postings,
 )
 
@@ -51,8 +50,7 @@ __all__ = ["BatchWrite", "encode_rows", "json_rows", "write_batch"]
 # the driver's per-value codecs cost five times the CPU on the exchange's side. The
 # columns (and their order, which is the row structs' field order) come from
 # `exchange.tables`; `tests/unit/test_store_rows.py` keeps the structs in step.
-_INSERTED = (postings, entries, lots, allocations, holds, member_links, posting_signatures,
-             idempotency_keys)  # fmt: skip
+_INSERTED = (postings, entries, lots, allocations, holds, member_links, idempotency_records)
 _TABLES: dict[str, tuple[tuple[str, str], ...]] = {
     table.name: column_list(table, written_columns(table)) for table in _INSERTED
 }
@@ -123,8 +121,7 @@ counters AS (
         liability_points = partner_counters.liability_points + excluded.liability_points,
         liability_value = partner_counters.liability_value + excluded.liability_value),
 links AS ({_insert("member_links", 11, " ON CONFLICT DO NOTHING")}),
-signatures AS ({_insert("posting_signatures", 12)}),
-keys AS ({_insert("idempotency_keys", 13)})
+records AS ({_insert("idempotency_records", 12)})
 SELECT 1
 """  # noqa: S608 - built from the constant column lists above, never from input
 
@@ -149,21 +146,38 @@ class BatchWrite:
     changed_holds: list[tuple[Any, ...]] = field(default_factory=list)
     debts: list[tuple[Any, ...]] = field(default_factory=list)
     links: list[LinkRow] = field(default_factory=list)
-    signatures: list[SignatureRecord] = field(default_factory=list)
-    keys: list[IdempotencyRecord] = field(default_factory=list)
+    records: list[IdempotencyRecord] = field(default_factory=list)
     counters: dict[str, list[Any]] = field(
         default_factory=lambda: defaultdict(lambda: [Decimal(0), 0, Decimal(0)])
     )
 
-    def add_books(self, books: Iterable[MemberBook], after: dict[uuid.UUID, Balance]) -> None:
+    def add_books(
+        self,
+        books: Iterable[MemberBook],
+        after: Mapping[uuid.UUID, Balance],
+        requests: Mapping[uuid.UUID, PostingRequest] | None = None,
+    ) -> None:
+        """The books' new and changed rows; `after` and `requests` by posting id: the
+        member's balance right after it, and the request that made it (its key, response
+        and signature), stored on the posting's row."""
         for book in books:
-            self._add_book(book, after)
+            self._add_book(book, after, requests or {})
 
-    def _add_book(self, book: MemberBook, after: dict[uuid.UUID, Balance]) -> None:
+    def _add_book(
+        self,
+        book: MemberBook,
+        after: Mapping[uuid.UUID, Balance],
+        requests: Mapping[uuid.UUID, PostingRequest],
+    ) -> None:
         touched: set[uuid.UUID] = set(book.matured_lots)
         hold_postings: dict[uuid.UUID, uuid.UUID] = {}
         for posting in book.postings:
-            self._add_posting(book, posting, after.get(posting.posting_id))
+            self._add_posting(
+                book,
+                posting,
+                after.get(posting.posting_id),
+                requests.get(posting.posting_id, NO_REQUEST),
+            )
             touched.update(allocation.lot_id for allocation in posting.allocations)
             if posting.type is PostingType.HOLD and posting.hold_id is not None:
                 hold_postings[posting.hold_id] = posting.posting_id
@@ -196,14 +210,16 @@ class BatchWrite:
         if book.debt != book.initial_debt:
             self.debts.append((book.member_id, book.debt))
 
-    def _add_posting(self, book: MemberBook, posting: Posting, after: Balance | None) -> None:
+    def _add_posting(
+        self, book: MemberBook, posting: Posting, after: Balance | None, request: PostingRequest
+    ) -> None:
         self.postings.append(PostingRow(
             posting.posting_id, posting.type.value, posting.member_id, posting.partner_id,
             posting.points, posting.reference, posting.reverses, posting.hold_id,
             posting.unit_price, posting.currency, posting.posted_at, posting.available_at,
             posting.expires_at, after.available if after else None, after.held if after else None,
             after.pending if after else None, posting.terms_version, posting.purchase_amount,
-            posting.purchase_currency,
+            posting.purchase_currency, *msgspec.structs.astuple(request),
         ))  # fmt: skip
         for line, entry in enumerate(posting.entries):
             self.entries.append(EntryRow(
@@ -232,11 +248,9 @@ class BatchWrite:
             LinkRow(member_id, partner_id) for member_id, partner_id in sorted(set(pairs))
         )
 
-    def add_signatures(self, records: Iterable[SignatureRecord]) -> None:
-        self.signatures.extend(records)
-
-    def add_keys(self, records: Iterable[IdempotencyRecord]) -> None:
-        self.keys.extend(records)
+    def add_records(self, records: Iterable[IdempotencyRecord]) -> None:
+        """Responses stored in `idempotency_records`, not on a posting of the batch."""
+        self.records.extend(records)
 
     def arguments(self) -> list[Any]:
         # Counters sorted by partner, so batches meeting on a shard row lock rows in one order.
@@ -253,7 +267,7 @@ class BatchWrite:
             *(_ENCODER.encode(rows).decode() for rows in documents),
             COUNTER_SHARDS,
             _ENCODER.encode(counters).decode(),
-            *(_ENCODER.encode(rows).decode() for rows in (self.links, self.signatures, self.keys)),
+            *(_ENCODER.encode(rows).decode() for rows in (self.links, self.records)),
         ]
 
     @property
@@ -261,7 +275,7 @@ class BatchWrite:
         """Nothing to write at all (a lot that matures empty still changes a row)."""
         parts = (
             self.postings, self.new_lots, self.changed_lots, self.new_holds,
-            self.changed_holds, self.debts, self.links, self.signatures, self.keys,
+            self.changed_holds, self.debts, self.links, self.records,
         )  # fmt: skip
         return not any(parts)
 

@@ -18,9 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exchange.clock import FrozenClock
 from exchange.db import alembic_config, create_engine, current_revision, head_revision, migrate
 from exchange.embedded import EmbeddedPostgres
-from exchange.service import Earn, LedgerService
+from exchange.service import Earn, Idempotency, LedgerRequest, LedgerService, SignatureProof
 from migrations.metadata import metadata
-from tests.support import add_partner, enrol, submit
+from tests.support import add_partner, enrol, fingerprint, submit
 
 
 async def test_migrations_on_an_empty_database_match_the_models(postgres: EmbeddedPostgres) -> None:
@@ -137,3 +137,54 @@ async def test_unnest_small_comes_and_goes_with_0012_and_is_planned_as_one_row(
         assert json.loads(plan)[0]["Plan"]["Plan Rows"] == 1
     finally:
         await conn.close()
+
+
+async def _requests(database_url: str) -> dict[str, list[tuple[object, ...]]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        keys = await conn.fetch(
+            "SELECT partner_id, key, fingerprint, status_code, response, posting_id "
+            "FROM idempotency_keys ORDER BY key"
+        )
+        signatures = await conn.fetch("SELECT * FROM posting_signatures ORDER BY posting_id")
+    finally:
+        await conn.close()
+    return {"keys": [tuple(r) for r in keys], "signatures": [tuple(r) for r in signatures]}
+
+
+async def test_requests_move_onto_their_postings_with_0014_and_back(
+    database_url: str, engine: AsyncEngine, ledger: LedgerService, clock: FrozenClock
+) -> None:
+    """0014 moves each posting's signature evidence onto the posting and keeps the stored
+    responses readable under the same name (`idempotency_keys`): down and up again over
+    real data, every key and every signature reads back the same, and a replay after the
+    round trip still returns the stored response."""
+    await add_partner(engine, clock)
+    member = await enrol(ledger, "grocer")
+    proof = SignatureProof("grocer-key", 'sig1=("@method")', ":c2ln:", None, b"base")
+    earn = Earn("grocer", member, "r", points=10)
+    [first] = await ledger.submit(
+        [LedgerRequest(earn, Idempotency("k-1", fingerprint(earn)), signature=proof)]
+    )
+    await submit(ledger, Earn("grocer", member, "r", points=20), key="k-2")
+    await ledger.enrol_member("grocer", None, Idempotency("k-3", b"enrol"))
+    before = await _requests(database_url)
+    assert [row[1] for row in before["keys"]] == ["k-1", "k-2", "k-3"]
+    assert len(before["signatures"]) == 1
+
+    await asyncio.to_thread(command.downgrade, alembic_config(database_url), "0013")
+    assert await _requests(database_url) == before
+    await asyncio.to_thread(migrate, database_url)
+    assert await _requests(database_url) == before
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        placed = await conn.fetch(
+            "SELECT idempotency_key, signature IS NOT NULL AS signed FROM postings ORDER BY points"
+        )
+        # The records came back from the downgrade's table, so they stay in it.
+        assert [tuple(row) for row in placed] == [(None, True), (None, False)]
+    finally:
+        await conn.close()
+    again = await ledger.submit([LedgerRequest(earn, Idempotency("k-1", fingerprint(earn)))])
+    assert (again[0].replayed, again[0].body) == (True, first.body)

@@ -6,15 +6,24 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange import store
 from exchange.clock import FrozenClock
 from exchange.db import driver_connection
 from exchange.errors import IdempotencyKeyReused, RequestInProgress
-from exchange.service import Idempotency, LedgerService, Outcome, remember, replay_or_claim
+from exchange.service import (
+    Earn,
+    Idempotency,
+    LedgerRequest,
+    LedgerService,
+    Outcome,
+    remember,
+    replay_or_claim,
+)
 from settlement import store as settlement_store
-from tests.support import add_partner, enrol
+from tests.support import add_partner, enrol, fingerprint, submit
 
 KEY = Idempotency("key-1", b"f" * 32)
 
@@ -134,3 +143,71 @@ async def test_operator_keys_are_their_own_scope(engine: AsyncEngine, clock: Fro
                 await replay_or_claim(rival, token, fresh, scope=settlement_store.OPERATOR_KEYS)
             # The same text as a partner's key is another lock.
             assert await replay_or_claim(rival, token, fresh) is None
+
+
+async def test_a_partners_key_is_one_key_wherever_its_response_is_stored(
+    engine: AsyncEngine, clock: FrozenClock, ledger: LedgerService
+) -> None:
+    """An earn stores its key on its posting, an enrolment in `idempotency_records`: either
+    way the partner's next request with that key finds it (a replay, or 422 for another
+    request), and the posting's stored response is what the view shows."""
+    await add_partner(engine, clock)
+    member = await enrol(ledger, "grocer")
+    earn = Earn("grocer", member, "r", points=10)
+    first = await submit(ledger, earn, key="shared")
+    async with engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text("SELECT response, posting_id FROM postings WHERE idempotency_key = 'shared'")
+            )
+        ).one()
+    assert bytes(row.response) == first.body
+    async with driver_connection(engine) as conn, store.transaction(conn):
+        with pytest.raises(IdempotencyKeyReused):
+            await replay_or_claim(conn, "grocer", Idempotency("shared", b"enrol"))
+
+    await ledger.enrol_member("grocer", None, Idempotency("enrolled", b"enrol"))
+    [again] = await ledger.submit([LedgerRequest(earn, Idempotency("enrolled", fingerprint(earn)))])
+    assert again.error is not None
+    assert (again.error.code, again.error.status) == ("idempotency_key_reused", 422)
+    assert await _stored(engine, "idempotency_records") == 1
+    assert await _stored(engine, "idempotency_keys") == 2
+
+
+_KEYED_COPY = """
+INSERT INTO postings (posting_id, type, member_id, partner_id, points, reference, reverses,
+    hold_id, unit_price, currency, posted_at, idempotency_key, request_fingerprint,
+    response_status, response)
+SELECT gen_random_uuid(), type, member_id, partner_id, points, reference, reverses, hold_id,
+    unit_price, currency, posted_at, :key, '\\x00', 201, '\\x00'
+FROM postings WHERE type = 'earn' LIMIT 1
+"""
+
+
+async def test_a_key_stored_in_one_place_is_refused_in_the_other(
+    engine: AsyncEngine, clock: FrozenClock, ledger: LedgerService
+) -> None:
+    """A claim reads before its try-lock is held (one statement), so it can miss a key
+    that another transaction commits just then: the write that would store the key a
+    second time, in the other place, fails as a duplicate key, which the posting path
+    retries (and the retry replays). Without the triggers the key would be stored twice."""
+    await add_partner(engine, clock)
+    member = await enrol(ledger, "grocer")
+    await submit(ledger, Earn("grocer", member, "r", points=10), key="on-a-posting")
+    await ledger.enrol_member("grocer", None, Idempotency("in-records", b"enrol"))
+
+    record = store.IdempotencyRecord("grocer", "on-a-posting", b"f", 201, b"{}", None)
+
+    async def remember_again() -> None:
+        async with driver_connection(engine) as conn, store.transaction(conn):
+            with store.translate_errors():
+                await store.remember(conn, [record])
+
+    with pytest.raises(store.RetryableConflict):
+        await remember_again()
+    with pytest.raises(IntegrityError, match="already stored in idempotency_records"):
+        async with engine.begin() as conn:
+            await conn.execute(text(_KEYED_COPY), {"key": "in-records"})
+    async with engine.begin() as conn:  # a key stored nowhere else goes in
+        await conn.execute(text(_KEYED_COPY), {"key": "fresh"})
+    assert await _stored(engine, "idempotency_keys") == 3

@@ -57,8 +57,7 @@ ROWS: dict[str, tuple[type[msgspec.Struct], Table]] = {
     "allocations": (store.AllocationRow, tables.allocations),
     "holds": (store.HoldRow, tables.holds),
     "member_links": (store.LinkRow, tables.member_links),
-    "posting_signatures": (store.SignatureRecord, tables.posting_signatures),
-    "idempotency_keys": (store.IdempotencyRecord, tables.idempotency_keys),
+    "idempotency_records": (store.IdempotencyRecord, tables.idempotency_records),
 }
 
 # Ledger class -> (its row struct, fields only the model has, fields only the row has).
@@ -66,7 +65,8 @@ MODEL_ONLY_AND_ROW_ONLY: dict[type, tuple[type[msgspec.Struct], set[str], set[st
     Posting: (
         store.PostingRow,
         {"entries", "allocations"},  # rows of `entries` and `allocations`
-        {"available_after", "held_after", "pending_after"},  # the balance after it
+        # the balance after it, and the request that made it
+        {"available_after", "held_after", "pending_after", *tables.REQUEST_COLUMNS},
     ),
     Entry: (store.EntryRow, set(), {"posting_id", "line", "posted_at"}),
     Allocation: (store.AllocationRow, set(), {"posting_id"}),
@@ -147,9 +147,18 @@ def test_the_store_writes_every_column_but_those_the_database_fills() -> None:
         "allocations": [],
         "holds": [],
         "member_links": ["linked_at"],
-        "posting_signatures": [],
-        "idempotency_keys": ["created_at"],
+        "idempotency_records": ["created_at"],
     }
+
+
+def test_a_postings_request_is_the_tail_of_its_row() -> None:
+    """`BatchWrite` appends a `PostingRequest`'s fields to the posting's row: they are
+    the table's request columns, last and in the same order."""
+    request = _fields(store.PostingRequest)
+    assert request == tables.REQUEST_COLUMNS
+    assert _fields(store.PostingRow)[-len(request) :] == request
+    for name in request:
+        assert _annotation(store.PostingRequest, name) == _annotation(store.PostingRow, name)
 
 
 @pytest.mark.parametrize("model", list(MODEL_ONLY_AND_ROW_ONLY), ids=lambda m: m.__name__)
@@ -168,7 +177,7 @@ def test_each_ledger_class_and_its_row_differ_only_where_the_schema_says(model: 
 
 def test_member_keys_have_the_partner_keys_columns_but_the_owner() -> None:
     """Both scopes of `store.claim_keys`/`store.remember` share one record and one insert."""
-    partner = [(c.name, type(c.type), c.nullable) for c in tables.idempotency_keys.columns]
+    partner = [(c.name, type(c.type), c.nullable) for c in tables.idempotency_records.columns]
     member = [(c.name, type(c.type), c.nullable) for c in member_idempotency_keys.columns]
     assert partner[0][0] == "partner_id"
     assert member[0][0] == "member_id"
