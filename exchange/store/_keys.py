@@ -4,7 +4,7 @@ Keys live in a scope: partners' keys (owned by a partner or the reserved `operat
 members' keys (`member_idempotency_keys`, owned by a member) or operator tokens' keys
 (`settlement.store.OPERATOR_KEYS`). A partner's key is stored in one of two places: on the
 posting its request made (the posting path, `_write`) or in `idempotency_records` (every
-other request); claims read both through the view `idempotency_keys` (migration 0014).
+other request); claims read both (migration 0014).
 The exactly-once steps are the same in both:
 
     claim      try-lock (owner, key) for this database transaction (never wait: a key
@@ -35,7 +35,7 @@ from exchange.store._connection import Connection
 from exchange.store._records import SETTLEMENT_BARRIER_KEY, IdempotencyRecord, StoredResponse
 from exchange.store._rows import column_list
 from exchange.store._write import encode_rows, json_rows
-from exchange.tables import idempotency_keys, idempotency_records
+from exchange.tables import idempotency_records
 
 __all__ = [
     "MEMBER_KEYS",
@@ -57,7 +57,7 @@ RECORD_COLUMNS = ("key", "fingerprint", "status_code", "response", "posting_id")
 
 @dataclass(frozen=True, slots=True)
 class KeyScope:
-    table: str  # where the stored responses are read
+    table: str  # where `remember` stores responses
     owner: str  # the owner's column
     # Prefix of the advisory lock's text, so that equal (owner, key) pairs of two scopes
     # never share a lock; kept as it was when the scopes had their own functions.
@@ -65,8 +65,23 @@ class KeyScope:
     # The record's columns this scope's table has, a prefix of RECORD_COLUMNS (operator
     # keys have no posting).
     record_columns: tuple[str, ...] = RECORD_COLUMNS
-    # Where `remember` stores a response, when not where claims read it.
-    records_table: str | None = None
+    # The scope's keys may also be stored on postings (partners' keys, by the posting
+    # path): claims then look in both places. Two joins, not the view `idempotency_keys`:
+    # PostgreSQL does not push the key into a UNION ALL view's branches, and read every
+    # keyed posting of the partner instead (docs/performance.md, "Eighth round").
+    on_postings: bool = False
+
+    def _stored(self) -> tuple[str, str]:
+        """(the joins from `c(owner, key)` to the stored response, its three columns)."""
+        joins = f"LEFT JOIN {self.table} AS i ON i.{self.owner} = c.owner AND i.key = c.key"
+        if not self.on_postings:
+            return joins, "i.fingerprint, i.status_code, i.response"
+        joins += "\nLEFT JOIN postings AS p ON p.partner_id = c.owner AND p.idempotency_key = c.key"
+        return joins, (
+            "coalesce(p.request_fingerprint, i.fingerprint) AS fingerprint, "
+            "coalesce(p.response_status, i.status_code) AS status_code, "
+            "coalesce(p.response, i.response) AS response"
+        )
 
     def claim_sql(self, *, barrier: bool) -> str:
         lock = (
@@ -76,20 +91,22 @@ class KeyScope:
         if not barrier:
             unnest = "unnest_small($1::text[], $2::text[]) AS c(owner, key)"
             return f"SELECT c.owner, c.key, {lock} FROM {unnest}"  # noqa: S608
+        joins, stored = self._stored()
         # The barrier CTE runs once, before any row is produced.
         return f"""
 WITH barrier AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($3::bigint) AS held)
-SELECT c.owner, c.key, {lock}, i.fingerprint, i.status_code, i.response
+SELECT c.owner, c.key, {lock}, {stored}
 FROM barrier
 CROSS JOIN unnest_small($1::text[], $2::text[]) AS c(owner, key)
-LEFT JOIN {self.table} AS i ON i.{self.owner} = c.owner AND i.key = c.key
+{joins}
 """  # noqa: S608 - built from the constant scopes below, never from input
 
     def stored_sql(self) -> str:
+        joins, stored = self._stored()
         return (
-            f"SELECT i.{self.owner} AS owner, i.key, i.fingerprint, i.status_code, i.response "  # noqa: S608
-            f"FROM {self.table} AS i JOIN unnest_small($1::text[], $2::text[]) AS c(owner, key) "
-            f"ON i.{self.owner} = c.owner AND i.key = c.key"
+            f"SELECT * FROM (SELECT c.owner, c.key, {stored} "  # noqa: S608
+            f"FROM unnest_small($1::text[], $2::text[]) AS c(owner, key) {joins}) AS found "
+            "WHERE found.fingerprint IS NOT NULL"
         )
 
     def remember_sql(self) -> str:
@@ -97,14 +114,12 @@ LEFT JOIN {self.table} AS i ON i.{self.owner} = c.owner AND i.key = c.key
         columns = ((self.owner, "text"), *column_list(idempotency_records, self.record_columns))
         names = ", ".join(name for name, _ in columns)
         return (
-            f"INSERT INTO {self.records_table or self.table} ({names}, created_at) "  # noqa: S608
+            f"INSERT INTO {self.table} ({names}, created_at) "  # noqa: S608
             f"SELECT v.*, coalesce($2::timestamptz, now()) FROM ({json_rows(1, columns)}) AS v"
         )
 
 
-PARTNER_KEYS = KeyScope(
-    idempotency_keys.name, "partner_id", "", records_table=idempotency_records.name
-)
+PARTNER_KEYS = KeyScope(idempotency_records.name, "partner_id", "", on_postings=True)
 MEMBER_KEYS = KeyScope(member_idempotency_keys.name, "member_id", "'member' || chr(31) || ")
 
 

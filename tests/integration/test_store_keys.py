@@ -4,6 +4,9 @@ reaching it through `store.driver_of`), and the database transaction they join."
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
@@ -211,3 +214,35 @@ async def test_a_key_stored_in_one_place_is_refused_in_the_other(
     async with engine.begin() as conn:  # a key stored nowhere else goes in
         await conn.execute(text(_KEYED_COPY), {"key": "fresh"})
     assert await _stored(engine, "idempotency_keys") == 3
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from _nodes(child)
+
+
+async def test_a_claim_looks_a_posting_key_up_by_the_index_not_by_the_partner(
+    engine: AsyncEngine,
+) -> None:
+    """The claim finds a key on a posting through the unique (partner, key) index, in the
+    generic plan the posting path keeps. Read through the UNION ALL view instead, it read
+    every keyed posting of the partner: PostgreSQL CPU per earn went from 0.4 to 3.9 ms."""
+    async with driver_connection(engine) as conn:
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        try:
+            for name, sql, arguments in (
+                ("claim", store.PARTNER_KEYS.claim_sql(barrier=True), "('{p}', '{k}', 1)"),
+                ("stored", store.PARTNER_KEYS.stored_sql(), "('{p}', '{k}')"),
+            ):
+                await conn.execute(f"PREPARE {name} AS {sql}")
+                plan = await conn.fetchval(f"EXPLAIN (FORMAT JSON) EXECUTE {name} {arguments}")
+                conditions = [
+                    node.get("Index Cond", "")
+                    for node in _nodes(plan[0]["Plan"])  # the pool's codec decodes json
+                    if node.get("Index Name") == "uq_postings_partner_id_idempotency_key"
+                ]
+                assert len(conditions) == 1, name
+                assert "c.key" in conditions[0], name
+        finally:
+            await conn.execute("DEALLOCATE ALL; RESET plan_cache_mode")
