@@ -16,8 +16,8 @@ evidence are now columns of the posting:
   posting of their own on the posting path (enrolment, sessions, batch acceptance,
   webhook retries, operators' POSTs) and every record stored before this migration. A view
   named `idempotency_keys` shows both places as one, and is what claims read.
-- A key is stored in one place only: a statement trigger on each side refuses a key the
-  other side holds, with `unique_violation` as a duplicate key in one table was refused
+- A key is stored in one place only: a trigger on each side refuses a key the other side
+  holds, with `unique_violation` as a duplicate key in one table was refused
   before, so the posting path's retry replays the stored response.
 - Erasure may still scrub a member's postings, now also of the partners' stored keys and
   responses (a retry gets 404, never a replay), and nothing else.
@@ -81,8 +81,9 @@ BEGIN
 END $$
 """
 
-# One place per key. Statement triggers (once per statement, not per row): the posting
-# path writes a batch's postings in one statement.
+# One place per key. On postings a statement trigger (once per statement, not per row:
+# the posting path writes a batch's postings in one statement); on idempotency_records a
+# row trigger (see there).
 _KEY_ONCE = [
     """
 CREATE FUNCTION postings_key_once() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -107,24 +108,20 @@ CREATE TRIGGER postings_key_once AFTER INSERT ON postings
 """,
     """
 CREATE FUNCTION idempotency_records_key_once() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    taken record;
 BEGIN
-    SELECT n.partner_id, n.key INTO taken
-    FROM new_records AS n
-    JOIN postings AS p ON p.partner_id = n.partner_id AND p.idempotency_key = n.key
-    LIMIT 1;
-    IF FOUND THEN
+    IF EXISTS (SELECT FROM postings AS p
+               WHERE p.partner_id = NEW.partner_id AND p.idempotency_key = NEW.key) THEN
         RAISE EXCEPTION 'idempotency key % of % is already stored on a posting',
-            taken.key, taken.partner_id USING ERRCODE = 'unique_violation';
+            NEW.key, NEW.partner_id USING ERRCODE = 'unique_violation';
     END IF;
     RETURN NULL;
 END $$
 """,
+    # A row trigger: the posting path's write has an (almost always empty) insert into
+    # idempotency_records, and a statement trigger fires even for no rows.
     """
 CREATE TRIGGER idempotency_records_key_once AFTER INSERT ON idempotency_records
-    REFERENCING NEW TABLE AS new_records
-    FOR EACH STATEMENT EXECUTE FUNCTION idempotency_records_key_once()
+    FOR EACH ROW EXECUTE FUNCTION idempotency_records_key_once()
 """,
 ]
 

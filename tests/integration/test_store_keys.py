@@ -246,3 +246,21 @@ async def test_a_claim_looks_a_posting_key_up_by_the_index_not_by_the_partner(
                 assert "c.key" in conditions[0], name
         finally:
             await conn.execute("DEALLOCATE ALL; RESET plan_cache_mode")
+
+
+async def test_a_batch_writes_records_kept_apart_from_its_postings(
+    engine: AsyncEngine, clock: FrozenClock
+) -> None:
+    """A key the batch cannot keep on a posting (its owner is not the posting's partner)
+    is written to `idempotency_records` by the batch's write, and claims find it."""
+    await add_partner(engine, clock)
+    write = store.BatchWrite()
+    write.add_records(
+        [store.IdempotencyRecord("grocer", "apart", KEY.fingerprint, 201, b"{}", None)]
+    )
+    async with driver_connection(engine) as conn, store.transaction(conn):
+        await store.write_batch(conn, write)
+    async with driver_connection(engine) as conn, store.transaction(conn):
+        _, stored = await store.claim_keys(conn, [("grocer", "apart")])
+    assert stored == {("grocer", "apart"): store.StoredResponse(KEY.fingerprint, 201, b"{}")}
+    assert await _stored(engine, "idempotency_records") == 1
