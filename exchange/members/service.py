@@ -152,11 +152,11 @@ class MembersService:
             if earlier is not None:
                 return earlier
         locked = await store.lock_members(conn, {member_id, to_member_id})
-        debts, closed_until = locked.debts, locked.closed_until
+        debts = locked.debts
         for wanted in (member_id, to_member_id):
             if wanted not in debts:
                 raise MemberNotFound(f"No member {wanted}.")
-        books = await store.load_books(conn, debts)
+        books, closed_until = await store.load_books(conn, debts)
         now = self.clock.now()
         sent = await store.transferred_since(conn, member_id, now - TRANSFER_WINDOW)
         ctx = self._context(now, closed_until)

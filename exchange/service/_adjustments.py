@@ -219,7 +219,7 @@ class AdjustmentService:
 
     async def _post(self, conn: Connection, row: store.AdjustmentRow, now: datetime) -> uuid.UUID:
         locked = await store.lock_members(conn, [row.member_id], partner_ids=[row.issuer_id])
-        debts, closed_until = locked.debts, locked.closed_until
+        debts = locked.debts
         if row.member_id not in debts:
             raise MemberNotFound(f"No member {row.member_id}.")
         terms = await store.lock_credit_limited(conn, locked.terms)
@@ -228,7 +228,7 @@ class AdjustmentService:
             raise Unprocessable(
                 f"Partner {row.issuer_id} has been terminated: it cannot issue new points."
             )
-        books = await store.load_books(conn, debts)
+        books, closed_until = await store.load_books(conn, debts)
         book = books[row.member_id]
         ctx = Context(
             now=now, closed_until=closed_until, points_ttl=self.ledger.points_ttl, ids=new_id

@@ -41,11 +41,13 @@ from exchange.retry import retry_conflicts
 from exchange.schemas import HoldOut, MemberCreated, Transaction, TransactionPage
 from exchange.service._batch import PendingBatch, apply_rule
 from exchange.service._commands import (
+    Burn,
     CaptureHold,
     Command,
     Earn,
     Idempotency,
     LedgerRequest,
+    OpenHold,
     Outcome,
     Render,
     Reverse,
@@ -119,9 +121,9 @@ class LedgerService:
         batch = PendingBatch(requests, [None] * len(requests), self.render)
         async with store.transaction(conn):
             await self._claim_nonces(conn, batch)
-            await self._claim_keys(conn, batch)
+            locked = await self._claim_keys(conn, batch)
             await self._resolve_members(conn, batch)
-            books = await self._load(conn, batch)
+            books = await self._load(conn, batch, locked)
             write = store.BatchWrite()
             write.add_books(books.values(), batch.after, batch.posting_requests)
             write.add_links(batch.links)
@@ -132,16 +134,22 @@ class LedgerService:
             # transaction commits empty, releasing the locks.
         return [outcome or Outcome() for outcome in batch.outcomes]
 
-    async def _load(self, conn: Connection, batch: PendingBatch) -> dict[str, MemberBook]:
-        """Lock the members, load partners, originals and books; apply every request."""
+    async def _load(
+        self, conn: Connection, batch: PendingBatch, locked: store.Locked | None
+    ) -> dict[str, MemberBook]:
+        """Lock the members (unless the claim did: `locked`), load partners, originals and
+        books; apply every request."""
         if not batch.pending():
             return {}
-        locked = await store.lock_members(
-            conn,
-            set(batch.members.values()),
-            partner_ids={batch.requests[index].command.partner_id for index in batch.pending()},
-        )
-        debts, closed_until = locked.debts, locked.closed_until
+        if locked is None:
+            locked = await store.lock_members(
+                conn,
+                set(batch.members.values()),
+                partner_ids={batch.requests[index].command.partner_id for index in batch.pending()},
+            )
+        # The claim may have locked members of requests it then found replayed.
+        wanted = {batch.members[index] for index in batch.pending()}
+        debts = {member_id: debt for member_id, debt in locked.debts.items() if member_id in wanted}
         for index in batch.pending():
             if batch.members[index] not in debts:
                 batch.fail(index, MemberNotFound(f"No member {batch.members[index]}."))
@@ -152,7 +160,7 @@ class LedgerService:
         partners = {partner_id: PartnerState(t) for partner_id, t in terms.items()}
         await self._load_tiers(conn, batch, partners)
         batch.originals = await store.load_originals(conn, self._reversal_targets(batch))
-        books = await store.load_books(
+        books, closed_until = await store.load_books(
             conn,
             debts,
             hold_ids=[
@@ -214,13 +222,27 @@ class LedgerService:
             if pair not in stored:
                 batch.fail(index, _replayed())
 
-    async def _claim_keys(self, conn: Connection, batch: PendingBatch) -> None:
+    async def _claim_keys(self, conn: Connection, batch: PendingBatch) -> store.Locked | None:
+        """Claim the requests' keys (with the settlement barrier). When every request
+        names its member (earns, burns, new holds), lock the members in the same statement
+        and return what the lock read; otherwise None (`_load` locks them once resolved)."""
         claims = {
             index: (request.command.partner_id, request.idempotency.key)
             for index, request in enumerate(batch.requests)
             if request.idempotency is not None and batch.outcomes[index] is None
         }
-        locked, stored = await store.claim_keys(conn, list(claims.values()), barrier=True)
+        named = [batch.requests[index].command for index in batch.pending()]
+        members_known = [c for c in named if isinstance(c, Earn | Burn | OpenHold)]
+        fetched: store.Locked | None = None
+        if named and len(members_known) == len(named):
+            locked, stored, fetched = await store.claim_and_lock(
+                conn,
+                list(claims.values()),
+                member_ids={command.member_id for command in members_known},
+                partner_ids={command.partner_id for command in members_known},
+            )
+        else:
+            locked, stored = await store.claim_keys(conn, list(claims.values()), barrier=True)
         seen: set[tuple[str, str]] = set()
         for index, claim in claims.items():
             idempotency = batch.requests[index].idempotency
@@ -237,6 +259,7 @@ class LedgerService:
             else:
                 if earlier is not None:
                     batch.outcomes[index] = earlier
+        return fetched
 
     async def _resolve_members(self, conn: Connection, batch: PendingBatch) -> None:
         """Which member each request is about; unknown or foreign holds and transactions
@@ -345,10 +368,8 @@ class LedgerService:
         if not member_ids:
             return True
         locked = await store.lock_members(conn, member_ids, include_erased=True)
-        books = await store.load_books(conn, locked.debts)
-        ctx = Context(
-            now=now, closed_until=locked.closed_until, points_ttl=self.points_ttl, ids=new_id
-        )
+        books, closed_until = await store.load_books(conn, locked.debts)
+        ctx = Context(now=now, closed_until=closed_until, points_ttl=self.points_ttl, ids=new_id)
         for book in books.values():
             apply_due(book, ctx)
             result.count(book.postings)

@@ -50,8 +50,10 @@ from exchange.store._members import (
     transferred_since,
 )
 from exchange.store._posting import (
+    Books,
     Locked,
     TermsRow,
+    claim_and_lock,
     claim_nonces,
     load_books,
     load_originals,
@@ -98,6 +100,7 @@ __all__ = [
     "AllocationRow",
     "BalanceKey",
     "BatchWrite",
+    "Books",
     "Connection",
     "EntryRow",
     "HoldRow",
@@ -112,6 +115,7 @@ __all__ = [
     "StoredResponse",
     "TermsRow",
     "adjustment_partner_status",
+    "claim_and_lock",
     "claim_keys",
     "claim_nonces",
     "close_journal_until",

@@ -38,6 +38,7 @@ from exchange.store._write import encode_rows, json_rows
 from exchange.tables import idempotency_records
 
 __all__ = [
+    "BARRIER_CTE",
     "MEMBER_KEYS",
     "PARTNER_KEYS",
     "RECORD_COLUMNS",
@@ -49,6 +50,8 @@ __all__ = [
 
 Claim = tuple[str, str]  # (owner, key)
 _BARRIER_SQL = "SELECT pg_advisory_xact_lock_shared($1::bigint)"
+# The settlement barrier (shared), entered once before the statement produces a row.
+BARRIER_CTE = "barrier AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($3::bigint) AS held)"
 
 
 # An IdempotencyRecord's columns after its owner (`partner_id`, `member_id`, `token_id`).
@@ -83,19 +86,26 @@ class KeyScope:
             "coalesce(p.response, i.response) AS response"
         )
 
-    def claim_sql(self, *, barrier: bool) -> str:
-        lock = (
+    def _lock(self) -> str:
+        return (
             f"pg_try_advisory_xact_lock(hashtextextended({self.lock_prefix}"
             "c.owner || chr(31) || c.key, 0)) AS locked"
         )
+
+    def claim_sql(self, *, barrier: bool) -> str:
         if not barrier:
             unnest = "unnest_small($1::text[], $2::text[]) AS c(owner, key)"
-            return f"SELECT c.owner, c.key, {lock} FROM {unnest}"  # noqa: S608
+            return f"SELECT c.owner, c.key, {self._lock()} FROM {unnest}"  # noqa: S608
+        return f"WITH {BARRIER_CTE}\n{self.claimed_sql()}"
+
+    def claimed_sql(self) -> str:
+        """The barrier claim's SELECT, after `BARRIER_CTE`: (owner, key) pairs from $1 and
+        $2, each try-locked, with the response stored under it. Also the first part of
+        the posting path's claim-and-lock statement (`_posting.claim_and_lock`)."""
         joins, stored = self._stored()
         # The barrier CTE runs once, before any row is produced.
         return f"""
-WITH barrier AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($3::bigint) AS held)
-SELECT c.owner, c.key, {lock}, {stored}
+SELECT c.owner, c.key, {self._lock()}, {stored}
 FROM barrier
 CROSS JOIN unnest_small($1::text[], $2::text[]) AS c(owner, key)
 {joins}

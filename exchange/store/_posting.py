@@ -7,18 +7,23 @@ per batch, whatever the batch size:
     nonces       the signatures' (keyid, nonce) pairs, if any          1, only if signed
     claim        barrier + idempotency try-locks + stored responses   1 statement
     resolve      which member a hold or an original belongs to        1, only if needed
-    lock         member rows in member_id order, closed_until, terms  1
+    lock         member rows in member_id order, partners' terms      1
     limited      credit-limited partners: lock, then exposure         2, only if any
-    books        lots, and holds with their reserved lots             1
     originals    transactions being reversed                          1-3, only if needed
+    books        lots, holds with their reserved lots, closed_until   1
     write        every insert and update of the batch                 1 (data-modifying CTE)
+
+When no request needs resolving (earns, burns, new holds: each names its member), the
+claim and the lock are one statement (`claim_and_lock`): five round trips for a signed
+batch with BEGIN and COMMIT, not six.
 
 Lock order (every writer follows it, so writers never deadlock on each other): nonces
 sorted (an insert waits only for another batch inserting the same pair); the
 settlement barrier (shared); idempotency keys (try-locks, never wait); member rows
 sorted; credit-limited partner rows sorted; counter shards upserted sorted.
 
-The claim step is `_keys.claim_keys` (the same function every idempotent operation uses);
+The claim step is `_keys.claim_keys` (the same function every idempotent operation uses,
+whose SELECT `claim_and_lock` embeds);
 the write step's statement is in `_write`; `_reads` holds the reads off the write path
 (a member's book for a balance, members with something due).
 """
@@ -31,6 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 import msgspec
 
@@ -45,11 +51,15 @@ from exchange.ledger import (
     PostingType,
 )
 from exchange.store._connection import Connection
+from exchange.store._keys import BARRIER_CTE, PARTNER_KEYS
+from exchange.store._records import SETTLEMENT_BARRIER_KEY, StoredResponse
 from exchange.store._rows import LotRow
 
 __all__ = [
+    "Books",
     "Locked",
     "TermsRow",
+    "claim_and_lock",
     "claim_nonces",
     "load_books",
     "load_originals",
@@ -117,30 +127,37 @@ async def resolve_targets(
 # -- lock (with the partners' terms) ----------------------------------------------------------
 
 # One round trip: the member rows locked in member_id order (the CTE produces, and so
-# locks, them in that order), the journal's closing time and the partners' terms, as one
-# row of JSON documents. closed_until is read after the barrier is held: it only moves
-# under the exclusive barrier, so this value stays right until we commit. The terms are
-# the ones in force now (read unlocked: the posting keeps the version it was priced with);
-# credit-limited partners are locked and re-read afterwards (`lock_credit_limited`).
+# locks, them in that order) and the partners' terms, as one row of JSON documents. The
+# terms are the ones in force now (read unlocked: the posting keeps the version it was
+# priced with); credit-limited partners are locked and re-read afterwards
+# (`lock_credit_limited`). The journal's closing time is read by the books statement,
+# after every lock is held (see there).
 _TERMS_ROW = """json_build_array(
        partner_id, status, settlement_currency, issue_price::text, redemption_value::text,
        earn_rates, credit_limit::text, settled_issuance::text, receivable_open::text,
        terms_version, tier_multipliers)"""
-_LOCK_SQL = f"""
-WITH locked AS MATERIALIZED (
+
+
+def _lock_sql(members: int, erased: str, partners: int, *, after: str = "") -> str:
+    """The lock statement's CTE `locked` and its one row, with the members, the erased
+    flag and the partners in the given parameters; `after` is a FROM item the locks must
+    wait for (the claims of `_CLAIM_AND_LOCK_SQL`)."""
+    return f"""
+locked AS MATERIALIZED (
     SELECT m.member_id, m.debt
-    FROM unnest_small($1::text[]) AS asked(member_id)
+    FROM {after}unnest_small(${members}::text[]) AS asked(member_id)
     JOIN members AS m ON m.member_id = asked.member_id
-    WHERE m.status = 'active' OR $2::boolean
+    WHERE m.status = 'active' OR {erased}
     ORDER BY m.member_id
     FOR NO KEY UPDATE OF m)
 SELECT (SELECT coalesce(json_agg(json_build_array(member_id, debt)), '[]') FROM locked)::text
            AS members,
-       (SELECT closed_until FROM ledger_state WHERE id = 1) AS closed_until,
        (SELECT coalesce(json_agg({_TERMS_ROW}), '[]')
-        FROM unnest_small($3::text[]) AS asked(partner_id) JOIN partners USING (partner_id)
-       )::text AS terms
-"""  # noqa: S608 - built from constant text, never from input
+        FROM unnest_small(${partners}::text[]) AS asked(partner_id) JOIN partners USING (partner_id)
+       )::text AS terms"""  # noqa: S608 - built from constant text, never from input
+
+
+_LOCK_SQL = "WITH " + _lock_sql(1, "$2::boolean", 3)
 
 
 class TermsRow(msgspec.Struct, array_like=True, frozen=True):
@@ -183,13 +200,19 @@ _TERMS_ONE = msgspec.json.Decoder(TermsRow)
 
 @dataclass(frozen=True, slots=True)
 class Locked:
-    """What `lock_members` holds and read: the locked members' debts, the journal's
-    closing time, and the terms of the partners asked for (credit-limited ones not yet
-    locked: see `lock_credit_limited`)."""
+    """What `lock_members` holds and read: the locked members' debts and the terms of the
+    partners asked for (credit-limited ones not yet locked: see `lock_credit_limited`)."""
 
     debts: dict[str, int]
-    closed_until: datetime
     terms: dict[str, PartnerTerms]
+
+    @classmethod
+    def of(cls, members: str, terms: str) -> Locked:
+        """From the lock statement's two JSON documents."""
+        return cls(
+            dict(_MEMBER_ROWS.decode(members)),
+            {found.partner_id: found.terms() for found in _TERMS_ROWS.decode(terms)},
+        )
 
 
 async def lock_members(
@@ -199,16 +222,75 @@ async def lock_members(
     partner_ids: Iterable[str] = (),
     include_erased: bool = False,
 ) -> Locked:
-    """Lock member rows in member_id order; their debts, the journal's closing time and
-    the terms of `partner_ids`, in one round trip. Erased members are left out (not
-    found), except for the sweep (`include_erased`): their points still expire on time."""
+    """Lock member rows in member_id order; their debts and the terms of `partner_ids`,
+    in one round trip. Erased members are left out (not found), except for the sweep
+    (`include_erased`): their points still expire on time."""
     row = await conn.fetchrow(
         _LOCK_SQL, sorted(set(member_ids)), include_erased, sorted(set(partner_ids))
     )
     if row is None:  # a SELECT without FROM returns one row
         raise InvariantViolation("the lock statement returned no row")
-    terms = {found.partner_id: found.terms() for found in _TERMS_ROWS.decode(row["terms"])}
-    return Locked(dict(_MEMBER_ROWS.decode(row["members"])), row["closed_until"], terms)
+    return Locked.of(row["members"], row["terms"])
+
+
+# -- claim and lock: one round trip when every member is known up front ------------------------
+
+# The partners' claim (`_keys`: settlement barrier, try-locked keys, stored responses) and
+# the member locks, in lock order: the locks wait for the claims (`after`). For a batch
+# whose requests all name their member (no capture, void or reversal to resolve first).
+# Members of requests that turn out to be replays are locked too, for this transaction
+# only; nothing is written for them.
+_CLAIM_AND_LOCK_SQL = f"""
+WITH {BARRIER_CTE},
+claims AS MATERIALIZED ({PARTNER_KEYS.claimed_sql()}),
+{_lock_sql(4, "false", 5, after="(SELECT count(*) FROM claims) AS claimed, ")},
+(SELECT coalesce(json_agg(json_build_array(
+            owner, key, locked, translate(encode(fingerprint, 'base64'), E'\\n', ''),
+            status_code, translate(encode(response, 'base64'), E'\\n', ''))), '[]')
+        FROM claims)::text AS claims
+"""  # noqa: S608 - built from constant text, never from input
+
+
+class _ClaimRow(msgspec.Struct, array_like=True, frozen=True):
+    owner: str
+    key: str
+    locked: bool
+    fingerprint: bytes | None
+    status_code: int | None
+    response: bytes | None
+
+
+_CLAIM_ROWS = msgspec.json.Decoder(list[_ClaimRow])
+
+
+async def claim_and_lock(
+    conn: Connection,
+    claims: Sequence[tuple[str, str]],
+    member_ids: Iterable[str],
+    partner_ids: Iterable[str],
+) -> tuple[set[tuple[str, str]], dict[tuple[str, str], StoredResponse], Locked]:
+    """`_keys.claim_keys` (partners' keys, with the barrier) and `lock_members` (active
+    members) in one round trip; what each returns."""
+    row = await conn.fetchrow(
+        _CLAIM_AND_LOCK_SQL,
+        [owner for owner, _ in claims],
+        [key for _, key in claims],
+        SETTLEMENT_BARRIER_KEY,
+        sorted(set(member_ids)),
+        sorted(set(partner_ids)),
+    )
+    if row is None:  # a SELECT without FROM returns one row
+        raise InvariantViolation("the claim-and-lock statement returned no row")
+    found = _CLAIM_ROWS.decode(row["claims"])
+    locked = {(claim.owner, claim.key) for claim in found if claim.locked}
+    stored = {
+        (claim.owner, claim.key): StoredResponse(
+            claim.fingerprint, claim.status_code or 0, claim.response or b""
+        )
+        for claim in found
+        if claim.locked and claim.fingerprint is not None
+    }
+    return locked, stored, Locked.of(row["members"], row["terms"])
 
 
 # -- credit-limited partners -------------------------------------------------------------------
@@ -274,6 +356,7 @@ WITH book_holds AS (
     JOIN holds AS h ON h.hold_id = asked.hold_id
     WHERE NOT (h.status = 'open' AND h.member_id = ANY($1::text[])))
 SELECT
+  (SELECT closed_until FROM ledger_state WHERE id = 1) AS closed_until,
   (SELECT coalesce(json_agg(json_build_array({LOT_COLUMNS})), '[]')::text FROM (
       SELECT {LOT_COLUMNS_OF_L} FROM unnest_small($1::text[]) AS asked(member_id)
       JOIN lots AS l ON l.member_id = asked.member_id AND (l.remaining > 0 OR NOT l.matured)
@@ -350,20 +433,27 @@ def holds_of(document: str) -> list[Hold]:
     ]
 
 
+class Books(NamedTuple):
+    books: dict[str, MemberBook]  # by member_id
+    # The end of the last closed settlement period, read after the caller's locks: it moves
+    # only under the settlement barrier (exclusive), which every posting transaction holds
+    # (shared) before it loads its books, so it stays right until the transaction commits.
+    closed_until: datetime
+
+
 async def load_books(
     conn: Connection,
     debts: dict[str, int],
     *,
     hold_ids: Iterable[uuid.UUID] = (),
     lot_ids: Iterable[uuid.UUID] = (),
-) -> dict[str, MemberBook]:
+) -> Books:
     """Each member's open lots and open holds (with the lots they reserved), plus the named
-    holds and lots a request needs. Call with the members locked."""
+    holds and lots a request needs, and the journal's closing time. Call with the
+    settlement barrier and the members locked."""
     books = {
         member_id: MemberBook(member_id=member_id, debt=debt) for member_id, debt in debts.items()
     }
-    if not books:
-        return books
     member_ids = sorted(books)
     holds = list(set(hold_ids))
     row = await conn.fetchrow(_BOOKS_SQL, member_ids, list(set(lot_ids)), holds)
@@ -377,7 +467,7 @@ async def load_books(
         book = books.get(hold.member_id)
         if book is not None:
             book.holds[hold.hold_id] = hold
-    return books
+    return Books(books, row["closed_until"])
 
 
 # -- originals (reversals) -------------------------------------------------------------------

@@ -14,6 +14,7 @@ import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -21,6 +22,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from exchange import store
 from exchange.clock import FrozenClock
 from exchange.db import create_engine
 from exchange.ids import parse_hold_id, parse_transaction_id
@@ -335,3 +337,58 @@ async def test_a_batch_answers_each_request_and_isolates_the_one_that_fails(
     assert await _scalar(pool, "SELECT count(*) FROM idempotency_keys") == 49
     totals = await assert_ledger_verifies(pool)
     assert (totals["issued"], totals["redeemed"]) == (sum(earned.values()), sum(burned.values()))
+
+
+# -- the settlement barrier --------------------------------------------------------------------
+
+
+async def test_a_batch_waiting_at_the_barrier_stamps_after_the_period_closed_meanwhile(
+    wide: LedgerService, pool: AsyncEngine, clock: FrozenClock
+) -> None:
+    """Settlement closes a period (moves `closed_until` under the barrier, exclusive)
+    while a batch waits for the barrier (shared). The batch's first statement enters the
+    barrier and its snapshot predates the wait; the closing time must be read by a later
+    statement. Here the members' points expired inside the period just closed and were
+    not swept: the batch posts their expiry first, stamped at the closing time. Stamped
+    with a closing time read too early, at the moment they expired, the database would
+    refuse the whole batch as a change to a closed period."""
+    grocer = await add_partner(pool, clock, "grocer")
+    members = [await enrol(wide, grocer) for _ in range(3)]
+    for member in members:
+        expires = clock.now() + timedelta(hours=1)
+        await post(wide, Earn(grocer, member, "old", points=7, expires_at=expires))
+    clock.advance(timedelta(hours=2))  # the points expired an hour ago
+    closed = clock.now() - timedelta(minutes=10)
+    async with pool.connect() as settlement:
+        await settlement.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": store.SETTLEMENT_BARRIER_KEY}
+        )
+        await settlement.execute(
+            text("UPDATE ledger_state SET closed_until = :closed"), {"closed": closed}
+        )
+        batch = asyncio.create_task(
+            wide.submit([_keyed(Earn(grocer, member, "new", points=5)) for member in members])
+        )
+        await _until_waiting_for_a_lock(pool)
+        assert not batch.done()
+        await settlement.commit()
+    outcomes = await batch
+    assert [outcome.status_code for outcome in outcomes] == [201] * 3
+    async with pool.connect() as conn:
+        expiries = (
+            await conn.execute(text("SELECT posted_at FROM postings WHERE type = 'expiry'"))
+        ).scalars()
+        assert list(expiries) == [closed] * 3
+    await assert_ledger_verifies(pool)
+
+
+async def _until_waiting_for_a_lock(pool: AsyncEngine) -> None:
+    for _ in range(200):
+        async with pool.connect() as conn:
+            waiting = await conn.scalar(
+                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            )
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the batch never waited for the barrier")

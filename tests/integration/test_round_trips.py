@@ -1,7 +1,9 @@
 """The statements a posting batch sends, counted on the pooled connections: each is a
 round trip, the hot path's fixed cost per batch (docs/performance.md). A batch of signed
-earns sends the same seven whatever its size; a credit-limited partner adds two. And the
-statements keep their plans: PostgreSQL does not plan them again for every batch."""
+earns sends the same six whatever its size (the claim and the member locks are one
+statement); a credit-limited partner adds two; a capture, whose member is learnt from
+its hold, claims, resolves and locks in three. And the statements keep their plans:
+PostgreSQL does not plan them again for every batch."""
 
 from __future__ import annotations
 
@@ -10,17 +12,21 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
+import msgspec
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.clock import FrozenClock
 from exchange.db import create_engine, driver_connection
+from exchange.ids import parse_hold_id
 from exchange.service import (
+    CaptureHold,
     Earn,
     Idempotency,
     LedgerRequest,
     LedgerService,
     NonceClaim,
+    OpenHold,
     SignatureProof,
 )
 from tests.support import add_partner, enrol
@@ -41,6 +47,9 @@ STEPS = {
     "BEGIN": "begin",
     "INSERT INTO signature_nonces": "nonces",
     "WITH barrier": "claim",
+    "WITH barrier AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($3::bigint) AS held), "
+    "claims AS": "claim and lock",
+    "SELECT 'hold' AS kind": "resolve",
     "WITH locked": "lock and terms",
     "WITH book_holds": "books",
     "SELECT partner_id": "lock credit-limited",
@@ -93,12 +102,12 @@ def _signed_earns(members: list[str], clock: FrozenClock, tag: str) -> list[Ledg
     ]
 
 
-async def test_a_batch_of_signed_earns_sends_seven_statements_whatever_its_size(
+async def test_a_batch_of_signed_earns_sends_six_statements_whatever_its_size(
     engine: AsyncEngine, clock: FrozenClock, ledger: LedgerService
 ) -> None:
     await add_partner(engine, clock)
     members = [await enrol(ledger, "grocer") for _ in range(5)]
-    expected = ["begin", "nonces", "claim", "lock and terms", "books", "write", "commit"]
+    expected = ["begin", "nonces", "claim and lock", "books", "write", "commit"]
     for size in (1, 5):
         with statements(engine) as sent:
             outcomes = await ledger.submit(_signed_earns(members[:size], clock, f"b{size}"))
@@ -115,9 +124,30 @@ async def test_a_credit_limited_partner_adds_its_lock_and_exposure(
         outcomes = await ledger.submit(_signed_earns(members, clock, "limited"))
     assert [outcome.status_code for outcome in outcomes] == [201, 201]
     assert sent == [
-        "begin", "nonces", "claim", "lock and terms", "lock credit-limited", "exposure",
-        "books", "write", "commit",
+        "begin", "nonces", "claim and lock", "lock credit-limited", "exposure", "books",
+        "write", "commit",
     ], sent  # fmt: skip
+
+
+async def test_a_capture_is_claimed_then_resolved_then_locked(
+    engine: AsyncEngine, clock: FrozenClock, ledger: LedgerService
+) -> None:
+    """A capture names a hold, not a member: the claim runs alone, the hold's member is
+    resolved, then locked. A replay of the capture is answered from the claim."""
+    await add_partner(engine, clock)
+    member = await enrol(ledger, "grocer")
+    await ledger.submit(_signed_earns([member], clock, "funds"))
+    [held] = await ledger.submit([LedgerRequest(OpenHold("grocer", member, 5))])
+    hold_id = parse_hold_id(msgspec.json.decode(held.body)["hold_id"])
+    capture = LedgerRequest(CaptureHold("grocer", hold_id), Idempotency("capture", bytes(32)))
+    with statements(engine) as sent:
+        [captured] = await ledger.submit([capture])
+    assert captured.status_code == 200
+    assert sent == ["begin", "claim", "resolve", "lock and terms", "books", "write", "commit"]
+    with statements(engine) as sent:
+        [again] = await ledger.submit([capture])
+    assert (again.replayed, again.body) == (True, captured.body)
+    assert sent == ["begin", "claim", "commit"]
 
 
 async def test_a_lone_earns_statements_keep_their_plans_instead_of_being_planned_each_time(
@@ -142,7 +172,7 @@ async def test_a_lone_earns_statements_keep_their_plans_instead_of_being_planned
     finally:
         await engine.dispose()
     plans = {_step(row["statement"]): (row["generic_plans"], row["custom_plans"]) for row in rows}
-    for step in ("nonces", "claim", "lock and terms", "books", "write"):
+    for step in ("nonces", "claim and lock", "books", "write"):
         generic, custom = plans[step]
         assert custom <= 5, (step, plans)
         assert generic >= 7, (step, plans)
