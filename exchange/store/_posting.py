@@ -14,8 +14,8 @@ per batch, whatever the batch size:
     write        every insert and update of the batch                 1 (data-modifying CTE)
 
 When no request needs resolving (earns, burns, new holds: each names its member), the
-claim and the lock are one statement (`claim_and_lock`): five round trips for a signed
-batch with BEGIN and COMMIT, not six.
+claim and the lock are one statement (`claim_and_lock`): six round trips for a signed
+batch with BEGIN and COMMIT, not seven.
 
 Lock order (every writer follows it, so writers never deadlock on each other): nonces
 sorted (an insert waits only for another batch inserting the same pair); the
@@ -238,8 +238,10 @@ async def lock_members(
 # The partners' claim (`_keys`: settlement barrier, try-locked keys, stored responses) and
 # the member locks, in lock order: the locks wait for the claims (`after`). For a batch
 # whose requests all name their member (no capture, void or reversal to resolve first).
-# Members of requests that turn out to be replays are locked too, for this transaction
-# only; nothing is written for them.
+# Members of requests that turn out to be replays, or whose key another transaction holds
+# (409), are locked too, for this transaction only; nothing is written for them. The
+# price: such a batch waits for that other transaction's member lock (in member order,
+# as every writer locks: no deadlock), where the separate lock statement skipped them.
 _CLAIM_AND_LOCK_SQL = f"""
 WITH {BARRIER_CTE},
 claims AS MATERIALIZED ({PARTNER_KEYS.claimed_sql()}),
