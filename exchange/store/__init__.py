@@ -73,7 +73,6 @@ from exchange.store._queries import (
 from exchange.store._reads import due_member_ids, read_book
 from exchange.store._records import (
     COUNTER_SHARDS,
-    NO_REQUEST,
     SETTLEMENT_BARRIER_KEY,
     IdempotencyRecord,
     PostingRequest,
@@ -92,7 +91,6 @@ from exchange.store._write import BatchWrite, write_batch
 __all__ = [
     "COUNTER_SHARDS",
     "MEMBER_KEYS",
-    "NO_REQUEST",
     "PARTNER_KEYS",
     "RECORD_COLUMNS",
     "SETTLEMENT_BARRIER_KEY",

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exchange.clock import FrozenClock
 from exchange.config import Settings
 from exchange.members._store import EXPORT_SECTIONS
+from exchange.tables import REQUEST_COLUMNS
 from partners.errors import PartnerAPIError
 from settlement.engine import Period, settle
 from settlement.store import read_period
@@ -367,6 +368,10 @@ async def test_the_export_covers_every_table_that_mentions_the_member(
         ("cinema", "till-9"),
     }
     assert all("token" not in key for session in document["sessions"] for key in session)
+    # The partners' requests kept on the postings (keys, responses, signatures) are not
+    # the member's history.
+    assert document["history"]
+    assert all(not set(REQUEST_COLUMNS) & set(row) for row in document["history"])
 
     async with engine.connect() as conn:
         tables = [
