@@ -121,9 +121,9 @@ class LedgerService:
         batch = PendingBatch(requests, [None] * len(requests), self.render)
         async with store.transaction(conn):
             await self._claim_nonces(conn, batch)
-            locked = await self._claim_keys(conn, batch)
+            read = await self._claim_keys(conn, batch)
             await self._resolve_members(conn, batch)
-            books = await self._load(conn, batch, locked)
+            books = await self._load(conn, batch, read)
             write = store.BatchWrite()
             write.add_books(books.values(), batch.after, batch.posting_requests)
             write.add_links(batch.links)
@@ -135,13 +135,19 @@ class LedgerService:
         return [outcome or Outcome() for outcome in batch.outcomes]
 
     async def _load(
-        self, conn: Connection, batch: PendingBatch, locked: store.Locked | None
+        self,
+        conn: Connection,
+        batch: PendingBatch,
+        read: tuple[store.Locked, store.Books] | None,
     ) -> dict[str, MemberBook]:
-        """Lock the members (unless the claim did: `locked`), load partners, originals and
-        books; apply every request."""
+        """Lock the members and load their books (unless the claim did: `read`), load
+        partners and originals; apply every request."""
         if not batch.pending():
             return {}
-        if locked is None:
+        if read is not None:
+            locked, loaded = read
+        else:
+            loaded = None
             locked = await store.lock_members(
                 conn,
                 set(batch.members.values()),
@@ -160,14 +166,20 @@ class LedgerService:
         partners = {partner_id: PartnerState(t) for partner_id, t in terms.items()}
         await self._load_tiers(conn, batch, partners)
         batch.originals = await store.load_originals(conn, self._reversal_targets(batch))
-        books, closed_until = await store.load_books(
-            conn,
-            debts,
-            hold_ids=[
-                c.hold_id for c in self._commands(batch) if isinstance(c, CaptureHold | VoidHold)
-            ],
-            lot_ids=self._original_lots(batch),
-        )
+        if loaded is None:
+            books, closed_until = await store.load_books(
+                conn,
+                debts,
+                hold_ids=[
+                    c.hold_id
+                    for c in self._commands(batch)
+                    if isinstance(c, CaptureHold | VoidHold)
+                ],
+                lot_ids=self._original_lots(batch),
+            )
+        else:  # read with the locks: every locked member's, of which these are wanted
+            books = {member_id: loaded.books[member_id] for member_id in debts}
+            closed_until = loaded.closed_until
         ctx = Context(
             now=self.clock.now(), closed_until=closed_until, points_ttl=self.points_ttl, ids=new_id
         )
@@ -222,10 +234,13 @@ class LedgerService:
             if pair not in stored:
                 batch.fail(index, _replayed())
 
-    async def _claim_keys(self, conn: Connection, batch: PendingBatch) -> store.Locked | None:
+    async def _claim_keys(
+        self, conn: Connection, batch: PendingBatch
+    ) -> tuple[store.Locked, store.Books] | None:
         """Claim the requests' keys (with the settlement barrier). When every request
-        names its member (earns, burns, new holds), lock the members in the same statement
-        and return what the lock read; otherwise None (`_load` locks them once resolved)."""
+        names its member (earns, burns, new holds), lock the members and read their books
+        in the same statement and return what it read; otherwise None (`_load` locks them
+        once resolved, then reads the books)."""
         claims = {
             index: (request.command.partner_id, request.idempotency.key)
             for index, request in enumerate(batch.requests)
@@ -233,14 +248,15 @@ class LedgerService:
         }
         named = [batch.requests[index].command for index in batch.pending()]
         members_known = [c for c in named if isinstance(c, Earn | Burn | OpenHold)]
-        fetched: store.Locked | None = None
+        fetched: tuple[store.Locked, store.Books] | None = None
         if named and len(members_known) == len(named):
-            locked, stored, fetched = await store.claim_and_lock(
+            locked, stored, lock_read, books_read = await store.claim_and_lock(
                 conn,
                 list(claims.values()),
                 member_ids={command.member_id for command in members_known},
                 partner_ids={command.partner_id for command in members_known},
             )
+            fetched = (lock_read, books_read)
         else:
             locked, stored = await store.claim_keys(conn, list(claims.values()), barrier=True)
         seen: set[tuple[str, str]] = set()

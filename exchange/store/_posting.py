@@ -233,15 +233,20 @@ async def lock_members(
     return Locked.of(row["members"], row["terms"])
 
 
-# -- claim and lock: one round trip when every member is known up front ------------------------
+# -- claim, lock and books: one round trip when every member is known up front ---------------
 
-# The partners' claim (`_keys`: settlement barrier, try-locked keys, stored responses) and
-# the member locks, in lock order: the locks wait for the claims (`after`). For a batch
-# whose requests all name their member (no capture, void or reversal to resolve first).
-# Members of requests that turn out to be replays, or whose key another transaction holds
-# (409), are locked too, for this transaction only; nothing is written for them. The
-# price: such a batch waits for that other transaction's member lock (in member order,
-# as every writer locks: no deadlock), where the separate lock statement skipped them.
+# The partners' claim (`_keys`: settlement barrier, try-locked keys, stored responses), the
+# member locks in lock order (the locks wait for the claims: `after`), and the locked
+# members' books. For a batch whose requests all name their member (no capture, void or
+# reversal to resolve first). The books come from `ledger_books`, which takes its own
+# snapshot: its argument, the locked members, is a subquery over the materialized locking
+# CTE, so the function runs once every lock is held and sees what their previous holders
+# committed (this statement's own snapshot predates its waits for the barrier and the
+# locks). Members of requests that turn out to be replays, or whose key another
+# transaction holds (409), are locked and read too, for this transaction only; nothing is
+# written for them. The price: such a batch waits for that other transaction's member lock
+# (in member order, as every writer locks: no deadlock), where the separate lock statement
+# skipped them.
 _CLAIM_AND_LOCK_SQL = f"""
 WITH {BARRIER_CTE},
 claims AS MATERIALIZED ({PARTNER_KEYS.claimed_sql()}),
@@ -249,7 +254,10 @@ claims AS MATERIALIZED ({PARTNER_KEYS.claimed_sql()}),
 (SELECT coalesce(json_agg(json_build_array(
             owner, key, locked, translate(encode(fingerprint, 'base64'), E'\\n', ''),
             status_code, translate(encode(response, 'base64'), E'\\n', ''))), '[]')
-        FROM claims)::text AS claims
+        FROM claims)::text AS claims,
+       books.closed_until, books.lots, books.holds
+FROM ledger_books((SELECT coalesce(array_agg(member_id ORDER BY member_id), '{{}}') FROM locked),
+                  '{{}}', '{{}}') AS books
 """  # noqa: S608 - built from constant text, never from input
 
 
@@ -270,9 +278,10 @@ async def claim_and_lock(
     claims: Sequence[tuple[str, str]],
     member_ids: Iterable[str],
     partner_ids: Iterable[str],
-) -> tuple[set[tuple[str, str]], dict[tuple[str, str], StoredResponse], Locked]:
-    """`_keys.claim_keys` (partners' keys, with the barrier) and `lock_members` (active
-    members) in one round trip; what each returns."""
+) -> tuple[set[tuple[str, str]], dict[tuple[str, str], StoredResponse], Locked, Books]:
+    """`_keys.claim_keys` (partners' keys, with the barrier), `lock_members` (active
+    members) and `load_books` (of every member locked) in one round trip; what each
+    returns."""
     row = await conn.fetchrow(
         _CLAIM_AND_LOCK_SQL,
         [owner for owner, _ in claims],
@@ -281,7 +290,7 @@ async def claim_and_lock(
         sorted(set(member_ids)),
         sorted(set(partner_ids)),
     )
-    if row is None:  # a SELECT without FROM returns one row
+    if row is None:  # one row per call of `ledger_books`: exactly one
         raise InvariantViolation("the claim-and-lock statement returned no row")
     found = _CLAIM_ROWS.decode(row["claims"])
     locked = {(claim.owner, claim.key) for claim in found if claim.locked}
@@ -292,7 +301,9 @@ async def claim_and_lock(
         for claim in found
         if claim.locked and claim.fingerprint is not None
     }
-    return locked, stored, Locked.of(row["members"], row["terms"])
+    fetched = Locked.of(row["members"], row["terms"])
+    books = _books_of(fetched.debts, row["closed_until"], row["lots"], row["holds"])
+    return locked, stored, fetched, books
 
 
 # -- credit-limited partners -------------------------------------------------------------------
@@ -333,15 +344,16 @@ async def lock_credit_limited(
 # -- books -----------------------------------------------------------------------------------
 
 # A book's lots are read back as the rows the store writes (`_rows.LotRow`, the table's
-# columns in order), so the read cannot miss a column the write has.
+# columns in order), so the read cannot miss a column the write has. The books query
+# itself is the function `ledger_books` (migration 0015), so that the claim-and-lock
+# statement can run it with a snapshot taken after its locks: its lots are these columns
+# in this order, its holds `HOLD_JSON`'s. Three index-friendly parts: the members' open
+# lots, named lots (a reversal's), and the lots reserved by the members' open holds or by
+# named holds, as one JSON document (decoded by msgspec, several times cheaper than rows
+# field by field), the arrays through `unnest_small` so that its plan is kept
+# (docs/performance.md, "Plans"). A member's balance (`_reads`) reads the same columns.
 LOT_COLUMNS = ", ".join(LotRow.__struct_fields__)
 LOT_COLUMNS_OF_L = ", ".join("l." + name for name in LotRow.__struct_fields__)  # lots AS l
-# Three index-friendly parts: the members' open lots, named lots (a reversal's), and
-# the lots reserved by the members' open holds or by named holds. One JSON document
-# decoded by msgspec is several times cheaper than decoding rows field by field.
-# The posting path's statements (claim, lock, books) take their arrays through
-# `unnest_small` (migration 0012), so that their generic plan is kept rather than each
-# call planned anew (docs/performance.md, "Plans").
 HOLD_JSON = """json_build_array(
        h.hold_id, h.member_id, h.partner_id, h.points, h.status, h.created_at, h.expires_at,
        h.reference, h.captured_points, h.transaction_id, h.closed_at,
@@ -349,29 +361,9 @@ HOLD_JSON = """json_build_array(
                         ORDER BY l.expires_at, l.created_at, l.lot_id)
         FROM allocations AS a JOIN lots AS l ON l.lot_id = a.lot_id
         WHERE a.posting_id = h.hold_posting_id AND a.kind = 'draw'))"""
-_BOOKS_SQL = f"""
-WITH book_holds AS (
-    SELECT h.* FROM unnest_small($1::text[]) AS asked(member_id)
-    JOIN holds AS h ON h.member_id = asked.member_id AND h.status = 'open'
-    UNION ALL
-    SELECT h.* FROM unnest_small($3::uuid[]) AS asked(hold_id)
-    JOIN holds AS h ON h.hold_id = asked.hold_id
-    WHERE NOT (h.status = 'open' AND h.member_id = ANY($1::text[])))
-SELECT
-  (SELECT closed_until FROM ledger_state WHERE id = 1) AS closed_until,
-  (SELECT coalesce(json_agg(json_build_array({LOT_COLUMNS})), '[]')::text FROM (
-      SELECT {LOT_COLUMNS_OF_L} FROM unnest_small($1::text[]) AS asked(member_id)
-      JOIN lots AS l ON l.member_id = asked.member_id AND (l.remaining > 0 OR NOT l.matured)
-      UNION ALL
-      SELECT {LOT_COLUMNS_OF_L} FROM unnest_small($2::uuid[]) AS asked(lot_id)
-      JOIN lots AS l ON l.lot_id = asked.lot_id
-      UNION ALL
-      SELECT {LOT_COLUMNS_OF_L} FROM book_holds AS h
-      JOIN allocations AS a ON a.posting_id = h.hold_posting_id AND a.kind = 'draw'
-      JOIN lots AS l ON l.lot_id = a.lot_id
-  ) AS book_lots) AS lots,
-  (SELECT coalesce(json_agg({HOLD_JSON}), '[]')::text FROM book_holds AS h) AS holds
-"""  # noqa: S608 - built from constant column lists, never from input
+_BOOKS_SQL = (
+    "SELECT closed_until, lots, holds FROM ledger_books($1::text[], $2::uuid[], $3::uuid[])"
+)
 
 
 _LOT_ROWS = msgspec.json.Decoder(list[LotRow])
@@ -453,23 +445,27 @@ async def load_books(
     """Each member's open lots and open holds (with the lots they reserved), plus the named
     holds and lots a request needs, and the journal's closing time. Call with the
     settlement barrier and the members locked."""
+    row = await conn.fetchrow(_BOOKS_SQL, sorted(debts), list(set(lot_ids)), list(set(hold_ids)))
+    if row is None:  # an aggregate over the locked members: always exactly one row
+        raise InvariantViolation("the books query returned no row")
+    return _books_of(debts, row["closed_until"], row["lots"], row["holds"])
+
+
+def _books_of(debts: dict[str, int], closed_until: datetime, lots: str, holds: str) -> Books:
+    """The books of the members in `debts`, from `ledger_books`' row (lots and holds of
+    other members are left out)."""
     books = {
         member_id: MemberBook(member_id=member_id, debt=debt) for member_id, debt in debts.items()
     }
-    member_ids = sorted(books)
-    holds = list(set(hold_ids))
-    row = await conn.fetchrow(_BOOKS_SQL, member_ids, list(set(lot_ids)), holds)
-    if row is None:  # an aggregate over the locked members: always exactly one row
-        raise InvariantViolation("the books query returned no row")
-    for lot in lots_of(row["lots"]):
+    for lot in lots_of(lots):
         book = books.get(lot.member_id)
         if book is not None:
             book.lots[lot.lot_id] = lot
-    for hold in holds_of(row["holds"]):
+    for hold in holds_of(holds):
         book = books.get(hold.member_id)
         if book is not None:
             book.holds[hold.hold_id] = hold
-    return Books(books, row["closed_until"])
+    return Books(books, closed_until)
 
 
 # -- originals (reversals) -------------------------------------------------------------------

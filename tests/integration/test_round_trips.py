@@ -1,9 +1,9 @@
 """The statements a posting batch sends, counted on the pooled connections: each is a
 round trip, the hot path's fixed cost per batch (docs/performance.md). A batch of signed
-earns sends the same six whatever its size (the claim and the member locks are one
-statement); a credit-limited partner adds two; a capture, whose member is learnt from
-its hold, claims, resolves and locks in three. And the statements keep their plans:
-PostgreSQL does not plan them again for every batch."""
+earns sends the same five whatever its size (the claim, the member locks and the books are
+one statement); a credit-limited partner adds two; a capture, whose member is learnt from
+its hold, claims, resolves, locks and reads the books in four. And the statements keep
+their plans: PostgreSQL does not plan them again for every batch."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ STEPS = {
     "claims AS": "claim and lock",
     "SELECT 'hold' AS kind": "resolve",
     "WITH locked": "lock and terms",
-    "WITH book_holds": "books",
+    "SELECT closed_until, lots, holds FROM ledger_books": "books",
     "SELECT partner_id": "lock credit-limited",
     "SELECT json_build_array(": "lock credit-limited",
     "SELECT partner_id, coalesce(sum(issued_value)": "exposure",
@@ -102,12 +102,12 @@ def _signed_earns(members: list[str], clock: FrozenClock, tag: str) -> list[Ledg
     ]
 
 
-async def test_a_batch_of_signed_earns_sends_six_statements_whatever_its_size(
+async def test_a_batch_of_signed_earns_sends_five_statements_whatever_its_size(
     engine: AsyncEngine, clock: FrozenClock, ledger: LedgerService
 ) -> None:
     await add_partner(engine, clock)
     members = [await enrol(ledger, "grocer") for _ in range(5)]
-    expected = ["begin", "nonces", "claim and lock", "books", "write", "commit"]
+    expected = ["begin", "nonces", "claim and lock", "write", "commit"]
     for size in (1, 5):
         with statements(engine) as sent:
             outcomes = await ledger.submit(_signed_earns(members[:size], clock, f"b{size}"))
@@ -124,8 +124,8 @@ async def test_a_credit_limited_partner_adds_its_lock_and_exposure(
         outcomes = await ledger.submit(_signed_earns(members, clock, "limited"))
     assert [outcome.status_code for outcome in outcomes] == [201, 201]
     assert sent == [
-        "begin", "nonces", "claim and lock", "lock credit-limited", "exposure", "books",
-        "write", "commit",
+        "begin", "nonces", "claim and lock", "lock credit-limited", "exposure", "write",
+        "commit",
     ], sent  # fmt: skip
 
 
@@ -156,8 +156,12 @@ async def test_a_lone_earns_statements_keep_their_plans_instead_of_being_planned
     """The plan cache plans a statement five times with its parameters, then keeps one
     generic plan if that looks no dearer. With an array of unknown length estimated at ten
     elements, a batch of one never qualified: the books statement alone cost 0.5 ms of
-    planning per batch. Through `unnest_small` (migration 0012) it does."""
+    planning per batch. Through `unnest_small` (migration 0012) it does. The books query
+    now runs inside `ledger_books` (migration 0015), whose PL/pgSQL keeps its plans by the
+    same rule: auto_explain shows its plan reading the function's parameters (`$1`), not
+    the batch's values planned in."""
     engine = create_engine(database_url, pool_size=1)  # every batch on one session
+    notices: list[str] = []
     try:
         ledger = LedgerService(engine, clock, points_ttl=timedelta(days=1095))
         await add_partner(engine, clock)
@@ -169,10 +173,21 @@ async def test_a_lone_earns_statements_keep_their_plans_instead_of_being_planned
             rows = await conn.fetch(
                 "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
             )
+            await conn.execute(
+                "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0;"
+                " SET auto_explain.log_nested_statements = on; SET auto_explain.log_verbose = on;"
+                " SET auto_explain.log_level = notice"
+            )
+            conn.add_log_listener(lambda _, message: notices.append(str(message)))
+        earn = _signed_earns([members[0]], clock, "plan-explained")
+        assert [outcome.status_code for outcome in await ledger.submit(earn)] == [201]
     finally:
         await engine.dispose()
     plans = {_step(row["statement"]): (row["generic_plans"], row["custom_plans"]) for row in rows}
-    for step in ("nonces", "claim and lock", "books", "write"):
+    for step in ("nonces", "claim and lock", "write"):
         generic, custom = plans[step]
         assert custom <= 5, (step, plans)
         assert generic >= 7, (step, plans)
+    [books] = [notice for notice in notices if "WITH book_holds" in notice]
+    assert "Function Call: unnest_small($1)" in books, books
+    assert members[0] not in books, books
