@@ -10,12 +10,13 @@ per batch, whatever the batch size:
     lock         member rows in member_id order, partners' terms      1
     limited      credit-limited partners: lock, then exposure         2, only if any
     originals    transactions being reversed                          1-3, only if needed
-    books        lots, holds with their reserved lots, closed_until   1
+    books        lots, holds with their reserved lots, closed_until   1 (`ledger_books`)
     write        every insert and update of the batch                 1 (data-modifying CTE)
 
 When no request needs resolving (earns, burns, new holds: each names its member), the
-claim and the lock are one statement (`claim_and_lock`): six round trips for a signed
-batch with BEGIN and COMMIT, not seven.
+claim, the lock and the books are one statement (`claim_and_lock`): five round trips for
+a signed batch with BEGIN and COMMIT. The books query is the function `ledger_books`
+(migration 0015), whose VOLATILE snapshot is taken after the locks (docs/ledger.md).
 
 Lock order (every writer follows it, so writers never deadlock on each other): nonces
 sorted (an insert waits only for another batch inserting the same pair); the
