@@ -131,8 +131,8 @@ async def resolve_targets(
 # locks, them in that order) and the partners' terms, as one row of JSON documents. The
 # terms are the ones in force now (read unlocked: the posting keeps the version it was
 # priced with); credit-limited partners are locked and re-read afterwards
-# (`lock_credit_limited`). The journal's closing time is read by the books statement,
-# after every lock is held (see there).
+# (`lock_credit_limited`). The journal's closing time is read with the books
+# (`ledger_books`), with a snapshot taken after every lock is held (see there).
 _TERMS_ROW = """json_build_array(
        partner_id, status, settlement_currency, issue_price::text, redemption_value::text,
        earn_rates, credit_limit::text, settled_issuance::text, receivable_open::text,

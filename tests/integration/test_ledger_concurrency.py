@@ -347,11 +347,12 @@ async def test_a_batch_waiting_at_the_barrier_stamps_after_the_period_closed_mea
 ) -> None:
     """Settlement closes a period (moves `closed_until` under the barrier, exclusive)
     while a batch waits for the barrier (shared). The batch's first statement enters the
-    barrier and its snapshot predates the wait; the closing time must be read by a later
-    statement. Here the members' points expired inside the period just closed and were
-    not swept: the batch posts their expiry first, stamped at the closing time. Stamped
-    with a closing time read too early, at the moment they expired, the database would
-    refuse the whole batch as a change to a closed period."""
+    barrier and its snapshot predates the wait; the closing time must be read with a
+    snapshot taken after it (`ledger_books`, a VOLATILE function). Here the members'
+    points expired inside the period just closed and were not swept: the batch posts
+    their expiry first, stamped at the closing time. Stamped with a closing time read
+    too early, at the moment they expired, the database would refuse the whole batch as
+    a change to a closed period."""
     grocer = await add_partner(pool, clock, "grocer")
     members = [await enrol(wide, grocer) for _ in range(3)]
     for member in members:
