@@ -188,3 +188,27 @@ async def test_requests_move_onto_their_postings_with_0014_and_back(
         await conn.close()
     again = await ledger.submit([LedgerRequest(earn, Idempotency("k-1", fingerprint(earn)))])
     assert (again[0].replayed, again[0].body) == (True, first.body)
+
+
+async def test_ledger_books_comes_and_goes_with_0015_and_stays_volatile(
+    database_url: str,
+) -> None:
+    """0015's `ledger_books` must stay VOLATILE: that is what gives its query a snapshot
+    taken after the calling statement's locks (docs/ledger.md). STABLE would read the
+    books as they were before the lock's previous holder committed."""
+
+    async def volatility() -> list[str]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT provolatile FROM pg_proc WHERE proname = 'ledger_books'"
+            )
+        finally:
+            await conn.close()
+        return [row["provolatile"] for row in rows]
+
+    assert await volatility() == ["v"]
+    await asyncio.to_thread(command.downgrade, alembic_config(database_url), "0014")
+    assert await volatility() == []
+    await asyncio.to_thread(migrate, database_url)
+    assert await volatility() == ["v"]
