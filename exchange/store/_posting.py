@@ -345,14 +345,16 @@ async def lock_credit_limited(
 # -- books -----------------------------------------------------------------------------------
 
 # A book's lots are read back as the rows the store writes (`_rows.LotRow`, the table's
-# columns in order), so the read cannot miss a column the write has. The books query
-# itself is the function `ledger_books` (migration 0015), so that the claim-and-lock
-# statement can run it with a snapshot taken after its locks: its lots are these columns
-# in this order, its holds `HOLD_JSON`'s. Three index-friendly parts: the members' open
+# columns in order). A member's balance (`_reads`) builds its query from these columns, so
+# it cannot miss one. The posting path's books query is the function `ledger_books`
+# (migration 0015), so that the claim-and-lock statement can run it with a snapshot taken
+# after its locks; it lists the same columns in the same order and its holds as
+# `HOLD_JSON`, and a column added to `LotRow` without a new version of the function fails
+# every decode of a book (too short an array). Three index-friendly parts: the members' open
 # lots, named lots (a reversal's), and the lots reserved by the members' open holds or by
 # named holds, as one JSON document (decoded by msgspec, several times cheaper than rows
 # field by field), the arrays through `unnest_small` so that its plan is kept
-# (docs/performance.md, "Plans"). A member's balance (`_reads`) reads the same columns.
+# (docs/performance.md, "Plans").
 LOT_COLUMNS = ", ".join(LotRow.__struct_fields__)
 LOT_COLUMNS_OF_L = ", ".join("l." + name for name in LotRow.__struct_fields__)  # lots AS l
 HOLD_JSON = """json_build_array(
