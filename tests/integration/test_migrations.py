@@ -201,7 +201,7 @@ async def test_ledger_books_comes_and_goes_with_0015_and_stays_volatile(
         conn = await asyncpg.connect(database_url)
         try:
             rows = await conn.fetch(
-                "SELECT provolatile FROM pg_proc WHERE proname = 'ledger_books'"
+                "SELECT provolatile::text FROM pg_proc WHERE proname = 'ledger_books'"
             )
         finally:
             await conn.close()
