@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from typing import Any
 
 import asyncpg
 import pytest
@@ -59,13 +60,18 @@ FROM lots WHERE source_lot_id IS NULL ORDER BY created_at LIMIT 1
 """
 
 
-async def _lot_indexes(url: str) -> set[str]:
+async def _column(url: str, query: str) -> list[Any]:
+    """The first column of a query's rows, on a connection of its own."""
     conn = await asyncpg.connect(url)
     try:
-        rows = await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'lots'")
+        return [row[0] for row in await conn.fetch(query)]
     finally:
         await conn.close()
-    return {row["indexname"] for row in rows if "earn_id" in row["indexname"]}
+
+
+async def _lot_indexes(url: str) -> set[str]:
+    names = await _column(url, "SELECT indexname FROM pg_indexes WHERE tablename = 'lots'")
+    return {name for name in names if "earn_id" in name}
 
 
 async def test_one_lot_per_earn_holds_through_0011_up_and_down(
@@ -103,14 +109,12 @@ async def test_unnest_small_comes_and_goes_with_0012_and_is_planned_as_one_row(
     not inlined: that estimate is what lets the posting path keep its generic plans."""
 
     async def functions() -> set[str]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            rows = await conn.fetch(
-                "SELECT oid::regprocedure::text AS name FROM pg_proc WHERE proname = 'unnest_small'"
+        return set(
+            await _column(
+                database_url,
+                "SELECT oid::regprocedure::text FROM pg_proc WHERE proname = 'unnest_small'",
             )
-        finally:
-            await conn.close()
-        return {row["name"] for row in rows}
+        )
 
     both = {"unnest_small(anyarray)", "unnest_small(anyarray,anyarray)"}
     assert await functions() == both
@@ -198,14 +202,9 @@ async def test_ledger_books_comes_and_goes_with_0015_and_stays_volatile(
     books as they were before the lock's previous holder committed."""
 
     async def volatility() -> list[str]:
-        conn = await asyncpg.connect(database_url)
-        try:
-            rows = await conn.fetch(
-                "SELECT provolatile::text FROM pg_proc WHERE proname = 'ledger_books'"
-            )
-        finally:
-            await conn.close()
-        return [row["provolatile"] for row in rows]
+        return await _column(
+            database_url, "SELECT provolatile::text FROM pg_proc WHERE proname = 'ledger_books'"
+        )
 
     assert await volatility() == ["v"]
     await asyncio.to_thread(command.downgrade, alembic_config(database_url), "0014")
