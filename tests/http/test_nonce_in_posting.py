@@ -191,3 +191,82 @@ async def test_one_nonce_twice_in_one_batch_admits_the_first_only(
     )
     assert isinstance(late[0].error, NonceReplayed)
     assert await posting_count(engine) == before + 2
+
+
+async def _until_a_session_waits_for_a_lock(engine: AsyncEngine) -> None:
+    for _ in range(500):
+        async with engine.connect() as conn:
+            waiting = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                )
+            )
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no session ever waited for a lock")
+
+
+async def test_a_nonce_held_by_a_batch_in_flight_is_refused_without_waiting(
+    grocer: OnboardedPartner, member_id: str, clock: FrozenClock, engine: AsyncEngine
+) -> None:
+    """The claim try-locks each nonce before it waits for anything: a batch stuck behind a
+    member's row holds its nonce, and a second use of that nonce, in another batch about
+    another member, is refused at once instead of waiting for the first to finish."""
+    other = (await grocer.client.enrol_member(reference="card-2"))["member_id"]
+    ledger = LedgerService(engine, clock, points_ttl=timedelta(days=365))
+    claim = NonceClaim(grocer.key_id, "in-flight-nonce-0000001", clock.now())
+    before = await posting_count(engine)
+    async with engine.connect() as holder:  # another session holds the member's row
+        await holder.execute(
+            text("SELECT 1 FROM members WHERE member_id = :m FOR UPDATE"), {"m": member_id}
+        )
+        first = asyncio.create_task(
+            ledger.submit(
+                [LedgerRequest(Earn(grocer.partner_id, member_id, "a", points=1), nonce=claim)]
+            )
+        )
+        await _until_a_session_waits_for_a_lock(engine)
+        [second] = await asyncio.wait_for(
+            ledger.submit(
+                [LedgerRequest(Earn(grocer.partner_id, other, "b", points=2), nonce=claim)]
+            ),
+            timeout=5,
+        )
+        assert isinstance(second.error, NonceReplayed), second
+        assert not first.done()
+        await holder.rollback()
+    [posted] = await first
+    assert posted.status_code == 201, posted
+    assert await posting_count(engine) == before + 1
+    assert await _nonces(engine, claim.nonce) == 1
+
+
+async def test_a_nonce_stored_while_the_batch_claims_is_refused_on_the_retry(
+    grocer: OnboardedPartner, member_id: str, clock: FrozenClock, engine: AsyncEngine
+) -> None:
+    """The gateway's nonce writer (a read's nonce) stores a pair without the claim's
+    try-lock. A batch that claimed the same pair before that row committed writes it too:
+    its insert waits for the other transaction, fails on the primary key when it commits,
+    and the batch's retry refuses the request as a replay. Nothing posts."""
+    ledger = LedgerService(engine, clock, points_ttl=timedelta(days=365))
+    claim = NonceClaim(grocer.key_id, "stored-meanwhile-nonce-1", clock.now())
+    before = await posting_count(engine)
+    async with engine.connect() as writer:
+        await writer.execute(
+            text("INSERT INTO signature_nonces (key_id, nonce, seen_at) VALUES (:k, :n, now())"),
+            {"k": claim.key_id, "n": claim.nonce},
+        )
+        batch = asyncio.create_task(
+            ledger.submit(
+                [LedgerRequest(Earn(grocer.partner_id, member_id, "a", points=1), nonce=claim)]
+            )
+        )
+        await _until_a_session_waits_for_a_lock(engine)
+        assert not batch.done()
+        await writer.commit()
+    [outcome] = await batch
+    assert isinstance(outcome.error, NonceReplayed), outcome
+    assert await posting_count(engine) == before
+    assert await _nonces(engine, claim.nonce) == 1
