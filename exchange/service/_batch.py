@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from exchange import store
 from exchange.errors import (
@@ -61,8 +60,6 @@ class PendingBatch:
     links: set[tuple[str, str]] = field(default_factory=set)
     after: dict[uuid.UUID, Balance] = field(default_factory=dict)
     tiers: dict[str, str] = field(default_factory=dict)  # member_id -> tier (multipliers)
-    # (key_id, nonce, seen_at) claimed fresh: spent by this batch's write, refusals included
-    spent: list[tuple[str, str, datetime]] = field(default_factory=list)
 
     def fail(self, index: int, error: ExchangeError) -> None:
         self.outcomes[index] = Outcome(status_code=error.status, error=error)

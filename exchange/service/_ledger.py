@@ -120,18 +120,18 @@ class LedgerService:
     async def _run(self, conn: Connection, requests: Sequence[LedgerRequest]) -> list[Outcome]:
         batch = PendingBatch(requests, [None] * len(requests), self.render)
         async with store.transaction(conn):
-            read = await self._claim_keys(conn, batch, self._distinct_nonces(batch))
+            await self._claim_nonces(conn, batch)
+            read = await self._claim_keys(conn, batch)
             await self._resolve_members(conn, batch)
             books = await self._load(conn, batch, read)
-            write = store.BatchWrite(nonces=batch.spent)
+            write = store.BatchWrite()
             write.add_books(books.values(), batch.after, batch.posting_requests)
             write.add_links(batch.links)
             write.add_records(batch.records)
             if any(o and o.error is None and not o.replayed for o in batch.outcomes):
                 await store.write_batch(conn, write)
-            else:  # nothing succeeded, so write nothing (not even due changes) but the
-                # nonces: every refusal spends its nonce
-                await store.spend_nonces(conn, batch.spent)
+            # else: nothing succeeded, so write nothing (not even due changes); the
+            # transaction commits empty, releasing the locks.
         return [outcome or Outcome() for outcome in batch.outcomes]
 
     async def _load(
@@ -213,10 +213,12 @@ class LedgerService:
         return [batch.requests[index].command for index in batch.pending()]
 
     @staticmethod
-    def _distinct_nonces(batch: PendingBatch) -> dict[store.Nonce, tuple[int, datetime]]:
-        """Each signed request's (key_id, nonce), with the request and the time it is kept
-        from; a second use in this batch is refused at once (a replay)."""
-        first: dict[store.Nonce, tuple[int, datetime]] = {}
+    async def _claim_nonces(conn: Connection, batch: PendingBatch) -> None:
+        """Spend each signed request's nonce in this database transaction: one durable
+        commit for the nonce and the posting. A replay (stored, or twice in this batch) is
+        refused before its key is claimed; every other outcome, refusals included, commits
+        with the nonce."""
+        first: dict[tuple[str, str], tuple[int, datetime]] = {}
         for index, request in enumerate(batch.requests):
             claim = request.nonce
             if claim is None:
@@ -225,60 +227,43 @@ class LedgerService:
                 batch.fail(index, _replayed())
             else:
                 first[(claim.key_id, claim.nonce)] = (index, claim.seen_at)
-        return first
-
-    @staticmethod
-    def _spend(
-        batch: PendingBatch,
-        nonces: dict[store.Nonce, tuple[int, datetime]],
-        fresh: set[store.Nonce],
-    ) -> None:
-        """Spend each signed request's nonce in this database transaction (one durable
-        commit for the nonce and the posting): a replay (stored, or held by a batch in
-        flight) is refused; every other outcome, refusals included, commits with it."""
-        for (key_id, nonce), (index, seen_at) in nonces.items():
-            if (key_id, nonce) in fresh:
-                batch.spent.append((key_id, nonce, seen_at))
-            else:
+        stored = await store.claim_nonces(
+            conn, [(key_id, nonce, seen_at) for (key_id, nonce), (_, seen_at) in first.items()]
+        )
+        for pair, (index, _) in first.items():
+            if pair not in stored:
                 batch.fail(index, _replayed())
 
     async def _claim_keys(
-        self,
-        conn: Connection,
-        batch: PendingBatch,
-        nonces: dict[store.Nonce, tuple[int, datetime]],
+        self, conn: Connection, batch: PendingBatch
     ) -> tuple[store.Locked, store.Books] | None:
-        """Claim the requests' nonces and keys (with the settlement barrier). When every
-        request names its member (earns, burns, new holds), lock the members and read
-        their books in the same statement and return what it read; otherwise the nonces
-        are claimed first, alone, so that a replay's key is never claimed, and None is
-        returned (`_load` locks the members once resolved, then reads the books)."""
+        """Claim the requests' keys (with the settlement barrier). When every request
+        names its member (earns, burns, new holds), lock the members and read their books
+        in the same statement and return what it read; otherwise None (`_load` locks them
+        once resolved, then reads the books)."""
+        claims = {
+            index: (request.command.partner_id, request.idempotency.key)
+            for index, request in enumerate(batch.requests)
+            if request.idempotency is not None and batch.outcomes[index] is None
+        }
         named = [batch.requests[index].command for index in batch.pending()]
         members_known = [c for c in named if isinstance(c, Earn | Burn | OpenHold)]
         fetched: tuple[store.Locked, store.Books] | None = None
         if named and len(members_known) == len(named):
-            # A replay's key is try-locked here too, for this transaction only, and its
-            # answer ignored: the request is refused for its nonce below.
-            claims = self._claims(batch)
-            claimed = await store.claim_and_lock(
+            locked, stored, lock_read, books_read = await store.claim_and_lock(
                 conn,
                 list(claims.values()),
                 member_ids={command.member_id for command in members_known},
                 partner_ids={command.partner_id for command in members_known},
-                nonces=list(nonces),
             )
-            self._spend(batch, nonces, claimed.nonces)
-            locked, stored = claimed.keys, claimed.stored
-            fetched = (claimed.locked, claimed.books)
+            fetched = (lock_read, books_read)
         else:
-            self._spend(batch, nonces, await store.fresh_nonces(conn, list(nonces)))
-            claims = self._claims(batch)
             locked, stored = await store.claim_keys(conn, list(claims.values()), barrier=True)
         seen: set[tuple[str, str]] = set()
         for index, claim in claims.items():
             idempotency = batch.requests[index].idempotency
-            if idempotency is None or batch.outcomes[index] is not None:
-                continue  # no key (never in `claims`), or refused as a replayed nonce
+            if idempotency is None:  # pragma: no cover - claims only holds requests with keys
+                continue
             if claim in seen:  # twice in this batch: the first one is being processed
                 batch.fail(index, RequestInProgress())
                 continue
@@ -291,15 +276,6 @@ class LedgerService:
                 if earlier is not None:
                     batch.outcomes[index] = earlier
         return fetched
-
-    @staticmethod
-    def _claims(batch: PendingBatch) -> dict[int, tuple[str, str]]:
-        """(partner, key) of each request not refused yet that has an idempotency key."""
-        return {
-            index: (request.command.partner_id, request.idempotency.key)
-            for index, request in enumerate(batch.requests)
-            if request.idempotency is not None and batch.outcomes[index] is None
-        }
 
     async def _resolve_members(self, conn: Connection, batch: PendingBatch) -> None:
         """Which member each request is about; unknown or foreign holds and transactions

@@ -185,11 +185,10 @@ def translate_errors() -> Iterator[None]:
             raise ServiceUnavailable(
                 _LOCKED if state == _LOCK_TIMEOUT else _CANCELED_DETAIL
             ) from exc
-        if state == "23505" and ("idempotency" in str(exc) or "signature_nonces" in str(exc)):
-            # A key or a nonce stored by a transaction that committed after this one's
-            # claim read (the postings' unique index, a records table's key, the trigger
-            # keeping a key in one place, the nonces' primary key): the retry replays it,
-            # or refuses the replayed nonce.
+        if state == "23505" and "idempotency" in str(exc):
+            # A key stored by a transaction that committed after this one's claim read
+            # (the postings' unique index, a records table's key, or the trigger keeping
+            # a key in one place): the retry replays it.
             raise RetryableConflict(state) from exc
         if state is not None and state.startswith("22"):
             # A data exception (a NUL byte, a value out of range): the request carried a

@@ -4,28 +4,24 @@ This is the exchange's hot path, so it talks to asyncpg directly (prepared state
 cached per connection, no per-statement ORM work) and keeps round trips few and fixed
 per batch, whatever the batch size:
 
-    nonces       the signatures' (keyid, nonce) pairs: try-locked,     1, only if signed
-                 looked up (stored ones are replays)
+    nonces       the signatures' (keyid, nonce) pairs, if any          1, only if signed
     claim        barrier + idempotency try-locks + stored responses   1 statement
     resolve      which member a hold or an original belongs to        1, only if needed
     lock         member rows in member_id order, partners' terms      1
     limited      credit-limited partners: lock, then exposure         2, only if any
     originals    transactions being reversed                          1-3, only if needed
     books        lots, holds with their reserved lots, closed_until   1 (`ledger_books`)
-    write        every insert and update of the batch, and the        1 (data-modifying CTE)
-                 fresh nonces (`spend_nonces` alone if nothing posts)
+    write        every insert and update of the batch                 1 (data-modifying CTE)
 
 When no request needs resolving (earns, burns, new holds: each names its member), the
-nonces, the claim, the lock and the books are one statement (`claim_and_lock`): four
-round trips for a signed batch with BEGIN and COMMIT. The books query is the function
-`ledger_books` (migration 0015), whose VOLATILE snapshot is taken after the locks
-(docs/ledger.md).
+claim, the lock and the books are one statement (`claim_and_lock`): five round trips for
+a signed batch with BEGIN and COMMIT. The books query is the function `ledger_books`
+(migration 0015), whose VOLATILE snapshot is taken after the locks (docs/ledger.md).
 
-Lock order (every writer follows it, so writers never deadlock on each other): the
-settlement barrier (shared); nonces and idempotency keys (try-locks, never wait); member
-rows sorted; credit-limited partner rows sorted; counter shards upserted sorted; the
-nonces' rows inserted sorted (an insert waits only for a transaction that inserted the
-same pair without its try-lock, the gateway's nonce writer, which holds no other lock).
+Lock order (every writer follows it, so writers never deadlock on each other): nonces
+sorted (an insert waits only for another batch inserting the same pair); the
+settlement barrier (shared); idempotency keys (try-locks, never wait); member rows
+sorted; credit-limited partner rows sorted; counter shards upserted sorted.
 
 The claim step is `_keys.claim_keys` (the same function every idempotent operation uses,
 whose SELECT `claim_and_lock` embeds);
@@ -62,71 +58,43 @@ from exchange.store._rows import LotRow
 
 __all__ = [
     "Books",
-    "Claimed",
     "Locked",
     "TermsRow",
     "claim_and_lock",
-    "fresh_nonces",
+    "claim_nonces",
     "load_books",
     "load_originals",
     "lock_credit_limited",
     "lock_members",
     "resolve_targets",
-    "spend_nonces",
 ]
 
 # -- nonces: one use per (keyid, nonce), in the posting's own database transaction -------------
 
-
-# A nonce is taken the way a key is claimed: try-locked for this database transaction (never
-# waiting: a nonce another batch holds is in flight, so this use is a replay) and looked up
-# among the stored ones. It is fresh when the lock is won and no row is stored; the fresh
-# ones are inserted by the batch's write (`_write`, or `spend_nonces` when nothing posted).
-# A nonce committed between this statement's snapshot and its try-lock is missed here, but
-# the insert then fails on the primary key and the batch's retry finds it stored (as a key
-# is, `_keys`). Embedded in `claim_and_lock`; alone (`fresh_nonces`) before the other claim.
-def _fresh_sql(key_ids: int, nonces: int) -> str:
-    return f"""
-SELECT n.key_id, n.nonce,
-       pg_try_advisory_xact_lock(hashtextextended(
-           'nonce' || chr(31) || n.key_id || chr(31) || n.nonce, 0))
-       AND NOT EXISTS (SELECT FROM signature_nonces AS s
-                       WHERE s.key_id = n.key_id AND s.nonce = n.nonce) AS fresh
-FROM unnest_small(${key_ids}::text[], ${nonces}::text[]) AS n(key_id, nonce)
-"""  # noqa: S608 - built from constant text, never from input
-
-
-_FRESH_NONCES_SQL = f"SELECT key_id, nonce FROM ({_fresh_sql(1, 2)}) AS n WHERE fresh"  # noqa: S608
-# Sorted, so batches inserting overlapping pairs meet in one order.
-_SPEND_NONCES_SQL = """
+# Sorted, so two batches inserting overlapping pairs wait in one order and never deadlock;
+# a pair another batch inserted but has not committed makes this insert wait for its end.
+_NONCES_SQL = """
 INSERT INTO signature_nonces (key_id, nonce, seen_at)
 SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS n(key_id, nonce, seen_at)
 ORDER BY n.key_id, n.nonce
+ON CONFLICT DO NOTHING
+RETURNING key_id, nonce
 """
 
-Nonce = tuple[str, str]  # (key_id, nonce)
 
-
-async def fresh_nonces(conn: Connection, nonces: Sequence[Nonce]) -> set[Nonce]:
-    """Claim distinct (key_id, nonce) pairs for this database transaction (see above);
-    the pairs that are fresh. Nothing is written: the batch's write spends them."""
-    if not nonces:
+async def claim_nonces(
+    conn: Connection, claims: Sequence[tuple[str, str, datetime]]
+) -> set[tuple[str, str]]:
+    """Insert distinct (key_id, nonce, seen_at) claims; return the pairs that were new."""
+    if not claims:
         return set()
     rows = await conn.fetch(
-        _FRESH_NONCES_SQL, [key_id for key_id, _ in nonces], [nonce for _, nonce in nonces]
+        _NONCES_SQL,
+        [key_id for key_id, _, _ in claims],
+        [nonce for _, nonce, _ in claims],
+        [seen_at for _, _, seen_at in claims],
     )
     return {(row["key_id"], row["nonce"]) for row in rows}
-
-
-async def spend_nonces(conn: Connection, spent: Sequence[tuple[str, str, datetime]]) -> None:
-    """Store claimed nonces (key_id, nonce, seen_at) when the batch writes nothing else."""
-    if spent:
-        await conn.execute(
-            _SPEND_NONCES_SQL,
-            [key_id for key_id, _, _ in spent],
-            [nonce for _, nonce, _ in spent],
-            [seen_at for _, _, seen_at in spent],
-        )
 
 
 # -- resolve: what a capture, void or reversal is about ---------------------------------------
@@ -268,31 +236,26 @@ async def lock_members(
 
 # -- claim, lock and books: one round trip when every member is known up front ---------------
 
-# The nonces' claim (`fresh_nonces`), the partners' claim (`_keys`: settlement barrier,
-# try-locked keys, stored responses), the member locks in lock order (they wait for both
-# claims: `_AFTER_CLAIMS`, so a nonce or key is taken before any wait), and the locked
+# The partners' claim (`_keys`: settlement barrier, try-locked keys, stored responses), the
+# member locks in lock order (the locks wait for the claims: `after`), and the locked
 # members' books. For a batch whose requests all name their member (no capture, void or
 # reversal to resolve first). The books come from `ledger_books`, which takes its own
 # snapshot: its argument, the locked members, is a subquery over the materialized locking
 # CTE, so the function runs once every lock is held and sees what their previous holders
 # committed (this statement's own snapshot predates its waits for the barrier and the
-# locks). Members of requests that turn out to be replays (of a nonce or a key), or whose
-# key another transaction holds (409), are locked and read too, and a replayed nonce's key
-# is try-locked, for this transaction only; nothing is written for them. The price: such a
-# batch waits for that other transaction's member lock (in member order, as every writer
-# locks: no deadlock), where separate statements skipped them.
-_AFTER_CLAIMS = "(SELECT count(*) FROM nonces) AS spent, (SELECT count(*) FROM claims) AS claimed, "
+# locks). Members of requests that turn out to be replays, or whose key another
+# transaction holds (409), are locked and read too, for this transaction only; nothing is
+# written for them. The price: such a batch waits for that other transaction's member lock
+# (in member order, as every writer locks: no deadlock), where the separate lock statement
+# skipped them.
 _CLAIM_AND_LOCK_SQL = f"""
 WITH {BARRIER_CTE},
-nonces AS MATERIALIZED ({_fresh_sql(6, 7)}),
 claims AS MATERIALIZED ({PARTNER_KEYS.claimed_sql()}),
-{_lock_sql(4, "false", 5, after=_AFTER_CLAIMS)},
+{_lock_sql(4, "false", 5, after="(SELECT count(*) FROM claims) AS claimed, ")},
 (SELECT coalesce(json_agg(json_build_array(
             owner, key, locked, translate(encode(fingerprint, 'base64'), E'\\n', ''),
             status_code, translate(encode(response, 'base64'), E'\\n', ''))), '[]')
         FROM claims)::text AS claims,
-       (SELECT coalesce(json_agg(json_build_array(key_id, nonce)), '[]')
-        FROM nonces WHERE fresh)::text AS nonces,
        books.closed_until, books.lots, books.holds
 FROM ledger_books((SELECT coalesce(array_agg(member_id ORDER BY member_id), '{{}}') FROM locked),
                   '{{}}', '{{}}') AS books
@@ -309,17 +272,6 @@ class _ClaimRow(msgspec.Struct, array_like=True, frozen=True):
 
 
 _CLAIM_ROWS = msgspec.json.Decoder(list[_ClaimRow])
-_NONCE_ROWS = msgspec.json.Decoder(list[tuple[str, str]])
-
-
-class Claimed(NamedTuple):
-    """What `claim_and_lock` claimed, locked and read."""
-
-    keys: set[tuple[str, str]]  # the keys try-locked
-    stored: dict[tuple[str, str], StoredResponse]  # responses stored under them
-    nonces: set[Nonce]  # the nonces claimed fresh
-    locked: Locked
-    books: Books
 
 
 async def claim_and_lock(
@@ -327,11 +279,10 @@ async def claim_and_lock(
     claims: Sequence[tuple[str, str]],
     member_ids: Iterable[str],
     partner_ids: Iterable[str],
-    nonces: Sequence[Nonce] = (),
-) -> Claimed:
-    """`fresh_nonces`, `_keys.claim_keys` (partners' keys, with the barrier),
-    `lock_members` (active members) and `load_books` (of every member locked) in one
-    round trip; what each returns."""
+) -> tuple[set[tuple[str, str]], dict[tuple[str, str], StoredResponse], Locked, Books]:
+    """`_keys.claim_keys` (partners' keys, with the barrier), `lock_members` (active
+    members) and `load_books` (of every member locked) in one round trip; what each
+    returns."""
     row = await conn.fetchrow(
         _CLAIM_AND_LOCK_SQL,
         [owner for owner, _ in claims],
@@ -339,8 +290,6 @@ async def claim_and_lock(
         SETTLEMENT_BARRIER_KEY,
         sorted(set(member_ids)),
         sorted(set(partner_ids)),
-        [key_id for key_id, _ in nonces],
-        [nonce for _, nonce in nonces],
     )
     if row is None:  # one row per call of `ledger_books`: exactly one
         raise InvariantViolation("the claim-and-lock statement returned no row")
@@ -355,8 +304,7 @@ async def claim_and_lock(
     }
     fetched = Locked.of(row["members"], row["terms"])
     books = _books_of(fetched.debts, row["closed_until"], row["lots"], row["holds"])
-    fresh = {(key_id, nonce) for key_id, nonce in _NONCE_ROWS.decode(row["nonces"])}
-    return Claimed(locked, stored, fresh, fetched, books)
+    return locked, stored, fetched, books
 
 
 # -- credit-limited partners -------------------------------------------------------------------

@@ -11,7 +11,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -60,10 +59,6 @@ _CHANGED_HOLDS = column_list(
     holds, ("hold_id", "status", "transaction_id", "captured_points", "closed_at")
 )
 _DEBTS = column_list(members, ("member_id", "debt"))
-# The nonces the batch's claim found fresh (`_posting.fresh_nonces`), spent with the batch
-# (`signature_nonces` is the gateway's table, `partners.tables`, which the store does not
-# import).
-_NONCES = (("key_id", "text"), ("nonce", "text"), ("seen_at", "timestamptz"))
 # Per-batch sums, not a table's columns: (partner, issued value, liability points, value).
 _COUNTERS = (("partner_id", "text"), ("issued", "numeric"), ("points", "bigint"),
              ("value", "numeric"))  # fmt: skip
@@ -125,10 +120,7 @@ counters AS (
         issued_value = partner_counters.issued_value + excluded.issued_value,
         liability_points = partner_counters.liability_points + excluded.liability_points,
         liability_value = partner_counters.liability_value + excluded.liability_value),
-links AS ({_insert("member_links", 11, " ON CONFLICT DO NOTHING")}),
-spent_nonces AS (
-    INSERT INTO signature_nonces (key_id, nonce, seen_at)
-    SELECT * FROM ({json_rows(12, _NONCES)}) AS n ORDER BY n.key_id, n.nonce)
+links AS ({_insert("member_links", 11, " ON CONFLICT DO NOTHING")})
 SELECT 1
 """  # noqa: S608 - built from the constant column lists above, never from input
 
@@ -154,7 +146,6 @@ class BatchWrite:
     debts: list[tuple[Any, ...]] = field(default_factory=list)
     links: list[LinkRow] = field(default_factory=list)
     records: list[IdempotencyRecord] = field(default_factory=list)
-    nonces: list[tuple[str, str, datetime]] = field(default_factory=list)
     counters: dict[str, list[Any]] = field(
         default_factory=lambda: defaultdict(lambda: [Decimal(0), 0, Decimal(0)])
     )
@@ -278,7 +269,6 @@ class BatchWrite:
             COUNTER_SHARDS,
             _ENCODER.encode(counters).decode(),
             _ENCODER.encode(self.links).decode(),
-            _ENCODER.encode(sorted(self.nonces)).decode(),
         ]
 
     @property
@@ -286,7 +276,7 @@ class BatchWrite:
         """Nothing to write at all (a lot that matures empty still changes a row)."""
         parts = (
             self.postings, self.new_lots, self.changed_lots, self.new_holds,
-            self.changed_holds, self.debts, self.links, self.records, self.nonces,
+            self.changed_holds, self.debts, self.links, self.records,
         )  # fmt: skip
         return not any(parts)
 
