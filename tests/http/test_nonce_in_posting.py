@@ -191,3 +191,46 @@ async def test_one_nonce_twice_in_one_batch_admits_the_first_only(
     )
     assert isinstance(late[0].error, NonceReplayed)
     assert await posting_count(engine) == before + 2
+
+
+async def _until_a_session_waits_for_a_lock(engine: AsyncEngine) -> None:
+    for _ in range(500):
+        async with engine.connect() as conn:
+            waiting = await conn.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+                )
+            )
+        if waiting:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("no session ever waited for a lock")
+
+
+async def test_a_nonce_stored_elsewhere_while_the_batch_claims_it_is_refused(
+    grocer: OnboardedPartner, member_id: str, clock: FrozenClock, engine: AsyncEngine
+) -> None:
+    """The gateway's nonce writer (a read's or a refused body's nonce) stores a pair in a
+    transaction of its own. A batch claiming the same pair meanwhile waits for that
+    transaction, then refuses the request as a replay when it commits. Nothing posts."""
+    ledger = LedgerService(engine, clock, points_ttl=timedelta(days=365))
+    claim = NonceClaim(grocer.key_id, "stored-meanwhile-nonce-1", clock.now())
+    before = await posting_count(engine)
+    async with engine.connect() as writer:
+        await writer.execute(
+            text("INSERT INTO signature_nonces (key_id, nonce, seen_at) VALUES (:k, :n, now())"),
+            {"k": claim.key_id, "n": claim.nonce},
+        )
+        batch = asyncio.create_task(
+            ledger.submit(
+                [LedgerRequest(Earn(grocer.partner_id, member_id, "a", points=1), nonce=claim)]
+            )
+        )
+        await _until_a_session_waits_for_a_lock(engine)
+        assert not batch.done()
+        await writer.commit()
+    [outcome] = await batch
+    assert isinstance(outcome.error, NonceReplayed), outcome
+    assert await posting_count(engine) == before
+    assert await _nonces(engine, claim.nonce) == 1

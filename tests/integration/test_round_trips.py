@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.clock import FrozenClock
 from exchange.db import create_engine, driver_connection
+from exchange.errors import NonceReplayed
 from exchange.ids import parse_hold_id
 from exchange.service import (
     CaptureHold,
@@ -113,6 +114,21 @@ async def test_a_batch_of_signed_earns_sends_five_statements_whatever_its_size(
             outcomes = await ledger.submit(_signed_earns(members[:size], clock, f"b{size}"))
         assert [outcome.status_code for outcome in outcomes] == [201] * size
         assert sent == expected, sent
+
+
+async def test_a_batch_that_posts_nothing_still_spends_its_nonces(
+    engine: AsyncEngine, clock: FrozenClock, ledger: LedgerService
+) -> None:
+    """Every request refused (no such member): no write, but the nonces are stored, so
+    each refusal has spent its nonce."""
+    await add_partner(engine, clock)
+    requests = _signed_earns(["mem_nobody", "mem_nobody_either"], clock, "refused")
+    with statements(engine) as sent:
+        outcomes = await ledger.submit(requests)
+    assert [outcome.status_code for outcome in outcomes] == [404, 404]
+    assert sent == ["begin", "nonces", "claim and lock", "commit"], sent
+    [again, _] = await ledger.submit(requests)
+    assert isinstance(again.error, NonceReplayed), again
 
 
 async def test_a_credit_limited_partner_adds_its_lock_and_exposure(
