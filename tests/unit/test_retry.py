@@ -3,6 +3,8 @@ bound, then the caller's error; anything else passes straight through."""
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -81,6 +83,47 @@ async def test_any_other_error_is_not_retried() -> None:
             work,
             conflict=Conflict,
             attempts=5,
+            backoff_s=0.0001,
+            exhausted=ServiceUnavailable("busy"),
+        )
+    assert calls == [1]
+
+
+async def test_the_nth_retry_waits_up_to_the_backoff_doubled_n_minus_one_times(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Full jitter under a doubling bound: with the jitter at its top, the waits are the
+    bounds themselves."""
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    monkeypatch.setattr(asyncio, "sleep", record)
+    calls, work = _flaky(failures=3)
+    retried: list[int] = []
+    result = await retry_conflicts(
+        work,
+        conflict=Conflict,
+        attempts=4,
+        backoff_s=0.01,
+        exhausted=ServiceUnavailable("busy"),
+        on_retry=lambda attempt, _: retried.append(attempt),
+    )
+    assert (result, calls, retried) == ("committed", [1, 2, 3, 4], [1, 2, 3])
+    assert slept == pytest.approx([0.01, 0.02, 0.04])
+
+
+async def test_one_attempt_only_raises_the_callers_error_at_the_first_conflict() -> None:
+    calls, work = _flaky(failures=1)
+    with pytest.raises(ServiceUnavailable, match="busy"):
+        await retry_conflicts(
+            work,
+            conflict=Conflict,
+            attempts=1,
             backoff_s=0.0001,
             exhausted=ServiceUnavailable("busy"),
         )
