@@ -31,33 +31,48 @@ def _flaky(
     return calls, work
 
 
-async def test_a_conflict_runs_the_work_again_until_it_commits() -> None:
-    calls, work = _flaky(failures=2)
+async def test_a_conflict_runs_the_work_again_until_it_commits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The n-th retry waits under backoff_s * 2**(n-1) (full jitter): with the jitter at
+    its top, the waits are the bounds themselves."""
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
+        await real_sleep(0)
+
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    monkeypatch.setattr(asyncio, "sleep", record)
+    calls, work = _flaky(failures=3)
     retried: list[tuple[int, str]] = []
     result = await retry_conflicts(
         work,
         conflict=Conflict,
         attempts=5,
-        backoff_s=0.0001,
+        backoff_s=0.01,
         exhausted=ServiceUnavailable("busy"),
         on_retry=lambda attempt, error: retried.append((attempt, str(error))),
     )
     assert result == "committed"
-    assert calls == [1, 2, 3]
-    assert retried == [(1, "lost race 1"), (2, "lost race 2")]
+    assert calls == [1, 2, 3, 4]
+    assert retried == [(1, "lost race 1"), (2, "lost race 2"), (3, "lost race 3")]
+    assert slept == pytest.approx([0.01, 0.02, 0.04])
 
 
-async def test_after_the_last_attempt_loses_the_callers_error_is_raised() -> None:
+@pytest.mark.parametrize("attempts", [1, 3])
+async def test_after_the_last_attempt_loses_the_callers_error_is_raised(attempts: int) -> None:
     calls, work = _flaky(failures=10)
     with pytest.raises(ServiceUnavailable, match="busy"):
         await retry_conflicts(
             work,
             conflict=Conflict,
-            attempts=3,
+            attempts=attempts,
             backoff_s=0.0001,
             exhausted=ServiceUnavailable("busy"),
         )
-    assert calls == [1, 2, 3]
+    assert calls == list(range(1, attempts + 1))
 
 
 async def test_the_work_may_be_a_lambda_returning_an_awaitable() -> None:
@@ -83,47 +98,6 @@ async def test_any_other_error_is_not_retried() -> None:
             work,
             conflict=Conflict,
             attempts=5,
-            backoff_s=0.0001,
-            exhausted=ServiceUnavailable("busy"),
-        )
-    assert calls == [1]
-
-
-async def test_the_nth_retry_waits_up_to_the_backoff_doubled_n_minus_one_times(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Full jitter under a doubling bound: with the jitter at its top, the waits are the
-    bounds themselves."""
-    slept: list[float] = []
-    real_sleep = asyncio.sleep
-
-    async def record(seconds: float) -> None:
-        slept.append(seconds)
-        await real_sleep(0)
-
-    monkeypatch.setattr(random, "uniform", lambda low, high: high)
-    monkeypatch.setattr(asyncio, "sleep", record)
-    calls, work = _flaky(failures=3)
-    retried: list[int] = []
-    result = await retry_conflicts(
-        work,
-        conflict=Conflict,
-        attempts=4,
-        backoff_s=0.01,
-        exhausted=ServiceUnavailable("busy"),
-        on_retry=lambda attempt, _: retried.append(attempt),
-    )
-    assert (result, calls, retried) == ("committed", [1, 2, 3, 4], [1, 2, 3])
-    assert slept == pytest.approx([0.01, 0.02, 0.04])
-
-
-async def test_one_attempt_only_raises_the_callers_error_at_the_first_conflict() -> None:
-    calls, work = _flaky(failures=1)
-    with pytest.raises(ServiceUnavailable, match="busy"):
-        await retry_conflicts(
-            work,
-            conflict=Conflict,
-            attempts=1,
             backoff_s=0.0001,
             exhausted=ServiceUnavailable("busy"),
         )
