@@ -1,12 +1,15 @@
-"""Small helpers the tests share: partners, members, postings, and the verify check."""
+"""Small helpers the tests share: partners, members, postings, the verify check, and
+waiting until a session waits for a lock."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from decimal import Decimal
 from typing import Any
 
 import msgspec
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.clock import Clock
@@ -78,3 +81,19 @@ async def assert_ledger_verifies(engine: AsyncEngine) -> dict[str, int]:
     report = await verify_ledger(engine)
     assert report.discrepancies == [], report.discrepancies
     return report.totals
+
+
+_WAITING_FOR_A_LOCK = text(
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+    " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+)
+
+
+async def until_a_session_waits_for_a_lock(engine: AsyncEngine, what: str = "a session") -> None:
+    """Return once another session of this database waits for a lock (within 5 s)."""
+    for _ in range(500):
+        async with engine.connect() as conn:
+            if await conn.scalar(_WAITING_FOR_A_LOCK):
+                return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{what} never waited for a lock")

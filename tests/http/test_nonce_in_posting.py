@@ -27,6 +27,7 @@ from tests.http.test_gateway_signatures import (
     sign_headers,
     url,
 )
+from tests.support import until_a_session_waits_for_a_lock
 
 
 @pytest.fixture
@@ -193,21 +194,6 @@ async def test_one_nonce_twice_in_one_batch_admits_the_first_only(
     assert await posting_count(engine) == before + 2
 
 
-async def _until_a_session_waits_for_a_lock(engine: AsyncEngine) -> None:
-    for _ in range(500):
-        async with engine.connect() as conn:
-            waiting = await conn.scalar(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                    " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-                )
-            )
-        if waiting:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("no session ever waited for a lock")
-
-
 async def test_a_nonce_stored_elsewhere_while_the_batch_claims_it_is_refused(
     grocer: OnboardedPartner, member_id: str, clock: FrozenClock, engine: AsyncEngine
 ) -> None:
@@ -227,7 +213,7 @@ async def test_a_nonce_stored_elsewhere_while_the_batch_claims_it_is_refused(
                 [LedgerRequest(Earn(grocer.partner_id, member_id, "a", points=1), nonce=claim)]
             )
         )
-        await _until_a_session_waits_for_a_lock(engine)
+        await until_a_session_waits_for_a_lock(engine, "the batch")
         assert not batch.done()
         await writer.commit()
     [outcome] = await batch

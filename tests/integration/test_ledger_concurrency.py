@@ -39,7 +39,15 @@ from exchange.service import (
     Reverse,
     VoidHold,
 )
-from tests.support import add_partner, assert_ledger_verifies, enrol, fingerprint, post, submit
+from tests.support import (
+    add_partner,
+    assert_ledger_verifies,
+    enrol,
+    fingerprint,
+    post,
+    submit,
+    until_a_session_waits_for_a_lock,
+)
 
 POOL_SIZE = 40
 DEADLOCK_STATS_WAIT_S = 5.0
@@ -370,7 +378,7 @@ async def test_a_batch_waiting_at_the_barrier_stamps_after_the_period_closed_mea
         batch = asyncio.create_task(
             wide.submit([_keyed(Earn(grocer, member, "new", points=5)) for member in members])
         )
-        await _until_waiting_for_a_lock(pool)
+        await until_a_session_waits_for_a_lock(pool, "the batch")
         assert not batch.done()
         await settlement.commit()
     outcomes = await batch
@@ -381,15 +389,3 @@ async def test_a_batch_waiting_at_the_barrier_stamps_after_the_period_closed_mea
         ).scalars()
         assert list(expiries) == [closed] * 3
     await assert_ledger_verifies(pool)
-
-
-async def _until_waiting_for_a_lock(pool: AsyncEngine) -> None:
-    for _ in range(200):
-        async with pool.connect() as conn:
-            waiting = await conn.scalar(
-                text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
-            )
-        if waiting:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the batch never waited for the barrier")
