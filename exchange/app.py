@@ -26,6 +26,7 @@ from exchange.config import Settings
 from exchange.db import create_engine
 from exchange.health import HealthController
 from exchange.http import BalanceController, MemberController, PartnerController
+from exchange.lean import LeanRoutes
 from exchange.logs import configure_logging
 from exchange.members.http import MemberAdminController, MemberRightsController
 from exchange.members.service import MembersService
@@ -121,7 +122,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         logging_config=None,
     )
     # Outermost layer, so unrouted requests (404/405) get a request id and an access line too.
-    app.asgi_handler = RequestContext(app.asgi_handler)
+    app.asgi_handler = RequestContext(LeanRoutes(app, app.asgi_handler))
     return app
 
 

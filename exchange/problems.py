@@ -29,7 +29,14 @@ from exchange.errors import (
 )
 from exchange.logs import get_logger
 
-__all__ = ["ERROR_TYPE_BASE", "PROBLEM_JSON", "Problem", "exception_handlers", "problem_response"]
+__all__ = [
+    "ERROR_TYPE_BASE",
+    "PROBLEM_JSON",
+    "Problem",
+    "exception_handlers",
+    "problem_for",
+    "problem_response",
+]
 
 PROBLEM_JSON = "application/problem+json"
 ERROR_TYPE_BASE = "https://errors.coalition.example/"
@@ -233,9 +240,19 @@ def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Re
     )
 
 
+_HANDLERS: ExceptionHandlersMap = {
+    ExchangeError: _exchange_error,
+    HTTPException: _http_exception,
+    Exception: _unexpected,
+}
+
+
 def exception_handlers() -> ExceptionHandlersMap:
-    return {
-        ExchangeError: _exchange_error,
-        HTTPException: _http_exception,
-        Exception: _unexpected,
-    }
+    return dict(_HANDLERS)
+
+
+def problem_for(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """The response `exception_handlers()` gives `exc`, for a layer outside Litestar's
+    exception middleware (`exchange.lean`): the handler of its nearest class."""
+    handler = next(_HANDLERS[kind] for kind in type(exc).__mro__ if kind in _HANDLERS)
+    return handler(request, exc)

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("exchange", "partners", "settlement")
 HTTP_MODULES = {
     "exchange.http",
+    "exchange.lean",
     "exchange.batches.http",
     "partners.webhooks.http",
     "exchange.health",
