@@ -25,7 +25,8 @@ import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from litestar import Litestar, Request
+import msgspec
+from litestar import Litestar, Request, Response
 from litestar._asgi.utils import is_valid_host
 from litestar.handlers import HTTPRouteHandler
 from litestar.routes import HTTPRoute
@@ -102,10 +103,44 @@ class LeanRoutes:
         request: Request[Any, Any, Any] = Request(scope, receive, send)
         try:
             data = await call(handler, request, self.app.state.services, params)
+            answer = _json_answer(handler, data)
+            if answer is not None:
+                await _send(send, *answer)
+                return
             response = await handler.to_response(app=self.app, data=data, request=request)
         except Exception as exc:  # mapped as litestar's exception middleware would map it
             response = problem_for(request, exc).to_asgi_response(app=None, request=request)
         await response(scope, receive, send)
+
+
+def _json_answer(
+    handler: HTTPRouteHandler, data: Any
+) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
+    """Status, body and extra headers of a plain JSON answer, which is sent as litestar
+    would send it (`content-type`, `content-length`, the response's own headers) without
+    building its response objects: a handler's struct (encoded by msgspec, as litestar's
+    serializer encodes it) or a `Response` of JSON bytes (a posting's stored answer).
+    Anything else (None: cookies, a background task, another media type) goes through
+    the route handler's `to_response`."""
+    if isinstance(data, msgspec.Struct) and handler.status_code is not None:
+        return handler.status_code, msgspec.json.encode(data), []
+    if (
+        type(data) is Response
+        and isinstance(data.content, bytes)
+        and data.media_type == "application/json"
+        and not data.cookies
+        and data.background is None
+        and data.status_code is not None
+    ):
+        extra = [(name.lower().encode(), value.encode()) for name, value in data.headers.items()]
+        return data.status_code, data.content, extra
+    return None
+
+
+async def _send(send: Any, status: int, body: bytes, extra: list[tuple[bytes, bytes]]) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers + extra})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _plain_host(scope: Any) -> bool:
