@@ -2,14 +2,16 @@
 
 Earn, burn and the balance read are most of a coalition's traffic. For them Litestar's
 routing, its dependency resolution (a kwargs model, a signature model that re-validates
-what the handler already declares) and its exception middleware were about a sixth of a
-worker's CPU (docs/performance.md, "Eleventh round"). `LeanRoutes` sits just inside
-`RequestContext` and, for exactly these three method-and-path pairs, does what Litestar
-would do with the same objects: it sets the scope keys Litestar's router sets
-(`route_handler`, `path_params`, `path_template`), builds the same `Request`, calls the
-same dependency functions (`partner_caller`, `member_or_partner_caller`) and the same
-handler function, turns its return value into a response with the same route handler's
-`to_response`, and maps an exception with the same `exception_handlers()` table. The
+what the handler already declares), its exception middleware and its response objects
+cost 0.14-0.19 ms of a request's 1-1.5 ms of server CPU (docs/performance.md, "Eleventh
+round"). `LeanRoutes` sits just inside `RequestContext` and, for exactly these three
+method-and-path pairs, does what Litestar would do with the same objects: it sets the
+scope keys Litestar's router sets (`route_handler`, `path_params`, `path_template`),
+builds the same `Request`, calls the same dependency functions (`partner_caller`,
+`member_or_partner_caller`) and the same handler function, and maps an exception with
+the same `exception_handlers()` table. A plain JSON answer (a handler's struct, a
+posting's stored bytes) is sent as Litestar sends it, with its two headers and the
+response's own; anything else goes through the same route handler's `to_response`. The
 contract, the order of the checks, every error and the OpenAPI document (which still
 comes from the registered controllers) are the controllers'.
 
@@ -30,6 +32,7 @@ from litestar import Litestar, Request, Response
 from litestar._asgi.utils import is_valid_host
 from litestar.handlers import HTTPRouteHandler
 from litestar.routes import HTTPRoute
+from litestar.types import Method
 
 from exchange.members.auth import member_or_partner_caller
 from exchange.problems import problem_for
@@ -42,6 +45,9 @@ __all__ = ["LeanRoutes"]
 _Call = Callable[
     [HTTPRouteHandler, Request[Any, Any, Any], Services, dict[str, Any]], Awaitable[Any]
 ]
+
+# a route handler, the router's path template, the call
+_Route = tuple[HTTPRouteHandler, str, _Call]
 
 _BALANCE = re.compile(r"/v1/members/([^/]+)/balance")
 
@@ -72,31 +78,28 @@ class LeanRoutes:
     def __init__(self, app: Litestar, inner: Any) -> None:
         self.app = app
         self.inner = inner
-        self._handlers: dict[tuple[str, str], tuple[HTTPRouteHandler, str]] = {}
-        for route in app.routes:
-            if isinstance(route, HTTPRoute):
-                for method, (handler, _) in route.route_handler_map.items():
-                    self._handlers[(method, route.path)] = (handler, route.path_format)
-        self._earn = self._handlers[("POST", "/v1/earn")]
-        self._burn = self._handlers[("POST", "/v1/burn")]
-        self._read = self._handlers[("GET", "/v1/members/{member_id:str}/balance")]
+        self._earn = _route(app, "POST", "/v1/earn", _posting)
+        self._burn = _route(app, "POST", "/v1/burn", _posting)
+        self._read = _route(app, "GET", "/v1/members/{member_id:str}/balance", _balance)
+
+    def _match(self, scope: Any) -> tuple[_Route, dict[str, Any]] | None:
+        if scope["type"] != "http" or scope.get("root_path"):
+            return None
+        method, path = scope["method"], scope["path"]
+        if method == "POST" and path == "/v1/earn":
+            return self._earn, {}
+        if method == "POST" and path == "/v1/burn":
+            return self._burn, {}
+        if method == "GET" and (found := _BALANCE.fullmatch(path)) is not None:
+            return self._read, {"member_id": found[1]}
+        return None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope.get("root_path") or not _plain_host(scope):
+        matched = self._match(scope)
+        if matched is None or not _plain_host(scope):
             await self.inner(scope, receive, send)
             return
-        method, path = scope["method"], scope["path"]
-        params: dict[str, Any] = {}
-        if method == "POST" and path == "/v1/earn":
-            (handler, template), call = self._earn, _posting
-        elif method == "POST" and path == "/v1/burn":
-            (handler, template), call = self._burn, _posting
-        elif method == "GET" and (found := _BALANCE.fullmatch(path)) is not None:
-            (handler, template), call = self._read, _balance
-            params["member_id"] = found[1]
-        else:
-            await self.inner(scope, receive, send)
-            return
+        (handler, template, call), params = matched
         scope["route_handler"] = handler
         scope["path_params"] = params
         scope["path_template"] = template
@@ -111,6 +114,15 @@ class LeanRoutes:
         except Exception as exc:  # mapped as litestar's exception middleware would map it
             response = problem_for(request, exc).to_asgi_response(app=None, request=request)
         await response(scope, receive, send)
+
+
+def _route(app: Litestar, method: Method, path: str, call: _Call) -> _Route:
+    """The registered handler of `method` at `path`, with the router's path template."""
+    for route in app.routes:
+        if isinstance(route, HTTPRoute) and route.path == path:
+            handler, _ = route.route_handler_map[method]
+            return handler, route.path_format, call
+    raise LookupError(f"no route {method} {path}")
 
 
 def _json_answer(
