@@ -49,6 +49,9 @@ _Call = Callable[
 # a route handler, the router's path template, the call
 _Route = tuple[HTTPRouteHandler, str, _Call]
 
+# status, body, the response's own headers
+_Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+
 _BALANCE = re.compile(r"/v1/members/([^/]+)/balance")
 
 
@@ -104,16 +107,21 @@ class LeanRoutes:
         scope["path_params"] = params
         scope["path_template"] = template
         request: Request[Any, Any, Any] = Request(scope, receive, send)
+        answer: _Answer | None = None
+        response: Any = None
         try:
             data = await call(handler, request, self.app.state.services, params)
             answer = _json_answer(handler, data)
-            if answer is not None:
-                await _send(send, *answer)
-                return
-            response = await handler.to_response(app=self.app, data=data, request=request)
+            if answer is None:
+                response = await handler.to_response(app=self.app, data=data, request=request)
         except Exception as exc:  # mapped as litestar's exception middleware would map it
             response = problem_for(request, exc).to_asgi_response(app=None, request=request)
-        await response(scope, receive, send)
+        # Sent outside the `try`, as litestar sends: a client gone mid-answer is not an
+        # error of the request's to map.
+        if answer is not None:
+            await _send(send, *answer)
+        else:
+            await response(scope, receive, send)
 
 
 def _route(app: Litestar, method: Method, path: str, call: _Call) -> _Route:
@@ -125,9 +133,7 @@ def _route(app: Litestar, method: Method, path: str, call: _Call) -> _Route:
     raise LookupError(f"no route {method} {path}")
 
 
-def _json_answer(
-    handler: HTTPRouteHandler, data: Any
-) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
+def _json_answer(handler: HTTPRouteHandler, data: Any) -> _Answer | None:
     """Status, body and extra headers of a plain JSON answer, which is sent as litestar
     would send it (`content-type`, `content-length`, the response's own headers) without
     building its response objects: a handler's struct (encoded by msgspec, as litestar's

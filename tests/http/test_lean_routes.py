@@ -20,6 +20,7 @@ from litestar import Litestar
 
 from exchange.clock import FrozenClock
 from exchange.lean import LeanRoutes
+from partners.signing import load_private_key, sign_request
 from tests.conftest import PUBLIC_URL
 from tests.http.conftest import OnboardedPartner, PartnerFactory
 from tests.http.signed import signed
@@ -232,3 +233,54 @@ async def test_a_host_litestar_refuses_is_refused_as_before(
         response = await client.get(f"{PUBLIC_URL}/v1/members/{member_id}/balance", headers=headers)
     assert routed == [f"GET /v1/members/{member_id}/balance"]
     assert response.status_code == 400
+
+
+async def test_a_client_gone_mid_answer_is_not_answered_twice(
+    app: Litestar,
+    client: httpx.AsyncClient,
+    grocer: OnboardedPartner,
+    clock: FrozenClock,
+    member_id: str,
+) -> None:
+    """The answer is sent outside the error mapping, as litestar sends it: a send that
+    fails (the client went away) ends the request, with no problem+json after the body."""
+    path = f"/v1/members/{member_id}/balance"
+    signature = sign_request(
+        method="GET",
+        url=PUBLIC_URL + path,
+        headers={},
+        body=None,
+        key_id=grocer.key_id,
+        private_key=load_private_key(grocer.private_key),
+        created=int(clock.now().timestamp()),
+    )
+    headers = [(b"host", b"exchange.test")]
+    headers += [(name.lower().encode(), value.encode()) for name, value in signature.items()]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "https",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "client": ("127.0.0.1", 40000),
+        "server": ("exchange.test", 443),
+        "state": {},
+    }
+    sent: list[str] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message["type"])
+        if message["type"] == "http.response.body":
+            raise OSError("the client went away")
+
+    with pytest.raises(OSError, match="went away"):
+        await app(scope, receive, send)  # type: ignore[arg-type]
+    assert sent == ["http.response.start", "http.response.body"]
