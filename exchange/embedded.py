@@ -93,11 +93,13 @@ class EmbeddedPostgres:
         durable: bool = True,
         max_connections: int = 200,
         database: str = DATABASE_NAME,
+        preload: tuple[str, ...] = (),
     ) -> None:
         self.data_dir = data_dir.expanduser().resolve()
         self.pgdata = self.data_dir / "pg"
         self.log_path = self.data_dir / "postgres.log"
         self.durable = durable
+        self.preload = preload  # shared_preload_libraries, e.g. the bench's pg_stat_statements
         self.max_connections = max_connections
         self.database = database
         self._started = False
@@ -346,6 +348,8 @@ class EmbeddedPostgres:
             "timezone": "'UTC'",
             "log_timezone": "'UTC'",
         }
+        if self.preload:
+            settings["shared_preload_libraries"] = f"'{','.join(self.preload)}'"
         if not self.durable:  # tests only: a crash loses the throwaway data, never real data
             settings |= {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
         text = "".join(f"{key} = {value}\n" for key, value in settings.items())

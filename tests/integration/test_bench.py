@@ -61,6 +61,7 @@ def test_bench_smoke_run_measures_every_scenario_and_keeps_the_ledger_clean(
     assert report["batches"]["posted"] == 3000
     assert report["batches"]["rejected"] == 0
     assert report["batches"]["postings_per_s"] > 0
+    assert report["statements"] == {}  # only with --statements
     targets = {target["name"] for target in report["targets"]}
     assert "ledger verifies after the run" in targets
     assert not (tmp_path / "data" / "pg" / "postmaster.pid").exists(), "PostgreSQL was stopped"
@@ -79,6 +80,7 @@ def test_only_refuses_an_unknown_scenario_before_starting_anything() -> None:
 def test_only_batches_runs_the_batch_scenario_alone_against_its_pgbench_baseline(
     tmp_path: Path,
 ) -> None:
+    """With --statements too: the batch scenario's own PostgreSQL statements are kept."""
     out = tmp_path / "bench.json"
     env = {key: value for key, value in os.environ.items() if not key.startswith("EXCHANGE_")}
     result = subprocess.run(
@@ -86,7 +88,7 @@ def test_only_batches_runs_the_batch_scenario_alone_against_its_pgbench_baseline
             *BENCH,
             *("--only", "batches", "--seconds", "2", "--clients", "4", "--members", "200"),
             *("--partners", "2", "--workers", "1", "--out", str(out)),
-            *("--data-dir", str(tmp_path / "data")),
+            *("--data-dir", str(tmp_path / "data"), "--statements"),
         ],
         env=env,
         capture_output=True,
@@ -106,3 +108,14 @@ def test_only_batches_runs_the_batch_scenario_alone_against_its_pgbench_baseline
     targets = {target["name"]: target for target in report["targets"]}
     assert targets["ledger verifies after the run"]["passed"] is True
     assert targets["batch postings vs pgbench tps"]["threshold"] == "≥ 3.0x"
+    # pg_stat_statements, reset before the scenario: its writes, the chunks' foreign-key
+    # checks nested inside them, and nothing of the setup before it.
+    statements = report["statements"]["batches"]
+    queries = [(s["query"], s["toplevel"], s["calls"]) for s in statements]
+    assert any(q.startswith("WITH new_postings AS (INSERT INTO postings") and top and calls >= 2
+               for q, top, calls in queries), queries  # fmt: skip
+    assert any(q.startswith("INSERT INTO batch_items") and calls == 2 for q, _, calls in queries)
+    assert any("FOR KEY SHARE" in q and not top for q, top, _ in queries), queries
+    assert not any(q.startswith("INSERT INTO members") for q, _, _ in queries), queries
+    assert statements == sorted(statements, key=lambda s: -s["total_ms"])
+    assert "top-level statements, share of their time" in result.stdout

@@ -104,6 +104,12 @@ def _scenarios(value: str) -> tuple[str, ...]:
     is_flag=True,
     help="py-spy flame graphs of each server worker per scenario (perturbs figures).",
 )
+@click.option(
+    "--statements",
+    is_flag=True,
+    help="PostgreSQL's costliest statements per scenario (pg_stat_statements), in the JSON"
+    " under `statements` (perturbs figures slightly).",
+)
 @click.pass_context
 def bench(ctx: click.Context, /, **values: Any) -> None:
     """Benchmark the exchange end to end, against pgbench on the same PostgreSQL.

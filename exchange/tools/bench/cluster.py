@@ -75,9 +75,13 @@ def filesystem_of(path: Path) -> str:
     return kind
 
 
-def start_postgres(data_dir: Path, *, max_connections: int) -> EmbeddedPostgres:
+def start_postgres(
+    data_dir: Path, *, max_connections: int, preload: tuple[str, ...] = ()
+) -> EmbeddedPostgres:
     """Start a durable PostgreSQL in `data_dir` (which must be new or empty) and migrate it."""
-    postgres = EmbeddedPostgres(data_dir, durable=True, max_connections=max_connections)
+    postgres = EmbeddedPostgres(
+        data_dir, durable=True, max_connections=max_connections, preload=preload
+    )
     postgres.start()
     try:
         migrate(postgres.url())

@@ -31,6 +31,7 @@ from rich.console import Console
 from exchange.config import ConfigError, Settings
 from exchange.db import create_engine
 from exchange.embedded import EmbeddedPostgres
+from exchange.tools.bench import statements
 from exchange.tools.bench.baseline import PgbenchResult, run_pgbench
 from exchange.tools.bench.batches import BatchResult, run_batch_scenario
 from exchange.tools.bench.cluster import (
@@ -55,6 +56,7 @@ from exchange.tools.bench.report import (
 )
 from exchange.tools.bench.scenarios import SCENARIOS, ScenarioResult, Stage, run_scenario
 from exchange.tools.bench.setup import SetupReport, build_population, verify
+from exchange.tools.bench.statements import StatementStat
 from exchange.verify import VerifyReport
 
 __all__ = ["SCENARIO_NAMES", "Options", "Run", "console", "run_bench"]
@@ -68,6 +70,8 @@ BATCHES = "batches"
 # What `--only` may name: the timed HTTP scenarios, then the batch scenario.
 SCENARIO_NAMES = (*(scenario.name for scenario in SCENARIOS), BATCHES)
 BATCH_VS_PGBENCH_MIN = 3.0  # issue 14: batch postings per second against pgbench tps
+STATEMENTS_SHOWN = 5  # per scenario on the console, with --statements
+STATEMENT_CHARS_SHOWN = 110
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,7 @@ class Options:
     keep_data: bool
     profile: bool
     only: tuple[str, ...] = ()  # scenario names; empty: every scenario
+    statements: bool = False  # pg_stat_statements per scenario (exchange.tools.bench.statements)
 
     def runs(self, name: str) -> bool:
         return not self.only or name in self.only
@@ -103,6 +108,7 @@ class Run:
     server: Server | None = None
     monitor: Monitor | None = None
     pool: SigningPool | None = None
+    statements: dict[str, list[StatementStat]] = field(default_factory=dict)
 
     def say(self, message: str) -> None:
         console.print(f"[dim]{time.monotonic() - self.started:7.1f}s[/dim] {message}")
@@ -236,7 +242,10 @@ def _start(run: Run) -> None:
     connections = max(200, options.workers * pool_size + options.clients + CONNECTIONS_SPARE)
     with run.phase("start"):
         run.say(f"PostgreSQL (durable) in {run.data_dir} on {fs}")
-        run.postgres = start_postgres(run.data_dir, max_connections=connections)
+        preload = (statements.EXTENSION,) if options.statements else ()
+        run.postgres = start_postgres(run.data_dir, max_connections=connections, preload=preload)
+        if options.statements:
+            statements.enable(run.postgres)
         run.say(f"exchange serve --workers {options.workers} --server {options.server}")
         try:
             run.server = start_server(
@@ -339,7 +348,7 @@ def _timed(
     )
     results: list[ScenarioResult] = []
     for scenario in (s for s in SCENARIOS if options.runs(s.name)):
-        with run.phase(scenario.name):
+        with run.phase(scenario.name), _statements_of(run, scenario.name):
             run.say(f"scenario {scenario.name} ({scenario.title}): {options.seconds} s")
             result = run_scenario(stage, scenario, options.seconds)
         result.ratio_to_pgbench = round(result.ok_rps / baseline.tps, 3) if baseline.tps else None
@@ -362,7 +371,7 @@ def _batches(run: Run, workload: Workload, baseline: PgbenchResult) -> BatchResu
     """1,000-item batches from (up to) 50 partners at once: postings/s against pgbench."""
     assert run.server is not None
     assert run.monitor is not None
-    with run.phase("batches"):
+    with run.phase("batches"), _statements_of(run, BATCHES):
         run.say("scenario batches: one 1,000-item batch per partner (up to 50), all at once")
         result = asyncio.run(run_batch_scenario(run.server.base_url, workload, run.monitor))
     result.ratio_to_pgbench = (
@@ -375,6 +384,25 @@ def _batches(run: Run, workload: Workload, baseline: PgbenchResult) -> BatchResu
         f" ms per posting {result.cpu_ms_per_posting}"
     )
     return result
+
+
+@contextlib.contextmanager
+def _statements_of(run: Run, name: str) -> Iterator[None]:
+    """With --statements: the scenario's own pg_stat_statements counters, kept for the JSON
+    and the top few shown."""
+    if not run.options.statements:
+        yield
+        return
+    assert run.postgres is not None
+    statements.reset(run.postgres)
+    yield
+    stats = run.statements[name] = statements.top(run.postgres)
+    run.say("  PostgreSQL's top-level statements, share of their time:")
+    for percent, stat in statements.shares(stats, STATEMENTS_SHOWN):
+        run.say(
+            f"    {percent:3d}%  {stat.calls:,} calls, {stat.mean_ms} ms each:"
+            f" {stat.query[:STATEMENT_CHARS_SHOWN]}"
+        )
 
 
 def _checkpoint(postgres: EmbeddedPostgres) -> None:
@@ -451,5 +479,6 @@ def _document(
             "discrepancies": after.discrepancies,
         },
         "targets": targets,
+        "statements": run.statements,
         "warnings": run.warnings,
     }
