@@ -8,6 +8,9 @@ The journal (`postings`, `entries`) and the lot `allocations` are append-only: t
 database refuses UPDATE, DELETE and TRUNCATE on them (migration 0002 installs the
 triggers), checks that every statement's entries balance per posting, and refuses a
 posting stamped before `ledger_state.closed_until` (a closed settlement period).
+The references of postings, entries and lots are checked once per statement by
+triggers instead of foreign keys, and their parents are never deleted (migration 0016,
+docs/ledger.md).
 """
 
 from __future__ import annotations
@@ -190,11 +193,13 @@ postings = Table(
     metadata,
     Column("posting_id", Uuid, primary_key=True),
     Column("type", String(16), nullable=False),
-    Column("member_id", ID, ForeignKey("members.member_id"), nullable=False),
-    Column("partner_id", ID, ForeignKey("partners.partner_id"), nullable=True),
+    # References of postings, entries and lots (member, partner, posting, lot) are checked
+    # once per statement by triggers, not by foreign keys (migration 0016).
+    Column("member_id", ID, nullable=False),
+    Column("partner_id", ID, nullable=True),
     Column("points", BigInteger, nullable=False),
     Column("reference", String(128), nullable=True),
-    Column("reverses", Uuid, ForeignKey("postings.posting_id"), nullable=True),
+    Column("reverses", Uuid, nullable=True),
     Column("hold_id", Uuid, nullable=True),
     Column("unit_price", PRICE, nullable=True),
     Column("currency", String(3), nullable=True),
@@ -305,7 +310,7 @@ postings = Table(
 entries = Table(
     "entries",
     metadata,
-    Column("posting_id", Uuid, ForeignKey("postings.posting_id"), nullable=False),
+    Column("posting_id", Uuid, nullable=False),  # checked per statement (migration 0016)
     Column("line", SmallInteger, nullable=False),
     Column("account", String(16), nullable=False),
     Column("owner", ID, nullable=False),
@@ -321,10 +326,11 @@ lots = Table(
     "lots",
     metadata,
     Column("lot_id", Uuid, primary_key=True),
-    Column("member_id", ID, ForeignKey("members.member_id"), nullable=False),
-    Column("issuer_id", ID, ForeignKey("partners.partner_id"), nullable=False),
+    # Its member, issuer, posting and source lot: checked per statement (migration 0016).
+    Column("member_id", ID, nullable=False),
+    Column("issuer_id", ID, nullable=False),
     # The posting that created the lot: its earn, or the transfer_in that moved it here.
-    Column("earn_id", Uuid, ForeignKey("postings.posting_id"), nullable=False),
+    Column("earn_id", Uuid, nullable=False),
     Column("initial", BigInteger, nullable=False),
     Column("remaining", BigInteger, nullable=False),
     Column("unit_price", PRICE, nullable=False),
@@ -333,7 +339,7 @@ lots = Table(
     Column("matured", Boolean, nullable=False),
     _timestamp("created_at"),
     # A transferred lot: the sender's lot it came from (same issuer, price and expiry).
-    Column("source_lot_id", Uuid, ForeignKey("lots.lot_id"), nullable=True),
+    Column("source_lot_id", Uuid, nullable=True),
     CheckConstraint("remaining >= 0 AND remaining <= initial", name="remaining"),
     CheckConstraint("expires_at > available_at", name="dates"),
     # A member's open lots: what a posting for that member loads.

@@ -125,3 +125,149 @@ async def test_verify_reports_a_member_debt_out_of_line(engine: AsyncEngine, mem
     report = await verify_ledger(engine)
     assert [d.check for d in report.discrepancies] == ["member_balance"]
     assert report.totals["outstanding"] == 70
+
+
+# -- references (migration 0016: checked per statement, parents kept) ------------------------
+
+_POSTING = (
+    "INSERT INTO postings (posting_id, type, member_id, partner_id, points, reverses,"
+    " unit_price, currency, posted_at) VALUES (gen_random_uuid(), {type}, {member},"
+    " {partner}, 1, {reverses}, {price}, {currency}, now())"
+)
+_LOT = (
+    "INSERT INTO lots (lot_id, member_id, issuer_id, earn_id, initial, remaining, unit_price,"
+    " available_at, expires_at, matured, created_at, source_lot_id)"
+    " SELECT gen_random_uuid(), {member}, {issuer}, {earn}, 1, 1, unit_price, available_at,"
+    " expires_at, matured, created_at, {source} FROM lots LIMIT 1"
+)
+# The burn's posting has no lot of its own, so a copied lot may name it as its earn.
+_BURN = "(SELECT posting_id FROM postings WHERE type = 'burn')"
+_LOT_OK = {"member": "member_id", "issuer": "issuer_id", "earn": _BURN, "source": "NULL"}
+_MISSING_POSTING = "'00000000-0000-7000-8000-000000000000'"
+
+
+@pytest.mark.parametrize(
+    ("sql", "missing"),
+    [
+        (
+            _POSTING.format(type="'maturation'", member="'mem_nope'", partner="NULL",
+                            reverses="NULL", price="NULL", currency="NULL"),
+            "members.member_id mem_nope",
+        ),
+        (
+            _POSTING.format(type="'maturation'", member=":member", partner="'nope'",
+                            reverses="NULL", price="NULL", currency="NULL"),
+            "partners.partner_id nope",
+        ),
+        (
+            _POSTING.format(type="'earn_reversal'", member=":member", partner="'grocer'",
+                            reverses=_MISSING_POSTING + "::uuid", price="1", currency="'EUR'"),
+            "postings.posting_id 00000000-0000-7000-8000-000000000000",
+        ),
+        (
+            "INSERT INTO entries (posting_id, line, account, owner, amount, posted_at)"
+            " SELECT p.id::uuid, v.line, 'available', :member, v.amount, now()"
+            " FROM (VALUES (" + _MISSING_POSTING + ")) AS p(id), (VALUES (0, 3), (1, -3))"
+            " AS v(line, amount)",
+            "postings.posting_id 00000000-0000-7000-8000-000000000000",
+        ),
+        (_LOT.format(**(_LOT_OK | {"member": "'mem_nope'"})), "members.member_id mem_nope"),
+        (_LOT.format(**(_LOT_OK | {"issuer": "'nope'"})), "partners.partner_id nope"),
+        (
+            _LOT.format(**(_LOT_OK | {"earn": _MISSING_POSTING + "::uuid"})),
+            "postings.posting_id 00000000-0000-7000-8000-000000000000",
+        ),
+        (
+            _LOT.format(**(_LOT_OK | {"source": _MISSING_POSTING + "::uuid"})),
+            "lots.lot_id 00000000-0000-7000-8000-000000000000",
+        ),
+    ],
+    ids=[
+        "posting-member", "posting-partner", "posting-reverses", "entry-posting",
+        "lot-member", "lot-issuer", "lot-earn", "lot-source",
+    ],
+)  # fmt: skip
+async def test_a_row_naming_a_missing_parent_is_refused_and_changes_nothing(
+    engine: AsyncEngine, member: str, sql: str, missing: str
+) -> None:
+    async with engine.connect() as conn:
+        before = (await conn.execute(text(_COUNTS))).one()
+    with pytest.raises(DBAPIError) as caught:
+        async with engine.begin() as conn:
+            await conn.execute(text(sql), {"member": member})
+    assert f"refers to {missing} that does not exist" in str(caught.value.orig)
+    assert _sqlstate(caught.value) == "23503"  # foreign_key_violation, as a foreign key says
+    async with engine.connect() as conn:
+        assert (await conn.execute(text(_COUNTS))).one() == before
+
+
+async def test_a_lot_copied_with_every_parent_present_is_accepted(
+    engine: AsyncEngine, member: str
+) -> None:
+    # The control for the refusals above: the same statement with real parents passes.
+    async with engine.begin() as conn:
+        await conn.execute(text(_LOT.format(**_LOT_OK)))
+
+
+async def test_one_orphan_refuses_a_statement_of_many_rows_whole(
+    engine: AsyncEngine, member: str
+) -> None:
+    async with engine.connect() as conn:
+        before = (await conn.execute(text(_COUNTS))).one()
+    # A balanced pair for each of the member's two postings and one for a missing posting.
+    message = await _refused(
+        engine,
+        "INSERT INTO entries (posting_id, line, account, owner, amount, posted_at)"
+        " SELECT p.posting_id, v.line, 'available', '" + member + "', v.amount, now()"
+        " FROM (SELECT posting_id FROM postings UNION ALL SELECT "
+        + _MISSING_POSTING
+        + "::uuid) AS p, (VALUES (8, 3), (9, -3)) AS v(line, amount)",
+    )
+    assert "refers to postings.posting_id 00000000-0000-7000-8000-000000000000" in message
+    async with engine.connect() as conn:
+        assert (await conn.execute(text(_COUNTS))).one() == before
+
+
+@pytest.mark.usefixtures("member")
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DELETE FROM members",
+        "DELETE FROM partners",
+        "DELETE FROM lots",
+        "TRUNCATE members CASCADE",
+        "TRUNCATE partners CASCADE",
+        "TRUNCATE lots CASCADE",
+        "UPDATE members SET member_id = member_id || 'x'",
+        "UPDATE partners SET partner_id = partner_id || 'x' WHERE partner_id = 'grocer'",
+        "UPDATE lots SET lot_id = gen_random_uuid()",
+        "UPDATE lots SET member_id = member_id || 'x'",
+        "UPDATE lots SET issuer_id = 'operator'",
+        f"UPDATE lots SET earn_id = {_BURN}",
+    ],
+)
+async def test_the_journals_parents_are_never_deleted_nor_rekeyed(
+    engine: AsyncEngine, sql: str
+) -> None:
+    message = await _refused(engine, sql)
+    assert "referred to by the journal" in message
+
+
+async def test_a_parents_other_columns_still_change(engine: AsyncEngine, member: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE members SET member_id = member_id, debt = debt"))
+        await conn.execute(text("UPDATE lots SET member_id = member_id, remaining = remaining"))
+
+
+_COUNTS = "SELECT (SELECT count(*) FROM postings), (SELECT count(*) FROM entries), " \
+    "(SELECT count(*) FROM lots)"  # fmt: skip
+
+
+def _sqlstate(error: DBAPIError) -> str | None:
+    cause: BaseException | None = error.orig
+    while cause is not None:
+        code = getattr(cause, "sqlstate", None)
+        if isinstance(code, str):
+            return code
+        cause = cause.__cause__
+    return None
