@@ -2,19 +2,20 @@
 
 With the option, the bench's PostgreSQL loads `pg_stat_statements` (`track = all`, so the
 statements that triggers and foreign-key checks run inside a write are counted too). The
-counters are reset before each scenario and read after it: each scenario's JSON gets its
-`statements`, the costliest first, and the run prints the top few.
+counters are reset before each scenario and read after it: the JSON keeps each
+scenario's costliest statements under `statements.<scenario>`, and the run prints the
+top few.
 
-Two things to know when reading them:
+Three things to know when reading them:
 - A nested statement's time is also inside its top-level statement's (`toplevel` says
   which is which); the shares printed are of the top-level statements' time only.
 - The execution time is wall time inside PostgreSQL: on a machine whose cores are all
   busy it includes waiting for a core, so it says where PostgreSQL's time goes, in
   proportion, not how much CPU each statement costs.
-- PostgreSQL 18 identifies a statement's tables by their aliases, so the foreign-key
-  checks on `members`, `partners` and `batches` (all `... FROM ONLY "public"."t" x
-  WHERE key = $1 FOR KEY SHARE OF x`, text keys) are counted as one statement, shown
-  with the first table's name.
+- PostgreSQL 18 identifies a statement's tables by their aliases, so foreign-key checks
+  against different tables with text keys (`members`, `partners`, `batches`: all
+  `... FROM ONLY "public"."t" x WHERE key = $1 FOR KEY SHARE OF x`) are counted as one
+  statement, shown with the first table's name.
 """
 
 from __future__ import annotations
