@@ -3,11 +3,12 @@ timed from the first upload to the last batch completed, as postings per second 
 pgbench's tps of the same run (target: at least 3 x).
 
 The end is the server's own `completed_at` of the last batch, not the moment a poll saw
-it, so the figure does not depend on when the bench looks. Each partner polls its batch's
-status as a patient partner would: after 1 s, then at doubling intervals up to 8 s. Polling
-every second measurably took from the machine being measured: 50 partners' signed polls cost
-the bench's own process 8% of a core and the server 0.02 ms per posting
-(docs/performance.md, "Thirteenth round")."""
+it, so the figure does not depend on when the bench looks; the CPU figures end at the
+first reading of the counters (every 0.25 s) after that moment. Each partner polls its
+batch's status as a patient partner would: after 1 s, then at doubling intervals up to
+8 s. Polling every second measurably took from the machine being measured: 50 partners'
+signed polls cost the bench's own process 8% of a core and the server some of its CPU
+per posting (docs/performance.md, "Thirteenth round")."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from exchange.tools.bench.monitor import Monitor, cpu_ms_per_item
+from exchange.tools.bench.monitor import CpuReading, Monitor, cpu_ms_per_item
 from exchange.tools.bench.presign import Signer, Workload
 from partners.signing import load_private_key, sign_request
 
@@ -32,6 +33,7 @@ PARTNERS_MAX = 50
 TIMEOUT_S = 900.0
 POLL_FIRST_S = 1.0  # then doubled after each poll, up to POLL_MAX_S
 POLL_MAX_S = 8.0
+SAMPLE_S = 0.25  # CPU readings, to end the CPU window when the last batch completed
 
 
 @dataclass
@@ -108,6 +110,13 @@ async def _one(
     raise RuntimeError(f"batch {path} not completed within {TIMEOUT_S} s")
 
 
+async def _sample(monitor: Monitor, readings: list[tuple[datetime, CpuReading]]) -> None:
+    """Read the CPU counters every SAMPLE_S (local reads: nothing of the server's)."""
+    while True:
+        await asyncio.sleep(SAMPLE_S)
+        readings.append((datetime.now(UTC), monitor.read_cpu()))
+
+
 async def run_batch_scenario(
     base_url: str, workload: Workload, monitor: Monitor | None = None
 ) -> BatchResult:
@@ -115,17 +124,29 @@ async def run_batch_scenario(
     tag = uuid.uuid4().hex[:8]
     signers = workload.signers[:PARTNERS_MAX]
     bodies = [msgspec.json.encode({"items": _items(workload, p, tag)}) for p in range(len(signers))]
+    readings: list[tuple[datetime, CpuReading]] = []
     async with httpx.AsyncClient(timeout=60) as http:
         before = monitor.read_cpu() if monitor else None
         started = datetime.now(UTC)
-        done = await asyncio.gather(
-            *(
-                _one(http, base_url, signer, body)
-                for signer, body in zip(signers, bodies, strict=True)
+        sampling = asyncio.create_task(_sample(monitor, readings)) if monitor else None
+        try:
+            done = await asyncio.gather(
+                *(
+                    _one(http, base_url, signer, body)
+                    for signer, body in zip(signers, bodies, strict=True)
+                )
             )
-        )
-        window = Monitor.window(before, monitor.read_cpu()) if monitor and before else None
-    seconds = (max(d["completed_at"] for d in done) - started).total_seconds()
+        finally:
+            if sampling is not None:
+                sampling.cancel()
+    finished = max(d["completed_at"] for d in done)
+    seconds = (finished - started).total_seconds()
+    window = None
+    if monitor and before:
+        # CPU up to the first reading after the last batch completed, not up to the poll
+        # that saw it: the polls back off, and the idle wait is not the batches' cost.
+        end = next((r for at, r in readings if at >= finished), None) or monitor.read_cpu()
+        window = Monitor.window(before, end)
     posted = sum(d["posted"] for d in done)
     return BatchResult(
         name="batches",
