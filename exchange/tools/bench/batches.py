@@ -3,8 +3,8 @@ timed from the first upload to the last batch completed, as postings per second 
 pgbench's tps of the same run (target: at least 3 x).
 
 The end is the server's own `completed_at` of the last batch, not the moment a poll saw
-it, so the figure does not depend on when the bench looks; the CPU figures end at the
-first reading of the counters (every 0.25 s) after that moment. Each partner polls its
+it, so the figure does not depend on when the bench looks; the CPU figures end within
+0.25 s of that moment (`_cpu_when_done`). Each partner polls its
 batch's status as a patient partner would: after 1 s, then at doubling intervals up to
 8 s. Polling every second measurably took from the machine being measured: 50 partners'
 signed polls cost the bench's own process 8% of a core and the server some of its CPU
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import httpx
 import msgspec
 
@@ -33,7 +34,8 @@ PARTNERS_MAX = 50
 TIMEOUT_S = 900.0
 POLL_FIRST_S = 1.0  # then doubled after each poll, up to POLL_MAX_S
 POLL_MAX_S = 8.0
-SAMPLE_S = 0.25  # CPU readings, to end the CPU window when the last batch completed
+WATCH_S = 0.25  # how often the bench looks for the last batch's completion (locally)
+_COMPLETED_SQL = "SELECT count(*) FROM batches WHERE status = 'completed' AND created_at >= $1"
 
 
 @dataclass
@@ -110,25 +112,39 @@ async def _one(
     raise RuntimeError(f"batch {path} not completed within {TIMEOUT_S} s")
 
 
-async def _sample(monitor: Monitor, readings: list[tuple[datetime, CpuReading]]) -> None:
-    """Read the CPU counters every SAMPLE_S (local reads: nothing of the server's)."""
-    while True:
-        await asyncio.sleep(SAMPLE_S)
-        readings.append((datetime.now(UTC), monitor.read_cpu()))
+async def _cpu_when_done(
+    monitor: Monitor, database_url: str, started: datetime, batches: int
+) -> CpuReading:
+    """The CPU counters, read within WATCH_S of the last batch's completion: the CPU window
+    ends there, not at the (backed-off) poll that sees it. The bench asks PostgreSQL
+    directly, one small query every WATCH_S, which costs the machine far less than
+    signed polls or reading every process's counters that often."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        while True:
+            completed = await conn.fetchval(_COMPLETED_SQL, started)
+            if completed >= batches:
+                return monitor.read_cpu()
+            await asyncio.sleep(WATCH_S)
+    finally:
+        await conn.close()
 
 
 async def run_batch_scenario(
-    base_url: str, workload: Workload, monitor: Monitor | None = None
+    base_url: str, database_url: str, workload: Workload, monitor: Monitor | None = None
 ) -> BatchResult:
     """Every partner (up to 50) uploads one batch at the same moment; wait for all."""
     tag = uuid.uuid4().hex[:8]
     signers = workload.signers[:PARTNERS_MAX]
     bodies = [msgspec.json.encode({"items": _items(workload, p, tag)}) for p in range(len(signers))]
-    readings: list[tuple[datetime, CpuReading]] = []
     async with httpx.AsyncClient(timeout=60) as http:
         before = monitor.read_cpu() if monitor else None
         started = datetime.now(UTC)
-        sampling = asyncio.create_task(_sample(monitor, readings)) if monitor else None
+        watch = (
+            asyncio.create_task(_cpu_when_done(monitor, database_url, started, len(signers)))
+            if monitor
+            else None
+        )
         try:
             done = await asyncio.gather(
                 *(
@@ -136,17 +152,13 @@ async def run_batch_scenario(
                     for signer, body in zip(signers, bodies, strict=True)
                 )
             )
-        finally:
-            if sampling is not None:
-                sampling.cancel()
-    finished = max(d["completed_at"] for d in done)
-    seconds = (finished - started).total_seconds()
-    window = None
-    if monitor and before:
-        # CPU up to the first reading after the last batch completed, not up to the poll
-        # that saw it: the polls back off, and the idle wait is not the batches' cost.
-        end = next((r for at, r in readings if at >= finished), None) or monitor.read_cpu()
-        window = Monitor.window(before, end)
+        except BaseException:
+            if watch is not None:
+                watch.cancel()
+            raise
+        end = await watch if watch is not None else None
+    seconds = (max(d["completed_at"] for d in done) - started).total_seconds()
+    window = Monitor.window(before, end) if before and end else None
     posted = sum(d["posted"] for d in done)
     return BatchResult(
         name="batches",

@@ -371,9 +371,12 @@ def _batches(run: Run, workload: Workload, baseline: PgbenchResult) -> BatchResu
     """1,000-item batches from (up to) 50 partners at once: postings/s against pgbench."""
     assert run.server is not None
     assert run.monitor is not None
+    assert run.postgres is not None
     with run.phase("batches"), _statements_of(run, BATCHES):
         run.say("scenario batches: one 1,000-item batch per partner (up to 50), all at once")
-        result = asyncio.run(run_batch_scenario(run.server.base_url, workload, run.monitor))
+        result = asyncio.run(
+            run_batch_scenario(run.server.base_url, run.postgres.url(), workload, run.monitor)
+        )
     result.ratio_to_pgbench = (
         round(result.postings_per_s / baseline.tps, 3) if baseline.tps else None
     )
