@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -62,6 +63,13 @@ STALL_S = 0.2
 STOP_GRACE_S = 30.0  # a chunk takes milliseconds; this is for a database that stalls
 CHUNK_MAX = 250  # items per read, per ledger transaction and per results statement
 IN_FLIGHT_DEFAULT = 2  # batches processed at once per server process (2 connections each)
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    last: int  # the last position read
+    count: int  # items read
+    settled: bool  # every item read is decided
 
 
 class _Posted(msgspec.Struct):
@@ -214,34 +222,49 @@ class BatchService:
                 content_digest=batch.content_digest,
                 signature_base=bytes(batch.signature_base),
             )
-            while await self._process_chunk(batch.batch_id, batch.partner_id, proof):
-                if self._stopping:
-                    return False  # the rest stays pending; the lock goes with the owner
+            if not await self._process_items(batch.batch_id, batch.partner_id, proof):
+                return False  # stopping: the rest stays pending; the lock goes with the owner
             data = await store.complete_batch(owner, batch, self.clock.now())
         _log.info("batch_completed", **data)
         return True
 
-    async def _process_chunk(self, batch_id: str, partner_id: str, proof: SignatureProof) -> bool:
-        """Post the next pending items; False when none is left."""
+    async def _process_items(self, batch_id: str, partner_id: str, proof: SignatureProof) -> bool:
+        """Decide every item of the batch, in passes through the file: each pass reads on
+        from the last position read, and a pass that left an item undecided (busy in
+        another batch, the database away) is followed by another from the start. True once
+        a pass has decided everything it read; False when stopping."""
+        after, settled = 0, True
+        while not self._stopping:
+            read = await self._process_chunk(batch_id, partner_id, after, proof)
+            if read is not None:
+                after, settled = read.last, settled and read.settled
+            if read is None or read.count < self.chunk:  # the end of a pass
+                if settled:
+                    return True
+                after, settled = 0, True
+        return False
+
+    async def _process_chunk(
+        self, batch_id: str, partner_id: str, after: int, proof: SignatureProof
+    ) -> _Chunk | None:
+        """Post the next undecided items after position `after`; None when there is none."""
         async with self.engine.connect() as conn:
-            pending = await store.pending_items(conn, batch_id, partner_id, self.chunk)
+            pending = await store.pending_items(conn, batch_id, partner_id, after, self.chunk)
         if not pending:
-            return False
-        results: list[ItemResult] = []
+            return None
         fresh: list[PendingItem] = []
         seen: set[str] = set()
         for row in pending:
-            if row.first is not None:
-                results.append(row.first)
-            elif row.item_id not in seen:  # a repeat in this chunk waits for the first's result
+            # A repeated item id takes its first occurrence's result once that is recorded.
+            if row.item_id not in seen:
                 seen.add(row.item_id)
                 fresh.append(row)
-        results += [r for r in await self._post(partner_id, fresh, proof) if r is not None]
+        results = [r for r in await self._post(partner_id, fresh, proof) if r is not None]
         async with self.engine.begin() as conn:
             await store.record_results(conn, batch_id, partner_id, results)
         if not results:
             await asyncio.sleep(STALL_S)  # every item is busy elsewhere: let it finish
-        return True
+        return _Chunk(last=pending[-1].seq, count=len(pending), settled=len(results) == len(fresh))
 
     async def _post(
         self, partner_id: str, rows: Sequence[PendingItem], proof: SignatureProof
@@ -255,7 +278,7 @@ class BatchService:
             try:
                 command = item_command(partner_id, decode_item(row.payload))
             except ExchangeError as exc:  # refused as its single endpoint would refuse it
-                results.append(ItemResult(row.seq, row.item_id, "rejected", code=exc.code))
+                results.append(ItemResult(row.item_id, "rejected", code=exc.code))
                 continue
             requests.append(LedgerRequest(command, item_idempotency(row.item_id), proof))
             posted.append(row)
@@ -273,9 +296,9 @@ def _from_outcome(row: PendingItem, outcome: Outcome) -> ItemResult | None:
     if outcome.error is not None:
         if isinstance(outcome.error, ServiceUnavailable | RequestInProgress):
             return None
-        return ItemResult(row.seq, row.item_id, "rejected", code=outcome.error.code)
+        return ItemResult(row.item_id, "rejected", code=outcome.error.code)
     answer = msgspec.json.decode(outcome.body, type=_Posted)
-    return ItemResult(row.seq, row.item_id, "posted", transaction_id=answer.transaction_id)
+    return ItemResult(row.item_id, "posted", transaction_id=answer.transaction_id)
 
 
 def _new_items(items: Sequence[Item]) -> list[NewItem]:

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, func, select, text, update
+from sqlalchemy import Row, Select, and_, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from exchange.batches.tables import batch_items, batches
+from exchange.batches.tables import batch_item_results, batch_items, batches
 from partners.webhooks import events
 
 __all__ = [
@@ -30,7 +30,8 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class ItemResult:
-    seq: int
+    """An item id's first result."""
+
     item_id: str
     status: str  # posted | rejected
     transaction_id: str | None = None
@@ -39,21 +40,19 @@ class ItemResult:
 
 @dataclass(frozen=True, slots=True)
 class PendingItem:
-    """An item still to post, with its item id's first result if it already has one
-    (from any batch: then it is answered with that result and never posted)."""
+    """An item whose item id has no result yet."""
 
     seq: int
     item_id: str
     payload: str  # the item as JSON text, decoded by the caller straight into its struct
-    first: ItemResult | None
 
 
 # A file's items as three arrays (position, item id, the item as JSON text): one statement
 # per 2,000 items, where a multi-row `executemany` ran one statement per item (2.8 s of
 # PostgreSQL's time for the bench's 50,000 items; docs/performance.md, "Seventh round").
 _INSERT_ITEMS_SQL = text("""
-INSERT INTO batch_items (batch_id, seq, item_id, payload, status)
-SELECT :batch_id, i.seq, i.item_id, i.payload, 'pending'
+INSERT INTO batch_items (batch_id, seq, item_id, payload)
+SELECT :batch_id, i.seq, i.item_id, i.payload
 FROM unnest(
     CAST(:seqs AS integer[]), CAST(:item_ids AS text[]), CAST(:payloads AS jsonb[])
 ) AS i(seq, item_id, payload)
@@ -98,68 +97,54 @@ async def claim_next_batch(conn: AsyncConnection) -> Row[Any] | None:
     return (await conn.execute(query)).first()
 
 
-# The next pending items in file order, each with its item id's first result (one round
-# trip). The payload comes as text: decoding it in one msgspec call is cheaper than the
-# driver's JSON decoding followed by a conversion.
+# The next undecided items after position `after`, in file order. An item's result is its
+# item id's first result (contract §9: an item id is decided once, for ever), so an item is
+# pending exactly while `batch_item_results` has no row for its id, and an item's row is
+# never updated. The payload comes as text: decoding it in one msgspec call is cheaper
+# than the driver's JSON decoding followed by a conversion.
 _PENDING_SQL = text("""
-SELECT i.seq, i.item_id, i.payload::text AS payload,
-       r.status AS first_status, r.transaction_id AS first_transaction_id, r.code AS first_code
+SELECT i.seq, i.item_id, i.payload::text AS payload
 FROM batch_items AS i
-LEFT JOIN batch_item_results AS r ON r.partner_id = :partner_id AND r.item_id = i.item_id
-WHERE i.batch_id = :batch_id AND i.status = 'pending'
+WHERE i.batch_id = :batch_id AND i.seq > :after
+  AND NOT EXISTS (
+      SELECT 1 FROM batch_item_results AS r
+      WHERE r.partner_id = :partner_id AND r.item_id = i.item_id
+  )
 ORDER BY i.seq
 LIMIT :limit
 """)
 
 
 async def pending_items(
-    conn: AsyncConnection, batch_id: str, partner_id: str, limit: int
+    conn: AsyncConnection, batch_id: str, partner_id: str, after: int, limit: int
 ) -> list[PendingItem]:
+    """Up to `limit` undecided items after position `after`, in file order."""
     rows = await conn.execute(
-        _PENDING_SQL, {"batch_id": batch_id, "partner_id": partner_id, "limit": limit}
+        _PENDING_SQL,
+        {"batch_id": batch_id, "partner_id": partner_id, "after": after, "limit": limit},
     )
-    return [
-        PendingItem(
-            row.seq,
-            row.item_id,
-            row.payload,
-            None
-            if row.first_status is None
-            else ItemResult(
-                row.seq, row.item_id, row.first_status, row.first_transaction_id, row.first_code
-            ),
-        )
-        for row in rows
-    ]
+    return [PendingItem(row.seq, row.item_id, row.payload) for row in rows]
 
 
-# A chunk's results in one statement, as arrays: each item's result on the batch, and as
-# its item id's first result unless it has one. The first results are inserted in item id
-# order, so two processes recording the same ids wait for each other in one order.
+# A chunk's results in one statement, as arrays: each item id's first result. The rows
+# are inserted in item id order, so two processes recording the same ids wait for each
+# other in one order; an id another batch decided meanwhile keeps its first result.
 _RECORD_SQL = text("""
-WITH r AS (
-    SELECT * FROM unnest(
-        CAST(:seqs AS integer[]), CAST(:item_ids AS text[]), CAST(:statuses AS text[]),
-        CAST(:transaction_ids AS text[]), CAST(:codes AS text[])
-    ) AS r(seq, item_id, status, transaction_id, code)
-),
-firsts AS (
-    INSERT INTO batch_item_results (partner_id, item_id, status, transaction_id, code, batch_id)
-    SELECT DISTINCT ON (r.item_id) :partner_id, r.item_id, r.status, r.transaction_id, r.code,
-           :batch_id
-    FROM r ORDER BY r.item_id, r.seq
-    ON CONFLICT DO NOTHING
-)
-UPDATE batch_items AS b
-SET status = r.status, transaction_id = r.transaction_id, code = r.code
-FROM r WHERE b.batch_id = :batch_id AND b.seq = r.seq
+INSERT INTO batch_item_results (partner_id, item_id, status, transaction_id, code, batch_id)
+SELECT :partner_id, r.item_id, r.status, r.transaction_id, r.code, :batch_id
+FROM unnest(
+    CAST(:item_ids AS text[]), CAST(:statuses AS text[]),
+    CAST(:transaction_ids AS text[]), CAST(:codes AS text[])
+) AS r(item_id, status, transaction_id, code)
+ORDER BY r.item_id
+ON CONFLICT DO NOTHING
 """)
 
 
 async def record_results(
     conn: AsyncConnection, batch_id: str, partner_id: str, results: Sequence[ItemResult]
 ) -> None:
-    """Each item's result on the batch, and as the item id's first result unless it has one."""
+    """Each decided item id's first result (an id decided already keeps its own)."""
     if not results:
         return
     await conn.execute(
@@ -167,7 +152,6 @@ async def record_results(
         {
             "batch_id": batch_id,
             "partner_id": partner_id,
-            "seqs": [r.seq for r in results],
             "item_ids": [r.item_id for r in results],
             "statuses": [r.status for r in results],
             "transaction_ids": [r.transaction_id for r in results],
@@ -176,18 +160,46 @@ async def record_results(
     )
 
 
+def _items_with_results(batch_id: str) -> Select[Any]:
+    """Each item of the batch with its result, its item id's first result (NULLs while
+    pending)."""
+    return (
+        select(
+            batch_items.c.seq,
+            batch_items.c.item_id,
+            batch_item_results.c.status,
+            batch_item_results.c.transaction_id,
+            batch_item_results.c.code,
+        )
+        .select_from(batch_items)
+        .join(batches, batches.c.batch_id == batch_items.c.batch_id)
+        .join(
+            batch_item_results,
+            and_(
+                batch_item_results.c.partner_id == batches.c.partner_id,
+                batch_item_results.c.item_id == batch_items.c.item_id,
+            ),
+            isouter=True,
+        )
+        .where(batch_items.c.batch_id == batch_id)
+    )
+
+
+async def live_counts(conn: AsyncConnection, batch_id: str) -> dict[str, int]:
+    """How many of the batch's items are posted and rejected so far."""
+    decided = _items_with_results(batch_id).subquery()
+    rows = await conn.execute(
+        select(decided.c.status, func.count())
+        .where(decided.c.status.is_not(None))
+        .group_by(decided.c.status)
+    )
+    return {status: int(count) for status, count in rows.all()}
+
+
 async def complete_batch(conn: AsyncConnection, batch: Row[Any], at: datetime) -> dict[str, Any]:
     """Mark the batch completed and write `batch.completed` in the same database
     transaction (contract §10: no fact without its event)."""
-    counts: dict[str, int] = dict(
-        (
-            await conn.execute(
-                select(batch_items.c.status, func.count())
-                .where(batch_items.c.batch_id == batch.batch_id)
-                .group_by(batch_items.c.status)
-            )
-        ).all()
-    )
+    counts = await live_counts(conn, batch.batch_id)
     posted, rejected = int(counts.get("posted", 0)), int(counts.get("rejected", 0))
     await conn.execute(
         update(batches)
@@ -211,25 +223,13 @@ async def get_batch(conn: AsyncConnection, partner_id: str, batch_id: str) -> Ro
     return (await conn.execute(query)).first()
 
 
-async def live_counts(conn: AsyncConnection, batch_id: str) -> dict[str, int]:
-    rows = await conn.execute(
-        select(batch_items.c.status, func.count())
-        .where(batch_items.c.batch_id == batch_id)
-        .group_by(batch_items.c.status)
-    )
-    return {status: int(count) for status, count in rows.all()}
-
-
 async def list_results(
     conn: AsyncConnection, batch_id: str, after: int, limit: int
 ) -> list[Row[Any]]:
+    """The batch's decided items after position `after`, in file order."""
     query = (
-        select(batch_items)
-        .where(
-            batch_items.c.batch_id == batch_id,
-            batch_items.c.seq > after,
-            batch_items.c.status != "pending",
-        )
+        _items_with_results(batch_id)
+        .where(batch_items.c.seq > after, batch_item_results.c.status.is_not(None))
         .order_by(batch_items.c.seq)
         .limit(limit)
     )

@@ -1,5 +1,5 @@
-"""Batch tables: the accepted file (with its signature, the evidence for every item),
-its items and their results, and each item's first result for ever."""
+"""Batch tables: the accepted file (with its signature, the evidence for every item), its
+items, and each item id's first result for ever: the result of every item with that id."""
 
 from __future__ import annotations
 
@@ -49,9 +49,7 @@ batch_items = Table(
     Column("seq", Integer, nullable=False),  # 1-based position in the file
     Column("item_id", String(128), nullable=False),
     Column("payload", JSONB, nullable=False),
-    Column("status", String(16), nullable=False),  # pending | posted | rejected
-    Column("transaction_id", ID, nullable=True),
-    Column("code", String(64), nullable=True),
+    # Never updated: an item's result is its item id's first result (migration 0017).
     PrimaryKeyConstraint("batch_id", "seq"),
 )
 

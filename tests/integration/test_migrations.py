@@ -16,6 +16,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from exchange.batches import store as batch_store
 from exchange.clock import FrozenClock
 from exchange.db import alembic_config, create_engine, current_revision, head_revision, migrate
 from exchange.embedded import EmbeddedPostgres
@@ -65,6 +66,15 @@ async def _column(url: str, query: str) -> list[Any]:
     conn = await asyncpg.connect(url)
     try:
         return [row[0] for row in await conn.fetch(query)]
+    finally:
+        await conn.close()
+
+
+async def _rows(url: str, query: str) -> list[tuple[Any, ...]]:
+    """A query's rows as tuples, on a connection of its own."""
+    conn = await asyncpg.connect(url)
+    try:
+        return [tuple(row) for row in await conn.fetch(query)]
     finally:
         await conn.close()
 
@@ -211,3 +221,60 @@ async def test_ledger_books_comes_and_goes_with_0015_and_stays_volatile(
     assert await volatility() == []
     await asyncio.to_thread(migrate, database_url)
     assert await volatility() == ["v"]
+
+
+async def test_batch_item_results_read_the_same_through_0017_down_and_up(
+    database_url: str, engine: AsyncEngine, clock: FrozenClock
+) -> None:
+    """0017 drops each batch item's copy of its result (an item's result is its item id's
+    first result). Down and up over a batch with a posted, a rejected, a repeated and a
+    pending item: the downgrade writes back exactly the copy the old processor kept, and
+    after the upgrade the batch's results and counts read the same."""
+    await add_partner(engine, clock)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO batches (batch_id, partner_id, status, items, posted, rejected,"
+            " created_at, key_id, signature_input, signature, signature_base)"
+            " VALUES ('bat_1', 'grocer', 'processing', 4, 0, 0, now(), 'k', 'i', 's', 'b')"
+        )
+        await conn.execute(
+            "INSERT INTO batch_items (batch_id, seq, item_id, payload) VALUES"
+            " ('bat_1', 1, 'a', '{}'), ('bat_1', 2, 'b', '{}'), ('bat_1', 3, 'c', '{}'),"
+            " ('bat_1', 4, 'a', '{}')"
+        )
+        await conn.execute(
+            "INSERT INTO batch_item_results (partner_id, item_id, status, transaction_id, code,"
+            " batch_id) VALUES ('grocer', 'a', 'posted', 'txn_1', NULL, 'bat_1'),"
+            " ('grocer', 'b', 'rejected', NULL, 'insufficient_points', 'bat_1')"
+        )
+    finally:
+        await conn.close()
+
+    async def read() -> tuple[list[tuple[Any, ...]], dict[str, int]]:
+        async with engine.connect() as connection:
+            rows = await batch_store.list_results(connection, "bat_1", 0, 10)
+            counts = await batch_store.live_counts(connection, "bat_1")
+        return [tuple(row) for row in rows], counts
+
+    before = await read()
+    assert before == (
+        [
+            (1, "a", "posted", "txn_1", None),
+            (2, "b", "rejected", None, "insufficient_points"),
+            (4, "a", "posted", "txn_1", None),
+        ],
+        {"posted": 2, "rejected": 1},
+    )
+    await asyncio.to_thread(command.downgrade, alembic_config(database_url), "0016")
+    copied = await _rows(
+        database_url, "SELECT seq, status, transaction_id, code FROM batch_items ORDER BY seq"
+    )
+    assert copied == [
+        (1, "posted", "txn_1", None),
+        (2, "rejected", None, "insufficient_points"),
+        (3, "pending", None, None),
+        (4, "posted", "txn_1", None),
+    ]
+    await asyncio.to_thread(migrate, database_url)
+    assert await read() == before
