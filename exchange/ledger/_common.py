@@ -147,7 +147,8 @@ def repay_debt(book: MemberBook, at: datetime) -> list[Allocation]:
 
 
 def available_points(book: MemberBook, at: datetime) -> int:
-    return sum(lot.remaining for lot in book.spendable(at)) - book.debt
+    """The points of `book.spendable(at)`, less the debt (summed: no need to sort)."""
+    return sum(lot.remaining for lot in book.lots.values() if lot.spendable_at(at)) - book.debt
 
 
 def expire_lot(book: MemberBook, ctx: Context, lot: Lot, at: datetime) -> None:

@@ -149,6 +149,10 @@ class Lot:
     created_at: datetime
     source_lot_id: uuid.UUID | None = None  # a transferred lot: the sender's lot it came from
 
+    def spendable_at(self, at: datetime) -> bool:
+        """Whether the lot has points that can be spent at `at`."""
+        return self.remaining > 0 and self.matured and self.expires_at > at
+
     def sort_key(self) -> tuple[datetime, datetime, uuid.UUID]:
         """Spending order: soonest-expiring first, ties oldest first."""
         return (self.expires_at, self.created_at, self.lot_id)
@@ -250,11 +254,7 @@ class MemberBook:
 
     def spendable(self, at: datetime) -> list[Lot]:
         """Lots whose points can be spent at `at`, in spending order."""
-        lots = [
-            lot
-            for lot in self.lots.values()
-            if lot.remaining > 0 and lot.matured and lot.expires_at > at
-        ]
+        lots = [lot for lot in self.lots.values() if lot.spendable_at(at)]
         lots.sort(key=Lot.sort_key)
         return lots
 

@@ -78,7 +78,7 @@ def balance(book: MemberBook, now: datetime) -> Balance:
     pending = sum(lot.remaining for lot in book.lots.values() if not lot.matured)
     held = sum(hold.points for hold in book.holds.values() if hold.status is HoldStatus.OPEN)
     expiring: dict[datetime, int] = {}
-    for lot in sorted(book.lots.values(), key=Lot.sort_key):
+    for lot in book.lots.values():  # summed by date, then sorted by date: any order will do
         if lot.remaining > 0 and lot.expires_at > now:
             expiring[lot.expires_at] = expiring.get(lot.expires_at, 0) + lot.remaining
     soonest = sorted(expiring.items())[:EXPIRING_LOTS_SHOWN_MAX]
