@@ -54,7 +54,7 @@ _INSERT_ITEMS_SQL = text("""
 INSERT INTO batch_items (batch_id, seq, item_id, payload)
 SELECT :batch_id, i.seq, i.item_id, i.payload
 FROM unnest(
-    CAST(:seqs AS integer[]), CAST(:item_ids AS text[]), CAST(:payloads AS jsonb[])
+    CAST(:seqs AS integer[]), CAST(:item_ids AS text[]), CAST(:payloads AS text[])
 ) AS i(seq, item_id, payload)
 """)
 _ITEMS_PER_STATEMENT = 2000
@@ -100,10 +100,9 @@ async def claim_next_batch(conn: AsyncConnection) -> Row[Any] | None:
 # The next undecided items after position `after`, in file order. An item's result is its
 # item id's first result (contract §9: an item id is decided once, for ever), so an item is
 # pending exactly while `batch_item_results` has no row for its id, and an item's row is
-# never updated. The payload comes as text: decoding it in one msgspec call is cheaper
-# than the driver's JSON decoding followed by a conversion.
+# never updated.
 _PENDING_SQL = text("""
-SELECT i.seq, i.item_id, i.payload::text AS payload
+SELECT i.seq, i.item_id, i.payload
 FROM batch_items AS i
 WHERE i.batch_id = :batch_id AND i.seq > :after
   AND NOT EXISTS (

@@ -15,7 +15,6 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
 
 from exchange.tables import ID, metadata
 
@@ -48,7 +47,9 @@ batch_items = Table(
     Column("batch_id", ID, ForeignKey("batches.batch_id"), nullable=False),
     Column("seq", Integer, nullable=False),  # 1-based position in the file
     Column("item_id", String(128), nullable=False),
-    Column("payload", JSONB, nullable=False),
+    # The item as the exchange encoded it (`parse.encode_item`), read back by `decode_item`;
+    # text, not jsonb: nothing queries inside it (migration 0018).
+    Column("payload", Text, nullable=False),
     # Never updated: an item's result is its item id's first result (migration 0017).
     PrimaryKeyConstraint("batch_id", "seq"),
 )

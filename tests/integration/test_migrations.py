@@ -223,13 +223,14 @@ async def test_ledger_books_comes_and_goes_with_0015_and_stays_volatile(
     assert await volatility() == ["v"]
 
 
-async def test_batch_item_results_read_the_same_through_0017_down_and_up(
+async def test_batch_items_read_the_same_through_0017_and_0018_down_and_up(
     database_url: str, engine: AsyncEngine, clock: FrozenClock
 ) -> None:
     """0017 drops each batch item's copy of its result (an item's result is its item id's
-    first result). Down and up over a batch with a posted, a rejected, a repeated and a
-    pending item: the downgrade writes back exactly the copy the old processor kept, and
-    after the upgrade the batch's results and counts read the same."""
+    first result), and 0018 stores the items' payloads as text. Down and up over a batch
+    with a posted, a rejected, a repeated and a pending item: the downgrade writes back
+    exactly the copy the old processor kept, and after the upgrade the batch's results,
+    counts and pending item (with its payload) read the same."""
     await add_partner(engine, clock)
     conn = await asyncpg.connect(database_url)
     try:
@@ -240,7 +241,8 @@ async def test_batch_item_results_read_the_same_through_0017_down_and_up(
         )
         await conn.execute(
             "INSERT INTO batch_items (batch_id, seq, item_id, payload) VALUES"
-            " ('bat_1', 1, 'a', '{}'), ('bat_1', 2, 'b', '{}'), ('bat_1', 3, 'c', '{}'),"
+            " ('bat_1', 1, 'a', '{}'), ('bat_1', 2, 'b', '{}'),"
+            """ ('bat_1', 3, 'c', '{"item_id":"c","type":"earn","points":5}'),"""
             " ('bat_1', 4, 'a', '{}')"
         )
         await conn.execute(
@@ -251,11 +253,13 @@ async def test_batch_item_results_read_the_same_through_0017_down_and_up(
     finally:
         await conn.close()
 
-    async def read() -> tuple[list[tuple[Any, ...]], dict[str, int]]:
+    async def read() -> tuple[list[tuple[Any, ...]], dict[str, int], list[tuple[Any, ...]]]:
         async with engine.connect() as connection:
             rows = await batch_store.list_results(connection, "bat_1", 0, 10)
             counts = await batch_store.live_counts(connection, "bat_1")
-        return [tuple(row) for row in rows], counts
+            pending = await batch_store.pending_items(connection, "bat_1", "grocer", 0, 10)
+        items = [(item.seq, json.loads(item.payload)) for item in pending]
+        return [tuple(row) for row in rows], counts, items
 
     before = await read()
     assert before == (
@@ -265,6 +269,7 @@ async def test_batch_item_results_read_the_same_through_0017_down_and_up(
             (4, "a", "posted", "txn_1", None),
         ],
         {"posted": 2, "rejected": 1},
+        [(3, {"item_id": "c", "type": "earn", "points": 5})],
     )
     await asyncio.to_thread(command.downgrade, alembic_config(database_url), "0016")
     copied = await _rows(
