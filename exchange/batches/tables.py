@@ -44,7 +44,7 @@ Index("ix_batches_partner_id", batches.c.partner_id)
 batch_items = Table(
     "batch_items",
     metadata,
-    Column("batch_id", ID, ForeignKey("batches.batch_id"), nullable=False),
+    Column("batch_id", ID, nullable=False),  # checked per statement (migration 0019)
     Column("seq", Integer, nullable=False),  # 1-based position in the file
     Column("item_id", String(128), nullable=False),
     # The item as the exchange encoded it (`parse.encode_item`), read back by `decode_item`;
@@ -58,7 +58,7 @@ batch_items = Table(
 batch_item_results = Table(
     "batch_item_results",
     metadata,
-    Column("partner_id", ID, ForeignKey("partners.partner_id"), nullable=False),
+    Column("partner_id", ID, nullable=False),  # checked per statement (migration 0019)
     Column("item_id", String(128), nullable=False),
     Column("status", String(16), nullable=False),
     Column("transaction_id", ID, nullable=True),

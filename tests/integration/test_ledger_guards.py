@@ -262,3 +262,86 @@ async def test_a_parents_other_columns_still_change(engine: AsyncEngine, member:
 
 _COUNTS = "SELECT (SELECT count(*) FROM postings), (SELECT count(*) FROM entries), " \
     "(SELECT count(*) FROM lots)"  # fmt: skip
+
+
+# -- a batch's items and results (migration 0019) ---------------------------------------------
+
+_BATCH = (
+    "INSERT INTO batches (batch_id, partner_id, status, items, posted, rejected, created_at,"
+    " key_id, signature_input, signature, signature_base)"
+    " VALUES ('bat_1', 'grocer', 'processing', 2, 0, 0, now(), 'k', 'i', 's', 'b')"
+)
+_ITEMS = "INSERT INTO batch_items (batch_id, seq, item_id, payload) VALUES {rows}"
+_RESULTS = "INSERT INTO batch_item_results (partner_id, item_id, status, batch_id) VALUES {rows}"
+_BATCH_COUNTS = (
+    "SELECT (SELECT count(*) FROM batches), (SELECT count(*) FROM batch_items),"
+    " (SELECT count(*) FROM batch_item_results)"
+)
+
+
+@pytest.fixture
+async def batch(engine: AsyncEngine, member: str) -> str:
+    async with engine.begin() as conn:
+        await conn.execute(text(_BATCH))
+        await conn.execute(text(_ITEMS.format(rows="('bat_1', 1, 'a', '{}')")))
+    return "bat_1"
+
+
+@pytest.mark.usefixtures("batch")
+@pytest.mark.parametrize(
+    ("sql", "missing"),
+    [
+        (_ITEMS.format(rows="('bat_nope', 1, 'a', '{}')"), "batches.batch_id bat_nope"),
+        # one orphan among rows whose batch exists: the statement is refused whole
+        (
+            _ITEMS.format(rows="('bat_1', 2, 'b', '{}'), ('bat_nope', 1, 'a', '{}')"),
+            "batches.batch_id bat_nope",
+        ),
+        (_RESULTS.format(rows="('nope', 'a', 'posted', 'bat_1')"), "partners.partner_id nope"),
+    ],
+    ids=["item-batch", "item-batch-among-many", "result-partner"],
+)
+async def test_a_batch_row_naming_a_missing_parent_is_refused_and_changes_nothing(
+    engine: AsyncEngine, sql: str, missing: str
+) -> None:
+    async with engine.connect() as conn:
+        before = (await conn.execute(text(_BATCH_COUNTS))).one()
+    with pytest.raises(DBAPIError) as caught:
+        async with engine.begin() as conn:
+            await conn.execute(text(sql))
+    assert f"refers to {missing} that does not exist" in str(caught.value.orig)
+    assert getattr(caught.value.orig, "sqlstate", None) == "23503"
+    async with engine.connect() as conn:
+        assert (await conn.execute(text(_BATCH_COUNTS))).one() == before
+
+
+@pytest.mark.usefixtures("batch")
+async def test_items_and_results_with_their_parents_are_accepted(engine: AsyncEngine) -> None:
+    # The control for the refusals above.
+    async with engine.begin() as conn:
+        await conn.execute(text(_ITEMS.format(rows="('bat_1', 2, 'b', '{}')")))
+        await conn.execute(text(_RESULTS.format(rows="('grocer', 'a', 'posted', 'bat_1')")))
+    async with engine.connect() as conn:
+        assert (await conn.execute(text(_BATCH_COUNTS))).one() == (1, 2, 1)
+
+
+@pytest.mark.usefixtures("batch")
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DELETE FROM batches",
+        "TRUNCATE batches CASCADE",
+        "UPDATE batches SET batch_id = batch_id || 'x'",
+    ],
+)
+async def test_a_batch_is_never_deleted_nor_rekeyed(engine: AsyncEngine, sql: str) -> None:
+    message = await _refused(engine, sql)
+    assert "batches are referred to by their items" in message
+
+
+@pytest.mark.usefixtures("batch")
+async def test_a_batch_is_still_completed(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE batches SET batch_id = batch_id, status = 'completed', posted = 1")
+        )
