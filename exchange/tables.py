@@ -177,7 +177,9 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 
 # The columns of `postings` that hold the request that made the posting: what a partner
 # sent, not what the posting is. Its idempotency key with the response stored under it
-# (contract 2.2), and its verified signature (`exchange audit`).
+# (contract 2.2), and its verified signature (`exchange audit`): on the posting's own row,
+# or, for a posting made from a batch file, the file's signature stored once with its
+# batch (`batch_id`, migration 0020).
 KEY_COLUMNS = ("idempotency_key", "request_fingerprint", "response_status", "response")
 SIGNATURE_COLUMNS = (
     "signature_key_id",
@@ -185,6 +187,7 @@ SIGNATURE_COLUMNS = (
     "signature",
     "content_digest",
     "signature_base",
+    "batch_id",
 )
 REQUEST_COLUMNS = KEY_COLUMNS + SIGNATURE_COLUMNS
 
@@ -228,6 +231,9 @@ postings = Table(
     Column("signature", Text, nullable=True),
     Column("content_digest", Text, nullable=True),
     Column("signature_base", LargeBinary, nullable=True),
+    # A posting made from a batch file: the batch whose stored signature is its evidence
+    # (checked per statement, migration 0020), instead of a copy of it on every posting.
+    Column("batch_id", ID, nullable=True),
     CheckConstraint("points > 0", name="points"),
     CheckConstraint(
         "(idempotency_key IS NULL) = (request_fingerprint IS NULL) "
@@ -243,6 +249,7 @@ postings = Table(
         "AND (signature IS NOT NULL OR content_digest IS NULL)",
         name="signature",
     ),
+    CheckConstraint("batch_id IS NULL OR signature IS NULL", name="evidence"),
     CheckConstraint(
         "type <> 'adjustment' OR (partner_id IS NOT NULL AND unit_price IS NOT NULL)",
         name="adjustment",
@@ -434,7 +441,8 @@ idempotency_keys = Table(
     Column("created_at", DateTime(timezone=True)),
 )
 
-# The verified signature of each signed posting, as `exchange audit` reads it.
+# The verified signature of each signed posting, as `exchange audit` reads it: its own,
+# or its batch file's.
 posting_signatures = Table(
     "posting_signatures",
     views,

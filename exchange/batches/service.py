@@ -47,6 +47,7 @@ from exchange.clock import Clock
 from exchange.errors import BatchNotFound, ExchangeError, RequestInProgress, ServiceUnavailable
 from exchange.logs import get_logger
 from exchange.service import (
+    BatchEvidence,
     Idempotency,
     LedgerRequest,
     Outcome,
@@ -213,29 +214,20 @@ class BatchService:
             batch = await store.claim_next_batch(owner)
             if batch is None:
                 return False
-            # The upload's verified signature is stored with every posting of the batch:
-            # `exchange audit` re-verifies it, and the file's digest it covers names the items.
-            proof = SignatureProof(
-                key_id=batch.key_id,
-                signature_input=batch.signature_input,
-                signature=batch.signature,
-                content_digest=batch.content_digest,
-                signature_base=bytes(batch.signature_base),
-            )
-            if not await self._process_items(batch.batch_id, batch.partner_id, proof):
+            if not await self._process_items(batch.batch_id, batch.partner_id):
                 return False  # stopping: the rest stays pending; the lock goes with the owner
             data = await store.complete_batch(owner, batch, self.clock.now())
         _log.info("batch_completed", **data)
         return True
 
-    async def _process_items(self, batch_id: str, partner_id: str, proof: SignatureProof) -> bool:
+    async def _process_items(self, batch_id: str, partner_id: str) -> bool:
         """Decide every item of the batch, in passes through the file: each pass reads on
         from the last position read, and a pass that left an item undecided (busy in
         another batch, the database away) is followed by another from the start. True once
         a pass has decided everything it read; False when stopping."""
         after, settled = 0, True
         while not self._stopping:
-            read = await self._process_chunk(batch_id, partner_id, after, proof)
+            read = await self._process_chunk(batch_id, partner_id, after)
             if read is not None:
                 after, settled = read.last, settled and read.settled
             if read is None or read.count < self.chunk:  # the end of a pass
@@ -244,9 +236,7 @@ class BatchService:
                 after, settled = 0, True
         return False
 
-    async def _process_chunk(
-        self, batch_id: str, partner_id: str, after: int, proof: SignatureProof
-    ) -> _Chunk | None:
+    async def _process_chunk(self, batch_id: str, partner_id: str, after: int) -> _Chunk | None:
         """Post the next undecided items after position `after`; None when there is none."""
         async with self.engine.connect() as conn:
             pending = await store.pending_items(conn, batch_id, partner_id, after, self.chunk)
@@ -259,7 +249,7 @@ class BatchService:
             if row.item_id not in seen:
                 seen.add(row.item_id)
                 fresh.append(row)
-        results = [r for r in await self._post(partner_id, fresh, proof) if r is not None]
+        results = [r for r in await self._post(batch_id, partner_id, fresh) if r is not None]
         async with self.engine.begin() as conn:
             await store.record_results(conn, batch_id, partner_id, results)
         if not results:
@@ -267,10 +257,14 @@ class BatchService:
         return _Chunk(last=pending[-1].seq, count=len(pending), settled=len(results) == len(fresh))
 
     async def _post(
-        self, partner_id: str, rows: Sequence[PendingItem], proof: SignatureProof
+        self, batch_id: str, partner_id: str, rows: Sequence[PendingItem]
     ) -> list[ItemResult | None]:
         """Post the chunk's items as one unit; None for an item not decided (it stays
         pending and is tried again)."""
+        # The upload's verified signature, stored once with the batch, is the evidence of
+        # every posting made from it: `exchange audit` re-verifies it, and the file's digest
+        # it covers names the items.
+        evidence = BatchEvidence(batch_id)
         results: list[ItemResult | None] = []
         requests: list[LedgerRequest] = []
         posted: list[PendingItem] = []
@@ -280,7 +274,7 @@ class BatchService:
             except ExchangeError as exc:  # refused as its single endpoint would refuse it
                 results.append(ItemResult(row.item_id, "rejected", code=exc.code))
                 continue
-            requests.append(LedgerRequest(command, item_idempotency(row.item_id), proof))
+            requests.append(LedgerRequest(command, item_idempotency(row.item_id), evidence))
             posted.append(row)
         if not requests:
             return results

@@ -24,6 +24,7 @@ from exchange.service._adjustments import (
     adjustment_view,
 )
 from exchange.service._commands import (
+    BatchEvidence,
     Burn,
     CaptureHold,
     Command,
@@ -48,6 +49,7 @@ __all__ = [
     "PAGE_SIZE_MAX",
     "AdjustmentService",
     "Approver",
+    "BatchEvidence",
     "Burn",
     "CaptureHold",
     "Command",

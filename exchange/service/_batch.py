@@ -32,6 +32,7 @@ from exchange.ledger import (
     void_hold,
 )
 from exchange.service._commands import (
+    BatchEvidence,
     Burn,
     CaptureHold,
     Command,
@@ -41,6 +42,7 @@ from exchange.service._commands import (
     Outcome,
     Render,
     Reverse,
+    SignatureProof,
     VoidHold,
 )
 
@@ -108,7 +110,8 @@ def apply_rule(
             )
         )
         keyed = None
-    proof = request.signature
+    evidence = request.signature
+    proof = evidence if isinstance(evidence, SignatureProof) else None
     batch.posting_requests[posting.posting_id] = store.PostingRequest(
         idempotency_key=keyed.key if keyed else None,
         request_fingerprint=keyed.fingerprint if keyed else None,
@@ -119,6 +122,7 @@ def apply_rule(
         signature=proof.signature if proof else None,
         content_digest=proof.content_digest if proof else None,
         signature_base=proof.signature_base if proof else None,
+        batch_id=evidence.batch_id if isinstance(evidence, BatchEvidence) else None,
     )
 
 

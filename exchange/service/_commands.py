@@ -118,6 +118,14 @@ class SignatureProof:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchEvidence:
+    """A batch item's evidence: the verified signature of the file it came in, stored once
+    with its batch (`batches`) and named by each of its postings, not copied onto each."""
+
+    batch_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class NonceClaim:
     """A signature's (keyid, nonce), written in the posting's own database transaction.
 
@@ -135,7 +143,7 @@ class NonceClaim:
 class LedgerRequest:
     command: Command
     idempotency: Idempotency | None = None
-    signature: SignatureProof | None = None
+    signature: SignatureProof | BatchEvidence | None = None
     nonce: NonceClaim | None = None
 
 

@@ -47,8 +47,9 @@ class IdempotencyRecord(msgspec.Struct, frozen=True, array_like=True):
 class PostingRequest(msgspec.Struct, frozen=True, array_like=True):
     """What a posting keeps of the request that made it, on its own row (migration 0014):
     the partner's idempotency key with the response stored under it (contract 2.2), and
-    the verified signature (`exchange audit` re-verifies it). All None for a posting no
-    request made (expiry, maturing points) or made without a key or a signature."""
+    the verified signature (`exchange audit` re-verifies it), or the batch whose stored
+    signature is the evidence. All None for a posting no request made (expiry, maturing
+    points) or made without a key or a signature."""
 
     idempotency_key: str | None = None
     request_fingerprint: bytes | None = None
@@ -59,6 +60,7 @@ class PostingRequest(msgspec.Struct, frozen=True, array_like=True):
     signature: str | None = None
     content_digest: str | None = None
     signature_base: bytes | None = None
+    batch_id: str | None = None
 
 
 NO_REQUEST = PostingRequest()

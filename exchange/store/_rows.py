@@ -76,6 +76,7 @@ class PostingRow(msgspec.Struct, frozen=True, array_like=True):
     signature: str | None
     content_digest: str | None
     signature_base: bytes | None
+    batch_id: str | None
 
 
 class EntryRow(msgspec.Struct, frozen=True, array_like=True):

@@ -117,6 +117,50 @@ async def test_a_json_batch_posts_each_item_and_a_refused_item_affects_no_other(
     assert audit.key_id == grocer.key_id
 
 
+async def test_a_batch_posting_names_its_batch_whose_signature_is_its_evidence(
+    client: httpx.AsyncClient,
+    grocer: OnboardedPartner,
+    clock: FrozenClock,
+    app: Litestar,
+    database_url: str,
+) -> None:
+    """The file's signature is stored once, with its batch: each posting names the batch
+    and carries no copy, and `exchange audit` re-verifies the batch's signature for it, so
+    tampering with that one stored signature fails the audit of every posting."""
+    member_id = await _member(grocer)
+    items = [
+        {"item_id": f"v-{n}", "type": "earn", "member_id": member_id, "reference": "r", "points": 1}
+        for n in range(3)
+    ]
+    batch_id = (await _submit(client, grocer, clock, items)).json()["batch_id"]
+    await _finished(client, grocer, clock, batch_id)
+    results = await _results(client, grocer, clock, batch_id)
+    services: Services = app.state.services
+    for result in results:
+        audit = await verify_transaction(services.engine, result["transaction_id"])
+        assert audit.valid, audit.describe()
+        assert (audit.key_id, audit.partner_id) == (grocer.key_id, "grocer")
+    conn = await asyncpg.connect(libpq_url(database_url))
+    try:
+        stored = await conn.fetch(
+            "SELECT batch_id, signature, signature_base FROM postings WHERE batch_id IS NOT NULL"
+        )
+        assert [tuple(row) for row in stored] == [(batch_id, None, None)] * 3
+        # Only a superuser switching triggers off could do this.
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.execute(
+                "UPDATE batches SET signature_base = signature_base || 'x' WHERE batch_id = $1",
+                batch_id,
+            )
+    finally:
+        await conn.close()
+    for result in results:
+        audit = await verify_transaction(services.engine, result["transaction_id"])
+        assert audit.valid is False
+        assert "signature INVALID" in audit.describe()
+
+
 async def test_an_item_id_posts_once_for_ever_across_batches(
     client: httpx.AsyncClient, grocer: OnboardedPartner, clock: FrozenClock
 ) -> None:

@@ -126,7 +126,7 @@ async def test_a_tampered_stored_signature_base_is_reported_invalid(
         await conn.execute(text("SET LOCAL session_replication_role = replica"))
         await conn.execute(
             text(
-                "UPDATE posting_signatures SET signature_base = "
+                "UPDATE postings SET signature_base = "
                 "convert_to(replace(convert_from(signature_base, 'UTF8'), "
                 "'\"@path\": /v1/earn', '\"@path\": /v1/burn'), 'UTF8') "
                 "WHERE posting_id = :posting_id"

@@ -165,6 +165,11 @@ _MISSING_POSTING = "'00000000-0000-7000-8000-000000000000'"
             "postings.posting_id 00000000-0000-7000-8000-000000000000",
         ),
         (
+            "INSERT INTO postings (posting_id, type, member_id, points, posted_at, batch_id)"
+            " VALUES (gen_random_uuid(), 'maturation', :member, 1, now(), 'bat_nope')",
+            "batches.batch_id bat_nope",
+        ),
+        (
             "INSERT INTO entries (posting_id, line, account, owner, amount, posted_at)"
             " SELECT p.id::uuid, v.line, 'available', :member, v.amount, now()"
             " FROM (VALUES (" + _MISSING_POSTING + ")) AS p(id), (VALUES (0, 3), (1, -3))"
@@ -183,7 +188,7 @@ _MISSING_POSTING = "'00000000-0000-7000-8000-000000000000'"
         ),
     ],
     ids=[
-        "posting-member", "posting-partner", "posting-reverses", "entry-posting",
+        "posting-member", "posting-partner", "posting-reverses", "posting-batch", "entry-posting",
         "lot-member", "lot-issuer", "lot-earn", "lot-source",
     ],
 )  # fmt: skip
@@ -345,3 +350,16 @@ async def test_a_batch_is_still_completed(engine: AsyncEngine) -> None:
         await conn.execute(
             text("UPDATE batches SET batch_id = batch_id, status = 'completed', posted = 1")
         )
+
+
+async def test_a_posting_has_one_evidence_at_most(engine: AsyncEngine, member: str) -> None:
+    # Its own signature or its batch's, never both (ck_postings_evidence).
+    async with engine.begin() as conn:
+        await conn.execute(text(_BATCH))
+    message = await _refused(
+        engine,
+        "INSERT INTO postings (posting_id, type, member_id, points, posted_at, batch_id,"
+        " signature_key_id, signature_input, signature, signature_base) VALUES"
+        f" (gen_random_uuid(), 'maturation', '{member}', 1, now(), 'bat_1', 'k', 'i', 's', 'b')",
+    )
+    assert "ck_postings_evidence" in message

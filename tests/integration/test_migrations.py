@@ -20,7 +20,14 @@ from exchange.batches import store as batch_store
 from exchange.clock import FrozenClock
 from exchange.db import alembic_config, create_engine, current_revision, head_revision, migrate
 from exchange.embedded import EmbeddedPostgres
-from exchange.service import Earn, Idempotency, LedgerRequest, LedgerService, SignatureProof
+from exchange.service import (
+    BatchEvidence,
+    Earn,
+    Idempotency,
+    LedgerRequest,
+    LedgerService,
+    SignatureProof,
+)
 from migrations.metadata import metadata
 from tests.support import add_partner, enrol, fingerprint, submit
 
@@ -283,3 +290,46 @@ async def test_batch_items_read_the_same_through_0017_and_0018_down_and_up(
     ]
     await asyncio.to_thread(migrate, database_url)
     assert await read() == before
+
+
+async def test_a_batch_postings_evidence_reads_the_same_through_0020_down_and_up(
+    database_url: str, engine: AsyncEngine, ledger: LedgerService, clock: FrozenClock
+) -> None:
+    """0020 stores a batch posting's evidence once, with its batch. Down and up over a
+    batch posting and a signed single posting: `posting_signatures` (what the audit reads)
+    shows the same evidence for both all the way, the downgrade copying the batch's
+    signature back onto its posting."""
+    await add_partner(engine, clock)
+    member = await enrol(ledger, "grocer")
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO batches (batch_id, partner_id, status, items, posted, rejected,"
+            " created_at, key_id, signature_input, signature, content_digest, signature_base)"
+            " VALUES ('bat_1', 'grocer', 'processing', 1, 0, 0, now(), 'batch-key',"
+            " 'sig1=(\"content-digest\")', ':YmF0Y2g=:', 'sha-256=:x:', 'the file''s base')"
+        )
+    finally:
+        await conn.close()
+    earn = Earn("grocer", member, "r", points=10)
+    single = SignatureProof("grocer-key", 'sig1=("@method")', ":c2ln:", None, b"base")
+    await ledger.submit(
+        [
+            LedgerRequest(earn, Idempotency("k-1", fingerprint(earn)), signature=single),
+            LedgerRequest(earn, Idempotency("batch-item:i-1", b"i-1"), BatchEvidence("bat_1")),
+        ]
+    )
+    evidence = "SELECT * FROM posting_signatures ORDER BY key_id"
+    before = await _rows(database_url, evidence)
+    assert [(row[1], bytes(row[5])) for row in before] == [
+        ("batch-key", b"the file's base"),
+        ("grocer-key", b"base"),
+    ]
+    copies = "SELECT count(*) FROM postings WHERE signature IS NOT NULL"
+    assert await _column(database_url, copies) == [1]
+
+    await asyncio.to_thread(command.downgrade, alembic_config(database_url), "0019")
+    assert await _rows(database_url, evidence) == before
+    assert await _column(database_url, copies) == [2]
+    await asyncio.to_thread(migrate, database_url)
+    assert await _rows(database_url, evidence) == before
