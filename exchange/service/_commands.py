@@ -143,6 +143,8 @@ class NonceClaim:
 class LedgerRequest:
     command: Command
     idempotency: Idempotency | None = None
+    # The evidence kept with the posting: the request's verified signature, or for a batch
+    # item its batch, whose stored signature covers the whole file.
     signature: SignatureProof | BatchEvidence | None = None
     nonce: NonceClaim | None = None
 
