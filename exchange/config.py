@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 import re
 from collections.abc import Mapping
@@ -168,6 +169,19 @@ def _reminder_days(value: str) -> tuple[int, ...]:
     return tuple(reversed(days))
 
 
+@functools.lru_cache(maxsize=8)
+def _authority(public_url: str) -> str:
+    """`Settings.authority`, once per URL: every signed request reads it."""
+    parts = urlsplit(public_url)
+    host = (parts.hostname or "").lower()
+    if ":" in host:  # an IPv6 literal keeps its brackets, as clients send it
+        host = f"[{host}]"
+    default_port = 443 if parts.scheme == "https" else 80
+    if parts.port is None or parts.port == default_port:
+        return host
+    return f"{host}:{parts.port}"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """The exchange's configuration. Build it with `Settings.from_env()` or directly in tests."""
@@ -213,14 +227,7 @@ class Settings:
     @property
     def authority(self) -> str:
         """The `@authority` partners sign: host[:port], port only when not the scheme default."""
-        parts = urlsplit(self.public_url)
-        host = (parts.hostname or "").lower()
-        if ":" in host:  # an IPv6 literal keeps its brackets, as clients send it
-            host = f"[{host}]"
-        default_port = 443 if parts.scheme == "https" else 80
-        if parts.port is None or parts.port == default_port:
-            return host
-        return f"{host}:{parts.port}"
+        return _authority(self.public_url)
 
     def with_changes(self, **changes: Any) -> Settings:
         return replace(self, **changes)
