@@ -129,7 +129,7 @@ class MembersService:
             try:
                 async with driver_connection(self.engine) as conn:
                     with store.translate_errors():
-                        async with conn.transaction():
+                        async with store.transaction(conn):
                             return await self._transfer(
                                 conn, member_id, to_member_id, points, idempotency
                             )

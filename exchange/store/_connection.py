@@ -4,24 +4,62 @@ Every store function takes a `Connection`. The hot path gets one from
 `exchange.db.driver_connection` and drives its database transaction with `transaction`;
 code that already holds a SQLAlchemy `AsyncConnection` (inside `engine.begin()`) reaches
 the same driver connection, inside the same database transaction, with `driver_of`.
+
+A ledger transaction plans its statements with sequential scans disabled
+(`SET LOCAL enable_seqscan = off`, sent with `BEGIN` in one round trip). Its statements
+find rows by key, and their plans are kept per connection (docs/performance.md, "Fourth
+round"); a plan made while the journal was nearly empty would otherwise read it whole
+until the next `ANALYZE`, at a cost growing with the journal (docs/performance.md,
+"Fourteenth round"). A table without an index for a statement is still read
+sequentially: the setting only rules the scan out where an index can serve.
 """
 
 from __future__ import annotations
 
+from types import TracebackType
 from typing import Any, TypeAlias
 
 import asyncpg
-from asyncpg.transaction import Transaction
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["Connection", "driver_of", "transaction"]
+__all__ = ["Connection", "LedgerTransaction", "driver_of", "transaction"]
 
 Connection: TypeAlias = asyncpg.Connection
 
+_BEGIN = "BEGIN; SET LOCAL enable_seqscan = off"
 
-def transaction(conn: Connection) -> Transaction:
-    """A database transaction on `conn` (`async with store.transaction(conn):`)."""
-    return conn.transaction()
+
+class LedgerTransaction:
+    """`async with`: BEGIN (planning by key, above), then COMMIT, or ROLLBACK on an error.
+
+    As asyncpg's own transaction block does: an error while rolling back (the connection
+    lost) is the one raised, and `exchange.db.driver_connection` then discards the
+    connection.
+    """
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    async def __aenter__(self) -> None:
+        await self._conn.execute(_BEGIN)
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if kind is None:
+            await self._conn.execute("COMMIT")
+        elif not self._conn.is_closed():
+            await self._conn.execute("ROLLBACK")
+
+
+def transaction(conn: Connection) -> LedgerTransaction:
+    """A ledger database transaction on `conn` (`async with store.transaction(conn):`)."""
+    return LedgerTransaction(conn)
 
 
 async def driver_of(conn: AsyncConnection | Connection) -> Connection:
