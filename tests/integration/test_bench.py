@@ -80,7 +80,8 @@ def test_only_refuses_an_unknown_scenario_before_starting_anything() -> None:
 def test_only_batches_runs_the_batch_scenario_alone_against_its_pgbench_baseline(
     tmp_path: Path,
 ) -> None:
-    """With --statements too: the batch scenario's own PostgreSQL statements are kept."""
+    """With --statements too: the batch scenario's own PostgreSQL statements are kept. With
+    --lots 3, every member starts with three open lots (three opening earns each)."""
     out = tmp_path / "bench.json"
     env = {key: value for key, value in os.environ.items() if not key.startswith("EXCHANGE_")}
     result = subprocess.run(
@@ -88,7 +89,7 @@ def test_only_batches_runs_the_batch_scenario_alone_against_its_pgbench_baseline
             *BENCH,
             *("--only", "batches", "--seconds", "2", "--clients", "4", "--members", "200"),
             *("--partners", "2", "--workers", "1", "--out", str(out)),
-            *("--data-dir", str(tmp_path / "data"), "--statements"),
+            *("--data-dir", str(tmp_path / "data"), "--statements", "--lots", "3"),
         ],
         env=env,
         capture_output=True,
@@ -100,6 +101,9 @@ def test_only_batches_runs_the_batch_scenario_alone_against_its_pgbench_baseline
     report = json.loads(out.read_text())
     assert report["baseline"]["tps"] > 0
     assert report["scenarios"] == {}
+    setup = report["setup"]
+    assert (setup["report"]["lots_per_member"], setup["report"]["opening_earns"]) == (3, 600)
+    assert "200 members, 3 open lots each" in result.stdout
     batches = report["batches"]
     assert (batches["batches"], batches["posted"], batches["rejected"]) == (2, 2000, 0)
     assert batches["ratio_to_pgbench"] > 0

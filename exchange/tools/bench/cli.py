@@ -75,6 +75,14 @@ def _scenarios(value: str) -> tuple[str, ...]:
 @click.option("--members", default=100_000, show_default=True, type=click.IntRange(10, 10**7))
 @click.option("--partners", default=50, show_default=True, type=click.IntRange(1, 1000))
 @click.option(
+    "--lots",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 10_000),
+    help="Open lots per member at the start: that many opening earns each. A member who"
+    " earns daily and seldom burns has hundreds; each posting and read loads them all.",
+)
+@click.option(
     "--soak",
     default=0,
     show_default=True,

@@ -89,6 +89,7 @@ class Options:
     profile: bool
     only: tuple[str, ...] = ()  # scenario names; empty: every scenario
     statements: bool = False  # pg_stat_statements per scenario (exchange.tools.bench.statements)
+    lots: int = 1  # opening earns, so open lots, per member (setup.build_population)
 
     def runs(self, name: str) -> bool:
         return not self.only or name in self.only
@@ -299,12 +300,16 @@ def _setup(run: Run) -> tuple[Workload, SetupReport, VerifyReport]:
                 partners=options.partners,
                 members=options.members,
                 progress=run.say,
+                lots=options.lots,
             )
         finally:
             await engine.dispose()
 
     with run.phase("setup"):
-        run.say(f"setup: {options.partners} partners, {options.members:,} members")
+        run.say(
+            f"setup: {options.partners} partners, {options.members:,} members"
+            f", {options.lots} open lot{'s' if options.lots > 1 else ''} each"
+        )
         workload, setup = asyncio.run(populate())
     with run.phase("verify_setup"):
         check, seconds = asyncio.run(_verify(url))

@@ -9,6 +9,10 @@
 - Opening balances are real earns through `LedgerService.submit` (many `Earn`s per call,
   a SystemClock), so every posting, entry, lot and partner counter is the ledger's own.
   The hot members of the burn scenario get a balance big enough for the whole run.
+  `lots` earns per member (`exchange bench --lots`, default 1) give each member that many
+  open lots: a member who earns every day and seldom burns has hundreds, and a posting or
+  a balance read loads every open lot of its member (docs/performance.md, "Fifteenth
+  round").
 - `exchange.verify.verify_ledger` must then come back clean: that is the proof.
 """
 
@@ -58,6 +62,7 @@ Progress = Callable[[str], None]
 class SetupReport:
     partners: int = 0
     members: int = 0
+    lots_per_member: int = 1
     opening_earns: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -121,38 +126,43 @@ async def _insert_members(
 
 
 async def _opening_balances(
-    engine: AsyncEngine, workload: Workload, hot: frozenset[str], progress: Progress
+    engine: AsyncEngine, workload: Workload, hot: frozenset[str], lots: int, progress: Progress
 ) -> int:
-    """An earn per member from its enrolling partner, through the ledger, in big batches."""
+    """`lots` earns per member from its enrolling partner, through the ledger, in big
+    batches: round after round over the members, each earn a lot of its own."""
     ledger = build_services(Settings(), engine, SystemClock()).ledger
-    requests = [
-        LedgerRequest(
+    total = len(workload.members) * lots
+
+    def request(number: int) -> LedgerRequest:
+        round_, index = divmod(number, len(workload.members))
+        member_id = workload.members[index]
+        first = round_ == 0
+        return LedgerRequest(
             Earn(
                 workload.signers[workload.home(index)].partner_id,
                 member_id,
-                f"bench-opening-{index}",
-                points=HOT_MEMBER_POINTS if member_id in hot else OPENING_POINTS,
+                f"bench-opening-{index}" if first else f"bench-opening-{index}-{round_}",
+                points=HOT_MEMBER_POINTS if first and member_id in hot else OPENING_POINTS,
             )
         )
-        for index, member_id in enumerate(workload.members)
-    ]
-    batches = [requests[i : i + EARN_BATCH] for i in range(0, len(requests), EARN_BATCH)]
+
     gate = asyncio.Semaphore(EARN_BATCHES_IN_FLIGHT)
     done = 0
 
-    async def submit(batch: list[LedgerRequest]) -> None:
+    async def submit(start: int) -> None:
         nonlocal done
-        async with gate:
+        async with gate:  # built inside the gate: a million requests never sit in memory
+            batch = [request(n) for n in range(start, min(start + EARN_BATCH, total))]
             outcomes = await ledger.submit(batch)
         refused = [outcome for outcome in outcomes if outcome.status_code != 201]
         if refused:
             raise RuntimeError(f"the ledger refused an opening earn: {refused[0]}")
         done += len(batch)
         if done % (EARN_BATCH * 20) == 0:
-            progress(f"  opening balances: {done:,} / {len(requests):,}")
+            progress(f"  opening balances: {done:,} / {total:,}")
 
-    await asyncio.gather(*(submit(batch) for batch in batches))
-    return len(requests)
+    await asyncio.gather(*(submit(start) for start in range(0, total, EARN_BATCH)))
+    return total
 
 
 async def build_population(
@@ -163,9 +173,10 @@ async def build_population(
     partners: int,
     members: int,
     progress: Progress,
+    lots: int = 1,
 ) -> tuple[Workload, SetupReport]:
     """Partners with keys, members linked to them, opening balances; see the module doc."""
-    report = SetupReport(partners=partners, members=members)
+    report = SetupReport(partners=partners, members=members, lots_per_member=lots)
     started = time.perf_counter()
     _, token = await create_operator_token(engine, "admin", "bench")
     signers = await _onboard(base_url, token, partners)
@@ -181,7 +192,7 @@ async def build_population(
     hot = member_ids[: min(HOT_MEMBERS, members)]
     workload = Workload(authority, signers, member_ids, hot)
     started = time.perf_counter()
-    report.opening_earns = await _opening_balances(engine, workload, frozenset(hot), progress)
+    report.opening_earns = await _opening_balances(engine, workload, frozenset(hot), lots, progress)
     report.seconds["opening_balances"] = round(time.perf_counter() - started, 2)
     progress(
         f"  {report.opening_earns:,} opening earns through LedgerService.submit "
