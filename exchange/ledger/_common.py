@@ -147,8 +147,10 @@ def repay_debt(book: MemberBook, at: datetime) -> list[Allocation]:
 
 
 def available_points(book: MemberBook, at: datetime) -> int:
-    """The points of `book.spendable(at)`, less the debt (summed: no need to sort)."""
-    return sum(lot.remaining for lot in book.lots.values() if lot.spendable_at(at)) - book.debt
+    """The points of the book's spendable lots, loaded or not (`MemberBook.unloaded`), less
+    the debt (summed: no need to sort)."""
+    loaded = sum(lot.remaining for lot in book.lots.values() if lot.spendable_at(at))
+    return loaded + book.unloaded - book.debt
 
 
 def expire_lot(book: MemberBook, ctx: Context, lot: Lot, at: datetime) -> None:

@@ -12,6 +12,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from exchange.errors import InvariantViolation
+
 if TYPE_CHECKING:  # ids are values here: the core never makes one (see `IdFactory`)
     import uuid
 
@@ -235,6 +237,13 @@ class MemberBook:
     `debt` is the shortfall of earn reversals that found the points already spent; the
     invariant kept by the rules is: debt > 0 implies no spendable lot has points left
     (points that become spendable repay the debt first).
+
+    `unloaded` is non-zero only in a partial book: the points of lots the store left out
+    because no earn can touch them and no balance lists them (matured, with points left,
+    expiring after the loaded lots' five soonest expiry dates and after every moment the
+    book is used at; the member owes no debt and has no open hold). They count in the
+    available points; `spendable` refuses a partial book, so a rule that draws on lots
+    (a burn, a hold, a transfer, a reversal) can never run on one.
     """
 
     member_id: str
@@ -247,6 +256,7 @@ class MemberBook:
     changed_holds: set[uuid.UUID] = field(default_factory=set)
     matured_lots: set[uuid.UUID] = field(default_factory=set)
     initial_debt: int = -1
+    unloaded: int = 0
 
     def __post_init__(self) -> None:
         if self.initial_debt < 0:
@@ -254,6 +264,10 @@ class MemberBook:
 
     def spendable(self, at: datetime) -> list[Lot]:
         """Lots whose points can be spent at `at`, in spending order."""
+        if self.unloaded:
+            raise InvariantViolation(
+                f"member {self.member_id}'s book is partial: no rule may draw on its lots"
+            )
         lots = [lot for lot in self.lots.values() if lot.spendable_at(at)]
         lots.sort(key=Lot.sort_key)
         return lots

@@ -109,8 +109,9 @@ class MembersService:
     ) -> dict[store.BalanceKey, tuple[Balance, TierStatus]]:
         now = self.clock.now()  # after every request read here arrived
         async with driver_connection(self.engine) as conn:
+            # Partial books (`MemberBook.unloaded`): balances at `now`, taken before the read.
             loaded = await store.read_books_with_qualifying(
-                conn, keys, since=now - QUALIFYING_WINDOW
+                conn, keys, since=now - QUALIFYING_WINDOW, due_by=now
             )
         read: dict[store.BalanceKey, tuple[Balance, TierStatus]] = {}
         for key, (book, closed_until, qualifying) in loaded.items():

@@ -67,6 +67,10 @@ from exchange.views import (
 __all__ = ["PAGE_SIZE_DEFAULT", "PAGE_SIZE_MAX", "LedgerService"]
 
 RETRIES_MAX = 5
+# A batch of earns reads partial books good until this long after its claim began; its
+# rules run after the locks are granted, and a batch that waited longer for them reads
+# the books again, whole (`_load`).
+PARTIAL_BOOK_MARGIN = timedelta(seconds=60)
 RETRY_BACKOFF_S = 0.005
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 200
@@ -138,14 +142,15 @@ class LedgerService:
         self,
         conn: Connection,
         batch: PendingBatch,
-        read: tuple[store.Locked, store.Books] | None,
+        read: tuple[store.Locked, store.Books, datetime | None] | None,
     ) -> dict[str, MemberBook]:
         """Lock the members and load their books (unless the claim did: `read`), load
         partners and originals; apply every request."""
         if not batch.pending():
             return {}
+        due_by: datetime | None = None
         if read is not None:
-            locked, loaded = read
+            locked, loaded, due_by = read
         else:
             loaded = None
             locked = await store.lock_members(
@@ -166,6 +171,9 @@ class LedgerService:
         partners = {partner_id: PartnerState(t) for partner_id, t in terms.items()}
         await self._load_tiers(conn, batch, partners)
         batch.originals = await store.load_originals(conn, self._reversal_targets(batch))
+        now = self.clock.now()
+        if loaded is not None and due_by is not None and now > due_by:
+            loaded = None  # partial books read for an earlier moment: read them whole
         if loaded is None:
             books, closed_until = await store.load_books(
                 conn,
@@ -180,9 +188,7 @@ class LedgerService:
         else:  # read with the locks: every locked member's, of which these are wanted
             books = {member_id: loaded.books[member_id] for member_id in debts}
             closed_until = loaded.closed_until
-        ctx = Context(
-            now=self.clock.now(), closed_until=closed_until, points_ttl=self.points_ttl, ids=new_id
-        )
+        ctx = Context(now=now, closed_until=closed_until, points_ttl=self.points_ttl, ids=new_id)
         for index in batch.pending():
             apply_rule(batch, index, books[batch.members[index]], partners, ctx)
         return books
@@ -236,11 +242,12 @@ class LedgerService:
 
     async def _claim_keys(
         self, conn: Connection, batch: PendingBatch
-    ) -> tuple[store.Locked, store.Books] | None:
+    ) -> tuple[store.Locked, store.Books, datetime | None] | None:
         """Claim the requests' keys (with the settlement barrier). When every request
         names its member (earns, burns, new holds), lock the members and read their books
-        in the same statement and return what it read; otherwise None (`_load` locks them
-        once resolved, then reads the books)."""
+        in the same statement and return what it read, with the moment by which partial
+        books must be applied (None: whole books); otherwise None (`_load` locks them once
+        resolved, then reads the books)."""
         claims = {
             index: (request.command.partner_id, request.idempotency.key)
             for index, request in enumerate(batch.requests)
@@ -248,15 +255,23 @@ class LedgerService:
         }
         named = [batch.requests[index].command for index in batch.pending()]
         members_known = [c for c in named if isinstance(c, Earn | Burn | OpenHold)]
-        fetched: tuple[store.Locked, store.Books] | None = None
+        fetched: tuple[store.Locked, store.Books, datetime | None] | None = None
         if named and len(members_known) == len(named):
+            # Earns alone never draw on a lot: partial books will do, if the rules run
+            # by `due_by` (`_load` reads the whole books otherwise).
+            due_by = (
+                self.clock.now() + PARTIAL_BOOK_MARGIN
+                if all(isinstance(c, Earn) for c in named)
+                else None
+            )
             locked, stored, lock_read, books_read = await store.claim_and_lock(
                 conn,
                 list(claims.values()),
                 member_ids={command.member_id for command in members_known},
                 partner_ids={command.partner_id for command in members_known},
+                due_by=due_by,
             )
-            fetched = (lock_read, books_read)
+            fetched = (lock_read, books_read, due_by)
         else:
             locked, stored = await store.claim_keys(conn, list(claims.values()), barrier=True)
         seen: set[tuple[str, str]] = set()
@@ -457,12 +472,13 @@ class LedgerService:
     async def read_balance(self, member_id: str, *, partner_id: str | None = None) -> Balance:
         """The member's balance now, from one consistent snapshot (no locks taken). With
         `partner_id`, only for a member linked to that partner (else: not found)."""
+        now = self.clock.now()
         async with driver_connection(self.engine) as conn:
-            loaded = await store.read_book(conn, member_id, linked_to=partner_id)
+            # A partial book (`MemberBook.unloaded`): the balance at `now`, taken before.
+            loaded = await store.read_book(conn, member_id, linked_to=partner_id, due_by=now)
         if loaded is None:
             raise MemberNotFound(f"No member {member_id}.")
         book, closed_until = loaded
-        now = self.clock.now()
         # Apply what has fallen due to this throwaway copy, exactly as a posting would.
         apply_due(
             book,

@@ -12,7 +12,7 @@ from typing import TypeAlias
 
 from exchange.ledger import MemberBook, PostingType
 from exchange.store._connection import Connection
-from exchange.store._reads import BOOK_COLUMNS, book_of
+from exchange.store._reads import book_columns, book_of
 
 __all__ = [
     "BalanceKey",
@@ -52,7 +52,7 @@ async def qualifying_points(
 # in one statement (one round trip, one snapshot). A pair whose member is unknown,
 # erased, or not linked to the asking partner (NULL: the member's own token) has no row.
 _READ_BALANCES_SQL = f"""
-SELECT r.first AS member_id, r.second AS linked_to, {BOOK_COLUMNS},
+SELECT r.first AS member_id, r.second AS linked_to, {book_columns("$4")},
        {_QUALIFYING_EXPR.format(member="m.member_id", since="$3")} AS qualifying
 FROM unnest_small($1::text[], $2::text[]) AS r
 JOIN members AS m ON m.member_id = r.first
@@ -65,12 +65,13 @@ BalanceKey: TypeAlias = tuple[str, str | None]  # (member id, the asking partner
 
 
 async def read_books_with_qualifying(
-    conn: Connection, keys: Sequence[BalanceKey], *, since: datetime
+    conn: Connection, keys: Sequence[BalanceKey], *, since: datetime, due_by: datetime | None
 ) -> dict[BalanceKey, tuple[MemberBook, datetime, int]]:
     """Each key's book, `closed_until` and qualifying points since `since`, from one
-    statement; a key with nothing to read (see `_READ_BALANCES_SQL`) is absent."""
+    statement; a key with nothing to read (see `_READ_BALANCES_SQL`) is absent. With
+    `due_by`, partial books, good for balances at `due_by` or before."""
     rows = await conn.fetch(
-        _READ_BALANCES_SQL, [key[0] for key in keys], [key[1] for key in keys], since
+        _READ_BALANCES_SQL, [key[0] for key in keys], [key[1] for key in keys], since, due_by
     )
     return {
         (row["member_id"], row["linked_to"]): (

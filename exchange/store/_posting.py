@@ -256,9 +256,9 @@ claims AS MATERIALIZED ({PARTNER_KEYS.claimed_sql()}),
             owner, key, locked, translate(encode(fingerprint, 'base64'), E'\\n', ''),
             status_code, translate(encode(response, 'base64'), E'\\n', ''))), '[]')
         FROM claims)::text AS claims,
-       books.closed_until, books.lots, books.holds
+       books.closed_until, books.lots, books.holds, books.unloaded
 FROM ledger_books((SELECT coalesce(array_agg(member_id ORDER BY member_id), '{{}}') FROM locked),
-                  '{{}}', '{{}}') AS books
+                  '{{}}', '{{}}', $6::timestamptz) AS books
 """  # noqa: S608 - built from constant text, never from input
 
 
@@ -279,10 +279,13 @@ async def claim_and_lock(
     claims: Sequence[tuple[str, str]],
     member_ids: Iterable[str],
     partner_ids: Iterable[str],
+    *,
+    due_by: datetime | None = None,
 ) -> tuple[set[tuple[str, str]], dict[tuple[str, str], StoredResponse], Locked, Books]:
     """`_keys.claim_keys` (partners' keys, with the barrier), `lock_members` (active
     members) and `load_books` (of every member locked) in one round trip; what each
-    returns."""
+    returns. With `due_by`, the books are partial (`MemberBook.unloaded`, migration
+    0021): good for earns applied at `due_by` or before, and for nothing else."""
     row = await conn.fetchrow(
         _CLAIM_AND_LOCK_SQL,
         [owner for owner, _ in claims],
@@ -290,6 +293,7 @@ async def claim_and_lock(
         SETTLEMENT_BARRIER_KEY,
         sorted(set(member_ids)),
         sorted(set(partner_ids)),
+        due_by,
     )
     if row is None:  # one row per call of `ledger_books`: exactly one
         raise InvariantViolation("the claim-and-lock statement returned no row")
@@ -303,7 +307,9 @@ async def claim_and_lock(
         if claim.locked and claim.fingerprint is not None
     }
     fetched = Locked.of(row["members"], row["terms"])
-    books = _books_of(fetched.debts, row["closed_until"], row["lots"], row["holds"])
+    books = _books_of(
+        fetched.debts, row["closed_until"], row["lots"], row["holds"], row["unloaded"]
+    )
     return locked, stored, fetched, books
 
 
@@ -365,8 +371,9 @@ HOLD_JSON = """json_build_array(
         FROM allocations AS a JOIN lots AS l ON l.lot_id = a.lot_id
         WHERE a.posting_id = h.hold_posting_id AND a.kind = 'draw'))"""
 _BOOKS_SQL = (
-    "SELECT closed_until, lots, holds FROM ledger_books($1::text[], $2::uuid[], $3::uuid[])"
+    "SELECT closed_until, lots, holds FROM ledger_books($1::text[], $2::uuid[], $3::uuid[], NULL)"
 )
+_UNLOADED = msgspec.json.Decoder(dict[str, int])
 
 
 _LOT_ROWS = msgspec.json.Decoder(list[LotRow])
@@ -454,11 +461,16 @@ async def load_books(
     return _books_of(debts, row["closed_until"], row["lots"], row["holds"])
 
 
-def _books_of(debts: dict[str, int], closed_until: datetime, lots: str, holds: str) -> Books:
+def _books_of(
+    debts: dict[str, int], closed_until: datetime, lots: str, holds: str, unloaded: str = "{}"
+) -> Books:
     """The books of the members in `debts`, from `ledger_books`' row (lots and holds of
-    other members are left out)."""
+    other members are left out); `unloaded`: the points a partial book left out, by
+    member."""
+    left_out = _UNLOADED.decode(unloaded)
     books = {
-        member_id: MemberBook(member_id=member_id, debt=debt) for member_id, debt in debts.items()
+        member_id: MemberBook(member_id=member_id, debt=debt, unloaded=left_out.get(member_id, 0))
+        for member_id, debt in debts.items()
     }
     for lot in lots_of(lots):
         book = books.get(lot.member_id)

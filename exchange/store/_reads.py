@@ -8,11 +8,11 @@ from datetime import datetime
 
 import asyncpg
 
-from exchange.ledger import MemberBook
+from exchange.ledger import EXPIRING_LOTS_SHOWN_MAX, MemberBook
 from exchange.store._connection import Connection
 from exchange.store._posting import HOLD_JSON, LOT_COLUMNS, LOT_COLUMNS_OF_L, holds_of, lots_of
 
-__all__ = ["BOOK_COLUMNS", "book_of", "due_member_ids", "read_book"]
+__all__ = ["book_columns", "book_of", "due_member_ids", "read_book"]
 
 
 # -- reads -----------------------------------------------------------------------------------
@@ -21,22 +21,44 @@ __all__ = ["BOOK_COLUMNS", "book_of", "due_member_ids", "read_book"]
 # The book of the member row `m`, as columns: its debt, open lots, open holds with what
 # they reserved, and the lots those holds reserved from (an expired hold's points flow
 # back through them). Correlated on the one member, so every part is an index lookup.
-BOOK_COLUMNS = f"""m.debt, (SELECT closed_until FROM ledger_state WHERE id = 1) AS closed_until,
+# With a moment as `due_by` the book is partial, by the rule of `ledger_books` (migration
+# 0021): a member with no debt and no open hold leaves out the matured lots with points
+# that expire after `due_by` and after its five soonest expiry dates; `unloaded` is their
+# points. `tests/integration/test_partial_books.py` holds the two to the same answers.
+_OPEN_LOTS = f"""SELECT {LOT_COLUMNS},
+                     {{due_by}}::timestamptz IS NOT NULL AND m.debt = 0 AND matured
+                     AND remaining > 0 AND expires_at > {{due_by}}::timestamptz
+                     AND NOT EXISTS (SELECT 1 FROM holds AS h
+                                     WHERE h.member_id = m.member_id AND h.status = 'open')
+                     AND dense_rank() OVER (
+                         PARTITION BY (remaining > 0 AND expires_at > {{due_by}}::timestamptz)
+                         ORDER BY expires_at) > {EXPIRING_LOTS_SHOWN_MAX} AS left_out
+              FROM lots
+              WHERE member_id = m.member_id AND (remaining > 0 OR NOT matured)"""  # noqa: S608
+
+
+def book_columns(due_by: str) -> str:
+    """The book of the member row `m`, as columns; `due_by` is the parameter (say "$3")
+    naming the latest moment the book will be applied at, or NULL for the whole book."""
+    open_lots = _OPEN_LOTS.format(due_by=due_by)
+    return f"""m.debt, (SELECT closed_until FROM ledger_state WHERE id = 1) AS closed_until,
        (SELECT coalesce(json_agg(json_build_array({LOT_COLUMNS})), '[]')::text
-        FROM (SELECT {LOT_COLUMNS} FROM lots
-              WHERE member_id = m.member_id AND (remaining > 0 OR NOT matured)
+        FROM (SELECT {LOT_COLUMNS} FROM ({open_lots}) AS member_lots WHERE NOT left_out
               UNION ALL
               SELECT {LOT_COLUMNS_OF_L}
               FROM holds AS h
               JOIN allocations AS a ON a.posting_id = h.hold_posting_id AND a.kind = 'draw'
               JOIN lots AS l ON l.lot_id = a.lot_id
               WHERE h.member_id = m.member_id AND h.status = 'open') AS book_lots) AS lots,
+       (SELECT coalesce(sum(remaining), 0)::bigint FROM ({open_lots}) AS member_lots
+        WHERE left_out) AS unloaded,
        (SELECT coalesce(json_agg({HOLD_JSON}), '[]')::text
         FROM holds AS h WHERE h.member_id = m.member_id AND h.status = 'open') AS holds"""  # noqa: S608 - built from constant column lists, never from input
 
+
 # One statement, so one snapshot: the member's book, if linked to the asking partner.
 READ_BOOK_SQL = f"""
-SELECT {BOOK_COLUMNS}
+SELECT {book_columns("$3")}
 FROM members AS m
 WHERE m.member_id = $1
   AND ($2::text IS NULL OR EXISTS (
@@ -45,19 +67,24 @@ WHERE m.member_id = $1
 
 
 async def read_book(
-    conn: Connection, member_id: str, *, linked_to: str | None = None
+    conn: Connection,
+    member_id: str,
+    *,
+    linked_to: str | None = None,
+    due_by: datetime | None = None,
 ) -> tuple[MemberBook, datetime] | None:
     """A member's book for a balance read (no locks), or None for an unknown member (or,
-    with `linked_to`, one not linked to that partner)."""
-    row = await conn.fetchrow(READ_BOOK_SQL, member_id, linked_to)
+    with `linked_to`, one not linked to that partner). With `due_by`, a partial book, good
+    for a balance at `due_by` or before (`MemberBook.unloaded`)."""
+    row = await conn.fetchrow(READ_BOOK_SQL, member_id, linked_to, due_by)
     if row is None:
         return None
     return book_of(member_id, row), row["closed_until"]
 
 
 def book_of(member_id: str, row: asyncpg.Record) -> MemberBook:
-    """The book a row of `BOOK_COLUMNS` holds."""
-    book = MemberBook(member_id=member_id, debt=row["debt"])
+    """The book a row of `book_columns` holds."""
+    book = MemberBook(member_id=member_id, debt=row["debt"], unloaded=row["unloaded"])
     for lot in lots_of(row["lots"]):
         book.lots[lot.lot_id] = lot
     for hold in holds_of(row["holds"]):
