@@ -238,12 +238,13 @@ class MemberBook:
     invariant kept by the rules is: debt > 0 implies no spendable lot has points left
     (points that become spendable repay the debt first).
 
-    `unloaded` is non-zero only in a partial book: the points of lots the store left out
-    because no earn can touch them and no balance lists them (matured, with points left,
-    expiring after the loaded lots' five soonest expiry dates and after every moment the
-    book is used at; the member owes no debt and has no open hold). They count in the
-    available points; `spendable` refuses a partial book, so a rule that draws on lots
-    (a burn, a hold, a transfer, a reversal) can never run on one.
+    `unloaded` is non-zero only in a partial book: the points of the lots the store left
+    out because no earn can touch them (matured, with points left, expiring after every
+    moment the book is used at; the member owes no debt and has no open hold).
+    `unloaded_expiring` is their sums on their soonest expiry dates, as many dates as a
+    balance lists. They count in the available points and the expiring list; `spendable`
+    refuses a partial book, so a rule that draws on lots (a burn, a hold, a transfer, a
+    reversal) can never run on one.
     """
 
     member_id: str
@@ -257,6 +258,7 @@ class MemberBook:
     matured_lots: set[uuid.UUID] = field(default_factory=set)
     initial_debt: int = -1
     unloaded: int = 0
+    unloaded_expiring: dict[datetime, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.initial_debt < 0:

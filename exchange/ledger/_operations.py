@@ -77,7 +77,7 @@ def balance(book: MemberBook, now: datetime) -> Balance:
     """The member's balance at `now`; the book must be settled to `now` first."""
     pending = sum(lot.remaining for lot in book.lots.values() if not lot.matured)
     held = sum(hold.points for hold in book.holds.values() if hold.status is HoldStatus.OPEN)
-    expiring: dict[datetime, int] = {}
+    expiring = {at: points for at, points in book.unloaded_expiring.items() if at > now}
     for lot in book.lots.values():  # summed by date, then sorted by date: any order will do
         if lot.remaining > 0 and lot.expires_at > now:
             expiring[lot.expires_at] = expiring.get(lot.expires_at, 0) + lot.remaining

@@ -373,7 +373,9 @@ HOLD_JSON = """json_build_array(
 _BOOKS_SQL = (
     "SELECT closed_until, lots, holds FROM ledger_books($1::text[], $2::uuid[], $3::uuid[], NULL)"
 )
-_UNLOADED = msgspec.json.Decoder(dict[str, int])
+# `ledger_books`' partial books: by member, the points left out and their soonest
+# expiry dates with their sums (migration 0021).
+_UNLOADED = msgspec.json.Decoder(dict[str, tuple[int, list[tuple[datetime, int]] | None]])
 
 
 _LOT_ROWS = msgspec.json.Decoder(list[LotRow])
@@ -467,11 +469,14 @@ def _books_of(
     """The books of the members in `debts`, from `ledger_books`' row (lots and holds of
     other members are left out); `unloaded`: the points a partial book left out, by
     member."""
-    left_out = _UNLOADED.decode(unloaded)
     books = {
-        member_id: MemberBook(member_id=member_id, debt=debt, unloaded=left_out.get(member_id, 0))
-        for member_id, debt in debts.items()
+        member_id: MemberBook(member_id=member_id, debt=debt) for member_id, debt in debts.items()
     }
+    for member_id, (points, soonest) in _UNLOADED.decode(unloaded).items():
+        book = books.get(member_id)
+        if book is not None:
+            book.unloaded = points
+            book.unloaded_expiring = dict(soonest or ())
     for lot in lots_of(lots):
         book = books.get(lot.member_id)
         if book is not None:

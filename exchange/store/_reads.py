@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import asyncpg
+import msgspec
 
 from exchange.ledger import EXPIRING_LOTS_SHOWN_MAX, MemberBook
 from exchange.store._connection import Connection
@@ -22,36 +23,40 @@ __all__ = ["book_columns", "book_of", "due_member_ids", "read_book"]
 # they reserved, and the lots those holds reserved from (an expired hold's points flow
 # back through them). Correlated on the one member, so every part is an index lookup.
 # With a moment as `due_by` the book is partial, by the rule of `ledger_books` (migration
-# 0021): a member with no debt and no open hold leaves out the matured lots with points
-# that expire after `due_by` and after its five soonest expiry dates; `unloaded` is their
-# points. `tests/integration/test_partial_books.py` holds the two to the same answers.
-_OPEN_LOTS = f"""SELECT {LOT_COLUMNS},
-                     {{due_by}}::timestamptz IS NOT NULL AND m.debt = 0 AND matured
-                     AND remaining > 0 AND expires_at > {{due_by}}::timestamptz
-                     AND NOT EXISTS (SELECT 1 FROM holds AS h
-                                     WHERE h.member_id = m.member_id AND h.status = 'open')
-                     AND dense_rank() OVER (
-                         PARTITION BY (remaining > 0 AND expires_at > {{due_by}}::timestamptz)
-                         ORDER BY expires_at) > {EXPIRING_LOTS_SHOWN_MAX} AS left_out
-              FROM lots
-              WHERE member_id = m.member_id AND (remaining > 0 OR NOT matured)"""  # noqa: S608
+# 0021): a member with no debt and no open hold leaves out its matured lots with points
+# that expire after `due_by`; `unloaded` is their points and `unloaded_expiring` their
+# sums on their soonest expiry dates. `tests/integration/test_partial_books.py` holds the
+# two to the whole book's answers.
+_LEFT_OUT = """{due_by}::timestamptz IS NOT NULL AND m.debt = 0
+               AND NOT EXISTS (SELECT 1 FROM holds AS h
+                               WHERE h.member_id = m.member_id AND h.status = 'open')
+               AND matured AND remaining > 0 AND expires_at > {due_by}::timestamptz"""
 
 
 def book_columns(due_by: str) -> str:
     """The book of the member row `m`, as columns; `due_by` is the parameter (say "$3")
     naming the latest moment the book will be applied at, or NULL for the whole book."""
-    open_lots = _OPEN_LOTS.format(due_by=due_by)
+    left_out = _LEFT_OUT.format(due_by=due_by)
     return f"""m.debt, (SELECT closed_until FROM ledger_state WHERE id = 1) AS closed_until,
        (SELECT coalesce(json_agg(json_build_array({LOT_COLUMNS})), '[]')::text
-        FROM (SELECT {LOT_COLUMNS} FROM ({open_lots}) AS member_lots WHERE NOT left_out
+        FROM (SELECT {LOT_COLUMNS} FROM lots
+              WHERE member_id = m.member_id AND (remaining > 0 OR NOT matured)
+                AND NOT ({left_out})
               UNION ALL
               SELECT {LOT_COLUMNS_OF_L}
               FROM holds AS h
               JOIN allocations AS a ON a.posting_id = h.hold_posting_id AND a.kind = 'draw'
               JOIN lots AS l ON l.lot_id = a.lot_id
               WHERE h.member_id = m.member_id AND h.status = 'open') AS book_lots) AS lots,
-       (SELECT coalesce(sum(remaining), 0)::bigint FROM ({open_lots}) AS member_lots
-        WHERE left_out) AS unloaded,
+       (SELECT coalesce(sum(remaining), 0)::bigint FROM lots
+        WHERE member_id = m.member_id AND (remaining > 0 OR NOT matured) AND {left_out}
+       ) AS unloaded,
+       (SELECT coalesce(json_agg(json_build_array(expires_at, points) ORDER BY expires_at),
+                        '[]')::text
+        FROM (SELECT expires_at, sum(remaining) AS points FROM lots
+              WHERE member_id = m.member_id AND (remaining > 0 OR NOT matured) AND {left_out}
+              GROUP BY expires_at ORDER BY expires_at LIMIT {EXPIRING_LOTS_SHOWN_MAX}) AS d
+       ) AS unloaded_expiring,
        (SELECT coalesce(json_agg({HOLD_JSON}), '[]')::text
         FROM holds AS h WHERE h.member_id = m.member_id AND h.status = 'open') AS holds"""  # noqa: S608 - built from constant column lists, never from input
 
@@ -82,9 +87,17 @@ async def read_book(
     return book_of(member_id, row), row["closed_until"]
 
 
+_EXPIRING = msgspec.json.Decoder(list[tuple[datetime, int]])
+
+
 def book_of(member_id: str, row: asyncpg.Record) -> MemberBook:
     """The book a row of `book_columns` holds."""
-    book = MemberBook(member_id=member_id, debt=row["debt"], unloaded=row["unloaded"])
+    book = MemberBook(
+        member_id=member_id,
+        debt=row["debt"],
+        unloaded=row["unloaded"],
+        unloaded_expiring=dict(_EXPIRING.decode(row["unloaded_expiring"])),
+    )
     for lot in lots_of(row["lots"]):
         book.lots[lot.lot_id] = lot
     for hold in holds_of(row["holds"]):

@@ -3,22 +3,22 @@
 A posting loaded every open lot of its member, so its cost grew with the member's history:
 in process, a lone earn took 5.0 ms for a member with one open lot and 14.4 ms with 1,000
 (docs/performance.md, "Fifteenth round"). An earn only touches the lots that fall due,
-the lot it creates, and the five soonest expiry dates its balance lists.
+the lots not yet matured and the lot it creates; its balance needs the rest only as sums.
 
-With `due_by` given, the function leaves a member's lot out of `lots` and adds its points
-to the member's entry in `unloaded` (a JSON object) when all of these hold:
+With `due_by` given, the function leaves a member's lot out of `lots` when all of these
+hold:
 - the member owes no debt, and has no open hold (so no lot is reserved, and no repayment
   can draw on it);
 - the lot is matured and has points left;
-- it expires after `due_by`, the latest moment the caller will apply the book at;
-- its expiry date is not among the member's five soonest distinct expiry dates after
-  `due_by`, counted over the lots with points left. A balance lists the five soonest
-  dates, so every lot of a listed date is loaded.
+- it expires after `due_by`, the latest moment the caller will apply the book at.
 
-Such a lot is spendable at every moment up to `due_by`, so it counts in the available
-points and nowhere else. The store asks for partial books only for batches of earns and
-for balance reads; everything else (`due_by` NULL) reads whole books as before. With
-`due_by`, named lots and holds are refused, because a lot read twice would count twice.
+Such a lot is spendable at every moment up to `due_by`, and no earn changes it. Its points
+go to the member's entry in `unloaded` (a JSON object): the total, and the sums on the
+five soonest expiry dates among such lots (a balance lists five dates: the soonest five
+of the loaded lots and of these together are among them). The store asks for
+partial books only for batches of earns and for balance reads; everything else (`due_by`
+NULL) reads whole books as before. With `due_by`, named lots and holds are refused,
+because a lot read twice would count twice.
 
 Revision ID: 0021
 Revises: 0020
@@ -93,14 +93,15 @@ def upgrade() -> None:
             member_lots AS (
                 SELECT {_LOT_COLUMNS},
                        p.member_id IS NOT NULL AND l.matured AND l.remaining > 0
-                       AND l.expires_at > due_by
-                       AND dense_rank() OVER (
-                           PARTITION BY l.member_id, (l.remaining > 0 AND l.expires_at > due_by)
-                           ORDER BY l.expires_at) > {EXPIRY_DATES_LISTED} AS left_out
+                       AND l.expires_at > due_by AS left_out
                 FROM unnest_small(member_ids) AS asked(member_id)
                 JOIN lots AS l
                   ON l.member_id = asked.member_id AND (l.remaining > 0 OR NOT l.matured)
-                LEFT JOIN partial AS p ON p.member_id = l.member_id)
+                LEFT JOIN partial AS p ON p.member_id = l.member_id),
+            left_out_dates AS (
+                SELECT member_id, expires_at, sum(remaining) AS points,
+                       row_number() OVER (PARTITION BY member_id ORDER BY expires_at) AS soonest
+                FROM member_lots WHERE left_out GROUP BY member_id, expires_at)
             SELECT
               (SELECT s.closed_until FROM ledger_state AS s WHERE s.id = 1),
               (SELECT coalesce(json_agg(json_build_array(
@@ -114,9 +115,14 @@ def upgrade() -> None:
                   {_OTHER_LOTS}
               ) AS book_lots),
               {_HOLDS},
-              (SELECT coalesce(json_object_agg(member_id, points), '{{}}')::text
-               FROM (SELECT member_id, sum(remaining) AS points FROM member_lots
-                     WHERE left_out GROUP BY member_id) AS left_out_points);
+              (SELECT coalesce(json_object_agg(member_id, json_build_array(
+                   points, (SELECT json_agg(json_build_array(d.expires_at, d.points)
+                                            ORDER BY d.expires_at)
+                            FROM left_out_dates AS d
+                            WHERE d.member_id = t.member_id
+                              AND d.soonest <= {EXPIRY_DATES_LISTED}))), '{{}}')::text
+               FROM (SELECT member_id, sum(points) AS points FROM left_out_dates
+                     GROUP BY member_id) AS t);
         END $$
         """  # noqa: S608 - built from the constants above, never from input
     )

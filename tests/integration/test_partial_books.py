@@ -1,12 +1,12 @@
 """Partial books give the answers whole books give (migration 0021, `MemberBook.unloaded`).
 
-Earns and balance reads load only the lots they can touch or list: what falls due, lots
-not yet matured, and the member's five soonest expiry dates. The rest of the member's
-points count as `unloaded`. Each test builds a member with more expiry dates than a
-balance lists, then checks a partial read against the whole book read by the same store.
-It checks the balance (available, held, pending, and the expiring list), the balance
-after an earn, and `exchange verify`, including after time has moved past some of the
-expiry dates.
+Earns and balance reads load only the lots an earn can touch: what falls due by the
+moment the book is used at, and lots not yet matured. The rest of the member's points
+count as `unloaded`, with their sums on their five soonest expiry dates. Each test
+builds a member with more expiry dates than a balance lists. It then checks a partial
+read against the whole book, read by the same store: the balance (available, held,
+pending, and the expiring list), the balance after an earn, and `exchange verify`,
+including after time has moved past some of the expiry dates.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ DATES = 9  # distinct expiry dates: more than the five a balance lists
 
 async def _member_with_history(ledger: LedgerService, clock: FrozenClock) -> str:
     """A member whose lots expire on DATES different days (two lots on each of the fifth
-    and sixth, the edge of what is loaded), plus one lot still pending."""
+    and sixth, either side of the five dates a balance lists), plus one lot still
+    pending."""
     await add_partner(ledger.engine, clock)
     member = await enrol(ledger, "grocer")
     now = clock.now()
@@ -79,14 +80,14 @@ async def test_a_read_loads_what_it_lists_and_answers_as_the_whole_book_does(
     member = await _member_with_history(ledger, clock)
     whole = await _book(engine, member, None)
     partial = await _book(engine, member, clock.now())
-    # Dates 1-5 (six lots) and the pending lot are loaded; dates 6-9 (five lots) are left
-    # out: matured, with points, after the five soonest dates.
-    assert len(whole.lots) == DATES + 2 + 1
-    assert (len(partial.lots), len(whole.lots) - len(partial.lots)) == (7, 5)
-    left_out = {lot_id: lot for lot_id, lot in whole.lots.items() if lot_id not in partial.lots}
-    assert partial.unloaded == sum(lot.remaining for lot in left_out.values())
-    soonest_left_out = min(lot.expires_at for lot in left_out.values())
-    assert all(lot.expires_at < soonest_left_out for lot in partial.lots.values() if lot.matured)
+    # Only the pending lot is loaded. The eleven matured lots are left out, and their
+    # points counted: in all, and on their five soonest dates (two lots on the fifth).
+    assert (len(partial.lots), len(whole.lots) - len(partial.lots)) == (1, DATES + 2)
+    assert partial.unloaded == sum(lot.remaining for lot in whole.lots.values() if lot.matured)
+    start = clock.now()
+    assert partial.unloaded_expiring == {
+        start + timedelta(days=30 * day): day * 10 * (2 if day == 5 else 1) for day in range(1, 6)
+    }
 
     read = await ledger.read_balance(member)
     assert read == await _whole_balance(engine, member, clock.now())
