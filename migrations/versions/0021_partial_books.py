@@ -49,6 +49,14 @@ _HOLDS = """(SELECT coalesce(json_agg(json_build_array(
                     WHERE a.posting_id = h.hold_posting_id AND a.kind = 'draw'))), '[]')::text
                FROM book_holds AS h)"""
 
+# The closing time, then the lots as one JSON array (of the subquery that follows).
+_SELECT_STATE_AND_LOTS = """SELECT
+              (SELECT s.closed_until FROM ledger_state AS s WHERE s.id = 1),
+              (SELECT coalesce(json_agg(json_build_array(
+                   lot_id, member_id, issuer_id, earn_id, initial, remaining, unit_price,
+                   available_at, expires_at, matured, created_at, source_lot_id)), '[]')::text
+               FROM ("""
+
 _BOOK_HOLDS = """book_holds AS (
                 SELECT h.* FROM unnest_small(member_ids) AS asked(member_id)
                 JOIN holds AS h ON h.member_id = asked.member_id AND h.status = 'open'
@@ -102,12 +110,7 @@ def upgrade() -> None:
                 SELECT member_id, expires_at, sum(remaining) AS points,
                        row_number() OVER (PARTITION BY member_id ORDER BY expires_at) AS soonest
                 FROM member_lots WHERE left_out GROUP BY member_id, expires_at)
-            SELECT
-              (SELECT s.closed_until FROM ledger_state AS s WHERE s.id = 1),
-              (SELECT coalesce(json_agg(json_build_array(
-                   lot_id, member_id, issuer_id, earn_id, initial, remaining, unit_price,
-                   available_at, expires_at, matured, created_at, source_lot_id)), '[]')::text
-               FROM (
+            {_SELECT_STATE_AND_LOTS}
                   SELECT lot_id, member_id, issuer_id, earn_id, initial, remaining, unit_price,
                          available_at, expires_at, matured, created_at, source_lot_id
                   FROM member_lots WHERE NOT left_out
@@ -115,14 +118,12 @@ def upgrade() -> None:
                   {_OTHER_LOTS}
               ) AS book_lots),
               {_HOLDS},
-              (SELECT coalesce(json_object_agg(member_id, json_build_array(
-                   points, (SELECT json_agg(json_build_array(d.expires_at, d.points)
-                                            ORDER BY d.expires_at)
-                            FROM left_out_dates AS d
-                            WHERE d.member_id = t.member_id
-                              AND d.soonest <= {EXPIRY_DATES_LISTED}))), '{{}}')::text
-               FROM (SELECT member_id, sum(points) AS points FROM left_out_dates
-                     GROUP BY member_id) AS t);
+              (SELECT coalesce(json_object_agg(member_id, json_build_array(points, soonest)),
+                               '{{}}')::text
+               FROM (SELECT member_id, sum(points) AS points,
+                            json_agg(json_build_array(expires_at, points) ORDER BY expires_at)
+                              FILTER (WHERE soonest <= {EXPIRY_DATES_LISTED}) AS soonest
+                     FROM left_out_dates GROUP BY member_id) AS t);
         END $$
         """  # noqa: S608 - built from the constants above, never from input
     )
@@ -140,12 +141,7 @@ def downgrade() -> None:
         BEGIN
             RETURN QUERY
             WITH {_BOOK_HOLDS}
-            SELECT
-              (SELECT s.closed_until FROM ledger_state AS s WHERE s.id = 1),
-              (SELECT coalesce(json_agg(json_build_array(
-                   lot_id, member_id, issuer_id, earn_id, initial, remaining, unit_price,
-                   available_at, expires_at, matured, created_at, source_lot_id)), '[]')::text
-               FROM (
+            {_SELECT_STATE_AND_LOTS}
                   SELECT {_LOT_COLUMNS} FROM unnest_small(member_ids) AS asked(member_id)
                   JOIN lots AS l
                     ON l.member_id = asked.member_id AND (l.remaining > 0 OR NOT l.matured)
