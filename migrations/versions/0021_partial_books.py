@@ -92,28 +92,29 @@ def upgrade() -> None:
             -- barrier) are held, and it sees what their previous holders committed.
             RETURN QUERY
             WITH {_BOOK_HOLDS},
-            partial AS (
-                SELECT m.member_id FROM unnest_small(member_ids) AS asked(member_id)
-                JOIN members AS m ON m.member_id = asked.member_id
-                WHERE due_by IS NOT NULL AND m.debt = 0
-                  AND NOT EXISTS (SELECT 1 FROM holds AS h
-                                  WHERE h.member_id = m.member_id AND h.status = 'open')),
-            member_lots AS (
-                SELECT {_LOT_COLUMNS},
-                       p.member_id IS NOT NULL AND l.matured AND l.remaining > 0
-                       AND l.expires_at > due_by AS left_out
+            asked_members AS (
+                SELECT m.member_id,
+                       due_by IS NOT NULL AND m.debt = 0
+                       AND NOT EXISTS (SELECT 1 FROM holds AS h
+                                       WHERE h.member_id = m.member_id AND h.status = 'open')
+                       AS partial
                 FROM unnest_small(member_ids) AS asked(member_id)
-                JOIN lots AS l
-                  ON l.member_id = asked.member_id AND (l.remaining > 0 OR NOT l.matured)
-                LEFT JOIN partial AS p ON p.member_id = l.member_id),
+                JOIN members AS m ON m.member_id = asked.member_id),
             left_out_dates AS (
-                SELECT member_id, expires_at, sum(remaining) AS points,
-                       row_number() OVER (PARTITION BY member_id ORDER BY expires_at) AS soonest
-                FROM member_lots WHERE left_out GROUP BY member_id, expires_at)
+                SELECT l.member_id, l.expires_at, sum(l.remaining) AS points,
+                       row_number() OVER (PARTITION BY l.member_id ORDER BY l.expires_at)
+                         AS soonest
+                FROM asked_members AS a
+                JOIN lots AS l
+                  ON l.member_id = a.member_id AND (l.remaining > 0 OR NOT l.matured)
+                WHERE a.partial AND l.matured AND l.remaining > 0 AND l.expires_at > due_by
+                GROUP BY l.member_id, l.expires_at)
             {_SELECT_STATE_AND_LOTS}
-                  SELECT lot_id, member_id, issuer_id, earn_id, initial, remaining, unit_price,
-                         available_at, expires_at, matured, created_at, source_lot_id
-                  FROM member_lots WHERE NOT left_out
+                  SELECT {_LOT_COLUMNS} FROM asked_members AS a
+                  JOIN lots AS l
+                    ON l.member_id = a.member_id AND (l.remaining > 0 OR NOT l.matured)
+                  WHERE NOT (a.partial AND l.matured AND l.remaining > 0
+                             AND l.expires_at > due_by)
                   UNION ALL
                   {_OTHER_LOTS}
               ) AS book_lots),
