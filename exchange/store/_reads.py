@@ -24,8 +24,8 @@ __all__ = ["book_columns", "book_of", "due_member_ids", "read_book"]
 # back through them). Correlated on the one member, so every part is an index lookup.
 # With a moment as `due_by` the book is partial, by the rule of `ledger_books` (migration
 # 0021): a member with no debt and no open hold leaves out its matured lots with points
-# that expire after `due_by`; `unloaded` is their points and `unloaded_expiring` their
-# sums on their soonest expiry dates. `tests/integration/test_partial_books.py` holds the
+# that expire after `due_by`; `unloaded` is their points, and their sums on their soonest
+# expiry dates, in one pass. `tests/integration/test_partial_books.py` holds the
 # two to the whole book's answers.
 _LEFT_OUT = """{due_by}::timestamptz IS NOT NULL AND m.debt = 0
                AND NOT EXISTS (SELECT 1 FROM holds AS h
@@ -48,15 +48,14 @@ def book_columns(due_by: str) -> str:
               JOIN allocations AS a ON a.posting_id = h.hold_posting_id AND a.kind = 'draw'
               JOIN lots AS l ON l.lot_id = a.lot_id
               WHERE h.member_id = m.member_id AND h.status = 'open') AS book_lots) AS lots,
-       (SELECT coalesce(sum(remaining), 0)::bigint FROM lots
-        WHERE member_id = m.member_id AND (remaining > 0 OR NOT matured) AND {left_out}
-       ) AS unloaded,
-       (SELECT coalesce(json_agg(json_build_array(expires_at, points) ORDER BY expires_at),
-                        '[]')::text
-        FROM (SELECT expires_at, sum(remaining) AS points FROM lots
+       (SELECT json_build_array(coalesce(sum(points), 0),
+                                json_agg(json_build_array(expires_at, points) ORDER BY expires_at)
+                                  FILTER (WHERE soonest <= {EXPIRING_LOTS_SHOWN_MAX}))::text
+        FROM (SELECT expires_at, sum(remaining) AS points,
+                     row_number() OVER (ORDER BY expires_at) AS soonest
+              FROM lots
               WHERE member_id = m.member_id AND (remaining > 0 OR NOT matured) AND {left_out}
-              GROUP BY expires_at ORDER BY expires_at LIMIT {EXPIRING_LOTS_SHOWN_MAX}) AS d
-       ) AS unloaded_expiring,
+              GROUP BY expires_at) AS left_out_dates) AS unloaded,
        (SELECT coalesce(json_agg({HOLD_JSON}), '[]')::text
         FROM holds AS h WHERE h.member_id = m.member_id AND h.status = 'open') AS holds"""  # noqa: S608 - built from constant column lists, never from input
 
@@ -87,16 +86,18 @@ async def read_book(
     return book_of(member_id, row), row["closed_until"]
 
 
-_EXPIRING = msgspec.json.Decoder(list[tuple[datetime, int]])
+# The points a partial book left out, and their sums on their soonest expiry dates.
+_UNLOADED = msgspec.json.Decoder(tuple[int, list[tuple[datetime, int]] | None])
 
 
 def book_of(member_id: str, row: asyncpg.Record) -> MemberBook:
     """The book a row of `book_columns` holds."""
+    unloaded, soonest = _UNLOADED.decode(row["unloaded"])
     book = MemberBook(
         member_id=member_id,
         debt=row["debt"],
-        unloaded=row["unloaded"],
-        unloaded_expiring=dict(_EXPIRING.decode(row["unloaded_expiring"])),
+        unloaded=unloaded,
+        unloaded_expiring=dict(soonest or ()),
     )
     for lot in lots_of(row["lots"]):
         book.lots[lot.lot_id] = lot
