@@ -67,14 +67,14 @@ from exchange.views import (
 __all__ = ["PAGE_SIZE_DEFAULT", "PAGE_SIZE_MAX", "LedgerService"]
 
 RETRIES_MAX = 5
-# A batch of earns reads partial books good until this long after its claim began; its
-# rules run after the locks are granted, and a batch that waited longer for them reads
-# the books again, whole (`_load`).
-PARTIAL_BOOK_MARGIN = timedelta(seconds=60)
 RETRY_BACKOFF_S = 0.005
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 200
 SWEEP_ROUNDS_MAX = 100_000
+# A batch of earns reads partial books good until this long after its claim began; its
+# rules run after the locks are granted, and a batch that waited longer for them reads
+# the books again, whole (`_load`).
+PARTIAL_BOOK_MARGIN = timedelta(seconds=60)
 
 
 def _replayed() -> NonceReplayed:

@@ -373,9 +373,18 @@ HOLD_JSON = """json_build_array(
 _BOOKS_SQL = (
     "SELECT closed_until, lots, holds FROM ledger_books($1::text[], $2::uuid[], $3::uuid[], NULL)"
 )
-# `ledger_books`' partial books: by member, the points left out and their soonest
-# expiry dates with their sums (migration 0021).
-_UNLOADED = msgspec.json.Decoder(dict[str, tuple[int, list[tuple[datetime, int]] | None]])
+# What a partial book left out (migration 0021): its points, and their sums on their
+# soonest expiry dates (None: nothing left out). `ledger_books` gives one per member, a
+# balance read one per row (`_reads.book_columns`).
+LeftOut = tuple[int, list[tuple[datetime, int]] | None]
+_LEFT_OUT_BY_MEMBER = msgspec.json.Decoder(dict[str, LeftOut])
+
+
+def leave_out(book: MemberBook, left_out: LeftOut) -> None:
+    """Record on `book` the points its partial read left out."""
+    points, soonest = left_out
+    book.unloaded = points
+    book.unloaded_expiring = dict(soonest or ())
 
 
 _LOT_ROWS = msgspec.json.Decoder(list[LotRow])
@@ -472,11 +481,10 @@ def _books_of(
     books = {
         member_id: MemberBook(member_id=member_id, debt=debt) for member_id, debt in debts.items()
     }
-    for member_id, (points, soonest) in _UNLOADED.decode(unloaded).items():
+    for member_id, left_out in _LEFT_OUT_BY_MEMBER.decode(unloaded).items():
         book = books.get(member_id)
         if book is not None:
-            book.unloaded = points
-            book.unloaded_expiring = dict(soonest or ())
+            leave_out(book, left_out)
     for lot in lots_of(lots):
         book = books.get(lot.member_id)
         if book is not None:

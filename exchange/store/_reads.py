@@ -11,7 +11,15 @@ import msgspec
 
 from exchange.ledger import EXPIRING_LOTS_SHOWN_MAX, MemberBook
 from exchange.store._connection import Connection
-from exchange.store._posting import HOLD_JSON, LOT_COLUMNS, LOT_COLUMNS_OF_L, holds_of, lots_of
+from exchange.store._posting import (
+    HOLD_JSON,
+    LOT_COLUMNS,
+    LOT_COLUMNS_OF_L,
+    LeftOut,
+    holds_of,
+    leave_out,
+    lots_of,
+)
 
 __all__ = ["book_columns", "book_of", "due_member_ids", "read_book"]
 
@@ -86,19 +94,13 @@ async def read_book(
     return book_of(member_id, row), row["closed_until"]
 
 
-# The points a partial book left out, and their sums on their soonest expiry dates.
-_UNLOADED = msgspec.json.Decoder(tuple[int, list[tuple[datetime, int]] | None])
+_LEFT_OUT_DECODER = msgspec.json.Decoder(LeftOut)
 
 
 def book_of(member_id: str, row: asyncpg.Record) -> MemberBook:
     """The book a row of `book_columns` holds."""
-    unloaded, soonest = _UNLOADED.decode(row["unloaded"])
-    book = MemberBook(
-        member_id=member_id,
-        debt=row["debt"],
-        unloaded=unloaded,
-        unloaded_expiring=dict(soonest or ()),
-    )
+    book = MemberBook(member_id=member_id, debt=row["debt"])
+    leave_out(book, _LEFT_OUT_DECODER.decode(row["unloaded"]))
     for lot in lots_of(row["lots"]):
         book.lots[lot.lot_id] = lot
     for hold in holds_of(row["holds"]):
