@@ -27,9 +27,10 @@ PostgreSQL cannot store. Its callers bound how many groups run at once.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections import deque
 from collections.abc import Sequence
+
+import msgspec
 
 from exchange import metrics
 from exchange.errors import DatabaseUnavailable, ExchangeError, ServiceUnavailable, Unprocessable
@@ -196,7 +197,7 @@ def _field_names(kind: type) -> tuple[str, ...]:
     request was a measurable share of a batch's CPU)."""
     names = _FIELD_NAMES.get(kind)
     if names is None:
-        names = _FIELD_NAMES[kind] = tuple(f.name for f in dataclasses.fields(kind))
+        names = _FIELD_NAMES[kind] = tuple(f.name for f in msgspec.structs.fields(kind))
     return names
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from sqlalchemy import Row, Select, and_, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -28,8 +28,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class ItemResult:
+class ItemResult(msgspec.Struct, frozen=True):
     """An item id's first result."""
 
     item_id: str
@@ -38,8 +37,7 @@ class ItemResult:
     code: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class PendingItem:
+class PendingItem(msgspec.Struct, frozen=True):
     """An item whose item id has no result yet."""
 
     seq: int
@@ -60,8 +58,7 @@ FROM unnest(
 _ITEMS_PER_STATEMENT = 2000
 
 
-@dataclass(frozen=True, slots=True)
-class NewItem:
+class NewItem(msgspec.Struct, frozen=True):
     seq: int  # 1-based position in the file
     item_id: str
     payload: str  # the item as JSON text

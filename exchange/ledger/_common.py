@@ -11,6 +11,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from exchange.errors import InvariantViolation
 from exchange.ledger._model import (
     Account,
@@ -46,8 +48,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Context:
+class Context(msgspec.Struct, frozen=True):
     """What every rule needs besides the book: the time, and where ids come from."""
 
     now: datetime
@@ -71,8 +72,7 @@ class PartnerState:
         return self.terms.partner_id
 
 
-@dataclass(frozen=True, slots=True)
-class OriginalPosting:
+class OriginalPosting(msgspec.Struct, frozen=True):
     """A transaction being reversed, with what earlier reversals already took back."""
 
     posting_id: uuid.UUID

@@ -12,6 +12,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from exchange.errors import InvariantViolation
 
 if TYPE_CHECKING:  # ids are values here: the core never makes one (see `IdFactory`)
@@ -90,15 +92,13 @@ class HoldStatus(StrEnum):
     EXPIRED = "expired"
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(msgspec.Struct, frozen=True):
     account: Account
     owner: str  # member_id or partner_id
     amount: int  # signed; a posting's entries sum to zero
 
 
-@dataclass(frozen=True, slots=True)
-class Allocation:
+class Allocation(msgspec.Struct, frozen=True):
     """A change to one lot's remaining points, made by one posting."""
 
     lot_id: uuid.UUID
@@ -110,8 +110,7 @@ class Allocation:
         return self.points if self.kind is AllocationKind.RELEASE else -self.points
 
 
-@dataclass(frozen=True, slots=True)
-class Posting:
+class Posting(msgspec.Struct, frozen=True):
     """One balanced journal posting: its entries sum to zero."""
 
     posting_id: uuid.UUID
@@ -176,8 +175,7 @@ class Hold:
     closed_at: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Effect:
+class Effect(msgspec.Struct, frozen=True):
     """What one operation did: every posting rule returns one, whatever it changed.
 
     `posting` records the operation itself (the earn, the burn, the reversal, the burn a
@@ -197,8 +195,7 @@ class Effect:
         return self.hold if self.hold is not None else self.posting
 
 
-@dataclass(frozen=True, slots=True)
-class PartnerTerms:
+class PartnerTerms(msgspec.Struct, frozen=True):
     """A partner's terms in force at the moment of posting."""
 
     partner_id: str
@@ -211,17 +208,16 @@ class PartnerTerms:
     exposure: Decimal  # unsettled issuance value before this batch (for the credit limit)
     version: int | None = None  # partners.terms_version read with these terms
     terminated: bool = False
-    tier_multipliers: dict[str, Decimal] = field(default_factory=dict)  # purchase earns, by tier
+    # purchase earns, by tier
+    tier_multipliers: dict[str, Decimal] = msgspec.field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class ExpiringPoints:
+class ExpiringPoints(msgspec.Struct, frozen=True):
     points: int
     expires_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class Balance:
+class Balance(msgspec.Struct, frozen=True):
     member_id: str
     available: int
     held: int

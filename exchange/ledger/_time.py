@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime
+
+import msgspec
 
 from exchange.errors import InvariantViolation
 from exchange.ledger._common import (
@@ -127,7 +128,8 @@ def _apply_moment(book: MemberBook, ctx: Context, moment: datetime) -> None:
         # The repayment rides on the last posting of the instant (allocations only: the
         # member's available account already went up by what was freed).
         index = book.postings.index(last)
-        book.postings[index] = replace(last, allocations=(*last.allocations, *repaid))
+        allocations = (*last.allocations, *repaid)
+        book.postings[index] = msgspec.structs.replace(last, allocations=allocations)
     for lot in sorted(book.lots.values(), key=Lot.sort_key):
         if lot.matured and lot.remaining > 0 and lot.expires_at == moment:
             expire_lot(book, ctx, lot, at)

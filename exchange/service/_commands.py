@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+import msgspec
+
 from exchange.errors import ExchangeError
 from exchange.ledger import Balance, Effect, Posting, PostingType
 from exchange.money import Money
@@ -48,8 +50,7 @@ class SweepResult:
                 self.released_holds += 1
 
 
-@dataclass(frozen=True, slots=True)
-class Earn:
+class Earn(msgspec.Struct, frozen=True):
     partner_id: str
     member_id: str
     reference: str
@@ -59,16 +60,14 @@ class Earn:
     expires_at: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Burn:
+class Burn(msgspec.Struct, frozen=True):
     partner_id: str
     member_id: str
     points: int
     reference: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class OpenHold:
+class OpenHold(msgspec.Struct, frozen=True):
     partner_id: str
     member_id: str
     points: int
@@ -76,21 +75,18 @@ class OpenHold:
     expires_in_s: int = 900
 
 
-@dataclass(frozen=True, slots=True)
-class CaptureHold:
+class CaptureHold(msgspec.Struct, frozen=True):
     partner_id: str
     hold_id: uuid.UUID
     points: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class VoidHold:
+class VoidHold(msgspec.Struct, frozen=True):
     partner_id: str
     hold_id: uuid.UUID
 
 
-@dataclass(frozen=True, slots=True)
-class Reverse:
+class Reverse(msgspec.Struct, frozen=True):
     partner_id: str
     transaction_id: uuid.UUID
     points: int | None = None
@@ -100,14 +96,12 @@ class Reverse:
 Command = Earn | Burn | OpenHold | CaptureHold | VoidHold | Reverse
 
 
-@dataclass(frozen=True, slots=True)
-class Idempotency:
+class Idempotency(msgspec.Struct, frozen=True):
     key: str
     fingerprint: bytes  # sha256 over method, path and body
 
 
-@dataclass(frozen=True, slots=True)
-class SignatureProof:
+class SignatureProof(msgspec.Struct, frozen=True):
     """The verified signature of the request, kept with the posting for later disputes."""
 
     key_id: str
@@ -117,16 +111,14 @@ class SignatureProof:
     signature_base: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class BatchEvidence:
+class BatchEvidence(msgspec.Struct, frozen=True):
     """A batch item's evidence: the verified signature of the file it came in, stored once
     with its batch (`batches`) and named by each of its postings, not copied onto each."""
 
     batch_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class NonceClaim:
+class NonceClaim(msgspec.Struct, frozen=True):
     """A signature's (keyid, nonce), written in the posting's own database transaction.
 
     `seen_at` is max(arrival, created): the row must outlive the signature's window (see
@@ -139,8 +131,7 @@ class NonceClaim:
     seen_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerRequest:
+class LedgerRequest(msgspec.Struct, frozen=True):
     command: Command
     idempotency: Idempotency | None = None
     # The evidence kept with the posting: the request's verified signature, or for a batch
@@ -149,8 +140,7 @@ class LedgerRequest:
     nonce: NonceClaim | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True):
     """What to answer: a stored or new response, or an error (which changed nothing)."""
 
     status_code: int = 0
