@@ -35,7 +35,7 @@ import msgspec
 from exchange import metrics
 from exchange.errors import DatabaseUnavailable, ExchangeError, ServiceUnavailable, Unprocessable
 from exchange.logs import get_logger
-from exchange.service import LedgerRequest, LedgerService, Outcome
+from exchange.service import LedgerRequest, LedgerService, Outcome, Render
 
 __all__ = ["GroupCommitter"]
 
@@ -125,7 +125,9 @@ class GroupCommitter:
             if not future.done():
                 future.set_result(outcome)
 
-    async def commit_group(self, requests: Sequence[LedgerRequest]) -> list[Outcome]:
+    async def commit_group(
+        self, requests: Sequence[LedgerRequest], *, render: Render | None = None
+    ) -> list[Outcome]:
         """Commit the requests as one database transaction; one outcome per request, in order.
 
         A request PostgreSQL cannot store is refused on its own. A group that fails as a
@@ -144,16 +146,18 @@ class GroupCommitter:
             else:
                 storable.append(index)
         if storable:
-            done = await self._commit_unit([requests[index] for index in storable])
+            done = await self._commit_unit([requests[index] for index in storable], render)
             for index, outcome in zip(storable, done, strict=True):
                 outcomes[index] = outcome
         return [outcome or Outcome() for outcome in outcomes]
 
-    async def _commit_unit(self, requests: Sequence[LedgerRequest]) -> list[Outcome]:
+    async def _commit_unit(
+        self, requests: Sequence[LedgerRequest], render: Render | None
+    ) -> list[Outcome]:
         self.batches += 1
         self.requests += len(requests)
         try:
-            outcomes = await self.ledger.submit(requests)
+            outcomes = await self.ledger.submit(requests, render=render)
         except ServiceUnavailable:
             raise  # the database away or too busy: splitting would only multiply the wait
         except Exception as exc:
@@ -164,8 +168,8 @@ class GroupCommitter:
             _log.warning("group_failed_splitting", size=len(requests), error=type(exc).__name__)
             half = len(requests) // 2
             return [
-                *await self._commit_unit(requests[:half]),
-                *await self._commit_unit(requests[half:]),
+                *await self._commit_unit(requests[:half], render),
+                *await self._commit_unit(requests[half:], render),
             ]
         metrics.observe_batch((r.command, o) for r, o in zip(requests, outcomes, strict=True))
         return outcomes

@@ -103,13 +103,17 @@ class LedgerService:
         self.render = render
         self.tiers = tuple(tiers)
 
-    async def submit(self, requests: Sequence[LedgerRequest]) -> list[Outcome]:
-        """Run the requests in one database transaction; one outcome per request, in order."""
+    async def submit(
+        self, requests: Sequence[LedgerRequest], *, render: Render | None = None
+    ) -> list[Outcome]:
+        """Run the requests in one database transaction; one outcome per request, in order.
+        `render` answers them instead of the service's own (a batch item's answer is its
+        result, not the single endpoint's response)."""
 
         async def attempt() -> list[Outcome]:
             async with driver_connection(self.engine) as conn:
                 with store.translate_errors():
-                    return await self._run(conn, requests)
+                    return await self._run(conn, requests, render or self.render)
 
         return await retry_conflicts(
             attempt,
@@ -121,8 +125,10 @@ class LedgerService:
             ),
         )
 
-    async def _run(self, conn: Connection, requests: Sequence[LedgerRequest]) -> list[Outcome]:
-        batch = PendingBatch(requests, [None] * len(requests), self.render)
+    async def _run(
+        self, conn: Connection, requests: Sequence[LedgerRequest], render: Render
+    ) -> list[Outcome]:
+        batch = PendingBatch(requests, [None] * len(requests), render)
         async with store.transaction(conn):
             await self._claim_nonces(conn, batch)
             read = await self._claim_keys(conn, batch)

@@ -14,15 +14,17 @@ from exchange.batching import GroupCommitter
 from exchange.clock import FrozenClock
 from exchange.db import create_engine
 from exchange.errors import DatabaseUnavailable
-from exchange.service import Earn, LedgerRequest, LedgerService, Outcome
+from exchange.service import Earn, LedgerRequest, LedgerService, Outcome, Render
 
 
 class _Counted(LedgerService):
     calls: list[int]
 
-    async def submit(self, requests: Sequence[LedgerRequest]) -> list[Outcome]:
+    async def submit(
+        self, requests: Sequence[LedgerRequest], *, render: Render | None = None
+    ) -> list[Outcome]:
         self.calls.append(len(requests))
-        return await super().submit(requests)
+        return await super().submit(requests, render=render)
 
 
 async def test_a_batch_on_a_missing_database_fails_whole_and_fast() -> None:

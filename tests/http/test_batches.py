@@ -14,6 +14,7 @@ from litestar import Litestar
 
 from exchange.clock import FrozenClock
 from exchange.db import libpq_url
+from exchange.ids import format_transaction_id
 from exchange.wiring import Services
 from partners.audit import verify_transaction
 from tests.http.conftest import OnboardedPartner, PartnerFactory
@@ -146,6 +147,17 @@ async def test_a_batch_posting_names_its_batch_whose_signature_is_its_evidence(
             "SELECT batch_id, signature, signature_base FROM postings WHERE batch_id IS NOT NULL"
         )
         assert [tuple(row) for row in stored] == [(batch_id, None, None)] * 3
+        # An item's stored answer (what an item id sent again is given) is its transaction
+        # id alone: its result keeps nothing else.
+        answers = await conn.fetch(
+            "SELECT posting_id, response FROM postings WHERE batch_id IS NOT NULL"
+        )
+        assert [msgspec.json.decode(row["response"]) for row in answers] == [
+            {"transaction_id": format_transaction_id(row["posting_id"])} for row in answers
+        ]
+        assert sorted(format_transaction_id(row["posting_id"]) for row in answers) == sorted(
+            result["transaction_id"] for result in results
+        )
         # Only a superuser switching triggers off could do this.
         async with conn.transaction():
             await conn.execute("SET LOCAL session_replication_role = replica")

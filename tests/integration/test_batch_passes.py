@@ -13,7 +13,7 @@ from exchange.batches.service import BatchService
 from exchange.batching import GroupCommitter
 from exchange.clock import FrozenClock
 from exchange.errors import ServiceUnavailable
-from exchange.service import LedgerRequest, LedgerService, Outcome, SignatureProof
+from exchange.service import LedgerRequest, LedgerService, Outcome, Render, SignatureProof
 from tests.support import add_partner, assert_ledger_verifies, enrol
 
 _PROOF = SignatureProof("grocer-key", 'sig1=("@method")', ":c2ln:", None, b"base")
@@ -26,11 +26,13 @@ class _AwayOnce(GroupCommitter):
         super().__init__(ledger, batch_max=64, concurrency=2)
         self.chunks: list[list[str]] = []
 
-    async def commit_group(self, requests: Sequence[LedgerRequest]) -> list[Outcome]:
+    async def commit_group(
+        self, requests: Sequence[LedgerRequest], *, render: Render | None = None
+    ) -> list[Outcome]:
         self.chunks.append([r.idempotency.key for r in requests if r.idempotency])
         if len(self.chunks) == 1:
             raise ServiceUnavailable("the database is away")
-        return await super().commit_group(requests)
+        return await super().commit_group(requests, render=render)
 
 
 async def test_an_item_left_undecided_is_posted_by_a_later_pass_and_only_then_completes(
