@@ -80,7 +80,7 @@ def _scenarios(value: str) -> tuple[str, ...]:
     show_default=True,
     type=click.IntRange(1, 10_000),
     help="Open lots per member at the start: that many opening earns each. A member who"
-    " earns daily and seldom burns has hundreds; each posting and read loads them all.",
+    " earns daily and seldom burns has hundreds; each burn loads them all.",
 )
 @click.option(
     "--soak",
