@@ -122,16 +122,16 @@ async def pending_items(
     return [PendingItem(row.seq, row.item_id, row.payload) for row in rows]
 
 
-# A chunk's results in one statement, as arrays: each item id's first result. The rows
-# are inserted in item id order, so two processes recording the same ids wait for each
-# other in one order; an id another batch decided meanwhile keeps its first result.
+# A chunk's results in one statement, as one JSON parameter (encoded by msgspec in C; four
+# arrays cost the driver's per-value codecs 6.2 us of CPU per result against 4.1 us): each
+# item id's first result. The rows are inserted in item id order, so two processes
+# recording the same ids wait for each other in one order; an id another batch decided
+# meanwhile keeps its first result.
 _RECORD_SQL = text("""
 INSERT INTO batch_item_results (partner_id, item_id, status, transaction_id, code, batch_id)
 SELECT :partner_id, r.item_id, r.status, r.transaction_id, r.code, :batch_id
-FROM unnest(
-    CAST(:item_ids AS text[]), CAST(:statuses AS text[]),
-    CAST(:transaction_ids AS text[]), CAST(:codes AS text[])
-) AS r(item_id, status, transaction_id, code)
+FROM jsonb_to_recordset(CAST(:results AS jsonb))
+    AS r(item_id text, status text, transaction_id text, code text)
 ORDER BY r.item_id
 ON CONFLICT DO NOTHING
 """)
@@ -148,10 +148,7 @@ async def record_results(
         {
             "batch_id": batch_id,
             "partner_id": partner_id,
-            "item_ids": [r.item_id for r in results],
-            "statuses": [r.status for r in results],
-            "transaction_ids": [r.transaction_id for r in results],
-            "codes": [r.code for r in results],
+            "results": msgspec.json.encode(results).decode(),
         },
     )
 
