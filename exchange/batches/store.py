@@ -119,7 +119,9 @@ async def pending_items(
         _PENDING_SQL,
         {"batch_id": batch_id, "partner_id": partner_id, "after": after, "limit": limit},
     )
-    return [PendingItem(row.seq, row.item_id, row.payload) for row in rows]
+    # The SELECT's columns are the struct's fields in order: unpacking a row costs a tenth
+    # of reading its three attributes by name (2.3 us an item).
+    return [PendingItem(*row) for row in rows]
 
 
 # A chunk's results in one statement, as one JSON parameter (encoded by msgspec in C; four
