@@ -18,7 +18,7 @@ import msgspec
 
 from exchange import schemas
 from exchange.ids import format_hold_id, format_transaction_id
-from exchange.ledger import Balance, Effect, Hold, HoldStatus, Posting, PostingType
+from exchange.ledger import Balance, BalanceAfter, Effect, Hold, HoldStatus, Posting, PostingType
 from exchange.money import format_amount
 
 __all__ = [
@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 
-def _after(balance: Balance) -> schemas.BalanceAfter:
+def _after(balance: BalanceAfter) -> schemas.BalanceAfter:
     return schemas.BalanceAfter(
         available=balance.available, held=balance.held, pending=balance.pending
     )
@@ -74,7 +74,7 @@ def _signed_points(kind: str, points: int, expires_at: datetime | None) -> int:
     return points
 
 
-def transaction_view(posting: Posting, after: Balance) -> schemas.Transaction:
+def transaction_view(posting: Posting, after: BalanceAfter) -> schemas.Transaction:
     kind = posting.type.value
     return schemas.Transaction(
         transaction_id=format_transaction_id(posting.posting_id),
@@ -93,7 +93,7 @@ def transaction_view(posting: Posting, after: Balance) -> schemas.Transaction:
     )
 
 
-def render_effect(effect: Effect, after: Balance) -> tuple[int, bytes]:
+def render_effect(effect: Effect, after: BalanceAfter) -> tuple[int, bytes]:
     """The answer to a posting request: the hold it opened (201), captured or voided
     (200), or else the transaction it created (201) with the balance after it."""
     if effect.hold is not None:

@@ -46,7 +46,7 @@ from exchange.batching import GroupCommitter
 from exchange.clock import Clock
 from exchange.errors import BatchNotFound, ExchangeError, RequestInProgress, ServiceUnavailable
 from exchange.ids import format_transaction_id
-from exchange.ledger import Balance, Effect
+from exchange.ledger import BalanceAfter, Effect
 from exchange.logs import get_logger
 from exchange.service import (
     BatchEvidence,
@@ -83,7 +83,7 @@ class _Posted(msgspec.Struct):
     transaction_id: str | None = None
 
 
-def render_item(effect: Effect, after: Balance) -> tuple[int, bytes]:
+def render_item(effect: Effect, after: BalanceAfter) -> tuple[int, bytes]:
     """How the ledger answers a batch item, stored with its item id's key for a replay.
 
     Only the transaction id: the item's result keeps nothing else (`_from_outcome`), and

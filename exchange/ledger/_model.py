@@ -24,6 +24,7 @@ __all__ = [
     "Allocation",
     "AllocationKind",
     "Balance",
+    "BalanceAfter",
     "Effect",
     "Entry",
     "ExpiringPoints",
@@ -215,6 +216,15 @@ class PartnerTerms(msgspec.Struct, frozen=True):
 class ExpiringPoints(msgspec.Struct, frozen=True):
     points: int
     expires_at: datetime
+
+
+class BalanceAfter(msgspec.Struct, frozen=True):
+    """A member's totals right after a posting: what the posting's row and its answer
+    carry. (A `Balance` adds the soonest expiring points, which only a balance read shows.)"""
+
+    available: int
+    held: int
+    pending: int
 
 
 class Balance(msgspec.Struct, frozen=True):

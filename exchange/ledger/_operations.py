@@ -39,6 +39,7 @@ from exchange.ledger._model import (
     Account,
     Allocation,
     Balance,
+    BalanceAfter,
     Effect,
     Entry,
     ExpiringPoints,
@@ -57,6 +58,7 @@ if TYPE_CHECKING:  # ids are values here: the core never makes one
 
 __all__ = [
     "balance",
+    "balance_after",
     "burn",
     "capture_hold",
     "earn",
@@ -73,10 +75,20 @@ HOLD_EXPIRES_IN_S_MAX = 604_800
 # -- operations --------------------------------------------------------------------------------
 
 
+def balance_after(book: MemberBook, now: datetime) -> BalanceAfter:
+    """The member's totals at `now`, right after a posting; the book must be settled to
+    `now` first."""
+    return BalanceAfter(
+        available=available_points(book, now),
+        held=sum(hold.points for hold in book.holds.values() if hold.status is HoldStatus.OPEN),
+        pending=sum(lot.remaining for lot in book.lots.values() if not lot.matured),
+    )
+
+
 def balance(book: MemberBook, now: datetime) -> Balance:
-    """The member's balance at `now`; the book must be settled to `now` first."""
-    pending = sum(lot.remaining for lot in book.lots.values() if not lot.matured)
-    held = sum(hold.points for hold in book.holds.values() if hold.status is HoldStatus.OPEN)
+    """The member's balance at `now`, with the soonest expiring points; the book must be
+    settled to `now` first."""
+    totals = balance_after(book, now)
     expiring = {at: points for at, points in book.unloaded_expiring.items() if at > now}
     for lot in book.lots.values():  # summed by date, then sorted by date: any order will do
         if lot.remaining > 0 and lot.expires_at > now:
@@ -84,9 +96,9 @@ def balance(book: MemberBook, now: datetime) -> Balance:
     soonest = sorted(expiring.items())[:EXPIRING_LOTS_SHOWN_MAX]
     return Balance(
         member_id=book.member_id,
-        available=available_points(book, now),
-        held=held,
-        pending=pending,
+        available=totals.available,
+        held=totals.held,
+        pending=totals.pending,
         expiring=tuple(ExpiringPoints(points, at) for at, points in soonest),
         as_of=now,
     )

@@ -35,12 +35,14 @@ from exchange.errors import (
 from exchange.ids import format_transaction_id, new_id
 from exchange.ledger import (
     Balance,
+    BalanceAfter,
     Context,
     MemberBook,
     Posting,
     TransferLimits,
     apply_due,
     balance,
+    balance_after,
     transfer,
 )
 from exchange.members import _store
@@ -175,8 +177,8 @@ class MembersService:
             limits=self.limits,
         )
         after = {
-            out_posting.posting_id: balance(sender, now),
-            in_posting.posting_id: balance(recipient, now),
+            out_posting.posting_id: balance_after(sender, now),
+            in_posting.posting_id: balance_after(recipient, now),
         }
         body = msgspec.json.encode(
             _transfer_view(sender, out_posting, to_member_id, transfer_id, after)
@@ -249,7 +251,7 @@ def _transfer_view(
     posting: Posting,
     to_member_id: str,
     transfer_id: uuid.UUID,
-    after: dict[uuid.UUID, Balance],
+    after: dict[uuid.UUID, BalanceAfter],
 ) -> TransferOut:
     moved = [
         TransferLot(

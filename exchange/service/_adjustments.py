@@ -36,7 +36,7 @@ from exchange.errors import (
     Unprocessable,
 )
 from exchange.ids import format_transaction_id, new_adjustment_id, new_id
-from exchange.ledger import Context, PartnerState, adjust, apply_due, balance
+from exchange.ledger import Context, PartnerState, adjust, apply_due, balance_after
 from exchange.logs import get_logger
 from exchange.service._commands import Idempotency, Outcome
 from exchange.service._idempotency import remember, replay_or_claim
@@ -236,6 +236,6 @@ class AdjustmentService:
         apply_due(book, ctx)
         posting = adjust(book, ctx, issuer, row.points, reference=row.adjustment_id)
         write = store.BatchWrite()
-        write.add_books([book], {posting.posting_id: balance(book, now)})
+        write.add_books([book], {posting.posting_id: balance_after(book, now)})
         await store.write_batch(conn, write)
         return posting.posting_id

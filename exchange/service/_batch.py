@@ -15,14 +15,14 @@ from exchange.errors import (
     Unprocessable,
 )
 from exchange.ledger import (
-    Balance,
+    BalanceAfter,
     Context,
     Effect,
     MemberBook,
     OriginalPosting,
     PartnerState,
     apply_due,
-    balance,
+    balance_after,
     burn,
     capture_hold,
     earn,
@@ -60,7 +60,7 @@ class PendingBatch:
     posting_requests: dict[uuid.UUID, store.PostingRequest] = field(default_factory=dict)
     records: list[store.IdempotencyRecord] = field(default_factory=list)  # keys stored apart
     links: set[tuple[str, str]] = field(default_factory=set)
-    after: dict[uuid.UUID, Balance] = field(default_factory=dict)
+    after: dict[uuid.UUID, BalanceAfter] = field(default_factory=dict)
     tiers: dict[str, str] = field(default_factory=dict)  # member_id -> tier (multipliers)
 
     def fail(self, index: int, error: ExchangeError) -> None:
@@ -93,7 +93,7 @@ def apply_rule(
         batch.fail(index, error)
         return
     posting = effect.posting
-    after = balance(book, ctx.now)
+    after = balance_after(book, ctx.now)
     batch.after[posting.posting_id] = after
     # The answer is rendered now so that it is stored with the key in this database
     # transaction: a replay returns these exact bytes.

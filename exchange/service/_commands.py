@@ -10,7 +10,7 @@ from datetime import datetime
 import msgspec
 
 from exchange.errors import ExchangeError
-from exchange.ledger import Balance, Effect, Posting, PostingType
+from exchange.ledger import BalanceAfter, Effect, Posting, PostingType
 from exchange.money import Money
 
 __all__ = [
@@ -149,7 +149,7 @@ class Outcome(msgspec.Struct, frozen=True):
     error: ExchangeError | None = None
 
 
-Render = Callable[[Effect, Balance], tuple[int, bytes]]
+Render = Callable[[Effect, BalanceAfter], tuple[int, bytes]]
 """How the HTTP layer answers an operation: (status code, body) from its effect and the
 member's balance after it. The service calls it inside the database transaction and
 stores the answer with the idempotency key, so a replay returns the exact bytes."""

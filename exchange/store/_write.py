@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from exchange.ledger import Balance, MemberBook, Posting, PostingType
+from exchange.ledger import BalanceAfter, MemberBook, Posting, PostingType
 from exchange.store._connection import Connection
 from exchange.store._records import COUNTER_SHARDS, NO_REQUEST, IdempotencyRecord, PostingRequest
 from exchange.store._rows import (
@@ -153,7 +153,7 @@ class BatchWrite:
     def add_books(
         self,
         books: Iterable[MemberBook],
-        after: Mapping[uuid.UUID, Balance],
+        after: Mapping[uuid.UUID, BalanceAfter],
         requests: Mapping[uuid.UUID, PostingRequest] | None = None,
     ) -> None:
         """The books' new and changed rows; `after` and `requests` by posting id: the
@@ -165,7 +165,7 @@ class BatchWrite:
     def _add_book(
         self,
         book: MemberBook,
-        after: Mapping[uuid.UUID, Balance],
+        after: Mapping[uuid.UUID, BalanceAfter],
         requests: Mapping[uuid.UUID, PostingRequest],
     ) -> None:
         touched: set[uuid.UUID] = set(book.matured_lots)
@@ -210,7 +210,11 @@ class BatchWrite:
             self.debts.append((book.member_id, book.debt))
 
     def _add_posting(
-        self, book: MemberBook, posting: Posting, after: Balance | None, request: PostingRequest
+        self,
+        book: MemberBook,
+        posting: Posting,
+        after: BalanceAfter | None,
+        request: PostingRequest,
     ) -> None:
         self.postings.append(PostingRow(
             posting.posting_id, posting.type.value, posting.member_id, posting.partner_id,

@@ -13,7 +13,7 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.clock import FrozenClock
-from exchange.ledger import Balance, Effect
+from exchange.ledger import BalanceAfter, Effect
 from exchange.service import Burn, Earn, LedgerService, OpenHold, Render
 from exchange.views import render_effect
 from tests.support import add_partner, enrol, submit
@@ -22,7 +22,7 @@ TTL = timedelta(days=1095)
 
 
 def _tagged(tag: str) -> Render:
-    def render(effect: Effect, after: Balance) -> tuple[int, bytes]:
+    def render(effect: Effect, after: BalanceAfter) -> tuple[int, bytes]:
         kind = "hold" if effect.hold is not None else effect.posting.type.value
         return 299, msgspec.json.encode({"tag": tag, "kind": kind, "available": after.available})
 
@@ -53,7 +53,7 @@ async def test_the_service_answers_what_the_renderer_returned_and_replays_it(
 async def test_a_refused_request_is_not_rendered(engine: AsyncEngine, clock: FrozenClock) -> None:
     calls: list[Effect] = []
 
-    def render(effect: Effect, after: Balance) -> tuple[int, bytes]:
+    def render(effect: Effect, after: BalanceAfter) -> tuple[int, bytes]:
         calls.append(effect)
         return render_effect(effect, after)
 
