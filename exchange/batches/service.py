@@ -167,7 +167,7 @@ class BatchService:
             row = await store.get_batch(conn, partner_id, batch_id)
             if row is None:
                 raise BatchNotFound(f"No batch {batch_id}.")
-            counts = await store.live_counts(conn, batch_id)
+            counts = await store.live_counts(conn, batch_id, partner_id)
         return BatchStatus(
             batch_id=row.batch_id,
             status=row.status,
@@ -184,7 +184,7 @@ class BatchService:
         async with self.engine.connect() as conn:
             if await store.get_batch(conn, partner_id, batch_id) is None:
                 raise BatchNotFound(f"No batch {batch_id}.")
-            rows = await store.list_results(conn, batch_id, after, limit)
+            rows = await store.list_results(conn, batch_id, partner_id, after, limit)
         return BatchResultPage(
             results=[_result_view(row) for row in rows],
             next=str(rows[-1].seq) if len(rows) == limit else msgspec.UNSET,

@@ -155,9 +155,15 @@ async def record_results(
     )
 
 
-def _items_with_results(batch_id: str) -> Select[Any]:
-    """Each item of the batch with its result, its item id's first result (NULLs while
-    pending)."""
+def _items_with_results(batch_id: str, partner_id: str, *, decided: bool) -> Select[Any]:
+    """Each item of the batch with its result, its item id's first result; only the decided
+    items, or every item (NULLs while pending). `partner_id` is the batch's: its results
+    are probed by (partner, item id), one index probe per item, with no join to
+    `batches` (docs/performance.md, "Seventeenth round")."""
+    results = and_(
+        batch_item_results.c.partner_id == partner_id,
+        batch_item_results.c.item_id == batch_items.c.item_id,
+    )
     return (
         select(
             batch_items.c.seq,
@@ -167,34 +173,22 @@ def _items_with_results(batch_id: str) -> Select[Any]:
             batch_item_results.c.code,
         )
         .select_from(batch_items)
-        .join(batches, batches.c.batch_id == batch_items.c.batch_id)
-        .join(
-            batch_item_results,
-            and_(
-                batch_item_results.c.partner_id == batches.c.partner_id,
-                batch_item_results.c.item_id == batch_items.c.item_id,
-            ),
-            isouter=True,
-        )
+        .join(batch_item_results, results, isouter=not decided)
         .where(batch_items.c.batch_id == batch_id)
     )
 
 
-async def live_counts(conn: AsyncConnection, batch_id: str) -> dict[str, int]:
+async def live_counts(conn: AsyncConnection, batch_id: str, partner_id: str) -> dict[str, int]:
     """How many of the batch's items are posted and rejected so far."""
-    decided = _items_with_results(batch_id).subquery()
-    rows = await conn.execute(
-        select(decided.c.status, func.count())
-        .where(decided.c.status.is_not(None))
-        .group_by(decided.c.status)
-    )
+    decided = _items_with_results(batch_id, partner_id, decided=True).subquery()
+    rows = await conn.execute(select(decided.c.status, func.count()).group_by(decided.c.status))
     return {status: int(count) for status, count in rows.all()}
 
 
 async def complete_batch(conn: AsyncConnection, batch: Row[Any], at: datetime) -> dict[str, Any]:
     """Mark the batch completed and write `batch.completed` in the same database
     transaction (contract §10: no fact without its event)."""
-    counts = await live_counts(conn, batch.batch_id)
+    counts = await live_counts(conn, batch.batch_id, batch.partner_id)
     posted, rejected = int(counts.get("posted", 0)), int(counts.get("rejected", 0))
     await conn.execute(
         update(batches)
@@ -219,12 +213,12 @@ async def get_batch(conn: AsyncConnection, partner_id: str, batch_id: str) -> Ro
 
 
 async def list_results(
-    conn: AsyncConnection, batch_id: str, after: int, limit: int
+    conn: AsyncConnection, batch_id: str, partner_id: str, after: int, limit: int
 ) -> list[Row[Any]]:
     """The batch's decided items after position `after`, in file order."""
     query = (
-        _items_with_results(batch_id)
-        .where(batch_items.c.seq > after, batch_item_results.c.status.is_not(None))
+        _items_with_results(batch_id, partner_id, decided=True)
+        .where(batch_items.c.seq > after)
         .order_by(batch_items.c.seq)
         .limit(limit)
     )

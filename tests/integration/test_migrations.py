@@ -262,8 +262,8 @@ async def test_batch_items_read_the_same_through_0017_and_0018_down_and_up(
 
     async def read() -> tuple[list[tuple[Any, ...]], dict[str, int], list[tuple[Any, ...]]]:
         async with engine.connect() as connection:
-            rows = await batch_store.list_results(connection, "bat_1", 0, 10)
-            counts = await batch_store.live_counts(connection, "bat_1")
+            rows = await batch_store.list_results(connection, "bat_1", "grocer", 0, 10)
+            counts = await batch_store.live_counts(connection, "bat_1", "grocer")
             pending = await batch_store.pending_items(connection, "bat_1", "grocer", 0, 10)
         items = [(item.seq, json.loads(item.payload)) for item in pending]
         return [tuple(row) for row in rows], counts, items
