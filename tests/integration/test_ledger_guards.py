@@ -229,7 +229,11 @@ async def test_one_orphan_refuses_a_statement_of_many_rows_whole(
         + _MISSING_POSTING
         + "::uuid) AS p, (VALUES (8, 3), (9, -3)) AS v(line, amount)",
     )
-    assert "refers to postings.posting_id 00000000-0000-7000-8000-000000000000" in message
+    # The row refused is named, though each distinct parent is probed once (0022).
+    assert (
+        "entries row 00000000-0000-7000-8000-000000000000 refers to postings.posting_id"
+        " 00000000-0000-7000-8000-000000000000 that does not exist" in message
+    )
     async with engine.connect() as conn:
         assert (await conn.execute(text(_COUNTS))).one() == before
 
@@ -296,15 +300,23 @@ async def batch(engine: AsyncEngine, member: str) -> str:
 @pytest.mark.parametrize(
     ("sql", "missing"),
     [
-        (_ITEMS.format(rows="('bat_nope', 1, 'a', '{}')"), "batches.batch_id bat_nope"),
+        (_ITEMS.format(rows="('bat_nope', 1, 'a', '{}')"), "refers to batches.batch_id bat_nope"),
         # one orphan among rows whose batch exists: the statement is refused whole
         (
             _ITEMS.format(rows="('bat_1', 2, 'b', '{}'), ('bat_nope', 1, 'a', '{}')"),
-            "batches.batch_id bat_nope",
+            "refers to batches.batch_id bat_nope",
         ),
-        (_RESULTS.format(rows="('nope', 'a', 'posted', 'bat_1')"), "partners.partner_id nope"),
+        # the refused row is named by its position (migration 0022)
+        (
+            _ITEMS.format(rows="('bat_1', 3, 'c', '{}'), ('bat_nope', 7, 'a', '{}')"),
+            "batch_items row 7 refers to batches.batch_id bat_nope",
+        ),
+        (
+            _RESULTS.format(rows="('nope', 'a', 'posted', 'bat_1')"),
+            "refers to partners.partner_id nope",
+        ),
     ],
-    ids=["item-batch", "item-batch-among-many", "result-partner"],
+    ids=["item-batch", "item-batch-among-many", "item-named", "result-partner"],
 )
 async def test_a_batch_row_naming_a_missing_parent_is_refused_and_changes_nothing(
     engine: AsyncEngine, sql: str, missing: str
@@ -314,7 +326,7 @@ async def test_a_batch_row_naming_a_missing_parent_is_refused_and_changes_nothin
     with pytest.raises(DBAPIError) as caught:
         async with engine.begin() as conn:
             await conn.execute(text(sql))
-    assert f"refers to {missing} that does not exist" in str(caught.value.orig)
+    assert f"{missing} that does not exist" in str(caught.value.orig)
     assert getattr(caught.value.orig, "sqlstate", None) == "23503"
     async with engine.connect() as conn:
         assert (await conn.execute(text(_BATCH_COUNTS))).one() == before
