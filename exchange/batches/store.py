@@ -7,18 +7,20 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from sqlalchemy import Row, Select, and_, func, select, text, update
+from sqlalchemy import Row, Select, and_, func, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.batches.tables import batch_item_results, batch_items, batches
 from partners.webhooks import events
 
 __all__ = [
+    "PENDING_SQL",
     "ItemResult",
     "NewItem",
     "PendingItem",
     "claim_next_batch",
     "complete_batch",
+    "decided_items",
     "get_batch",
     "insert_batch",
     "list_results",
@@ -97,15 +99,17 @@ async def claim_next_batch(conn: AsyncConnection) -> Row[Any] | None:
 # The next undecided items after position `after`, in file order. An item's result is its
 # item id's first result (contract §9: an item id is decided once, for ever), so an item is
 # pending exactly while `batch_item_results` has no row for its id, and an item's row is
-# never updated.
-_PENDING_SQL = text("""
+# never updated. The result is looked for with a scalar subquery, which PostgreSQL never
+# turns into a join: one primary-key probe per item read. As `NOT EXISTS`, statistics
+# taken while the tables were empty (a new exchange, every bench run) made it a hash anti
+# join over every result the partner ever had, once per chunk: 29 ms a call in the batch
+# harness, more than the ledger's write (docs/performance.md, "Seventeenth round").
+PENDING_SQL = text("""
 SELECT i.seq, i.item_id, i.payload
 FROM batch_items AS i
 WHERE i.batch_id = :batch_id AND i.seq > :after
-  AND NOT EXISTS (
-      SELECT 1 FROM batch_item_results AS r
-      WHERE r.partner_id = :partner_id AND r.item_id = i.item_id
-  )
+  AND (SELECT 1 FROM batch_item_results AS r
+       WHERE r.partner_id = :partner_id AND r.item_id = i.item_id) IS NULL
 ORDER BY i.seq
 LIMIT :limit
 """)
@@ -116,7 +120,7 @@ async def pending_items(
 ) -> list[PendingItem]:
     """Up to `limit` undecided items after position `after`, in file order."""
     rows = await conn.execute(
-        _PENDING_SQL,
+        PENDING_SQL,
         {"batch_id": batch_id, "partner_id": partner_id, "after": after, "limit": limit},
     )
     # The SELECT's columns are the struct's fields in order: unpacking a row costs a tenth
@@ -155,32 +159,34 @@ async def record_results(
     )
 
 
-def _items_with_results(batch_id: str, partner_id: str, *, decided: bool) -> Select[Any]:
-    """Each item of the batch with its result, its item id's first result; only the decided
-    items, or every item (NULLs while pending). `partner_id` is the batch's: its results
-    are probed by (partner, item id), one index probe per item, with no join to
-    `batches` (docs/performance.md, "Seventeenth round")."""
-    results = and_(
-        batch_item_results.c.partner_id == partner_id,
-        batch_item_results.c.item_id == batch_items.c.item_id,
-    )
-    return (
-        select(
-            batch_items.c.seq,
-            batch_items.c.item_id,
-            batch_item_results.c.status,
-            batch_item_results.c.transaction_id,
-            batch_item_results.c.code,
+def decided_items(batch_id: str, partner_id: str) -> Select[Any]:
+    """The batch's decided items with their results (an item id's first result), in no
+    order. Each item's result is looked up by its own (partner, item id) primary-key probe:
+    a LATERAL subquery with a LIMIT is never flattened into a join, so the cost is one
+    probe per item of this batch whatever the partner's history. As a plain join,
+    PostgreSQL hashed every result the partner ever had (7,000 rows for a batch of 1,000
+    in the batch harness; docs/performance.md, "Seventeenth round")."""
+    result = (
+        select(batch_item_results.c.status, batch_item_results.c.transaction_id,
+               batch_item_results.c.code)
+        .where(
+            batch_item_results.c.partner_id == partner_id,
+            batch_item_results.c.item_id == batch_items.c.item_id,
         )
-        .select_from(batch_items)
-        .join(batch_item_results, results, isouter=not decided)
+        .limit(1)
+        .lateral("result")
+    )  # fmt: skip
+    return (
+        select(batch_items.c.seq, batch_items.c.item_id, result.c.status,
+               result.c.transaction_id, result.c.code)
+        .select_from(batch_items.join(result, true()))
         .where(batch_items.c.batch_id == batch_id)
-    )
+    )  # fmt: skip
 
 
 async def live_counts(conn: AsyncConnection, batch_id: str, partner_id: str) -> dict[str, int]:
     """How many of the batch's items are posted and rejected so far."""
-    decided = _items_with_results(batch_id, partner_id, decided=True).subquery()
+    decided = decided_items(batch_id, partner_id).subquery()
     rows = await conn.execute(select(decided.c.status, func.count()).group_by(decided.c.status))
     return {status: int(count) for status, count in rows.all()}
 
@@ -217,7 +223,7 @@ async def list_results(
 ) -> list[Row[Any]]:
     """The batch's decided items after position `after`, in file order."""
     query = (
-        _items_with_results(batch_id, partner_id, decided=True)
+        decided_items(batch_id, partner_id)
         .where(batch_items.c.seq > after)
         .order_by(batch_items.c.seq)
         .limit(limit)
