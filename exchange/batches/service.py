@@ -167,7 +167,13 @@ class BatchService:
             row = await store.get_batch(conn, partner_id, batch_id)
             if row is None:
                 raise BatchNotFound(f"No batch {batch_id}.")
-            counts = await store.live_counts(conn, batch_id, partner_id)
+            # A completed batch's counts were taken when it completed, in the transaction
+            # that completed it, and every item was decided by then: they are final. Only
+            # a batch still processing is counted, item by item.
+            if row.status == "completed":
+                counts = {"posted": row.posted, "rejected": row.rejected}
+            else:
+                counts = await store.live_counts(conn, batch_id, partner_id)
         return BatchStatus(
             batch_id=row.batch_id,
             status=row.status,

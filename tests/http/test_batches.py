@@ -11,6 +11,7 @@ import httpx
 import msgspec
 import pytest
 from litestar import Litestar
+from sqlalchemy import text
 
 from exchange.clock import FrozenClock
 from exchange.db import libpq_url
@@ -182,11 +183,35 @@ async def test_an_item_id_posts_once_for_ever_across_batches(
     await _finished(client, grocer, clock, first.json()["batch_id"])
     again = await _submit(client, grocer, clock, [item | {"points": 900}])
     assert again.json()["batch_id"] != first.json()["batch_id"]
-    await _finished(client, grocer, clock, again.json()["batch_id"])
+    second = await _finished(client, grocer, clock, again.json()["batch_id"])
     one = await _results(client, grocer, clock, first.json()["batch_id"])
     two = await _results(client, grocer, clock, again.json()["batch_id"])
     assert one[0]["transaction_id"] == two[0]["transaction_id"]
     assert await _balance(grocer, member_id) == 7
+    # The second batch counts its item as posted: its id's first result.
+    assert (second["posted"], second["rejected"]) == (1, 0)
+
+
+async def test_a_completed_batchs_status_is_its_completion_record(
+    client: httpx.AsyncClient, grocer: OnboardedPartner, clock: FrozenClock, app: Litestar
+) -> None:
+    # Counted once, when it completed, in the same transaction: a status read of a
+    # completed batch reads that record rather than counting its items again.
+    member_id = await _member(grocer)
+    item = {"item_id": "c-1", "type": "earn", "member_id": member_id, "reference": "r", "points": 7}
+    accepted = await _submit(client, grocer, clock, [item])
+    batch_id = accepted.json()["batch_id"]
+    done = await _finished(client, grocer, clock, batch_id)
+    assert (done["posted"], done["rejected"]) == (1, 0)
+    services: Services = app.state.services
+    async with services.engine.begin() as conn:
+        # Not something the exchange ever does: it tells the record from a count.
+        await conn.execute(
+            text("UPDATE batches SET posted = 5, rejected = 3 WHERE batch_id = :batch_id"),
+            {"batch_id": batch_id},
+        )
+    again = await signed(client, grocer, clock, "GET", f"/v1/batches/{batch_id}")
+    assert (again.json()["posted"], again.json()["rejected"]) == (5, 3)
 
 
 async def test_the_same_upload_again_is_replayed_not_queued_twice(
