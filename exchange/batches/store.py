@@ -47,15 +47,18 @@ class PendingItem(msgspec.Struct, frozen=True):
     payload: str  # the item as JSON text, decoded by the caller straight into its struct
 
 
-# A file's items as three arrays (position, item id, the item as JSON text): one statement
-# per 2,000 items, where a multi-row `executemany` ran one statement per item (2.8 s of
-# PostgreSQL's time for the bench's 50,000 items; docs/performance.md, "Seventh round").
+# A file's items as two arrays (item id, the item as JSON text), numbered from the part's
+# first position: one statement per 2,000 items, where a multi-row `executemany` ran one
+# statement per item (2.8 s of PostgreSQL's time for the bench's 50,000 items;
+# docs/performance.md, "Seventh round"). Only `text[]` parameters: asyncpg encodes them
+# with codecs of its own, where an `integer[]` made it look the type up in the catalog
+# once per connection, a query PostgreSQL took ~8 ms to plan (docs/performance.md,
+# "Eighteenth round").
 _INSERT_ITEMS_SQL = text("""
 INSERT INTO batch_items (batch_id, seq, item_id, payload)
-SELECT :batch_id, i.seq, i.item_id, i.payload
-FROM unnest(
-    CAST(:seqs AS integer[]), CAST(:item_ids AS text[]), CAST(:payloads AS text[])
-) AS i(seq, item_id, payload)
+SELECT :batch_id, :first_seq + i.n - 1, i.item_id, i.payload
+FROM unnest(CAST(:item_ids AS text[]), CAST(:payloads AS text[]))
+     WITH ORDINALITY AS i(item_id, payload, n)
 """)
 _ITEMS_PER_STATEMENT = 2000
 
@@ -69,6 +72,7 @@ class NewItem(msgspec.Struct, frozen=True):
 async def insert_batch(
     conn: AsyncConnection, batch: dict[str, Any], items: Sequence[NewItem]
 ) -> None:
+    """The batch's row and its items, which are numbered 1, 2, ... in the file's order."""
     await conn.execute(batches.insert().values(**batch))
     for start in range(0, len(items), _ITEMS_PER_STATEMENT):  # one database transaction
         part = items[start : start + _ITEMS_PER_STATEMENT]
@@ -76,7 +80,7 @@ async def insert_batch(
             _INSERT_ITEMS_SQL,
             {
                 "batch_id": batch["batch_id"],
-                "seqs": [item.seq for item in part],
+                "first_seq": part[0].seq,
                 "item_ids": [item.item_id for item in part],
                 "payloads": [item.payload for item in part],
             },

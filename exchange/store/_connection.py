@@ -12,6 +12,14 @@ round"); a plan made while the journal was nearly empty would otherwise read it 
 until the next `ANALYZE`, at a cost growing with the journal (docs/performance.md,
 "Fourteenth round"). A table without an index for a statement is still read
 sequentially: the setting only rules the scan out where an index can serve.
+
+It also uses each statement's generic plan from its first execution
+(`plan_cache_mode = force_generic_plan`), the plan PostgreSQL settles on anyway after
+planning it five times for the parameters at hand: every ledger statement, and every
+statement of the functions and checks it calls, did in `pg_stat_statements`. Those five
+plannings per statement and connection, paid again by every new connection (a restart,
+the hourly `pool_recycle`), cost a short bench scenario several percent of PostgreSQL's
+CPU (docs/performance.md, "Eighteenth round").
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ __all__ = ["Connection", "LedgerTransaction", "driver_of", "transaction"]
 
 Connection: TypeAlias = asyncpg.Connection
 
-_BEGIN = "BEGIN; SET LOCAL enable_seqscan = off"
+_BEGIN = "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL plan_cache_mode = force_generic_plan"
 
 
 class LedgerTransaction:

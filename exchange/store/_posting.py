@@ -75,7 +75,7 @@ __all__ = [
 # a pair another batch inserted but has not committed makes this insert wait for its end.
 _NONCES_SQL = """
 INSERT INTO signature_nonces (key_id, nonce, seen_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS n(key_id, nonce, seen_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[]::timestamptz[]) AS n(key_id, nonce, seen_at)
 ORDER BY n.key_id, n.nonce
 ON CONFLICT DO NOTHING
 RETURNING key_id, nonce
@@ -92,7 +92,7 @@ async def claim_nonces(
         _NONCES_SQL,
         [key_id for key_id, _, _ in claims],
         [nonce for _, nonce, _ in claims],
-        [seen_at for _, _, seen_at in claims],
+        [seen_at.isoformat() for _, _, seen_at in claims],  # text: see partners.store
     )
     return {(row["key_id"], row["nonce"]) for row in rows}
 

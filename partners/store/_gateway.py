@@ -31,9 +31,12 @@ WHERE k.key_id = $1
 _DIRECTORY_SQL = "SELECT key_id FROM partner_keys LIMIT $1"
 # Duplicates in one write are removed before it; a pair already stored is skipped. Sorted,
 # as the ledger's own nonce insert is: overlapping writes wait in one order, never deadlock.
+# The times travel as text: asyncpg encodes `text[]` with codecs of its own, where a
+# `timestamptz[]` made it look the array type up in the catalog once per connection, a
+# query PostgreSQL took ~8 ms to plan (docs/performance.md, "Eighteenth round").
 _NONCES_SQL = """
 INSERT INTO signature_nonces (key_id, nonce, seen_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS n(key_id, nonce, seen_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[]::timestamptz[]) AS n(key_id, nonce, seen_at)
 ORDER BY n.key_id, n.nonce
 ON CONFLICT DO NOTHING
 RETURNING key_id, nonce
@@ -46,7 +49,7 @@ _NONCES_NOT_DURABLE_SQL = """
 WITH not_durable AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))
 INSERT INTO signature_nonces (key_id, nonce, seen_at)
 SELECT n.* FROM not_durable,
-     unnest($1::text[], $2::text[], $3::timestamptz[]) AS n(key_id, nonce, seen_at)
+     unnest($1::text[], $2::text[], $3::text[]::timestamptz[]) AS n(key_id, nonce, seen_at)
 ORDER BY n.key_id, n.nonce
 ON CONFLICT DO NOTHING
 RETURNING key_id, nonce
@@ -91,7 +94,7 @@ async def insert_nonces(
             _NONCES_SQL if durable else _NONCES_NOT_DURABLE_SQL,
             [key_id for key_id, _ in pairs],
             [nonce for _, nonce in pairs],
-            list(seen_at),
+            [at.isoformat() for at in seen_at],  # see _NONCES_SQL
         )
     return {(row["key_id"], row["nonce"]) for row in rows}
 
