@@ -1,10 +1,10 @@
 """`exchange bench --statements`: where PostgreSQL's time goes, statement by statement.
 
 With the option, the bench's PostgreSQL loads `pg_stat_statements` (`track = all`, so the
-statements that triggers and foreign-key checks run inside a write are counted too). The
-counters are reset before each scenario and read after it: the JSON keeps each
-scenario's costliest statements under `statements.<scenario>`, and the run prints the
-top few.
+statements that triggers and foreign-key checks run inside a write are counted too, and
+`track_planning = on`, so each statement's plannings and their time too). The counters
+are reset before each scenario and read after it: the JSON keeps each scenario's
+costliest statements under `statements.<scenario>`, and the run prints the top few.
 
 Three things to know when reading them:
 - A nested statement's time is also inside its top-level statement's (`toplevel` says
@@ -16,6 +16,8 @@ Three things to know when reading them:
   against different tables with text keys (`members`, `partners`, `batches`: all
   `... FROM ONLY "public"."t" x WHERE key = $1 FOR KEY SHARE OF x`) are counted as one
   statement, shown with the first table's name.
+- Counting plannings makes each planning dearer, so `plan_ms` overstates what planning
+  costs without the option (docs/performance.md, "Eighteenth round").
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class StatementStat:
     total_ms: float
     mean_ms: float
     wal_bytes: int
+    plans: int  # plannings: once per connection for a kept generic plan, each call otherwise
+    plan_ms: float  # their time, apart from total_ms
 
 
 def enable(postgres: EmbeddedPostgres) -> None:
@@ -49,6 +53,7 @@ def enable(postgres: EmbeddedPostgres) -> None:
     statements too."""
     postgres.psql(f"CREATE EXTENSION IF NOT EXISTS {EXTENSION}")
     postgres.psql(f"ALTER SYSTEM SET {EXTENSION}.track = 'all'")
+    postgres.psql(f"ALTER SYSTEM SET {EXTENSION}.track_planning = on")
     postgres.psql("SELECT pg_reload_conf()")
 
 
@@ -63,7 +68,9 @@ FROM (
            toplevel, calls, rows,
            round(total_exec_time::numeric, 1)::float8 AS total_ms,
            round(mean_exec_time::numeric, 3)::float8 AS mean_ms,
-           wal_bytes::bigint AS wal_bytes
+           wal_bytes::bigint AS wal_bytes,
+           plans,
+           round(total_plan_time::numeric, 1)::float8 AS plan_ms
     FROM pg_stat_statements
     WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
     ORDER BY total_exec_time DESC
