@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from exchange import metrics
 from exchange.errors import DatabaseUnavailable, ExchangeError, ServiceUnavailable, Unprocessable
 from exchange.logs import get_logger
-from exchange.service import LedgerRequest, LedgerService, Outcome, Render
+from exchange.service import LedgerRequest, LedgerService, Outcome, Record, Render
 
 __all__ = ["GroupCommitter"]
 
@@ -124,7 +124,11 @@ class GroupCommitter:
                 future.set_result(outcome)
 
     async def commit_group(
-        self, requests: Sequence[LedgerRequest], *, render: Render | None = None
+        self,
+        requests: Sequence[LedgerRequest],
+        *,
+        render: Render | None = None,
+        record: Record | None = None,
     ) -> list[Outcome]:
         """Commit the requests as one database transaction; one outcome per request, in order.
 
@@ -132,7 +136,9 @@ class GroupCommitter:
         whole is split in halves and each half committed alone, down to single requests,
         so a request that breaks a transaction never decides another's outcome; an error
         of a single request becomes its outcome. The database away (`ServiceUnavailable`)
-        is raised for the whole group at once: nothing in it is decided.
+        is raised for the whole group at once: nothing in it is decided. `record` writes
+        the caller's rows in each transaction, for the requests that transaction carries
+        (the whole group, or a part of it after a split).
         """
         outcomes: list[Outcome | None] = [None] * len(requests)
         storable: list[int] = []
@@ -144,18 +150,18 @@ class GroupCommitter:
             else:
                 storable.append(index)
         if storable:
-            done = await self._commit_unit([requests[index] for index in storable], render)
+            done = await self._commit_unit([requests[index] for index in storable], render, record)
             for index, outcome in zip(storable, done, strict=True):
                 outcomes[index] = outcome
         return [outcome or Outcome() for outcome in outcomes]
 
     async def _commit_unit(
-        self, requests: Sequence[LedgerRequest], render: Render | None
+        self, requests: Sequence[LedgerRequest], render: Render | None, record: Record | None
     ) -> list[Outcome]:
         self.batches += 1
         self.requests += len(requests)
         try:
-            outcomes = await self.ledger.submit(requests, render=render)
+            outcomes = await self.ledger.submit(requests, render=render, record=record)
         except ServiceUnavailable:
             raise  # the database away or too busy: splitting would only multiply the wait
         except Exception as exc:
@@ -166,8 +172,8 @@ class GroupCommitter:
             _log.warning("group_failed_splitting", size=len(requests), error=type(exc).__name__)
             half = len(requests) // 2
             return [
-                *await self._commit_unit(requests[:half], render),
-                *await self._commit_unit(requests[half:], render),
+                *await self._commit_unit(requests[:half], render, record),
+                *await self._commit_unit(requests[half:], render, record),
             ]
         metrics.observe_batch((r.command, o) for r, o in zip(requests, outcomes, strict=True))
         return outcomes

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime
 
 from exchange.batches.parse import BurnItem, EarnItem, Item
 from exchange.errors import CurrencyNotSupported, TransactionNotFound, Unprocessable
 from exchange.ids import parse_transaction_id
 from exchange.money import MINOR_UNITS, Money, parse_amount
-from exchange.service import Burn, Command, Earn, Idempotency, Reverse
+from exchange.service import Burn, Command, Earn, Reverse
 
-__all__ = ["item_command", "item_idempotency"]
+__all__ = ["item_command"]
 
-KEY_PREFIX = "batch-item:"
 # Times an item may carry, as exchange.http.wire_time allows for single requests.
 _TIME_MIN = datetime(2000, 1, 1, tzinfo=UTC)
 _TIME_MAX = datetime(2200, 1, 1, tzinfo=UTC)
-
-
-def item_idempotency(item_id: str) -> Idempotency:
-    """The ledger idempotency key of an item: its id, in a namespace of its own. The
-    fingerprint is the id alone, so an item sent again gets its first result (contract
-    §9), whatever else it says."""
-    key = KEY_PREFIX + item_id
-    return Idempotency(key, hashlib.sha256(key.encode()).digest())
 
 
 def item_command(partner_id: str, item: Item) -> Command:

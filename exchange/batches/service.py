@@ -1,11 +1,18 @@
 """`BatchService`: accept a batch file (one database transaction), process it in the
 background through the same group committer as single requests, report its results.
 
-Exactly once per item, for ever: each item posts under the ledger idempotency key
-`batch-item:<item_id>` (`exchange.batches.commands`), so the ledger's UNIQUE key makes a
-second posting impossible — across batches, retries and crashes. After a crash between a
-posting's commit and the recording of its result, the item is still `pending`; it is
-submitted again and the ledger replays its first answer (same transaction id).
+Exactly once per item, for ever: an item's result is its record. A posted item's result
+is written in the ledger's own database transaction, with the posting (`record_posted`,
+through the group committer's `record`), so a crash keeps both or neither, and an item
+is pending exactly while its id has no result. The result's primary key (partner, item
+id) makes a second posting impossible, across batches, retries and crashes: two batches
+posting the same id at once meet on that key, the second waits for the first's commit
+and then rolls back, and its next pass reads the first's result. A refused item's result
+is recorded after its chunk (nothing was posted for it; a crash before that leaves it
+pending, to be decided again).
+
+Items posted before this (migration 0023) carry the ledger idempotency key
+`batch-item:<item_id>`; an upgrade records the result of any such item still pending.
 
 One owner per batch across server processes: the processor holds the batch row locked
 (`FOR UPDATE SKIP LOCKED`) while it works; a crash releases the lock, and any process
@@ -17,11 +24,11 @@ results, then leaves the rest of the batch pending for the next start (`stop`): 
 database work in flight is never cancelled midway. Only a processor that has not
 finished within `STOP_GRACE_S` is cancelled, which rolls its chunk back whole.
 
-Throughput: a processor reads a chunk of pending items together with their item ids'
-first results (one statement), builds the chunk's ledger requests and commits them as one
-unit (`GroupCommitter.commit_group`: one database transaction for the chunk, split by
-halves only if it fails as a whole, so a refused item never affects another), then records
-the chunk's results in one statement.
+Throughput: a processor reads a chunk of pending items (one statement), builds the chunk's
+ledger requests and commits them as one unit (`GroupCommitter.commit_group`: one database
+transaction for the chunk and its posted items' results, split by halves only if it fails
+as a whole, so a refused item never affects another), then records the refused items'
+results, if any, in one statement.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.background import finish_or_cancel
 from exchange.batches import store
-from exchange.batches.commands import item_command, item_idempotency
+from exchange.batches.commands import item_command
 from exchange.batches.parse import Item, decode_item, encode_item, parse_batch
 from exchange.batches.schemas import BatchAccepted, BatchResult, BatchResultPage, BatchStatus
 from exchange.batches.store import ItemResult, NewItem, PendingItem
@@ -57,6 +64,7 @@ from exchange.service import (
     remember,
     replay_or_claim,
 )
+from exchange.store import Connection
 
 __all__ = ["BatchService"]
 
@@ -76,20 +84,17 @@ class _Chunk:
 
 
 class _Posted(msgspec.Struct):
-    """A batch item's stored answer: the one field of a posting that its result keeps.
-    (Items posted before this answer existed stored the single endpoint's whole response,
-    which has the field too.)"""
+    """A batch item's answer: the one field of a posting that its result keeps."""
 
     transaction_id: str | None = None
 
 
 def render_item(effect: Effect, after: BalanceAfter) -> tuple[int, bytes]:
-    """How the ledger answers a batch item, stored with its item id's key for a replay.
+    """How the ledger answers a batch item.
 
-    Only the transaction id: the item's result keeps nothing else (`_from_outcome`), and
-    the single endpoint's whole response cost every item a render and its bytes in the
-    posting's row, 12% of a batch's CPU in the process and 7% in PostgreSQL
-    (docs/performance.md, "Sixteenth round")."""
+    Only the transaction id: the item's result keeps nothing else (`_posted`), and the
+    single endpoint's whole response cost every item a render, 12% of a batch's CPU in the
+    process (docs/performance.md, "Sixteenth round")."""
     del after  # the balance after is stored on the posting's row, not in its answer
     return 201, msgspec.json.encode(_Posted(format_transaction_id(effect.posting.posting_id)))
 
@@ -271,8 +276,10 @@ class BatchService:
                 seen.add(row.item_id)
                 fresh.append(row)
         results = [r for r in await self._post(batch_id, partner_id, fresh) if r is not None]
-        async with self.engine.begin() as conn:
-            await store.record_results(conn, batch_id, partner_id, results)
+        refused = [r for r in results if r.status != "posted"]  # posted: recorded with it
+        if refused:
+            async with self.engine.begin() as conn:
+                await store.record_results(conn, batch_id, partner_id, refused)
         if not results:
             await asyncio.sleep(STALL_S)  # every item is busy elsewhere: let it finish
         return _Chunk(last=pending[-1].seq, count=len(pending), settled=len(results) == len(fresh))
@@ -295,16 +302,42 @@ class BatchService:
             except ExchangeError as exc:  # refused as its single endpoint would refuse it
                 results.append(ItemResult(row.item_id, "rejected", code=exc.code))
                 continue
-            requests.append(LedgerRequest(command, item_idempotency(row.item_id), evidence))
+            # No idempotency key: the item's result, written with its posting, is its
+            # record (`_record`).
+            requests.append(LedgerRequest(command, None, evidence))
             posted.append(row)
         if not requests:
             return results
+        item_ids = {id(request): row.item_id for request, row in zip(requests, posted, strict=True)}
+
+        async def record(
+            conn: Connection, unit: Sequence[LedgerRequest], outcomes: Sequence[Outcome]
+        ) -> None:
+            """The posted items' results, in the transaction that posts them."""
+            done = [
+                _posted(item_ids[id(request)], outcome)
+                for request, outcome in zip(unit, outcomes, strict=True)
+                if outcome.error is None
+            ]
+            if not await store.record_posted(conn, batch_id, partner_id, done):
+                # An id another batch decided while this chunk was posting: roll back. The
+                # committer splits the chunk; the item alone stays pending, and the next
+                # pass reads its first result.
+                raise RequestInProgress()
+
         try:
-            outcomes = await self.committer.commit_group(requests, render=render_item)
+            outcomes = await self.committer.commit_group(
+                requests, render=render_item, record=record
+            )
         except ServiceUnavailable:
             return results  # the database away or too busy: the rest stays pending
         results += [_from_outcome(r, o) for r, o in zip(posted, outcomes, strict=True)]
         return results
+
+
+def _posted(item_id: str, outcome: Outcome) -> ItemResult:
+    answer = msgspec.json.decode(outcome.body, type=_Posted)
+    return ItemResult(item_id, "posted", transaction_id=answer.transaction_id)
 
 
 def _from_outcome(row: PendingItem, outcome: Outcome) -> ItemResult | None:
@@ -312,8 +345,7 @@ def _from_outcome(row: PendingItem, outcome: Outcome) -> ItemResult | None:
         if isinstance(outcome.error, ServiceUnavailable | RequestInProgress):
             return None
         return ItemResult(row.item_id, "rejected", code=outcome.error.code)
-    answer = msgspec.json.decode(outcome.body, type=_Posted)
-    return ItemResult(row.item_id, "posted", transaction_id=answer.transaction_id)
+    return _posted(row.item_id, outcome)
 
 
 def _new_items(items: Sequence[Item]) -> list[NewItem]:

@@ -11,6 +11,7 @@ from sqlalchemy import Row, Select, and_, func, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.batches.tables import batch_item_results, batch_items, batches
+from exchange.store import Connection
 from partners.webhooks import events
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "list_results",
     "live_counts",
     "pending_items",
+    "record_posted",
     "record_results",
 ]
 
@@ -161,6 +163,36 @@ async def record_results(
             "results": msgspec.json.encode(results).decode(),
         },
     )
+
+
+# The same, in the ledger's own database transaction (`record_posted`): counted, so that
+# an id another batch decided first is noticed. Its insert waits for that batch's
+# transaction to end, and then inserts nothing.
+_RECORD_POSTED_SQL = """
+WITH recorded AS (
+    INSERT INTO batch_item_results (partner_id, item_id, status, transaction_id, code, batch_id)
+    SELECT $1, r.item_id, r.status, r.transaction_id, r.code, $2
+    FROM jsonb_to_recordset($3::jsonb)
+        AS r(item_id text, status text, transaction_id text, code text)
+    ORDER BY r.item_id
+    ON CONFLICT DO NOTHING
+    RETURNING 1)
+SELECT count(*) FROM recorded
+"""
+
+
+async def record_posted(
+    conn: Connection, batch_id: str, partner_id: str, results: Sequence[ItemResult]
+) -> bool:
+    """Record the results of items posted in this ledger transaction; False when an item
+    id among them was decided by another batch first (the caller must roll back, or that
+    item would be posted twice)."""
+    if not results:
+        return True
+    recorded = await conn.fetchval(
+        _RECORD_POSTED_SQL, partner_id, batch_id, msgspec.json.encode(results).decode()
+    )
+    return bool(recorded == len(results))
 
 
 def decided_items(batch_id: str, partner_id: str) -> Select[Any]:

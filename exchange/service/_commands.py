@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -12,6 +12,7 @@ import msgspec
 from exchange.errors import ExchangeError
 from exchange.ledger import BalanceAfter, Effect, Posting, PostingType
 from exchange.money import Money
+from exchange.store import Connection
 
 __all__ = [
     "Burn",
@@ -23,6 +24,7 @@ __all__ = [
     "NonceClaim",
     "OpenHold",
     "Outcome",
+    "Record",
     "Render",
     "Reverse",
     "SignatureProof",
@@ -153,3 +155,10 @@ Render = Callable[[Effect, BalanceAfter], tuple[int, bytes]]
 """How the HTTP layer answers an operation: (status code, body) from its effect and the
 member's balance after it. The service calls it inside the database transaction and
 stores the answer with the idempotency key, so a replay returns the exact bytes."""
+
+Record = Callable[[Connection, Sequence[LedgerRequest], Sequence[Outcome]], Awaitable[None]]
+"""A caller's own rows, written in the ledger's database transaction after its write, from
+the requests and their outcomes (in order): they commit with the postings or not at all.
+An `ExchangeError` it raises rolls the transaction back; the group committer then splits
+the requests as for any failure, and the error becomes a lone request's outcome. A batch
+item's result is recorded so (`exchange.batches`): the result is the item's record."""

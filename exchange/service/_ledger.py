@@ -49,6 +49,7 @@ from exchange.service._commands import (
     LedgerRequest,
     OpenHold,
     Outcome,
+    Record,
     Render,
     Reverse,
     SweepResult,
@@ -104,16 +105,21 @@ class LedgerService:
         self.tiers = tuple(tiers)
 
     async def submit(
-        self, requests: Sequence[LedgerRequest], *, render: Render | None = None
+        self,
+        requests: Sequence[LedgerRequest],
+        *,
+        render: Render | None = None,
+        record: Record | None = None,
     ) -> list[Outcome]:
         """Run the requests in one database transaction; one outcome per request, in order.
         `render` answers them instead of the service's own (a batch item's answer is its
-        result, not the single endpoint's response)."""
+        result, not the single endpoint's response); `record` writes the caller's own rows
+        in the same transaction, after the ledger's (a batch item's result)."""
 
         async def attempt() -> list[Outcome]:
             async with driver_connection(self.engine) as conn:
                 with store.translate_errors():
-                    return await self._run(conn, requests, render or self.render)
+                    return await self._run(conn, requests, render or self.render, record)
 
         return await retry_conflicts(
             attempt,
@@ -126,7 +132,11 @@ class LedgerService:
         )
 
     async def _run(
-        self, conn: Connection, requests: Sequence[LedgerRequest], render: Render
+        self,
+        conn: Connection,
+        requests: Sequence[LedgerRequest],
+        render: Render,
+        record: Record | None,
     ) -> list[Outcome]:
         batch = PendingBatch(requests, [None] * len(requests), render)
         async with store.transaction(conn):
@@ -142,7 +152,10 @@ class LedgerService:
                 await store.write_batch(conn, write)
             # else: nothing succeeded, so write nothing (not even due changes); the
             # transaction commits empty, releasing the locks.
-        return [outcome or Outcome() for outcome in batch.outcomes]
+            outcomes = [outcome or Outcome() for outcome in batch.outcomes]
+            if record is not None:
+                await record(conn, requests, outcomes)
+        return outcomes
 
     async def _load(
         self,

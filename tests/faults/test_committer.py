@@ -14,17 +14,21 @@ from exchange.batching import GroupCommitter
 from exchange.clock import FrozenClock
 from exchange.db import create_engine
 from exchange.errors import DatabaseUnavailable
-from exchange.service import Earn, LedgerRequest, LedgerService, Outcome, Render
+from exchange.service import Earn, LedgerRequest, LedgerService, Outcome, Record, Render
 
 
 class _Counted(LedgerService):
     calls: list[int]
 
     async def submit(
-        self, requests: Sequence[LedgerRequest], *, render: Render | None = None
+        self,
+        requests: Sequence[LedgerRequest],
+        *,
+        render: Render | None = None,
+        record: Record | None = None,
     ) -> list[Outcome]:
         self.calls.append(len(requests))
-        return await super().submit(requests, render=render)
+        return await super().submit(requests, render=render, record=record)
 
 
 async def test_a_batch_on_a_missing_database_fails_whole_and_fast() -> None:

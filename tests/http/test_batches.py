@@ -148,15 +148,19 @@ async def test_a_batch_posting_names_its_batch_whose_signature_is_its_evidence(
             "SELECT batch_id, signature, signature_base FROM postings WHERE batch_id IS NOT NULL"
         )
         assert [tuple(row) for row in stored] == [(batch_id, None, None)] * 3
-        # An item's stored answer (what an item id sent again is given) is its transaction
-        # id alone: its result keeps nothing else.
+        # A batch posting carries no idempotency key and no stored answer: its item's
+        # result, written in the same transaction, is its record.
         answers = await conn.fetch(
-            "SELECT posting_id, response FROM postings WHERE batch_id IS NOT NULL"
+            "SELECT posting_id, idempotency_key, response FROM postings WHERE batch_id IS NOT NULL"
         )
-        assert [msgspec.json.decode(row["response"]) for row in answers] == [
-            {"transaction_id": format_transaction_id(row["posting_id"])} for row in answers
-        ]
+        assert [(row["idempotency_key"], row["response"]) for row in answers] == [(None, None)] * 3
+        recorded = await conn.fetch(
+            "SELECT transaction_id FROM batch_item_results WHERE batch_id = $1", batch_id
+        )
         assert sorted(format_transaction_id(row["posting_id"]) for row in answers) == sorted(
+            row["transaction_id"] for row in recorded
+        )
+        assert sorted(row["transaction_id"] for row in recorded) == sorted(
             result["transaction_id"] for result in results
         )
         # Only a superuser switching triggers off could do this.

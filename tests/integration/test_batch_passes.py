@@ -13,7 +13,14 @@ from exchange.batches.service import BatchService
 from exchange.batching import GroupCommitter
 from exchange.clock import FrozenClock
 from exchange.errors import ServiceUnavailable
-from exchange.service import LedgerRequest, LedgerService, Outcome, Render, SignatureProof
+from exchange.service import (
+    LedgerRequest,
+    LedgerService,
+    Outcome,
+    Record,
+    Render,
+    SignatureProof,
+)
 from tests.support import add_partner, assert_ledger_verifies, enrol
 
 _PROOF = SignatureProof("grocer-key", 'sig1=("@method")', ":c2ln:", None, b"base")
@@ -27,12 +34,17 @@ class _AwayOnce(GroupCommitter):
         self.chunks: list[list[str]] = []
 
     async def commit_group(
-        self, requests: Sequence[LedgerRequest], *, render: Render | None = None
+        self,
+        requests: Sequence[LedgerRequest],
+        *,
+        render: Render | None = None,
+        record: Record | None = None,
     ) -> list[Outcome]:
-        self.chunks.append([r.idempotency.key for r in requests if r.idempotency])
+        # Each item's points are its number: the chunk's items, by number.
+        self.chunks.append([f"i-{getattr(r.command, 'points', None)}" for r in requests])
         if len(self.chunks) == 1:
             raise ServiceUnavailable("the database is away")
-        return await super().commit_group(requests, render=render)
+        return await super().commit_group(requests, render=render, record=record)
 
 
 async def test_an_item_left_undecided_is_posted_by_a_later_pass_and_only_then_completes(
@@ -56,12 +68,7 @@ async def test_an_item_left_undecided_is_posted_by_a_later_pass_and_only_then_co
     # The first pass: chunks (1, 2) refused by the database, (3, 4), (5, repeat of 1); the
     # second pass from the start: (1, 2) again. The repeat of i-1 in the first pass was
     # posted as the first occurrence of its id in its chunk.
-    assert committer.chunks == [
-        ["batch-item:i-1", "batch-item:i-2"],
-        ["batch-item:i-3", "batch-item:i-4"],
-        ["batch-item:i-5", "batch-item:i-1"],
-        ["batch-item:i-2"],
-    ]
+    assert committer.chunks == [["i-1", "i-2"], ["i-3", "i-4"], ["i-5", "i-1"], ["i-2"]]
     status = await batches.status("grocer", batch_id)
     assert (status.status, status.posted, status.rejected) == ("completed", 6, 0)
     results = (await batches.results("grocer", batch_id, 0, 10)).results

@@ -17,7 +17,7 @@ from exchange.errors import (
     ServiceUnavailable,
     Unprocessable,
 )
-from exchange.service import Burn, Earn, LedgerRequest, LedgerService, Outcome, Render
+from exchange.service import Burn, Earn, LedgerRequest, LedgerService, Outcome, Record, Render
 from tests.support import add_partner, assert_ledger_verifies, enrol
 
 
@@ -49,11 +49,15 @@ async def test_a_failing_request_is_isolated_and_others_still_commit(
         """Fails any batch that contains the poisoned reference (as a bug would)."""
 
         async def submit(
-            self, requests: Sequence[LedgerRequest], *, render: Render | None = None
+            self,
+            requests: Sequence[LedgerRequest],
+            *,
+            render: Render | None = None,
+            record: Record | None = None,
         ) -> list[Outcome]:
             if any(getattr(r.command, "reference", None) == "poison" for r in requests):
                 raise InvariantViolation("simulated bug")
-            return await super().submit(requests, render=render)
+            return await super().submit(requests, render=render, record=record)
 
     fragile = Fragile(engine, clock, points_ttl=ledger.points_ttl)
     committer = GroupCommitter(fragile, batch_max=64, concurrency=1)
@@ -86,12 +90,16 @@ async def test_a_group_is_one_transaction_and_a_failing_request_is_split_out_by_
         """Fails any transaction that contains the poisoned reference (as a bug would)."""
 
         async def submit(
-            self, requests: Sequence[LedgerRequest], *, render: Render | None = None
+            self,
+            requests: Sequence[LedgerRequest],
+            *,
+            render: Render | None = None,
+            record: Record | None = None,
         ) -> list[Outcome]:
             calls.append(len(requests))
             if any(getattr(r.command, "reference", None) == "poison" for r in requests):
                 raise InvariantViolation("simulated bug")
-            return await super().submit(requests, render=render)
+            return await super().submit(requests, render=render, record=record)
 
     committer = GroupCommitter(
         Fragile(engine, clock, points_ttl=ledger.points_ttl), batch_max=4, concurrency=1
@@ -128,7 +136,11 @@ async def test_a_group_meeting_the_database_away_is_not_split_and_decides_nothin
 
     class Away(LedgerService):
         async def submit(
-            self, requests: Sequence[LedgerRequest], *, render: Render | None = None
+            self,
+            requests: Sequence[LedgerRequest],
+            *,
+            render: Render | None = None,
+            record: Record | None = None,
         ) -> list[Outcome]:
             calls.append(len(requests))
             raise DatabaseUnavailable("simulated outage")
@@ -157,10 +169,14 @@ async def test_a_batch_cut_short_answers_503_and_the_next_batch_runs(
 
     class Held(LedgerService):
         async def submit(
-            self, requests: Sequence[LedgerRequest], *, render: Render | None = None
+            self,
+            requests: Sequence[LedgerRequest],
+            *,
+            render: Render | None = None,
+            record: Record | None = None,
         ) -> list[Outcome]:
             await gate.wait()
-            return await super().submit(requests, render=render)
+            return await super().submit(requests, render=render, record=record)
 
     committer = GroupCommitter(
         Held(engine, clock, points_ttl=ledger.points_ttl), batch_max=64, concurrency=1

@@ -17,6 +17,8 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.batches import store as batch_store
+from exchange.batches.service import BatchService, render_item
+from exchange.batching import GroupCommitter
 from exchange.clock import FrozenClock
 from exchange.db import alembic_config, create_engine, current_revision, head_revision, migrate
 from exchange.embedded import EmbeddedPostgres
@@ -333,3 +335,41 @@ async def test_a_batch_postings_evidence_reads_the_same_through_0020_down_and_up
     assert await _column(database_url, copies) == [2]
     await asyncio.to_thread(migrate, database_url)
     assert await _rows(database_url, evidence) == before
+
+
+async def test_0023_records_an_item_posted_under_its_old_key_so_it_is_not_posted_again(
+    database_url: str, engine: AsyncEngine, ledger: LedgerService, clock: FrozenClock
+) -> None:
+    """Before 0023 an item posted under the key `batch-item:<item_id>` and had its result
+    recorded by a second transaction. A crash between the two left the item pending with
+    its posting made. 0023 records that posting as the item's result, so the batch
+    completes without posting the item a second time (batch postings carry no key now)."""
+    await add_partner(engine, clock)
+    member = await enrol(ledger, "grocer")
+    batches = BatchService(engine, clock, GroupCommitter(ledger, batch_max=64, concurrency=1))
+    items = [
+        {"item_id": i, "type": "earn", "member_id": member, "reference": i, "points": points}
+        for i, points in (("i-1", 10), ("i-2", 20))
+    ]
+    proof = SignatureProof("grocer-key", 'sig1=("@method")', ":c2ln:", None, b"base")
+    accepted = await batches.accept(
+        "grocer", json.dumps({"items": items}).encode(), "application/json", proof, None
+    )
+    batch_id = json.loads(accepted.body)["batch_id"]
+    # The old scheme's first transaction for i-1, and no second one.
+    earn = Earn("grocer", member, "i-1", points=10)
+    [posted] = await ledger.submit(
+        [LedgerRequest(earn, Idempotency("batch-item:i-1", b"i-1"), BatchEvidence(batch_id))],
+        render=render_item,
+    )
+    transaction_id = json.loads(posted.body)["transaction_id"]
+    await asyncio.to_thread(command.downgrade, alembic_config(database_url), "0022")
+    await asyncio.to_thread(migrate, database_url)
+
+    recorded = "SELECT item_id, status, transaction_id, batch_id FROM batch_item_results"
+    assert await _rows(database_url, recorded) == [("i-1", "posted", transaction_id, batch_id)]
+    assert await batches.process_next()
+    page = await batches.results("grocer", batch_id, 0, 10)
+    assert [(r.item_id, r.status) for r in page.results] == [("i-1", "posted"), ("i-2", "posted")]
+    assert page.results[0].transaction_id == transaction_id
+    assert (await ledger.read_balance(member)).available == 10 + 20
