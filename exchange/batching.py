@@ -6,6 +6,13 @@ one commit, one WAL flush). At low load a request runs alone at once, so nothing
 for a timer; under load the queue fills while batches run, and the next batch takes
 everything waiting. Throughput then grows with load instead of queueing on commits.
 
+While a batch runs, another starts only once `fill_min` requests wait; fewer wait for a
+running batch to end and then go together. Without that rule the second slot took each
+request as it arrived, so at 16 clients batches carried 2.5 earns at 1 ms of CPU each;
+with it they carry 4-7 (docs/performance.md, "Nineteenth round"). A request never waits
+longer than one running batch for it, and one that arrives when no batch runs starts one
+at once.
+
 The queue is bounded (`queue_max`): past it a request is refused at once with
 `ServiceUnavailable` (503 with Retry-After; the partner retries with the same key) rather
 than waiting behind a backlog that only grows while the database cannot keep up.
@@ -49,13 +56,15 @@ class GroupCommitter:
         *,
         batch_max: int,
         concurrency: int,
+        fill_min: int = 1,
         queue_max: int = QUEUE_MAX_DEFAULT,
     ) -> None:
-        if batch_max < 1 or concurrency < 1 or queue_max < 1:
-            raise ValueError("batch_max, concurrency and queue_max must be at least 1")
+        if batch_max < 1 or concurrency < 1 or fill_min < 1 or queue_max < 1:
+            raise ValueError("batch_max, concurrency, fill_min and queue_max must be at least 1")
         self.ledger = ledger
         self.batch_max = batch_max
         self.concurrency = concurrency
+        self.fill_min = fill_min
         self.queue_max = queue_max
         self._queue: deque[tuple[LedgerRequest, asyncio.Future[Outcome]]] = deque()
         # Running batches, with their requests: at most `concurrency`.
@@ -89,6 +98,8 @@ class GroupCommitter:
 
     def _start_batches(self) -> None:
         while self._queue and len(self._tasks) < self.concurrency:
+            if self._tasks and len(self._queue) < self.fill_min:
+                return  # too few to be worth a transaction of their own: the next batch
             size = min(self.batch_max, len(self._queue))
             batch = [self._queue.popleft() for _ in range(size)]
             task = asyncio.create_task(self._commit(batch))

@@ -204,6 +204,7 @@ class Settings:
     member_rate_limit: str = "20/second"
     group_commit_max: int = 64
     group_commit_concurrency: int = 2
+    group_commit_fill_min: int = 4
     group_commit_queue_max: int = 1000
     workers: int = 1
     webhooks_allow_http: bool = False
@@ -283,6 +284,7 @@ _PARSERS: dict[str, Any] = {
     "member_rate_limit": _rate_limit,
     "group_commit_max": lambda v: _positive_int(v, high=1000),
     "group_commit_concurrency": lambda v: _positive_int(v, high=100),
+    "group_commit_fill_min": lambda v: _positive_int(v, high=1000),
     "group_commit_queue_max": lambda v: _positive_int(v, high=100_000),
     "workers": lambda v: _positive_int(v, high=64),
     "webhooks_allow_http": _boolean,
@@ -434,6 +436,14 @@ VARIABLES: tuple[Variable, ...] = (
         "2",
         "an integer 1-100",
         "Posting transactions in flight per server process; fewer means bigger batches.",
+    ),
+    Variable(
+        "EXCHANGE_GROUP_COMMIT_FILL_MIN",
+        "group_commit_fill_min",
+        "4",
+        "an integer 1-1000",
+        "Postings that must be waiting before another transaction starts while one is in "
+        "flight; fewer wait for it to end and go together.",
     ),
     Variable(
         "EXCHANGE_GROUP_COMMIT_QUEUE_MAX",

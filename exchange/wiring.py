@@ -96,6 +96,7 @@ def build_services(settings: Settings, engine: AsyncEngine, clock: Clock) -> Ser
         ledger,
         batch_max=settings.group_commit_max,
         concurrency=max(1, min(settings.group_commit_concurrency, settings.db_pool_size // 2)),
+        fill_min=settings.group_commit_fill_min,
         queue_max=settings.group_commit_queue_max,
     )
     settlement = SettlementService(engine, clock, ledger)

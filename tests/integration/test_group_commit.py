@@ -195,3 +195,64 @@ async def test_a_batch_cut_short_answers_503_and_the_next_batch_runs(
     assert outcome.status_code == 201
     totals = await assert_ledger_verifies(engine)
     assert totals["issued"] == 5
+
+
+async def test_while_a_batch_runs_another_starts_only_once_fill_min_requests_wait(
+    engine: AsyncEngine, ledger: LedgerService, clock: FrozenClock
+) -> None:
+    """With a batch in flight, fewer than `fill_min` waiting requests do not take the free
+    slot: they wait for the running batch to end and go together. The `fill_min`-th takes
+    the slot at once, with all of them. A request arriving when no batch runs starts one."""
+    await add_partner(engine, clock, "grocer")
+    member = await enrol(ledger, "grocer")
+    gate = asyncio.Event()
+    sizes: list[int] = []
+
+    class Held(LedgerService):
+        async def submit(
+            self,
+            requests: Sequence[LedgerRequest],
+            *,
+            render: Render | None = None,
+            record: Record | None = None,
+        ) -> list[Outcome]:
+            sizes.append(len(requests))
+            if any(getattr(r.command, "reference", None) == "held" for r in requests):
+                await gate.wait()
+            return await super().submit(requests, render=render, record=record)
+
+    committer = GroupCommitter(
+        Held(engine, clock, points_ttl=ledger.points_ttl),
+        batch_max=64,
+        concurrency=2,
+        fill_min=4,
+    )
+
+    def earn(reference: str) -> asyncio.Future[Outcome]:
+        return asyncio.ensure_future(
+            committer.submit(LedgerRequest(Earn("grocer", member, reference, points=1)))
+        )
+
+    async def settle() -> None:
+        for _ in range(50):
+            await asyncio.sleep(0)
+
+    held = earn("held")
+    await settle()
+    assert sizes == [1]  # nothing was running: it started at once
+    three = [earn(f"a-{n}") for n in range(3)]
+    await settle()
+    assert (sizes, committer.queued) == ([1], 3)  # a slot is free, but 3 < fill_min
+    fourth = earn("a-3")
+    first_four = await asyncio.wait_for(asyncio.gather(*three, fourth), 10)
+    assert sizes == [1, 4]
+    assert [o.status_code for o in first_four] == [201] * 4
+    two = [earn(f"b-{n}") for n in range(2)]
+    await settle()
+    assert (sizes, committer.queued) == ([1, 4], 2)
+    gate.set()  # the running batch ends: the two waiting go together
+    outcomes = await asyncio.wait_for(asyncio.gather(held, *two), 10)
+    assert [o.status_code for o in outcomes] == [201] * 3
+    assert sizes == [1, 4, 2]
+    totals = await assert_ledger_verifies(engine)
+    assert totals["issued"] == 7
