@@ -21,6 +21,24 @@ from exchange.service import Burn, Earn, LedgerRequest, LedgerService, Outcome, 
 from tests.support import add_partner, assert_ledger_verifies, enrol
 
 
+class _Intercepted(LedgerService):
+    """A ledger whose `submit` first hands each transaction's requests to `intercept`,
+    which a test overrides to count, fail or hold them."""
+
+    async def intercept(self, requests: Sequence[LedgerRequest]) -> None:
+        pass
+
+    async def submit(
+        self,
+        requests: Sequence[LedgerRequest],
+        *,
+        render: Render | None = None,
+        record: Record | None = None,
+    ) -> list[Outcome]:
+        await self.intercept(requests)
+        return await super().submit(requests, render=render, record=record)
+
+
 async def test_concurrent_requests_share_batches_and_all_commit(
     engine: AsyncEngine, ledger: LedgerService, clock: FrozenClock
 ) -> None:
@@ -45,19 +63,12 @@ async def test_a_failing_request_is_isolated_and_others_still_commit(
     await add_partner(engine, clock, "grocer")
     member = await enrol(ledger, "grocer")
 
-    class Fragile(LedgerService):
+    class Fragile(_Intercepted):
         """Fails any batch that contains the poisoned reference (as a bug would)."""
 
-        async def submit(
-            self,
-            requests: Sequence[LedgerRequest],
-            *,
-            render: Render | None = None,
-            record: Record | None = None,
-        ) -> list[Outcome]:
+        async def intercept(self, requests: Sequence[LedgerRequest]) -> None:
             if any(getattr(r.command, "reference", None) == "poison" for r in requests):
                 raise InvariantViolation("simulated bug")
-            return await super().submit(requests, render=render, record=record)
 
     fragile = Fragile(engine, clock, points_ttl=ledger.points_ttl)
     committer = GroupCommitter(fragile, batch_max=64, concurrency=1)
@@ -86,20 +97,13 @@ async def test_a_group_is_one_transaction_and_a_failing_request_is_split_out_by_
     member = await enrol(ledger, "grocer")
     calls: list[int] = []
 
-    class Fragile(LedgerService):
+    class Fragile(_Intercepted):
         """Fails any transaction that contains the poisoned reference (as a bug would)."""
 
-        async def submit(
-            self,
-            requests: Sequence[LedgerRequest],
-            *,
-            render: Render | None = None,
-            record: Record | None = None,
-        ) -> list[Outcome]:
+        async def intercept(self, requests: Sequence[LedgerRequest]) -> None:
             calls.append(len(requests))
             if any(getattr(r.command, "reference", None) == "poison" for r in requests):
                 raise InvariantViolation("simulated bug")
-            return await super().submit(requests, render=render, record=record)
 
     committer = GroupCommitter(
         Fragile(engine, clock, points_ttl=ledger.points_ttl), batch_max=4, concurrency=1
@@ -134,14 +138,8 @@ async def test_a_group_meeting_the_database_away_is_not_split_and_decides_nothin
     member = await enrol(ledger, "grocer")
     calls: list[int] = []
 
-    class Away(LedgerService):
-        async def submit(
-            self,
-            requests: Sequence[LedgerRequest],
-            *,
-            render: Render | None = None,
-            record: Record | None = None,
-        ) -> list[Outcome]:
+    class Away(_Intercepted):
+        async def intercept(self, requests: Sequence[LedgerRequest]) -> None:
             calls.append(len(requests))
             raise DatabaseUnavailable("simulated outage")
 
@@ -167,16 +165,9 @@ async def test_a_batch_cut_short_answers_503_and_the_next_batch_runs(
     member = await enrol(ledger, "grocer")
     gate = asyncio.Event()
 
-    class Held(LedgerService):
-        async def submit(
-            self,
-            requests: Sequence[LedgerRequest],
-            *,
-            render: Render | None = None,
-            record: Record | None = None,
-        ) -> list[Outcome]:
+    class Held(_Intercepted):
+        async def intercept(self, requests: Sequence[LedgerRequest]) -> None:
             await gate.wait()
-            return await super().submit(requests, render=render, record=record)
 
     committer = GroupCommitter(
         Held(engine, clock, points_ttl=ledger.points_ttl), batch_max=64, concurrency=1
@@ -208,18 +199,11 @@ async def test_while_a_batch_runs_another_starts_only_once_fill_min_requests_wai
     gate = asyncio.Event()
     sizes: list[int] = []
 
-    class Held(LedgerService):
-        async def submit(
-            self,
-            requests: Sequence[LedgerRequest],
-            *,
-            render: Render | None = None,
-            record: Record | None = None,
-        ) -> list[Outcome]:
+    class Held(_Intercepted):
+        async def intercept(self, requests: Sequence[LedgerRequest]) -> None:
             sizes.append(len(requests))
             if any(getattr(r.command, "reference", None) == "held" for r in requests):
                 await gate.wait()
-            return await super().submit(requests, render=render, record=record)
 
     committer = GroupCommitter(
         Held(engine, clock, points_ttl=ledger.points_ttl),
