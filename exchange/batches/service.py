@@ -2,7 +2,7 @@
 background through the same group committer as single requests, report its results.
 
 Exactly once per item, for ever: an item's result is its record. A posted item's result
-is written in the ledger's own database transaction, with the posting (`record_posted`,
+is written in the ledger's own database transaction, with the posting (`record_results`,
 through the group committer's `record`), so a crash keeps both or neither, and an item
 is pending exactly while its id has no result. The result's primary key (partner, item
 id) makes a second posting impossible, across batches, retries and crashes: two batches
@@ -319,7 +319,7 @@ class BatchService:
                 for request, outcome in zip(unit, outcomes, strict=True)
                 if outcome.error is None
             ]
-            if not await store.record_posted(conn, batch_id, partner_id, done):
+            if not await store.record_results(conn, batch_id, partner_id, done):
                 # An id another batch decided while this chunk was posting: roll back. The
                 # committer splits the chunk; the item alone stays pending, and the next
                 # pass reads its first result.

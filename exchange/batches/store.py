@@ -11,7 +11,7 @@ from sqlalchemy import Row, Select, and_, func, select, text, true, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from exchange.batches.tables import batch_item_results, batch_items, batches
-from exchange.store import Connection
+from exchange.store import Connection, driver_of
 from partners.webhooks import events
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "list_results",
     "live_counts",
     "pending_items",
-    "record_posted",
     "record_results",
 ]
 
@@ -138,37 +137,9 @@ async def pending_items(
 # arrays cost the driver's per-value codecs 6.2 us of CPU per result against 4.1 us): each
 # item id's first result. The rows are inserted in item id order, so two processes
 # recording the same ids wait for each other in one order; an id another batch decided
-# meanwhile keeps its first result.
-_RECORD_SQL = text("""
-INSERT INTO batch_item_results (partner_id, item_id, status, transaction_id, code, batch_id)
-SELECT :partner_id, r.item_id, r.status, r.transaction_id, r.code, :batch_id
-FROM jsonb_to_recordset(CAST(:results AS jsonb))
-    AS r(item_id text, status text, transaction_id text, code text)
-ORDER BY r.item_id
-ON CONFLICT DO NOTHING
-""")
-
-
-async def record_results(
-    conn: AsyncConnection, batch_id: str, partner_id: str, results: Sequence[ItemResult]
-) -> None:
-    """Each decided item id's first result (an id decided already keeps its own)."""
-    if not results:
-        return
-    await conn.execute(
-        _RECORD_SQL,
-        {
-            "batch_id": batch_id,
-            "partner_id": partner_id,
-            "results": msgspec.json.encode(results).decode(),
-        },
-    )
-
-
-# The same, in the ledger's own database transaction (`record_posted`): counted, so that
-# an id another batch decided first is noticed. Its insert waits for that batch's
-# transaction to end, and then inserts nothing.
-_RECORD_POSTED_SQL = """
+# meanwhile keeps its first result (the insert waits for that batch's transaction to end,
+# then inserts nothing), and the count of rows inserted says so.
+_RECORD_SQL = """
 WITH recorded AS (
     INSERT INTO batch_item_results (partner_id, item_id, status, transaction_id, code, batch_id)
     SELECT $1, r.item_id, r.status, r.transaction_id, r.code, $2
@@ -181,16 +152,20 @@ SELECT count(*) FROM recorded
 """
 
 
-async def record_posted(
-    conn: Connection, batch_id: str, partner_id: str, results: Sequence[ItemResult]
+async def record_results(
+    conn: AsyncConnection | Connection,
+    batch_id: str,
+    partner_id: str,
+    results: Sequence[ItemResult],
 ) -> bool:
-    """Record the results of items posted in this ledger transaction; False when an item
-    id among them was decided by another batch first (the caller must roll back, or that
-    item would be posted twice)."""
+    """Each decided item id's first result, in `conn`'s database transaction. False when
+    an id among them was decided already (it keeps its own): a caller recording items it
+    has just posted must then roll back, or that item would be posted twice."""
     if not results:
         return True
-    recorded = await conn.fetchval(
-        _RECORD_POSTED_SQL, partner_id, batch_id, msgspec.json.encode(results).decode()
+    driver = await driver_of(conn)
+    recorded = await driver.fetchval(
+        _RECORD_SQL, partner_id, batch_id, msgspec.json.encode(results).decode()
     )
     return bool(recorded == len(results))
 
