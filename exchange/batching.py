@@ -99,7 +99,7 @@ class GroupCommitter:
     def _start_batches(self) -> None:
         while self._queue and len(self._tasks) < self.concurrency:
             if self._tasks and len(self._queue) < self.fill_min:
-                return  # too few to be worth a transaction of their own: the next batch
+                return  # too few for a transaction of their own: they join the next batch
             size = min(self.batch_max, len(self._queue))
             batch = [self._queue.popleft() for _ in range(size)]
             task = asyncio.create_task(self._commit(batch))

@@ -302,8 +302,8 @@ class BatchService:
             except ExchangeError as exc:  # refused as its single endpoint would refuse it
                 results.append(ItemResult(row.item_id, "rejected", code=exc.code))
                 continue
-            # No idempotency key: the item's result, written with its posting, is its
-            # record (`_record`).
+            # No idempotency key: the item's result, written with its posting by `record`
+            # below, is its record.
             requests.append(LedgerRequest(command, None, evidence))
             posted.append(row)
         if not requests:
