@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -106,26 +108,44 @@ def serve(host: str, port: int, workers: int, http_server: str) -> None:
         if http_server == "granian":
             _serve_granian(host, port, workers)
             return
-        import uvicorn  # noqa: PLC0415 - only the server needs it
+        _serve_uvicorn(host, port, workers)
 
-        uvicorn.run(
-            "exchange.app:create_served_app",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_config=None,
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=10,
-            # httptools (uvicorn[standard]) with each response's head and body in one
-            # write (exchange.serving).
-            http="exchange.serving:CoalescingHttpToolsProtocol",
-            # The app decides who the client is from the raw peer (exchange.client_address,
-            # EXCHANGE_TRUSTED_PROXIES), as under granian: uvicorn's own X-Forwarded-For
-            # rewrite would make the same request mean something else per server.
-            proxy_headers=False,
-        )
+
+def _serve_uvicorn(host: str, port: int, workers: int) -> None:
+    import uvicorn  # noqa: PLC0415 - only the server needs it
+    from uvicorn.config import STARTUP_FAILURE  # noqa: PLC0415
+    from uvicorn.supervisors import Multiprocess  # noqa: PLC0415
+
+    from exchange.serving import listener_per_worker  # noqa: PLC0415
+
+    config = uvicorn.Config(
+        "exchange.app:create_served_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+        # httptools (uvicorn[standard]) with each response's head and body in one
+        # write (exchange.serving).
+        http="exchange.serving:CoalescingHttpToolsProtocol",
+        # The app decides who the client is from the raw peer (exchange.client_address,
+        # EXCHANGE_TRUSTED_PROXIES), as under granian: uvicorn's own X-Forwarded-For
+        # rewrite would make the same request mean something else per server.
+        proxy_headers=False,
+    )
+    if workers == 1:
+        server = uvicorn.Server(config)
+        server.run()
+        if not server.started:
+            sys.exit(STARTUP_FAILURE)
+        return
+    # What uvicorn.run does with several workers, but with a listening socket per worker
+    # (exchange.serving) instead of one they all accept from.
+    with contextlib.suppress(KeyboardInterrupt):
+        Multiprocess(config, sockets=[listener_per_worker(config)]).run()
 
 
 def _serve_granian(host: str, port: int, workers: int) -> None:

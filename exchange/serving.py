@@ -12,16 +12,30 @@ in one `writelines`. Anything not followed by another write in that step (a stre
 response, an upgrade, an error page then a close) is sent by a callback at the loop's
 next turn, or at once by `close()`, so nothing is held longer than one turn of the
 event loop and bytes keep their order.
+
+`listener_per_worker` gives each worker process a listening socket of its own on the
+port (`SO_REUSEPORT`), so that the kernel spreads new connections over the workers. With
+one socket shared by every worker, the worker whose event loop wakes first accepts every
+connection waiting, and a client that opens its keep-alive connections together (a
+partner's pool, a load balancer, the bench) could land them all on one worker: one core
+saturated, the other idle (docs/performance.md, "Twentieth round").
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import sys
 from typing import Any
 
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["CoalescingHttpToolsProtocol"]
+__all__ = ["CoalescingHttpToolsProtocol", "listener_per_worker"]
+
+# Linux hashes each new connection to one of the listening sockets sharing a port; other
+# systems (macOS, the BSDs) allow the option without spreading connections evenly.
+_SPREADS_CONNECTIONS = sys.platform == "linux" and hasattr(socket, "SO_REUSEPORT")
 
 
 class _CoalescingTransport:
@@ -67,3 +81,41 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         # Flow control and the addresses keep the real transport; the request cycles,
         # which write the responses, get the coalescing one.
         self.transport = _CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+
+
+def listener_per_worker(config: uvicorn.Config) -> socket.socket:
+    """The socket to hand uvicorn's worker supervisor: each worker process that receives
+    it (a spawned worker unpickles it, a replacement too) listens on a socket of its own,
+    bound to the same address with `SO_REUSEPORT`, and the kernel spreads new connections
+    over them by a hash of each connection's addresses.
+
+    The port is first bound as uvicorn binds it, without `SO_REUSEPORT`, so a port another
+    server listens on still stops this one at start (uvicorn exits), instead of the two
+    sharing it. Off Linux, that socket itself is shared by the workers, as uvicorn does."""
+    shared = config.bind_socket()
+    if not _SPREADS_CONNECTIONS:
+        return shared
+    family, address = shared.family, shared.getsockname()
+    shared.close()
+    return _PerWorkerSocket(family, address)
+
+
+def _bound(family: int, address: Any, sock: socket.socket | None = None) -> socket.socket:
+    sock = sock or socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    return sock
+
+
+class _PerWorkerSocket(socket.socket):
+    """Bound, never listening, in the supervisor (it holds the port between workers);
+    pickled to a worker, it becomes that worker's own bound socket, which uvicorn's
+    server then listens on. Only listening sockets receive connections."""
+
+    def __init__(self, family: int, address: Any) -> None:
+        super().__init__(family, socket.SOCK_STREAM)
+        _bound(family, address, self)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_bound, (self.family, self.getsockname()))

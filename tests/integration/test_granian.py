@@ -1,5 +1,5 @@
-"""`exchange serve` with several workers under granian (the default) and uvicorn (still
-selectable): the same service, down to the metrics, whose values the workers keep in
+"""`exchange serve` with several workers under uvicorn (the default) and granian: the
+same service, down to the metrics, whose values the workers keep in
 shared files; and workers that end with their command when it is killed outright."""
 
 from __future__ import annotations
