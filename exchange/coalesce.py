@@ -8,7 +8,11 @@ wake-ups before PostgreSQL has done anything). `Coalescer.get` queues the key; a
 `concurrency` fetches run at once, each taking every key waiting (up to `batch_max`) into
 ONE call of `fetch`. At low load a lookup runs alone at once, so nothing waits for a
 timer; under load the keys gather while fetches run, as the group committer's requests
-do (`exchange.batching`).
+do (`exchange.batching`). As there, while a fetch runs another starts only once
+`fill_min` keys wait; fewer wait for a running fetch to end and then go together (for
+balance reads at 16 clients, 9% more reads a second: docs/performance.md, "Twentieth
+round"). A lookup never waits longer than one running fetch for it, and one that arrives
+when none runs starts one at once.
 
 **Never older than the request.** A fetch takes only the keys waiting when it starts, so
 its statement starts after every request it answers arrived: a read that follows a
@@ -48,12 +52,14 @@ class Coalescer(Generic[K, V]):
         *,
         batch_max: int,
         concurrency: int,
+        fill_min: int = 1,
     ) -> None:
-        if batch_max < 1 or concurrency < 1:
-            raise ValueError("batch_max and concurrency must be at least 1")
+        if batch_max < 1 or concurrency < 1 or fill_min < 1:
+            raise ValueError("batch_max, concurrency and fill_min must be at least 1")
         self.fetch = fetch
         self.batch_max = batch_max
         self.concurrency = concurrency
+        self.fill_min = fill_min
         self._waiting: dict[K, list[asyncio.Future[V | None]]] = {}
         self._tasks: dict[asyncio.Task[None], dict[K, list[asyncio.Future[V | None]]]] = {}
         self.fetches = 0  # calls of `fetch` so far
@@ -67,6 +73,8 @@ class Coalescer(Generic[K, V]):
 
     def _start(self) -> None:
         while self._waiting and len(self._tasks) < self.concurrency:
+            if self._tasks and len(self._waiting) < self.fill_min:
+                return  # too few for a statement of their own: they join the next one
             batch: dict[K, list[asyncio.Future[V | None]]] = {}
             for key in list(self._waiting)[: self.batch_max]:
                 batch[key] = self._waiting.pop(key)

@@ -59,6 +59,8 @@ RETRIES_MAX = 5
 # the group committer's batches: one fills while the other runs).
 BALANCE_READS_MAX = 64
 BALANCE_READS_AT_ONCE = 2
+# While a statement runs, another starts only once this many reads wait (exchange.coalesce).
+BALANCE_READS_FILL_MIN = 4
 
 
 def tier_view(status: TierStatus) -> schemas.Tier:
@@ -87,7 +89,10 @@ class MembersService:
             points_per_30d_max=settings.transfer_points_30d_max,
         )
         self._balances = Coalescer(
-            self._read_balances, batch_max=BALANCE_READS_MAX, concurrency=BALANCE_READS_AT_ONCE
+            self._read_balances,
+            batch_max=BALANCE_READS_MAX,
+            concurrency=BALANCE_READS_AT_ONCE,
+            fill_min=BALANCE_READS_FILL_MIN,
         )
 
     def _context(self, now: datetime, closed_until: datetime, ids: Any = new_id) -> Context:

@@ -76,6 +76,29 @@ async def test_a_fetch_takes_at_most_batch_max_keys_and_at_most_concurrency_run(
     assert [len(call) for call in source.calls] == [1, 1, 10, 10, 10, 3]
 
 
+async def test_while_a_fetch_runs_another_starts_only_once_fill_min_keys_wait() -> None:
+    """Before the rule, the second slot fetched each key as it arrived: statements of one
+    or two reads beside a running one that would have carried them moments later."""
+    source = Source()
+    source.gate = asyncio.Event()
+    reads = Coalescer(source.fetch, batch_max=64, concurrency=2, fill_min=4)
+    held = asyncio.ensure_future(reads.get(0))
+    await settle()
+    assert source.calls == [[0]]  # none was running: it started at once
+    waiting = [asyncio.ensure_future(reads.get(key)) for key in (1, 2, 3)]
+    await settle()
+    assert source.calls == [[0]]  # three wait for company
+    waiting.append(asyncio.ensure_future(reads.get(4)))
+    await settle()
+    assert source.calls == [[0], [1, 2, 3, 4]]  # the fourth starts a fetch with all four
+    left = [asyncio.ensure_future(reads.get(key)) for key in (5, 6)]
+    await settle()
+    assert len(source.calls) == 2  # both slots busy
+    source.gate.set()
+    assert await asyncio.gather(held, *waiting, *left) == [(k * 10, 0) for k in range(7)]
+    assert source.calls == [[0], [1, 2, 3, 4], [5, 6]]  # the two left went together
+
+
 async def test_a_lookup_is_never_answered_by_a_fetch_that_started_before_it() -> None:
     """A read that follows a write's response must see the write: a key asked for while
     a fetch of the same key is in flight waits for a fetch that starts after it."""
@@ -149,3 +172,5 @@ async def test_a_fetch_cut_short_answers_its_waiters_503_and_frees_its_slot(
 def test_bounds_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Coalescer(Source().fetch, batch_max=0, concurrency=1)
+    with pytest.raises(ValueError, match="at least 1"):
+        Coalescer(Source().fetch, batch_max=1, concurrency=1, fill_min=0)
