@@ -133,6 +133,11 @@ class NonceReplayed(Unauthorized):
     code = "nonce_replayed"
     title = "Signature nonce already used"
 
+    @classmethod
+    def spent(cls) -> NonceReplayed:
+        """The refusal of a pair already used, wherever the nonce is checked."""
+        return cls("this (keyid, nonce) pair was already used; sign each attempt with a new nonce")
+
 
 class Forbidden(ExchangeError):
     status = 403

@@ -56,7 +56,13 @@ from exchange.service import (
 )
 from exchange.views import balance_view
 from exchange.wiring import Services
-from partners.auth import NONCE_IN_POSTING, PartnerCaller, partner_caller, spend_nonce
+from partners.auth import (
+    NONCE_IN_POSTING,
+    NONCE_IN_READ,
+    PartnerCaller,
+    partner_caller,
+    spend_nonce,
+)
 from partners.sessions import create_member_session
 
 __all__ = [
@@ -190,7 +196,7 @@ async def _post(
     except ExchangeError as refusal:
         if refusal.status >= 500:
             raise
-        await spend_nonce(services, partner, refusal)
+        await spend_nonce(services, partner.nonce, refusal)
     if isinstance(outcome.error, NonceReplayed):
         metrics.SIGNATURE_FAILURES.labels(NonceReplayed.code).inc()
     return respond(outcome)
@@ -536,7 +542,8 @@ class BalanceController(Controller):
         "/{member_id:str}/balance",
         summary="A member's balance",
         dependencies={"caller": Provide(member_or_partner_caller)},
-        opt=api(responses={200: schemas.BalanceOut}, errors=(MemberNotFound,)),
+        opt=api(responses={200: schemas.BalanceOut}, errors=(MemberNotFound,))
+        | {NONCE_IN_READ: True},
     )
     async def balance(
         self,
@@ -546,9 +553,17 @@ class BalanceController(Controller):
     ) -> schemas.BalanceOut:
         if caller.partner_id is None and caller.member_id != member_id:
             raise MemberNotFound(f"No member {member_id}.")
-        balance, tier = await services.members.read_balance(
-            _member_id(member_id), partner_id=caller.partner_id
-        )
+        try:
+            member = _member_id(member_id)
+        except MemberNotFound as refusal:  # never read: its nonce is spent here
+            await spend_nonce(services, caller.nonce, refusal)
+        try:
+            balance, tier = await services.members.read_balance(
+                member, partner_id=caller.partner_id, nonce=caller.nonce
+            )
+        except NonceReplayed:
+            metrics.SIGNATURE_FAILURES.labels(NonceReplayed.code).inc()
+            raise
         return balance_view(balance, tier_view(tier))
 
 

@@ -20,8 +20,11 @@ Where the nonce is written depends on the route (docs/performance.md):
   transaction (one durable commit per batch, not two) and refuses a replay there before
   any effect; a request refused before it reaches the ledger spends it through the
   gateway (`spend_nonce`);
-- a GET writes it through the gateway without waiting for the flush to disk (a read has
-  no effect to replay; docs/ledger.md says what a crash can forget);
+- the balance read (marked `opt={NONCE_IN_READ: True}`) carries it the same way to its
+  read, whose one statement writes it, not durably, and reads the book (one round trip,
+  not two); a read refused before that statement spends it through the gateway too;
+- any other GET writes it through the gateway without waiting for the flush to disk (a
+  read has no effect to replay; docs/ledger.md says what a crash can forget);
 - every other POST writes it through the gateway, durably, before the handler runs.
 """
 
@@ -45,6 +48,7 @@ from partners.signing import IncomingRequest, lean_verify_body, lean_verify_head
 
 __all__ = [
     "NONCE_IN_POSTING",
+    "NONCE_IN_READ",
     "PartnerCaller",
     "header_list",
     "idempotency_key_of",
@@ -56,6 +60,8 @@ __all__ = [
 
 # Route option: the ledger writes this request's nonce in the posting's database transaction.
 NONCE_IN_POSTING = "nonce_in_posting"
+# Route option: the read's own statement writes this request's nonce (not durably).
+NONCE_IN_READ = "nonce_in_read"
 
 # 1-255 printable ASCII characters (contract §2.2). Interior spaces are printable too; a
 # leading or trailing space could not survive HTTP's whitespace trimming, so it is refused.
@@ -69,7 +75,8 @@ class PartnerCaller:
     body: bytes
     proof: SignatureProof
     idempotency: Idempotency | None
-    # Set on posting routes only: the nonce the ledger must still spend (module docstring).
+    # Set on posting routes and the balance read only: the nonce the handler's service
+    # must still spend (module docstring).
     nonce: NonceClaim | None = None
 
 
@@ -131,11 +138,12 @@ async def partner_caller(
     key = idempotency_key_of(method, headers)
     body = await request.body()
     deferred: list[NonceClaim] = []
-    in_posting = bool(request.route_handler.opt.get(NONCE_IN_POSTING))
+    opt = request.route_handler.opt
+    carried = bool(opt.get(NONCE_IN_POSTING) or opt.get(NONCE_IN_READ))
 
     async def record_nonce(key_id: str, nonce: str, created: int) -> bool:
         claim = NonceClaim(key_id, nonce, _nonce_seen_at(services, created))
-        if in_posting:
+        if carried:
             deferred.append(claim)
             return True
         return await services.gateway.record_nonce(
@@ -171,19 +179,17 @@ def _nonce_seen_at(services: Services, created: int) -> datetime:
 
 
 async def spend_nonce(
-    services: Services, partner: PartnerCaller, refusal: ExchangeError
+    services: Services, claim: NonceClaim | None, refusal: ExchangeError
 ) -> NoReturn:
-    """A posting request refused before the ledger saw it still spends its nonce (durably):
-    raise `refusal`, or `NonceReplayed` if the nonce was already spent, since a replay is
-    refused as such whatever else is wrong with it (authentication comes first)."""
-    claim = partner.nonce
+    """A request refused before the service that carries its nonce saw it still spends
+    the nonce (durably): raise `refusal`, or `NonceReplayed` if the nonce was already
+    spent, since a replay is refused as such whatever else is wrong with it
+    (authentication comes first)."""
     if claim is not None and not await services.gateway.record_nonce(
         claim.key_id, claim.nonce, claim.seen_at
     ):
         metrics.SIGNATURE_FAILURES.labels(NonceReplayed.code).inc()
-        raise NonceReplayed(
-            "this (keyid, nonce) pair was already used; sign each attempt with a new nonce"
-        ) from refusal
+        raise NonceReplayed.spent() from refusal
     raise refusal
 
 

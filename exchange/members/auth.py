@@ -18,6 +18,7 @@ from litestar.di import NamedDependency
 from exchange.errors import Unauthorized
 from exchange.operators import hash_token
 from exchange.operators.auth import bearer_token, issued_shape
+from exchange.service import NonceClaim
 from exchange.wiring import Services
 from partners import store
 from partners.auth import partner_caller
@@ -37,6 +38,8 @@ class Caller:
 
     partner_id: str | None = None
     member_id: str | None = None
+    # A signed partner's nonce, when the route's read must still spend it (partners.auth).
+    nonce: NonceClaim | None = None
 
 
 async def member_caller(
@@ -61,4 +64,5 @@ async def member_or_partner_caller(
     """Endpoints open to both: a bearer token means a member, otherwise a signed partner."""
     if request.headers.get("authorization") is not None:
         return Caller(member_id=(await member_caller(request, services)).member_id)
-    return Caller(partner_id=(await partner_caller(request, services)).partner_id)
+    partner = await partner_caller(request, services)
+    return Caller(partner_id=partner.partner_id, nonce=partner.nonce)

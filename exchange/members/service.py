@@ -14,11 +14,12 @@ the member rows without deadlocking, and nothing it refuses changes anything.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeAlias
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -30,6 +31,7 @@ from exchange.config import Settings
 from exchange.db import driver_connection
 from exchange.errors import (
     MemberNotFound,
+    NonceReplayed,
     ServiceUnavailable,
 )
 from exchange.ids import format_transaction_id, new_id
@@ -48,7 +50,7 @@ from exchange.ledger import (
 from exchange.members import _store
 from exchange.members._tiers import QUALIFYING_WINDOW, TierStatus, tier_status
 from exchange.members.schemas import Erased, MemberExport, TransferLot, TransferOut
-from exchange.service import Idempotency, Outcome, claim_outcome
+from exchange.service import Idempotency, NonceClaim, Outcome, claim_outcome
 from exchange.views import balance_view
 
 __all__ = ["TRANSFER_WINDOW", "MembersService", "tier_view"]
@@ -61,6 +63,16 @@ BALANCE_READS_MAX = 64
 BALANCE_READS_AT_ONCE = 2
 # While a statement runs, another starts only once this many reads wait (exchange.coalesce).
 BALANCE_READS_FILL_MIN = 4
+
+
+class _Replayed:
+    """A signed read whose nonce was already spent."""
+
+
+_REPLAYED = _Replayed()
+# (member id, the asking partner or None, the nonce its statement must spend, a number
+# that makes a signed read's key its own; 0 for an unsigned one)
+_BalanceRead: TypeAlias = tuple[str, str | None, NonceClaim | None, int]
 
 
 def tier_view(status: TierStatus) -> schemas.Tier:
@@ -88,6 +100,7 @@ class MembersService:
             points_per_transfer_max=settings.transfer_points_max,
             points_per_30d_max=settings.transfer_points_30d_max,
         )
+        self._signed_reads = itertools.count(1)
         self._balances = Coalescer(
             self._read_balances,
             batch_max=BALANCE_READS_MAX,
@@ -101,31 +114,57 @@ class MembersService:
     # -- balance with tier ----------------------------------------------------------------
 
     async def read_balance(
-        self, member_id: str, *, partner_id: str | None = None
+        self, member_id: str, *, partner_id: str | None = None, nonce: NonceClaim | None = None
     ) -> tuple[Balance, TierStatus]:
         """The balance and tier now, from one statement (one snapshot, no locks), which
         concurrent reads share (`exchange.coalesce`). With `partner_id`, only for a
-        member linked to that partner; erased members: 404."""
-        found = await self._balances.get((member_id, partner_id))
+        member linked to that partner; erased members: 404. With `nonce`, the same
+        statement spends it (without waiting for the flush to disk), and a nonce already
+        spent makes the read `NonceReplayed` whatever else it would have answered."""
+        # A signed read's key is its own: two uses of one nonce must never share an answer.
+        found = await self._balances.get(
+            (member_id, partner_id, nonce, next(self._signed_reads) if nonce else 0)
+        )
+        if isinstance(found, _Replayed):
+            raise NonceReplayed.spent()
         if found is None:
             raise MemberNotFound(f"No member {member_id}.")
         return found
 
     async def _read_balances(
-        self, keys: Sequence[store.BalanceKey]
-    ) -> dict[store.BalanceKey, tuple[Balance, TierStatus]]:
+        self, reads: Sequence[_BalanceRead]
+    ) -> dict[_BalanceRead, tuple[Balance, TierStatus] | _Replayed]:
         now = self.clock.now()  # after every request read here arrived
+        # Each nonce's first use here, with its time; any later use is a replay.
+        first: dict[tuple[str, str], tuple[_BalanceRead, datetime]] = {}
+        for read in reads:
+            if (claim := read[2]) is not None:
+                first.setdefault((claim.key_id, claim.nonce), (read, claim.seen_at))
         async with driver_connection(self.engine) as conn:
             # Partial books (`MemberBook.unloaded`): balances at `now`, taken before the read.
-            loaded = await store.read_books_with_qualifying(
-                conn, keys, since=now - QUALIFYING_WINDOW, due_by=now
+            loaded, spent = await store.read_books_with_qualifying(
+                conn,
+                list(dict.fromkeys((read[0], read[1]) for read in reads)),
+                since=now - QUALIFYING_WINDOW,
+                due_by=now,
+                nonces=[(*pair, seen_at) for pair, (_, seen_at) in first.items()],
             )
-        read: dict[store.BalanceKey, tuple[Balance, TierStatus]] = {}
+        answered: dict[store.BalanceKey, tuple[Balance, TierStatus]] = {}
         for key, (book, closed_until, qualifying) in loaded.items():
             # Apply what has fallen due to this throwaway copy, exactly as a posting would.
             apply_due(book, self._context(now, closed_until, uuid.uuid4))
-            read[key] = (balance(book, now), tier_status(qualifying, self.settings.tiers))
-        return read
+            answered[key] = (balance(book, now), tier_status(qualifying, self.settings.tiers))
+        result: dict[_BalanceRead, tuple[Balance, TierStatus] | _Replayed] = {}
+        for read in reads:
+            claim = read[2]
+            if claim is not None and (
+                first[(claim.key_id, claim.nonce)][0] is not read
+                or (claim.key_id, claim.nonce) not in spent
+            ):
+                result[read] = _REPLAYED  # stored before, or used twice in this statement
+            elif (read[0], read[1]) in answered:
+                result[read] = answered[(read[0], read[1])]
+        return result
 
     # -- transfers --------------------------------------------------------------------------
 

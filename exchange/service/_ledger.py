@@ -78,12 +78,6 @@ SWEEP_ROUNDS_MAX = 100_000
 PARTIAL_BOOK_MARGIN = timedelta(seconds=60)
 
 
-def _replayed() -> NonceReplayed:
-    return NonceReplayed(
-        "this (keyid, nonce) pair was already used; sign each attempt with a new nonce"
-    )
-
-
 class LedgerService:
     """The ledger's use cases over one database (and one clock)."""
 
@@ -249,7 +243,7 @@ class LedgerService:
             if claim is None:
                 continue
             if (claim.key_id, claim.nonce) in first:
-                batch.fail(index, _replayed())
+                batch.fail(index, NonceReplayed.spent())
             else:
                 first[(claim.key_id, claim.nonce)] = (index, claim.seen_at)
         stored = await store.claim_nonces(
@@ -257,7 +251,7 @@ class LedgerService:
         )
         for pair, (index, _) in first.items():
             if pair not in stored:
-                batch.fail(index, _replayed())
+                batch.fail(index, NonceReplayed.spent())
 
     async def _claim_keys(
         self, conn: Connection, batch: PendingBatch

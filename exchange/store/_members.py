@@ -51,36 +51,77 @@ async def qualifying_points(
 # (member, asking partner) pair's book as `_reads` reads it, and its qualifying points,
 # in one statement (one round trip, one snapshot). A pair whose member is unknown,
 # erased, or not linked to the asking partner (NULL: the member's own token) has no row.
+#
+# The same statement spends the signed reads' nonces ($5-$7), as the gateway's writer of
+# reads' nonces does (partners/store/_gateway.py): `set_config(..., is_local => true)`
+# turns synchronous_commit off for this statement's own transaction only, so its commit
+# does not wait for the WAL flush (docs/ledger.md), and the pairs inserted come back in
+# `spent` (a pair already stored is skipped: a replay). The books are joined to one row
+# that always exists, so `spent` comes back even when no member has a book. The times
+# travel as text (docs/performance.md, "Eighteenth round").
 _READ_BALANCES_SQL = f"""
-SELECT r.first AS member_id, r.second AS linked_to, {book_columns("$4")},
-       {_QUALIFYING_EXPR.format(member="m.member_id", since="$3")} AS qualifying
-FROM unnest_small($1::text[], $2::text[]) AS r
-JOIN members AS m ON m.member_id = r.first
-WHERE m.status = 'active'
-  AND (r.second IS NULL OR EXISTS (
-      SELECT 1 FROM member_links AS k WHERE k.member_id = m.member_id AND k.partner_id = r.second))
+WITH not_durable AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)),
+spent AS (
+    INSERT INTO signature_nonces (key_id, nonce, seen_at)
+    SELECT n.* FROM not_durable,
+         unnest($5::text[], $6::text[], $7::text[]::timestamptz[]) AS n(key_id, nonce, seen_at)
+    ORDER BY n.key_id, n.nonce
+    ON CONFLICT DO NOTHING
+    RETURNING key_id, nonce
+)
+SELECT (SELECT array_agg(s.key_id ORDER BY s.key_id, s.nonce) FROM spent AS s) AS spent_keys,
+       (SELECT array_agg(s.nonce ORDER BY s.key_id, s.nonce) FROM spent AS s) AS spent_nonces,
+       b.*
+FROM (SELECT) AS one
+LEFT JOIN LATERAL (
+    SELECT r.first AS member_id, r.second AS linked_to, {book_columns("$4")},
+           {_QUALIFYING_EXPR.format(member="m.member_id", since="$3")} AS qualifying
+    FROM unnest_small($1::text[], $2::text[]) AS r
+    JOIN members AS m ON m.member_id = r.first
+    WHERE m.status = 'active'
+      AND (r.second IS NULL OR EXISTS (
+          SELECT 1 FROM member_links AS k
+          WHERE k.member_id = m.member_id AND k.partner_id = r.second))
+) AS b ON true
 """  # noqa: S608 - built from constants
 
 BalanceKey: TypeAlias = tuple[str, str | None]  # (member id, the asking partner or None)
 
 
 async def read_books_with_qualifying(
-    conn: Connection, keys: Sequence[BalanceKey], *, since: datetime, due_by: datetime | None
-) -> dict[BalanceKey, tuple[MemberBook, datetime, int]]:
+    conn: Connection,
+    keys: Sequence[BalanceKey],
+    *,
+    since: datetime,
+    due_by: datetime | None,
+    nonces: Sequence[tuple[str, str, datetime]] = (),
+) -> tuple[dict[BalanceKey, tuple[MemberBook, datetime, int]], set[tuple[str, str]]]:
     """Each key's book, `closed_until` and qualifying points since `since`, from one
     statement; a key with nothing to read (see `_READ_BALANCES_SQL`) is absent. With
-    `due_by`, partial books, good for balances at `due_by` or before."""
+    `due_by`, partial books, good for balances at `due_by` or before. The same statement
+    stores the distinct (key id, nonce, seen at) `nonces`, not durably; the pairs it
+    stored come back second (a pair not among them was already spent)."""
     rows = await conn.fetch(
-        _READ_BALANCES_SQL, [key[0] for key in keys], [key[1] for key in keys], since, due_by
+        _READ_BALANCES_SQL,
+        [key[0] for key in keys],
+        [key[1] for key in keys],
+        since,
+        due_by,
+        [key_id for key_id, _, _ in nonces],
+        [nonce for _, nonce, _ in nonces],
+        [at.isoformat() for _, _, at in nonces],
     )
-    return {
+    spent = set(zip(rows[0]["spent_keys"] or (), rows[0]["spent_nonces"] or (), strict=True))
+    books = {
         (row["member_id"], row["linked_to"]): (
             book_of(row["member_id"], row),
             row["closed_until"],
             int(row["qualifying"]),
         )
         for row in rows
+        if row["member_id"] is not None
     }
+    return books, spent
 
 
 _TRANSFERRED_SQL = f"""

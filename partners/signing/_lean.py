@@ -288,9 +288,7 @@ async def lean_verify_body(
         _check_digest(digest, request.body)
         content_digest = fields["content-digest"][0]
     if not await record_nonce(params.key_id, params.nonce, params.created):
-        raise NonceReplayed(
-            "this (keyid, nonce) pair was already used; sign each attempt with a new nonce"
-        )
+        raise NonceReplayed.spent()
     return VerifiedSignature(
         key_id=params.key_id,
         partner_id=verified.record.partner_id,

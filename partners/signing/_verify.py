@@ -181,9 +181,7 @@ async def verify_body(
     check_coverage(parsed, request)
     digest = check_content_digest(request)
     if not await record_nonce(params.key_id, params.nonce, params.created):
-        raise NonceReplayed(
-            "this (keyid, nonce) pair was already used; sign each attempt with a new nonce"
-        )
+        raise NonceReplayed.spent()
     return VerifiedSignature(
         key_id=params.key_id,
         partner_id=verified.record.partner_id,

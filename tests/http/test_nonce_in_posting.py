@@ -1,8 +1,13 @@
-"""A posting's nonce is spent in the posting's own database transaction (issue 16).
+"""A posting's nonce is spent in the posting's own database transaction (issue 16), and
+a signed balance read's in the read's own statement (one round trip to PostgreSQL, not
+two: the gateway's nonce write, then the book read).
 
 One durable commit per request instead of two must not open a replay: a replayed nonce is
 still 401 `nonce_replayed` before any effect, whether it races in the same batch, in
 another batch, or arrives later; a request refused for any reason still spends its nonce.
+The same holds for reads sharing a statement: copies racing into one are answered once,
+whatever the member, and a read refused before its statement spends its nonce all the
+same.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from litestar import Litestar
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.clock import FrozenClock
 from exchange.errors import NonceReplayed
+from exchange.ids import new_member_id
 from exchange.service import Earn, LedgerRequest, LedgerService, NonceClaim
 from tests.http.conftest import OnboardedPartner, PartnerFactory
 from tests.http.test_gateway_signatures import (
@@ -27,6 +34,7 @@ from tests.http.test_gateway_signatures import (
     sign_headers,
     url,
 )
+from tests.integration.test_round_trips import statements
 from tests.support import until_a_session_waits_for_a_lock
 
 
@@ -220,3 +228,98 @@ async def test_a_nonce_stored_elsewhere_while_the_batch_claims_it_is_refused(
     assert isinstance(outcome.error, NonceReplayed), outcome
     assert await posting_count(engine) == before
     assert await _nonces(engine, claim.nonce) == 1
+
+
+# -- balance reads: the nonce in the read's statement ----------------------------------
+
+COPIES = 8
+
+
+async def _read(
+    client: httpx.AsyncClient,
+    partner: OnboardedPartner,
+    clock: FrozenClock,
+    member_id: str,
+    nonce: str,
+) -> httpx.Response:
+    path = f"/v1/members/{member_id}/balance"
+    headers = sign_headers(partner, clock, "GET", path, nonce=nonce)
+    return await client.get(url(path), headers=headers)
+
+
+async def test_copies_of_one_signed_read_sent_at_once_are_answered_once(
+    client: httpx.AsyncClient,
+    grocer: OnboardedPartner,
+    member_id: str,
+    clock: FrozenClock,
+    engine: AsyncEngine,
+) -> None:
+    """The copies reach the server together and wait together while another read's
+    statement runs, so they share the next one: each copy must be its own read there
+    (copies sharing one answer would all have been admitted), and only the first use of
+    the nonce in a statement is answered."""
+    nonce = "read-raced-nonce-000001"
+    other, *answers = await asyncio.gather(
+        _read(client, grocer, clock, member_id, "read-raced-nonce-000000"),
+        *(_read(client, grocer, clock, member_id, nonce) for _ in range(COPIES)),
+    )
+    assert other.status_code == 200
+    answered = [a for a in answers if a.status_code == 200]
+    assert len(answered) == 1, [a.status_code for a in answers]
+    assert answered[0].json()["available"] == 500
+    for refused in answers:
+        if refused.status_code != 200:
+            assert_problem(refused, 401, "nonce_replayed")
+    assert await _nonces(engine, nonce) == 1
+    # A later copy is refused too, and a fresh nonce is answered.
+    assert_problem(await _read(client, grocer, clock, member_id, nonce), 401, "nonce_replayed")
+    fresh = await _read(client, grocer, clock, member_id, "read-raced-nonce-000002")
+    assert fresh.status_code == 200
+
+
+@pytest.mark.parametrize("who", ["unknown", "malformed"])
+async def test_a_read_of_no_member_spends_its_nonce(
+    who: str,
+    client: httpx.AsyncClient,
+    grocer: OnboardedPartner,
+    clock: FrozenClock,
+    engine: AsyncEngine,
+) -> None:
+    """A member the exchange never enrolled is read by the statement and not found; an id
+    it could not have minted never reaches PostgreSQL. Either way the answer is 404, the
+    nonce is spent, and the replay is 401, not 404 again."""
+    member_id = new_member_id() if who == "unknown" else "not-a-member"
+    nonce = f"read-{who}-member-nonce-01"
+    assert_problem(await _read(client, grocer, clock, member_id, nonce), 404, "member_not_found")
+    assert await _nonces(engine, nonce) == 1
+    assert_problem(await _read(client, grocer, clock, member_id, nonce), 401, "nonce_replayed")
+
+
+async def test_a_nonce_a_posting_spent_is_spent_for_a_read(
+    client: httpx.AsyncClient,
+    grocer: OnboardedPartner,
+    member_id: str,
+    clock: FrozenClock,
+) -> None:
+    nonce = "posting-then-read-nonce-1"
+    body = json_body({"member_id": member_id, "points": 5, "reference": "order-r"})
+    headers = sign_headers(grocer, clock, "POST", "/v1/earn", body=body, nonce=nonce)
+    assert (await client.post(url("/v1/earn"), content=body, headers=headers)).status_code == 201
+    assert_problem(await _read(client, grocer, clock, member_id, nonce), 401, "nonce_replayed")
+
+
+async def test_a_signed_read_sends_one_statement(
+    app: Litestar,
+    client: httpx.AsyncClient,
+    grocer: OnboardedPartner,
+    member_id: str,
+    clock: FrozenClock,
+) -> None:
+    """Before, the gateway wrote the nonce in a statement of its own, then the read ran."""
+    warm = await _read(client, grocer, clock, member_id, "one-statement-nonce-0001")
+    assert warm.status_code == 200  # the key is cached from here on
+    with statements(app.state.services.engine) as sent:
+        read = await _read(client, grocer, clock, member_id, "one-statement-nonce-0002")
+    assert read.status_code == 200
+    assert len(sent) == 1, sent
+    assert sent[0].startswith("WITH not_durable"), sent

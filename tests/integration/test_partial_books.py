@@ -143,10 +143,10 @@ async def test_a_members_own_balance_reads_a_partial_book_with_the_same_answer(
     member = await _member_with_history(ledger, clock)
     now = clock.now()
     async with driver_connection(engine) as conn:
-        partial = await store.read_books_with_qualifying(
+        partial, _ = await store.read_books_with_qualifying(
             conn, [(member, None)], since=now - QUALIFYING_WINDOW, due_by=now
         )
-        whole = await store.read_books_with_qualifying(
+        whole, _ = await store.read_books_with_qualifying(
             conn, [(member, None)], since=now - QUALIFYING_WINDOW, due_by=None
         )
     book, closed_until, _ = partial[(member, None)]
