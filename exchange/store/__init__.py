@@ -49,6 +49,7 @@ from exchange.store._members import (
     read_books_with_qualifying,
     transferred_since,
 )
+from exchange.store._nonces import NOT_DURABLE, spend_nonces_sql
 from exchange.store._posting import (
     Books,
     Locked,
@@ -91,6 +92,7 @@ from exchange.store._write import BatchWrite, write_batch
 __all__ = [
     "COUNTER_SHARDS",
     "MEMBER_KEYS",
+    "NOT_DURABLE",
     "PARTNER_KEYS",
     "RECORD_COLUMNS",
     "SETTLEMENT_BARRIER_KEY",
@@ -144,6 +146,7 @@ __all__ = [
     "read_books_with_qualifying",
     "remember",
     "resolve_targets",
+    "spend_nonces_sql",
     "transaction",
     "transferred_since",
     "translate_errors",

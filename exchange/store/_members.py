@@ -12,6 +12,7 @@ from typing import TypeAlias
 
 from exchange.ledger import MemberBook, PostingType
 from exchange.store._connection import Connection
+from exchange.store._nonces import NOT_DURABLE, spend_nonces_sql
 from exchange.store._reads import book_columns, book_of
 
 __all__ = [
@@ -52,23 +53,13 @@ async def qualifying_points(
 # in one statement (one round trip, one snapshot). A pair whose member is unknown,
 # erased, or not linked to the asking partner (NULL: the member's own token) has no row.
 #
-# The same statement spends the signed reads' nonces ($5-$7), as the gateway's writer of
-# reads' nonces does (partners/store/_gateway.py): `set_config(..., is_local => true)`
-# turns synchronous_commit off for this statement's own transaction only, so its commit
-# does not wait for the WAL flush (docs/ledger.md), and the pairs inserted come back in
-# `spent` (a pair already stored is skipped: a replay). The books are joined to one row
-# that always exists, so `spent` comes back even when no member has a book. The times
-# travel as text (docs/performance.md, "Eighteenth round").
+# The same statement spends the signed reads' nonces ($5-$7) without waiting for the
+# flush to disk, as the gateway's writer of reads' nonces does (`_nonces`), and the pairs
+# it stored come back in `spent`. The books are joined to one row that always exists, so
+# `spent` comes back even when no member has a book.
 _READ_BALANCES_SQL = f"""
-WITH not_durable AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)),
-spent AS (
-    INSERT INTO signature_nonces (key_id, nonce, seen_at)
-    SELECT n.* FROM not_durable,
-         unnest($5::text[], $6::text[], $7::text[]::timestamptz[]) AS n(key_id, nonce, seen_at)
-    ORDER BY n.key_id, n.nonce
-    ON CONFLICT DO NOTHING
-    RETURNING key_id, nonce
-)
+WITH {NOT_DURABLE},
+spent AS ({spend_nonces_sql(5, not_durable=True)})
 SELECT (SELECT array_agg(s.key_id ORDER BY s.key_id, s.nonce) FROM spent AS s) AS spent_keys,
        (SELECT array_agg(s.nonce ORDER BY s.key_id, s.nonce) FROM spent AS s) AS spent_nonces,
        b.*

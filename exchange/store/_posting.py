@@ -53,6 +53,7 @@ from exchange.ledger import (
 )
 from exchange.store._connection import Connection
 from exchange.store._keys import BARRIER_CTE, PARTNER_KEYS
+from exchange.store._nonces import spend_nonces_sql
 from exchange.store._records import SETTLEMENT_BARRIER_KEY, StoredResponse
 from exchange.store._rows import LotRow
 
@@ -71,15 +72,7 @@ __all__ = [
 
 # -- nonces: one use per (keyid, nonce), in the posting's own database transaction -------------
 
-# Sorted, so two batches inserting overlapping pairs wait in one order and never deadlock;
-# a pair another batch inserted but has not committed makes this insert wait for its end.
-_NONCES_SQL = """
-INSERT INTO signature_nonces (key_id, nonce, seen_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[]::timestamptz[]) AS n(key_id, nonce, seen_at)
-ORDER BY n.key_id, n.nonce
-ON CONFLICT DO NOTHING
-RETURNING key_id, nonce
-"""
+_NONCES_SQL = spend_nonces_sql(1)
 
 
 async def claim_nonces(
@@ -92,7 +85,7 @@ async def claim_nonces(
         _NONCES_SQL,
         [key_id for key_id, _, _ in claims],
         [nonce for _, nonce, _ in claims],
-        [seen_at.isoformat() for _, _, seen_at in claims],  # text: see partners.store
+        [seen_at.isoformat() for _, _, seen_at in claims],  # text: see store._nonces
     )
     return {(row["key_id"], row["nonce"]) for row in rows}
 

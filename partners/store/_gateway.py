@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.db import CONNECT_TIMEOUT_S, driver_connection, libpq_url
 from exchange.errors import DatabaseUnavailable
+from exchange.store import NOT_DURABLE, spend_nonces_sql
 from partners.signing import KeyRecord
 
 __all__ = ["KeyListener", "fetch_key", "fetch_key_ids", "insert_nonces", "listen"]
@@ -29,31 +30,10 @@ FROM partner_keys AS k JOIN partners AS p ON p.partner_id = k.partner_id
 WHERE k.key_id = $1
 """
 _DIRECTORY_SQL = "SELECT key_id FROM partner_keys LIMIT $1"
-# Duplicates in one write are removed before it; a pair already stored is skipped. Sorted,
-# as the ledger's own nonce insert is: overlapping writes wait in one order, never deadlock.
-# The times travel as text: asyncpg encodes `text[]` with codecs of its own, where a
-# `timestamptz[]` made it look the array type up in the catalog once per connection, a
-# query PostgreSQL took ~8 ms to plan (docs/performance.md, "Eighteenth round").
-_NONCES_SQL = """
-INSERT INTO signature_nonces (key_id, nonce, seen_at)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[]::timestamptz[]) AS n(key_id, nonce, seen_at)
-ORDER BY n.key_id, n.nonce
-ON CONFLICT DO NOTHING
-RETURNING key_id, nonce
-"""
-# The same insert for reads: `set_config(..., is_local => true)` turns synchronous_commit
-# off for this statement's own database transaction only, so its commit returns before
-# the WAL reaches the disk, in one round trip (BEGIN; SET LOCAL; INSERT; COMMIT would be
-# four). The CTE is joined so that it runs before any row is inserted.
-_NONCES_NOT_DURABLE_SQL = """
-WITH not_durable AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))
-INSERT INTO signature_nonces (key_id, nonce, seen_at)
-SELECT n.* FROM not_durable,
-     unnest($1::text[], $2::text[], $3::text[]::timestamptz[]) AS n(key_id, nonce, seen_at)
-ORDER BY n.key_id, n.nonce
-ON CONFLICT DO NOTHING
-RETURNING key_id, nonce
-"""
+# Reads' nonces (`durable=False`) commit without waiting for the flush to disk, in one
+# round trip (BEGIN; SET LOCAL; INSERT; COMMIT would be four).
+_NONCES_SQL = spend_nonces_sql(1)
+_NONCES_NOT_DURABLE_SQL = f"WITH {NOT_DURABLE}\n{spend_nonces_sql(1, not_durable=True)}"
 
 
 async def fetch_key(engine: AsyncEngine, key_id: str) -> KeyRecord | None:
@@ -94,7 +74,7 @@ async def insert_nonces(
             _NONCES_SQL if durable else _NONCES_NOT_DURABLE_SQL,
             [key_id for key_id, _ in pairs],
             [nonce for _, nonce in pairs],
-            [at.isoformat() for at in seen_at],  # see _NONCES_SQL
+            [at.isoformat() for at in seen_at],  # text: see exchange.store._nonces
         )
     return {(row["key_id"], row["nonce"]) for row in rows}
 
