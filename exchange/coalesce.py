@@ -10,9 +10,10 @@ ONE call of `fetch`. At low load a lookup runs alone at once, so nothing waits f
 timer; under load the keys gather while fetches run, as the group committer's requests
 do (`exchange.batching`). As there, while a fetch runs another starts only once
 `fill_min` keys wait; fewer wait for a running fetch to end and then go together (for
-balance reads at 16 clients, 9% more reads a second: docs/performance.md, "Twentieth
-round"). A lookup never waits longer than one running fetch for it, and one that arrives
-when none runs starts one at once.
+balance reads, 8: 9% more reads a second at 16 clients with 4, and 6-7% more again with
+8: docs/performance.md, "Twentieth round" and "Twenty-first round"). A lookup never
+waits longer than one running fetch for it, and one that arrives when none runs starts
+one at once.
 
 **Never older than the request.** A fetch takes only the keys waiting when it starts, so
 its statement starts after every request it answers arrived: a read that follows a

@@ -62,7 +62,9 @@ RETRIES_MAX = 5
 BALANCE_READS_MAX = 64
 BALANCE_READS_AT_ONCE = 2
 # While a statement runs, another starts only once this many reads wait (exchange.coalesce).
-BALANCE_READS_FILL_MIN = 4
+# 8 rather than group commit's 4: a read's statement is short, so waiting for it to end
+# costs a read less than a statement of its own (docs/performance.md, "Twenty-first round").
+BALANCE_READS_FILL_MIN = 8
 
 
 class _Replayed:
