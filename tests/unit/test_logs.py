@@ -1,8 +1,19 @@
-"""Console log lines cannot be forged or disguised by request data."""
+"""Log lines: console ones cannot be forged or disguised by request data; a line below
+the configured level costs no processing."""
 
 from __future__ import annotations
 
-from exchange.logs import escape_controls
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+
+from exchange import logs
+from exchange.logs import configure_logging, escape_controls, get_logger
 
 
 def test_controls_separators_and_bidi_are_escaped_in_every_value_but_a_traceback() -> None:
@@ -22,3 +33,48 @@ def test_controls_separators_and_bidi_are_escaped_in_every_value_but_a_traceback
     assert escaped["exception"] == event["exception"]
     plain = {"event": "request", "path": "/v1/earn", "name": "Café"}
     assert escape_controls(None, "info", dict(plain)) == plain
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """Logging configured onto a string for the test; the previous set-up back after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield io.StringIO()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()
+
+
+def test_a_line_below_the_level_is_dropped_and_one_at_it_is_written_whole(
+    log_stream: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events below the configured level are dropped before any processor runs (an access
+    line at WARNING cost 4.7 µs of processing, to be thrown away); those at or above it
+    still carry the request id, level, logger and time."""
+    processed: list[str] = []
+
+    def spy(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+        processed.append(event["event"])
+        return event
+
+    monkeypatch.setattr(logs, "_SHARED", [spy, *logs._SHARED])
+    configure_logging("WARNING", "json", stream=log_stream)
+    structlog.contextvars.bind_contextvars(request_id="req-1")
+    try:
+        log = get_logger("exchange.access")
+        log.info("request", status=200)
+        assert processed == []
+        log.warning("slow", status=200)
+        assert processed == ["slow"]
+        configure_logging("INFO", "json", stream=log_stream)
+        get_logger("exchange.access").info("request", status=201)
+    finally:
+        structlog.contextvars.clear_contextvars()
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    assert [(line["event"], line["level"], line["status"]) for line in lines] == [
+        ("slow", "warning", 200),
+        ("request", "info", 201),
+    ]
+    assert all(line["request_id"] == "req-1" for line in lines)
+    assert all(line["logger"] == "exchange.access" and "timestamp" in line for line in lines)
