@@ -43,6 +43,9 @@ def test_bench_smoke_run_measures_every_scenario_and_keeps_the_ledger_clean(
     report = json.loads(out.read_text())
 
     assert report["server"]["http_server"] == "uvicorn"  # the default, as `exchange serve`'s
+    # The interpreter is named: figures compare only with the same one (report.interpreter).
+    assert report["machine"]["interpreter"]["executable"] == os.path.realpath(sys.executable)
+    assert report["machine"]["interpreter"]["libpython"] in {"shared", "static"}
     assert report["baseline"]["tps"] > 0
     assert report["baseline"]["latency_ms"]["p99"] > 0
     assert report["setup"]["verify_clean"] is True

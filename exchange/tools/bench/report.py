@@ -21,9 +21,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import platform
 import subprocess
 import sys
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +47,11 @@ __all__ = [
     "Target",
     "describe_environment",
     "evaluate_targets",
+    "interpreter",
+    "libpython_linkage",
     "print_report",
     "soak_result",
+    "unoptimized",
     "write_json",
 ]
 
@@ -366,13 +371,45 @@ def _git() -> dict[str, Any]:
     return {}
 
 
+def libpython_linkage(maps: str) -> str:
+    """`shared` when a process's memory map (Linux's `/proc/<pid>/maps`) holds libpython,
+    as an interpreter configured with `--enable-shared` runs; `static` otherwise."""
+    return "shared" if "/libpython" in maps else "static"
+
+
+def interpreter() -> dict[str, Any]:
+    """The Python that runs the bench, and so the server and the load generator it starts
+    (`sys.executable`). The same code answered 13% more balance reads a second on
+    Debian's `python3.11` (static, built with PGO and LTO) than on the development
+    machine's pyenv 3.11.7 (`--enable-shared`, configured without `--enable-optimizations`):
+    docs/performance.md, "Which Python". A figure compares only with figures from the same
+    interpreter. `unoptimized` names that second kind; a static build, or one configured
+    with `--enable-optimizations` (PGO, as the official container images are), is not."""
+    linkage = None
+    with contextlib.suppress(OSError):
+        linkage = libpython_linkage(Path("/proc/self/maps").read_text())
+    return {
+        "implementation": platform.python_implementation(),
+        "version": platform.python_version(),
+        "executable": os.path.realpath(sys.executable),
+        "libpython": linkage,
+        "unoptimized": unoptimized(linkage, str(sysconfig.get_config_var("CONFIG_ARGS"))),
+    }
+
+
+def unoptimized(linkage: str | None, config_args: str) -> bool:
+    """A shared libpython configured without `--enable-optimizations` (see `interpreter`)."""
+    return linkage == "shared" and "--enable-optimizations" not in config_args
+
+
 def describe_environment(postgres: EmbeddedPostgres, data_dir: Path) -> dict[str, Any]:
-    """What the figures were measured on: machine, code, database."""
+    """What the figures were measured on: machine, interpreter, code, database."""
     return {
         "machine": {
             "cores": psutil.cpu_count(),
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
             "python": sys.version.split()[0],
+            "interpreter": interpreter(),
             "platform": platform.platform(),
             "data_filesystem": filesystem_of(data_dir) if data_dir.exists() else None,
         },
