@@ -3,9 +3,10 @@
 Run as `python -m exchange.tools.bench.loadgen` by the orchestrator.
 
 It must never be what limits throughput, so it does as little as possible per request: C
-keep-alive connections (asyncio streams on uvloop when installed), each writing the next
-pre-built request's bytes and reading back only the status line, the headers and
-Content-Length bytes of body. Only error bodies are decoded (for their problem+json `code`).
+keep-alive connections (asyncio protocols on uvloop when installed), each writing the next
+pre-built request's bytes from the callback that completes the previous answer, and reading
+back only the status line, the headers and Content-Length bytes of body. Only error bodies
+are decoded (for their problem+json `code`).
 
 Protocol with the orchestrator, over stdin/stdout, so that its CPU time can be measured over
 exactly the timed window: load the requests and open the connections, print `ready`; wait
@@ -25,7 +26,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["main", "run_load"]
 
@@ -34,6 +35,7 @@ _CONTENT_LENGTH = b"\r\ncontent-length:"
 _CHUNKED = b"transfer-encoding: chunked"
 CONNECT_TIMEOUT_S = 10.0
 RESPONSE_TIMEOUT_S = 60.0
+WATCH_S = 1.0  # how often answers overdue by RESPONSE_TIMEOUT_S are looked for
 
 
 @dataclass
@@ -48,39 +50,66 @@ class _Run:
     other_latencies_us: list[int] = field(default_factory=list)
     finished: list[float] = field(default_factory=list)
 
+    def next_request(self, now: float) -> bytes | None:
+        """The next request to send at `now`, or None once the time or the requests are up."""
+        if now >= self.deadline:
+            return None
+        if self.next_index >= len(self.requests):
+            self.exhausted_at = self.exhausted_at or now
+            return None
+        request = self.requests[self.next_index]
+        self.next_index += 1
+        return request
+
+    def answered(self, status: int, body: bytes, latency_us: int) -> None:
+        if status < 300:
+            self.ok_latencies_us.append(latency_us)
+            self.outcomes[str(status)] += 1
+        else:
+            self.other_latencies_us.append(latency_us)
+            self.outcomes[_outcome(status, body)] += 1
+
 
 class _ResponseError(Exception):
-    """The server's answer could not be read (closed connection, malformed)."""
+    """The server's answer could not be read (closed connection, malformed, overdue)."""
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    try:
-        head = await reader.readuntil(_HEADER_END)
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
-        raise _ResponseError("connection closed before a response") from exc
-    if not head.startswith(b"HTTP/1.1 "):
-        raise _ResponseError(f"not an HTTP/1.1 response: {head[:40]!r}")
-    status = int(head[9:12])
-    lower = head.lower()
-    at = lower.find(_CONTENT_LENGTH)
+def _parse_response(buffer: bytes) -> tuple[int, bytes, int] | None:
+    """Status, body and length of the first complete response in `buffer`, or None while
+    it is incomplete. Raises `_ResponseError` on anything but HTTP/1.1."""
+    head_end = buffer.find(_HEADER_END)
+    if head_end < 0:
+        return None
+    if not buffer.startswith(b"HTTP/1.1 "):
+        raise _ResponseError(f"not an HTTP/1.1 response: {buffer[:40]!r}")
+    status = int(buffer[9:12])
+    body_at = head_end + len(_HEADER_END)
+    head = buffer[:body_at].lower()
+    at = head.find(_CONTENT_LENGTH)
     if at >= 0:
-        end = lower.index(b"\r\n", at + 2)
-        length = int(head[at + len(_CONTENT_LENGTH) : end])
-        return status, await reader.readexactly(length) if length else b""
-    if _CHUNKED in lower:
-        return status, await _read_chunked(reader)
-    return status, b""
+        length = int(head[at + len(_CONTENT_LENGTH) : head.index(b"\r\n", at + 2)])
+        if len(buffer) < body_at + length:
+            return None
+        return status, buffer[body_at : body_at + length], body_at + length
+    if _CHUNKED in head:
+        return _parse_chunked(buffer, status, body_at)
+    return status, b"", body_at
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+def _parse_chunked(buffer: bytes, status: int, at: int) -> tuple[int, bytes, int] | None:
     body = bytearray()
     while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        line_end = buffer.find(b"\r\n", at)
+        if line_end < 0:
+            return None
+        size = int(buffer[at:line_end].split(b";")[0], 16)
+        chunk_at = line_end + 2
+        if len(buffer) < chunk_at + size + 2:
+            return None
         if size == 0:
-            await reader.readuntil(b"\r\n")
-            return bytes(body)
-        body += await reader.readexactly(size)
-        await reader.readexactly(2)
+            return status, bytes(body), chunk_at + 2
+        body += buffer[chunk_at : chunk_at + size]
+        at = chunk_at + size + 2
 
 
 def _outcome(status: int, body: bytes) -> str:
@@ -94,42 +123,129 @@ def _outcome(status: int, body: bytes) -> str:
     return f"{status} {code}".rstrip()
 
 
-Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+class _Client(asyncio.Protocol):
+    """One keep-alive connection, driven by the event loop's callbacks: it writes the next
+    request as soon as the previous answer is complete, with no task, stream or timer per
+    request (those cost the generator more than a request costs to send)."""
 
+    def __init__(self, run: _Run, lost: Callable[[_Client, str], None]) -> None:
+        self.run = run
+        self.lost = lost
+        self.transport: asyncio.Transport | None = None
+        self.unread = b""  # the start of an answer that has not all arrived
+        self.sent_at: float | None = None  # of the request in flight
 
-async def _client(run: _Run, connect: Connect, stream: Any) -> None:
-    reader, writer = stream
-    requests, perf = run.requests, time.perf_counter
-    while True:
-        now = perf()
-        if now >= run.deadline:
-            break
-        if run.next_index >= len(requests):
-            run.exhausted_at = run.exhausted_at or now
-            break
-        request = requests[run.next_index]
-        run.next_index += 1
-        writer.write(request)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio's, so no isinstance check here.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def send_next(self) -> bool:
+        """Write the next request; False (and the connection closed) when there is none."""
+        assert self.transport is not None
+        now = time.perf_counter()
+        request = self.run.next_request(now)
+        if request is None:
+            self.sent_at = None
+            self.transport.close()
+            return False
+        self.sent_at = now
+        self.transport.write(request)
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        if self.unread:
+            data = self.unread + data
         try:
-            status, body = await asyncio.wait_for(_read_response(reader), RESPONSE_TIMEOUT_S)
-        except (_ResponseError, OSError, TimeoutError) as exc:
-            run.outcomes[f"connection_error {type(exc).__name__}"] += 1
-            writer.close()
-            try:
-                reader, writer = await connect()
-            except (OSError, TimeoutError):
-                run.outcomes["connection_error reconnect_failed"] += 1
-                break
-            continue
-        latency_us = int((perf() - now) * 1_000_000)
-        if status < 300:
-            run.ok_latencies_us.append(latency_us)
-            run.outcomes[str(status)] += 1
+            parsed = _parse_response(data)
+        except (_ResponseError, ValueError) as exc:
+            self.fail(f"connection_error {type(exc).__name__}")
+            return
+        if parsed is None or self.sent_at is None:
+            self.unread = data
+            return
+        status, body, used = parsed
+        self.unread = data[used:]
+        self.run.answered(status, body, int((time.perf_counter() - self.sent_at) * 1_000_000))
+        if not self.send_next():
+            self.lost(self, "")
+
+    def fail(self, outcome: str) -> None:
+        """The answer in flight cannot come: count it, drop the connection, tell the owner."""
+        if self.sent_at is None:
+            return
+        self.sent_at = None
+        if self.transport is not None:
+            self.transport.abort()
+        self.lost(self, outcome)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(f"connection_error {type(exc).__name__}" if exc else "connection_error closed")
+
+    def overdue(self, now: float) -> bool:
+        return self.sent_at is not None and now - self.sent_at > RESPONSE_TIMEOUT_S
+
+
+class _Connections:
+    """The run's connections: each one lost to an error is replaced by a new one, and
+    `done` completes when every connection has stopped for good."""
+
+    def __init__(self, run: _Run, host: str, port: int) -> None:
+        self.run, self.host, self.port = run, host, port
+        self.loop = asyncio.get_running_loop()
+        self.running: set[_Client] = set()
+        self.reconnecting: set[asyncio.Task[None]] = set()
+        self.done: asyncio.Future[None] = self.loop.create_future()
+
+    async def open(self) -> _Client:
+        _, client = await asyncio.wait_for(
+            self.loop.create_connection(lambda: _Client(self.run, self.lost), self.host, self.port),
+            CONNECT_TIMEOUT_S,
+        )
+        return client
+
+    def start(self, clients: Sequence[_Client]) -> None:
+        """Send each client's first request (all counted as running before any can stop)."""
+        self.running.update(clients)
+        for client in clients:
+            if not client.send_next():
+                self.lost(client, "")
+
+    def lost(self, client: _Client, outcome: str) -> None:
+        """`client` stopped: for good (no `outcome`), or on an error, counted as `outcome`."""
+        self.running.discard(client)
+        if outcome:
+            self.run.outcomes[outcome] += 1
+            task = self.loop.create_task(self._reconnect())
+            self.reconnecting.add(task)
+            task.add_done_callback(self._reconnected)
         else:
-            run.other_latencies_us.append(latency_us)
-            run.outcomes[_outcome(status, body)] += 1
-    run.finished.append(perf())
-    writer.close()
+            self.run.finished.append(time.perf_counter())
+        self._stop_if_done()
+
+    async def _reconnect(self) -> None:
+        try:
+            client = await self.open()
+        except (OSError, TimeoutError):
+            self.run.outcomes["connection_error reconnect_failed"] += 1
+            self.run.finished.append(time.perf_counter())
+            return
+        self.start([client])
+
+    def _reconnected(self, task: asyncio.Task[None]) -> None:
+        self.reconnecting.discard(task)
+        self._stop_if_done()
+
+    def _stop_if_done(self) -> None:
+        if not self.running and not self.reconnecting and not self.done.done():
+            self.done.set_result(None)
+
+    def watch(self) -> None:
+        """Every WATCH_S: fail the connections whose answer is overdue."""
+        now = time.perf_counter()
+        for client in [client for client in self.running if client.overdue(now)]:
+            client.fail("connection_error TimeoutError")
+        if not self.done.done():
+            self.loop.call_later(WATCH_S, self.watch)
 
 
 async def run_load(
@@ -144,20 +260,21 @@ async def run_load(
     """Send `requests` over `clients` keep-alive connections for `seconds`; the results.
 
     `ready` (if given) is awaited once every connection is open, before the clock starts.
+    A connection whose answer fails (closed, malformed, or not complete within
+    RESPONSE_TIMEOUT_S) counts a `connection_error` and is replaced by a new one.
     """
-
-    async def connect() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT_S)
-
-    streams = [await connect() for _ in range(clients)]
+    run = _Run(requests)
+    connections = _Connections(run, host, port)
+    opened = [await connections.open() for _ in range(clients)]
     if ready is not None:
         await ready()
-    run = _Run(requests)
     run.started = time.perf_counter()
     run.deadline = run.started + seconds
-    await asyncio.gather(*(_client(run, connect, stream) for stream in streams))
+    connections.start(opened)
+    connections.watch()
+    await connections.done
     # The window ends when the last in-flight request has been answered.
-    elapsed = max(run.finished) - run.started
+    elapsed = max(run.finished, default=time.perf_counter()) - run.started
     return {
         "elapsed_s": elapsed,
         "requests_available": len(requests),
