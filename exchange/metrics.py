@@ -105,9 +105,21 @@ _POSTING_TYPES = {
 }
 
 
+# (method, route template, status) -> its two series' children: `labels()` checks and
+# converts its arguments and takes a lock on every call, which each request would repeat.
+_REQUEST_SERIES: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
 def observe_request(method: str, route: str, status: int, seconds: float) -> None:
-    REQUESTS.labels(method, route, str(status)).inc()
-    REQUEST_SECONDS.labels(method, route).observe(seconds)
+    series = _REQUEST_SERIES.get((method, route, status))
+    if series is None:
+        series = (
+            REQUESTS.labels(method, route, str(status)),
+            REQUEST_SECONDS.labels(method, route),
+        )
+        _REQUEST_SERIES[(method, route, status)] = series
+    series[0].inc()
+    series[1].observe(seconds)
 
 
 def observe_batch(committed: Iterable[tuple[object, Any]]) -> None:
