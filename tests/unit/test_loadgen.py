@@ -131,3 +131,36 @@ def test_an_overdue_answer_times_out(run: Runner, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(loadgen, "WATCH_S", 0.05)
     result = run(_load(["/stall", "/ok"], clients=1, seconds=30))
     assert result["outcomes"] == {"connection_error TimeoutError": 1, "200": 1}
+
+
+async def _load_after_idle_closes(paths: list[str], *, closed: int) -> dict[str, Any]:
+    """As `_load`, with a server that closes the first `closed` connections while they
+    wait for the run to start, as a server's keep-alive timeout would."""
+    accepted = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1
+        if accepted <= closed:
+            writer.close()
+            return
+        await _serve(reader, writer)
+
+    async def ready() -> None:
+        await asyncio.sleep(0.1)  # the closes arrive before the first request
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        requests = [_get(path) for path in paths]
+        result = await loadgen.run_load(
+            requests, host="127.0.0.1", port=port, clients=3, seconds=30, ready=ready
+        )
+        await asyncio.sleep(0.05)
+    return result
+
+
+def test_a_connection_closed_before_the_run_is_replaced(run: Runner) -> None:
+    result = run(_load_after_idle_closes(["/ok"] * 30, closed=2))
+    assert result["outcomes"] == {"200": 30, "connection_error closed": 2}
+    assert result["sent"] == 30

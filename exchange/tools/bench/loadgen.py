@@ -139,18 +139,22 @@ class _Client(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio's, so no isinstance check here.
         self.transport = cast(asyncio.Transport, transport)
 
-    def send_next(self) -> bool:
-        """Write the next request; False (and the connection closed) when there is none."""
+    def send_next(self) -> None:
+        """Write the next request, or close the connection for good when there is none. A
+        connection the server closed while idle (before the run started) is replaced."""
         assert self.transport is not None
         now = time.perf_counter()
+        if self.transport.is_closing():
+            self.lost(self, "connection_error closed")
+            return
         request = self.run.next_request(now)
         if request is None:
             self.sent_at = None
             self.transport.close()
-            return False
+            self.lost(self, "")
+            return
         self.sent_at = now
         self.transport.write(request)
-        return True
 
     def data_received(self, data: bytes) -> None:
         if self.unread:
@@ -166,8 +170,7 @@ class _Client(asyncio.Protocol):
         status, body, used = parsed
         self.unread = data[used:]
         self.run.answered(status, body, int((time.perf_counter() - self.sent_at) * 1_000_000))
-        if not self.send_next():
-            self.lost(self, "")
+        self.send_next()
 
     def fail(self, outcome: str) -> None:
         """The answer in flight cannot come: count it, drop the connection, tell the owner."""
@@ -207,8 +210,7 @@ class _Connections:
         """Send each client's first request (all counted as running before any can stop)."""
         self.running.update(clients)
         for client in clients:
-            if not client.send_next():
-                self.lost(client, "")
+            client.send_next()
 
     def lost(self, client: _Client, outcome: str) -> None:
         """`client` stopped: for good (no `outcome`), or on an error, counted as `outcome`."""
