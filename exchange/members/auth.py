@@ -62,7 +62,7 @@ async def member_or_partner_caller(
     request: Request[Any, Any, Any], services: NamedDependency[Services]
 ) -> Caller:
     """Endpoints open to both: a bearer token means a member, otherwise a signed partner."""
-    if request.headers.get("authorization") is not None:
+    if any(name.lower() == b"authorization" for name, _ in request.scope["headers"]):
         return Caller(member_id=(await member_caller(request, services)).member_id)
     partner = await partner_caller(request, services)
     return Caller(partner_id=partner.partner_id, nonce=partner.nonce)

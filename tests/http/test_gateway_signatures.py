@@ -13,7 +13,7 @@ import hashlib
 import re
 import secrets
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -271,6 +271,27 @@ async def test_a_tampered_path_is_signature_invalid(
     headers = sign_headers(grocer, clock, "GET", f"/v1/members/{member_id}/balance")
     response = await client.get(url(f"/v1/members/{other['member_id']}/balance"), headers=headers)
     assert_problem(response, 401, "signature_invalid")
+
+
+async def test_a_read_with_a_body_its_signature_does_not_cover_is_refused(
+    client: httpx.AsyncClient, grocer: OnboardedPartner, member_id: str, clock: FrozenClock
+) -> None:
+    """A GET's body is read whenever HTTP's framing says there is one (a length, or
+    chunks), and the signature must cover its digest like any other body's."""
+    path = f"/v1/members/{member_id}/balance"
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"points":'
+        yield b"1}"
+
+    for content in (b'{"points":1}', chunks()):
+        headers = sign_headers(grocer, clock, "GET", path)
+        response = await client.request("GET", url(path), content=content, headers=headers)
+        assert_problem(response, 401, "signature_insufficient")
+    # Without a body, the same signature reads the balance.
+    headers = sign_headers(grocer, clock, "GET", path)
+    response = await client.get(url(path), headers=headers)
+    assert response.status_code == 200, response.text
 
 
 async def test_a_tampered_query_is_signature_invalid(
