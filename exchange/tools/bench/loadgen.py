@@ -71,7 +71,8 @@ class _Run:
 
 
 class _ResponseError(Exception):
-    """The server's answer could not be read (closed connection, malformed, overdue)."""
+    """The server's answer is not an HTTP/1.1 response (closed and overdue answers are
+    noticed by `_Client.connection_lost` and `_Connections.watch`)."""
 
 
 def _parse_response(buffer: bytes) -> tuple[int, bytes, int] | None:
