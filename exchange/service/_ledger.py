@@ -134,8 +134,7 @@ class LedgerService:
     ) -> list[Outcome]:
         batch = PendingBatch(requests, [None] * len(requests), render)
         async with store.transaction(conn):
-            await self._claim_nonces(conn, batch)
-            read = await self._claim_keys(conn, batch)
+            read = await self._claim_keys(conn, batch, self._distinct_nonces(batch))
             await self._resolve_members(conn, batch)
             books = await self._load(conn, batch, read)
             write = store.BatchWrite()
@@ -232,11 +231,11 @@ class LedgerService:
         return [batch.requests[index].command for index in batch.pending()]
 
     @staticmethod
-    async def _claim_nonces(conn: Connection, batch: PendingBatch) -> None:
-        """Spend each signed request's nonce in this database transaction: one durable
-        commit for the nonce and the posting. A replay (stored, or twice in this batch) is
-        refused before its key is claimed; every other outcome, refusals included, commits
-        with the nonce."""
+    def _distinct_nonces(batch: PendingBatch) -> dict[tuple[str, str], tuple[int, datetime]]:
+        """Each signed request's nonce, to be spent in this database transaction (one
+        durable commit for the nonce and the posting): the first request of each pair,
+        with its time. A request repeating a nonce of an earlier one is refused as a
+        replay, before its key is claimed."""
         first: dict[tuple[str, str], tuple[int, datetime]] = {}
         for index, request in enumerate(batch.requests):
             claim = request.nonce
@@ -246,26 +245,39 @@ class LedgerService:
                 batch.fail(index, NonceReplayed.spent())
             else:
                 first[(claim.key_id, claim.nonce)] = (index, claim.seen_at)
-        stored = await store.claim_nonces(
-            conn, [(key_id, nonce, seen_at) for (key_id, nonce), (_, seen_at) in first.items()]
-        )
-        for pair, (index, _) in first.items():
-            if pair not in stored:
+        return first
+
+    @staticmethod
+    def _refuse_replays(
+        batch: PendingBatch,
+        nonces: dict[tuple[str, str], tuple[int, datetime]],
+        spent: set[tuple[str, str]],
+    ) -> None:
+        """Refuse each request whose nonce was already stored; every other outcome,
+        refusals included, commits with its nonce."""
+        for pair, (index, _) in nonces.items():
+            if pair not in spent:
                 batch.fail(index, NonceReplayed.spent())
 
     async def _claim_keys(
-        self, conn: Connection, batch: PendingBatch
+        self,
+        conn: Connection,
+        batch: PendingBatch,
+        nonces: dict[tuple[str, str], tuple[int, datetime]],
     ) -> tuple[store.Locked, store.Books, datetime | None] | None:
-        """Claim the requests' keys (with the settlement barrier). When every request
-        names its member (earns, burns, new holds), lock the members and read their books
-        in the same statement and return what it read, with the moment by which partial
-        books must be applied (None: whole books); otherwise None (`_load` locks them once
-        resolved, then reads the books)."""
+        """Spend the requests' `nonces` and claim their keys (with the settlement
+        barrier); a replay is refused before its key is claimed. When every request names
+        its member (earns, burns, new holds), all of it, the member locks and their books
+        are one statement, and what it read is returned, with the moment by which partial
+        books must be applied (None: whole books); otherwise the nonces are spent first,
+        and None is returned (`_load` locks the members once resolved, then reads the
+        books)."""
         claims = {
             index: (request.command.partner_id, request.idempotency.key)
             for index, request in enumerate(batch.requests)
             if request.idempotency is not None and batch.outcomes[index] is None
         }
+        to_spend = [(key_id, nonce, at) for (key_id, nonce), (_, at) in nonces.items()]
         named = [batch.requests[index].command for index in batch.pending()]
         members_known = [c for c in named if isinstance(c, Earn | Burn | OpenHold)]
         fetched: tuple[store.Locked, store.Books, datetime | None] | None = None
@@ -277,18 +289,25 @@ class LedgerService:
                 if all(isinstance(c, Earn) for c in named)
                 else None
             )
-            locked, stored, lock_read, books_read = await store.claim_and_lock(
+            read = await store.claim_and_lock(
                 conn,
-                list(claims.values()),
+                [(*claim, _nonce_of(batch.requests[index])) for index, claim in claims.items()],
                 member_ids={command.member_id for command in members_known},
                 partner_ids={command.partner_id for command in members_known},
+                nonces=to_spend,
                 due_by=due_by,
             )
-            fetched = (lock_read, books_read, due_by)
+            self._refuse_replays(batch, nonces, read.spent)
+            locked, stored = read.locked, read.stored
+            fetched = (read.lock_read, read.books, due_by)
         else:
+            self._refuse_replays(batch, nonces, await store.claim_nonces(conn, to_spend))
+            claims = {index: c for index, c in claims.items() if batch.outcomes[index] is None}
             locked, stored = await store.claim_keys(conn, list(claims.values()), barrier=True)
         seen: set[tuple[str, str]] = set()
         for index, claim in claims.items():
+            if batch.outcomes[index] is not None:  # a replay: its key was not claimed
+                continue
             idempotency = batch.requests[index].idempotency
             if idempotency is None:  # pragma: no cover - claims only holds requests with keys
                 continue
@@ -498,3 +517,9 @@ class LedgerService:
             Context(now=now, closed_until=closed_until, points_ttl=self.points_ttl, ids=uuid.uuid4),
         )
         return balance(book, now)
+
+
+def _nonce_of(request: LedgerRequest) -> tuple[str, str] | None:
+    """The (key id, nonce) pair a signed request spends, if it carries one."""
+    claim = request.nonce
+    return None if claim is None else (claim.key_id, claim.nonce)

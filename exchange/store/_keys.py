@@ -86,11 +86,18 @@ class KeyScope:
             "coalesce(p.response, i.response) AS response"
         )
 
-    def _lock(self) -> str:
-        return (
+    def _lock(self, *, spent: str | None = None) -> str:
+        lock = (
             f"pg_try_advisory_xact_lock(hashtextextended({self.lock_prefix}"
-            "c.owner || chr(31) || c.key, 0)) AS locked"
+            "c.owner || chr(31) || c.key, 0))"
         )
+        if spent is None:
+            return f"{lock} AS locked"
+        # A claim whose request's nonce this statement did not spend (a replay) is not
+        # try-locked: its request is refused before its key is claimed.
+        spent_pairs = f"SELECT s.key_id || chr(31) || s.nonce FROM {spent} AS s"  # noqa: S608
+        unspent = f"c.nonce IS NOT NULL AND c.nonce NOT IN ({spent_pairs})"
+        return f"CASE WHEN {unspent} THEN false ELSE {lock} END AS locked"
 
     def claim_sql(self, *, barrier: bool) -> str:
         if not barrier:
@@ -98,16 +105,28 @@ class KeyScope:
             return f"SELECT c.owner, c.key, {self._lock()} FROM {unnest}"  # noqa: S608
         return f"WITH {BARRIER_CTE}\n{self.claimed_sql()}"
 
-    def claimed_sql(self) -> str:
+    def claimed_sql(self, *, spent: tuple[str, int] | None = None) -> str:
         """The barrier claim's SELECT, after `BARRIER_CTE`: (owner, key) pairs from $1 and
         $2, each try-locked, with the response stored under it. Also the first part of
-        the posting path's claim-and-lock statement (`_posting.claim_and_lock`)."""
+        the posting path's claim-and-lock statement (`_posting.claim_and_lock`), which
+        passes `spent`: the name of its CTE of the nonces it spent (`key_id`, `nonce`) and
+        the parameter with each claim's nonce (`key_id || chr(31) || nonce`, or NULL for
+        a request without one); a claim whose nonce is not among them is not locked."""
         joins, stored = self._stored()
+        if spent is None:
+            claims = "unnest_small($1::text[], $2::text[]) AS c(owner, key)"
+            lock = self._lock()
+        else:
+            name, nonces = spent
+            claims = (
+                f"unnest_small($1::text[], $2::text[], ${nonces}::text[]) AS c(owner, key, nonce)"
+            )
+            lock = self._lock(spent=name)
         # The barrier CTE runs once, before any row is produced.
         return f"""
-SELECT c.owner, c.key, {self._lock()}, {stored}
+SELECT c.owner, c.key, {lock}, {stored}
 FROM barrier
-CROSS JOIN unnest_small($1::text[], $2::text[]) AS c(owner, key)
+CROSS JOIN {claims}
 {joins}
 """  # noqa: S608 - built from the constant scopes below, never from input
 

@@ -14,14 +14,19 @@ per batch, whatever the batch size:
     write        every insert and update of the batch                 1 (data-modifying CTE)
 
 When no request needs resolving (earns, burns, new holds: each names its member), the
-claim, the lock and the books are one statement (`claim_and_lock`): five round trips for
-a signed batch with BEGIN and COMMIT. The books query is the function `ledger_books`
-(migration 0015), whose VOLATILE snapshot is taken after the locks (docs/ledger.md).
+nonces, the claim, the lock and the books are one statement (`claim_and_lock`): four
+round trips for a signed batch with BEGIN and COMMIT. The books query is the function
+`ledger_books` (migration 0015), whose VOLATILE snapshot is taken after the locks
+(docs/ledger.md).
 
 Lock order (every writer follows it, so writers never deadlock on each other): nonces
-sorted (an insert waits only for another batch inserting the same pair); the
-settlement barrier (shared); idempotency keys (try-locks, never wait); member rows
-sorted; credit-limited partner rows sorted; counter shards upserted sorted.
+sorted (an insert waits only for another batch inserting the same pair) and the
+settlement barrier (shared), in either order (`claim_and_lock` enters the barrier
+first). Shared holders of the barrier never block each other; only a settlement's
+exclusive request queued between a nonce's two inserters could close a cycle, and
+PostgreSQL's deadlock check resolves such a queue by reordering it, failing no one.
+Then idempotency keys (try-locks, never wait); member rows sorted; credit-limited
+partner rows sorted; counter shards upserted sorted.
 
 The claim step is `_keys.claim_keys` (the same function every idempotent operation uses,
 whose SELECT `claim_and_lock` embeds);
@@ -59,6 +64,7 @@ from exchange.store._rows import LotRow
 
 __all__ = [
     "Books",
+    "ClaimedAndLocked",
     "Locked",
     "TermsRow",
     "claim_and_lock",
@@ -241,14 +247,23 @@ async def lock_members(
 # written for them. The price: such a batch waits for that other transaction's member lock
 # (in member order, as every writer locks: no deadlock), where the separate lock statement
 # skipped them.
+#
+# The signed requests' nonces ($7-$9) are spent first, by the statement's `spent` CTE, and
+# a claim is try-locked only if its request's nonce ($10, aligned with the claims; NULL for
+# a request without one) was spent there: a replay is refused before its key is claimed,
+# as when the nonces had a statement of their own (migration 0024). The pairs spent come
+# back in `spent`, as `key_id || chr(31) || nonce` (neither contains a control character:
+# both are Structured Field strings, printable ASCII).
 _CLAIM_AND_LOCK_SQL = f"""
-WITH {BARRIER_CTE},
-claims AS MATERIALIZED ({PARTNER_KEYS.claimed_sql()}),
+WITH spent AS ({spend_nonces_sql(7)}),
+{BARRIER_CTE},
+claims AS MATERIALIZED ({PARTNER_KEYS.claimed_sql(spent=("spent", 10))}),
 {_lock_sql(4, "false", 5, after="(SELECT count(*) FROM claims) AS claimed, ")},
 (SELECT coalesce(json_agg(json_build_array(
             owner, key, locked, translate(encode(fingerprint, 'base64'), E'\\n', ''),
             status_code, translate(encode(response, 'base64'), E'\\n', ''))), '[]')
         FROM claims)::text AS claims,
+       (SELECT array_agg(s.key_id || chr(31) || s.nonce) FROM spent AS s) AS spent,
        books.closed_until, books.lots, books.holds, books.unloaded
 FROM ledger_books((SELECT coalesce(array_agg(member_id ORDER BY member_id), '{{}}') FROM locked),
                   '{{}}', '{{}}', $6::timestamptz) AS books
@@ -267,26 +282,44 @@ class _ClaimRow(msgspec.Struct, array_like=True, frozen=True):
 _CLAIM_ROWS = msgspec.json.Decoder(list[_ClaimRow])
 
 
+class ClaimedAndLocked(NamedTuple):
+    """What `claim_and_lock` read: the nonces it spent, the claims it locked and the
+    responses stored under them, the locks, and the books."""
+
+    spent: set[tuple[str, str]]
+    locked: set[tuple[str, str]]
+    stored: dict[tuple[str, str], StoredResponse]
+    lock_read: Locked
+    books: Books
+
+
 async def claim_and_lock(
     conn: Connection,
-    claims: Sequence[tuple[str, str]],
+    claims: Sequence[tuple[str, str, tuple[str, str] | None]],
     member_ids: Iterable[str],
     partner_ids: Iterable[str],
     *,
+    nonces: Sequence[tuple[str, str, datetime]] = (),
     due_by: datetime | None = None,
-) -> tuple[set[tuple[str, str]], dict[tuple[str, str], StoredResponse], Locked, Books]:
-    """`_keys.claim_keys` (partners' keys, with the barrier), `lock_members` (active
-    members) and `load_books` (of every member locked) in one round trip; what each
-    returns. With `due_by`, the books are partial (`MemberBook.unloaded`, migration
-    0021): good for earns applied at `due_by` or before, and for nothing else."""
+) -> ClaimedAndLocked:
+    """`claim_nonces` (the distinct `nonces`), `_keys.claim_keys` (partners' keys, with
+    the barrier; each claim is (owner, key, its request's nonce or None), and a claim
+    whose nonce was not spent is not locked), `lock_members` (active members) and
+    `load_books` (of every member locked) in one round trip; what each returns. With
+    `due_by`, the books are partial (`MemberBook.unloaded`, migration 0021): good for
+    earns applied at `due_by` or before, and for nothing else."""
     row = await conn.fetchrow(
         _CLAIM_AND_LOCK_SQL,
-        [owner for owner, _ in claims],
-        [key for _, key in claims],
+        [owner for owner, _, _ in claims],
+        [key for _, key, _ in claims],
         SETTLEMENT_BARRIER_KEY,
         sorted(set(member_ids)),
         sorted(set(partner_ids)),
         due_by,
+        [key_id for key_id, _, _ in nonces],
+        [nonce for _, nonce, _ in nonces],
+        [seen_at.isoformat() for _, _, seen_at in nonces],  # text: see store._nonces
+        [None if nonce is None else f"{nonce[0]}\x1f{nonce[1]}" for _, _, nonce in claims],
     )
     if row is None:  # one row per call of `ledger_books`: exactly one
         raise InvariantViolation("the claim-and-lock statement returned no row")
@@ -303,7 +336,13 @@ async def claim_and_lock(
     books = _books_of(
         fetched.debts, row["closed_until"], row["lots"], row["holds"], row["unloaded"]
     )
-    return locked, stored, fetched, books
+    spent = {_nonce_pair(pair) for pair in row["spent"] or ()}
+    return ClaimedAndLocked(spent, locked, stored, fetched, books)
+
+
+def _nonce_pair(joined: str) -> tuple[str, str]:
+    key_id, _, nonce = joined.partition("\x1f")
+    return key_id, nonce
 
 
 # -- credit-limited partners -------------------------------------------------------------------

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from exchange import store
 from exchange.clock import FrozenClock
 from exchange.db import create_engine
+from exchange.errors import NonceReplayed
 from exchange.ids import parse_hold_id, parse_transaction_id
 from exchange.service import (
     Burn,
@@ -34,9 +35,11 @@ from exchange.service import (
     Idempotency,
     LedgerRequest,
     LedgerService,
+    NonceClaim,
     OpenHold,
     Outcome,
     Reverse,
+    SignatureProof,
     VoidHold,
 )
 from tests.support import (
@@ -305,6 +308,48 @@ async def test_one_key_sent_twenty_times_at_once_has_one_effect(
     assert await _balance(wide, member) == (75, 0, 0)
     again = await submit(wide, command, key="the-key")
     assert (again.status_code, again.body, again.replayed) == (201, first[0].body, True)
+    await assert_ledger_verifies(pool)
+
+
+async def test_a_replay_waiting_for_its_member_does_not_hold_the_key_it_names(
+    wide: LedgerService, pool: AsyncEngine, clock: FrozenClock
+) -> None:
+    """A replayed nonce is refused before its request's key is claimed, though the nonces
+    are spent by the statement that claims the keys and then waits for the member locks
+    (`store.claim_and_lock`). So a replay stuck behind another transaction's member lock
+    must not make a fresh request with the same key answer 409 meanwhile."""
+    grocer = await add_partner(pool, clock, "grocer")
+    first, second = await enrol(wide, grocer), await enrol(wide, grocer)
+    proof = SignatureProof("grocer-key-1", "sig1=()", "sig1=:c2ln:", None, b"base")
+
+    def signed(member: str, key: str, nonce: str) -> LedgerRequest:
+        command = Earn(grocer, member, key, points=5)
+        spent = NonceClaim(proof.key_id, nonce, clock.now())
+        return LedgerRequest(command, Idempotency(key, fingerprint(command)), proof, spent)
+
+    [original] = await wide.submit([signed(first, "key-1", "nonce-1")])
+    assert original.status_code == 201
+    async with pool.connect() as holder:
+        await holder.execute(
+            text("SELECT 1 FROM members WHERE member_id = :m FOR UPDATE"), {"m": first}
+        )
+        replay = asyncio.create_task(wide.submit([signed(first, "key-2", "nonce-1")]))
+        for _ in range(500):  # until the replay waits for the member, or is answered
+            async with pool.connect() as conn:
+                if replay.done() or await conn.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND datname = current_database()"
+                    )
+                ):
+                    break
+            await asyncio.sleep(0.01)
+        [fresh] = await wide.submit([signed(second, "key-2", "nonce-2")])
+        assert (fresh.status_code, fresh.error) == (201, None)
+        await holder.rollback()
+    [refused] = await replay
+    assert isinstance(refused.error, NonceReplayed), refused
+    assert await _scalar(pool, f"SELECT count(*) FROM postings WHERE partner_id = '{grocer}'") == 2
     await assert_ledger_verifies(pool)
 
 

@@ -120,12 +120,13 @@ async def test_one_lot_per_earn_holds_through_0011_up_and_down(
         await conn.close()
 
 
-async def test_unnest_small_comes_and_goes_with_0012_and_is_planned_as_one_row(
+async def test_unnest_small_comes_and_goes_with_0012_and_0024_and_is_planned_as_one_row(
     database_url: str,
 ) -> None:
-    """0012's `unnest_small` gives an array's elements (one array, or two side by side)
-    with a declared estimate of one row, which the planner keeps because the function is
-    not inlined: that estimate is what lets the posting path keep its generic plans."""
+    """0012's `unnest_small` gives an array's elements (one array, or two side by side;
+    0024 adds three) with a declared estimate of one row, which the planner keeps because
+    the function is not inlined: that estimate is what lets the posting path keep its
+    generic plans."""
 
     async def functions() -> set[str]:
         return set(
@@ -136,11 +137,14 @@ async def test_unnest_small_comes_and_goes_with_0012_and_is_planned_as_one_row(
         )
 
     both = {"unnest_small(anyarray)", "unnest_small(anyarray,anyarray)"}
+    three = "unnest_small(anyarray,anyarray,anyarray)"
+    assert await functions() == {*both, three}
+    await asyncio.to_thread(command.downgrade, alembic_config(database_url), "0023")
     assert await functions() == both
     await asyncio.to_thread(command.downgrade, alembic_config(database_url), "0011")
     assert await functions() == set()
     await asyncio.to_thread(migrate, database_url)
-    assert await functions() == both
+    assert await functions() == {*both, three}
 
     conn = await asyncpg.connect(database_url)
     try:
@@ -153,6 +157,20 @@ async def test_unnest_small_comes_and_goes_with_0012_and_is_planned_as_one_row(
             "SELECT * FROM unnest_small($1::text[], $2::text[])", ["p1", "p2"], ["k1", "k2"]
         )
         assert [tuple(row) for row in pairs] == [("p1", "k1"), ("p2", "k2")]
+        triples = await conn.fetch(
+            "SELECT * FROM unnest_small($1::text[], $2::text[], $3::text[])",
+            ["p1", "p2"],
+            ["k1", "k2"],
+            ["n1", None],
+        )
+        assert [tuple(row) for row in triples] == [("p1", "k1", "n1"), ("p2", "k2", None)]
+        plan = await conn.fetchval(
+            "EXPLAIN (FORMAT JSON) SELECT * FROM unnest_small($1::text[], $2::text[], $3::text[])",
+            many,
+            many,
+            many,
+        )
+        assert json.loads(plan)[0]["Plan"]["Plan Rows"] == 1
         assert await conn.fetchval("SELECT count(*) FROM unnest_small(NULL::text[])") == 0
         plan = await conn.fetchval(
             "EXPLAIN (FORMAT JSON) SELECT * FROM unnest_small($1::text[])", many

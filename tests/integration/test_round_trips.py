@@ -1,9 +1,9 @@
 """The statements a posting batch sends, counted on the pooled connections: each is a
 round trip, the hot path's fixed cost per batch (docs/performance.md). A batch of signed
-earns sends the same five whatever its size (the claim, the member locks and the books are
-one statement); a credit-limited partner adds two; a capture, whose member is learnt from
-its hold, claims, resolves, locks and reads the books in four. And the statements keep
-their plans: PostgreSQL does not plan them again for every batch."""
+earns sends the same four whatever its size (the nonces, the claim, the member locks and
+the books are one statement); a credit-limited partner adds two; a capture, whose member
+is learnt from its hold, claims, resolves, locks and reads the books in four. And the
+statements keep their plans: PostgreSQL does not plan them again for every batch."""
 
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ STEPS = {
     "WITH barrier": "claim",
     "WITH barrier AS MATERIALIZED (SELECT pg_advisory_xact_lock_shared($3::bigint) AS held), "
     "claims AS": "claim and lock",
+    "WITH spent AS (INSERT INTO signature_nonces": "nonces, claim and lock",
     "SELECT 'hold' AS kind": "resolve",
     "WITH locked": "lock and terms",
     "SELECT closed_until, lots, holds FROM ledger_books": "books",
@@ -103,12 +104,12 @@ def _signed_earns(members: list[str], clock: FrozenClock, tag: str) -> list[Ledg
     ]
 
 
-async def test_a_batch_of_signed_earns_sends_five_statements_whatever_its_size(
+async def test_a_batch_of_signed_earns_sends_four_statements_whatever_its_size(
     engine: AsyncEngine, clock: FrozenClock, ledger: LedgerService
 ) -> None:
     await add_partner(engine, clock)
     members = [await enrol(ledger, "grocer") for _ in range(5)]
-    expected = ["begin", "nonces", "claim and lock", "write", "commit"]
+    expected = ["begin", "nonces, claim and lock", "write", "commit"]
     for size in (1, 5):
         with statements(engine) as sent:
             outcomes = await ledger.submit(_signed_earns(members[:size], clock, f"b{size}"))
@@ -126,7 +127,7 @@ async def test_a_batch_that_posts_nothing_still_spends_its_nonces(
     with statements(engine) as sent:
         outcomes = await ledger.submit(requests)
     assert [outcome.status_code for outcome in outcomes] == [404, 404]
-    assert sent == ["begin", "nonces", "claim and lock", "commit"], sent
+    assert sent == ["begin", "nonces, claim and lock", "commit"], sent
     [again, _] = await ledger.submit(requests)
     assert isinstance(again.error, NonceReplayed), again
 
@@ -140,7 +141,7 @@ async def test_a_credit_limited_partner_adds_its_lock_and_exposure(
         outcomes = await ledger.submit(_signed_earns(members, clock, "limited"))
     assert [outcome.status_code for outcome in outcomes] == [201, 201]
     assert sent == [
-        "begin", "nonces", "claim and lock", "lock credit-limited", "exposure", "write",
+        "begin", "nonces, claim and lock", "lock credit-limited", "exposure", "write",
         "commit",
     ], sent  # fmt: skip
 
@@ -200,7 +201,7 @@ async def test_a_lone_earns_statements_keep_their_plans_instead_of_being_planned
     finally:
         await engine.dispose()
     plans = {_step(row["statement"]): (row["generic_plans"], row["custom_plans"]) for row in rows}
-    for step in ("nonces", "claim and lock", "write"):
+    for step in ("nonces, claim and lock", "write"):
         generic, custom = plans[step]
         assert custom <= 5, (step, plans)
         assert generic >= 7, (step, plans)
