@@ -9,16 +9,32 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 import structlog
 
 from exchange.text import UNPRINTABLE
 
-__all__ = ["configure_logging", "escape_controls", "get_logger"]
+__all__ = ["REQUEST_ID", "configure_logging", "escape_controls", "get_logger"]
+
+# The id of the HTTP request being served (`exchange.middleware` sets it for the
+# request's task), added to every line logged meanwhile. A variable of its own rather
+# than structlog's bound context variables: setting and resetting it costs 0.2 µs a
+# request, where clearing and binding structlog's took 2.6 (docs/performance.md).
+REQUEST_ID: ContextVar[str | None] = ContextVar("exchange_request_id", default=None)
+
+
+def _add_request_id(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
+    return event
+
 
 _SHARED: list[Any] = [
     structlog.contextvars.merge_contextvars,
+    _add_request_id,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
     structlog.processors.TimeStamper(fmt="iso", utc=True),

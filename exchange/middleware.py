@@ -8,10 +8,8 @@ import re
 import time
 from typing import Any
 
-import structlog
-
 from exchange import metrics
-from exchange.logs import get_logger
+from exchange.logs import REQUEST_ID, get_logger
 
 __all__ = ["RequestContext"]
 
@@ -36,8 +34,7 @@ class RequestContext:
             return
         request_id = _incoming_request_id(scope) or os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        bound = REQUEST_ID.set(request_id)
         status = 500
         started = time.perf_counter()
 
@@ -66,7 +63,7 @@ class RequestContext:
                     duration_ms=round(elapsed * 1000, 2),
                     **_bound_identity(scope),
                 )
-            structlog.contextvars.clear_contextvars()
+            REQUEST_ID.reset(bound)
 
 
 def _incoming_request_id(scope: Any) -> str | None:

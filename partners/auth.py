@@ -87,9 +87,9 @@ def header_list(request: Request[Any, Any, Any]) -> list[tuple[str, str]]:
 
 
 def idempotency_key_of(method: str, headers: list[tuple[str, str]]) -> str | None:
-    values = [value for name, value in headers if name == "idempotency-key"]
     if method != "POST":
         return None
+    values = [value for name, value in headers if name == "idempotency-key"]
     if len(values) != 1 or not _IDEMPOTENCY_KEY.fullmatch(values[0]):
         raise IdempotencyKeyMissing(
             "Every POST needs exactly one Idempotency-Key header of 1-255 printable ASCII "
@@ -123,11 +123,12 @@ async def partner_caller(
     query = scope.get("query_string", b"").decode("latin-1")
     headers = header_list(request)
     incoming = IncomingRequest(method=method, path=path, query=query, headers=headers, body=b"")
+    now = services.clock.now()
     try:
         checked = await lean_verify_headers(
             incoming,
             authority=services.settings.authority,
-            now=int(services.clock.now().timestamp()),
+            now=int(now.timestamp()),
             resolve_key=services.gateway.resolve_key,
         )
     except ExchangeError as exc:
@@ -141,7 +142,7 @@ async def partner_caller(
     carried = bool(opt.get(NONCE_IN_POSTING) or opt.get(NONCE_IN_READ))
 
     async def record_nonce(key_id: str, nonce: str, created: int) -> bool:
-        claim = NonceClaim(key_id, nonce, _nonce_seen_at(services, created))
+        claim = NonceClaim(key_id, nonce, _nonce_seen_at(now, created))
         if carried:
             deferred.append(claim)
             return True
@@ -177,12 +178,13 @@ def _may_have_body(headers: list[tuple[str, str]]) -> bool:
     return any(name in ("content-length", "transfer-encoding") for name, _ in headers)
 
 
-def _nonce_seen_at(services: Services, created: int) -> datetime:
+def _nonce_seen_at(now: datetime, created: int) -> datetime:
     # A nonce must be remembered for as long as its signature can still be accepted, i.e.
     # until `created` + 300 s. `created` may be up to 30 s ahead of the server clock, so
-    # the row is stamped with the later of the two: purging rows older than now - 300 s
-    # (`store.purge_nonces`) then never forgets a nonce whose signature is still valid.
-    return max(services.clock.now(), datetime.fromtimestamp(created, UTC))
+    # the row is stamped with the later of the two (`now`: when the request's signature
+    # was checked): purging rows older than now - 300 s (`store.purge_nonces`) then never
+    # forgets a nonce whose signature is still valid.
+    return max(now, datetime.fromtimestamp(created, UTC))
 
 
 async def spend_nonce(

@@ -14,6 +14,7 @@ import structlog
 
 from exchange import logs
 from exchange.logs import configure_logging, escape_controls, get_logger
+from exchange.middleware import RequestContext
 
 
 def test_controls_separators_and_bidi_are_escaped_in_every_value_but_a_traceback() -> None:
@@ -78,3 +79,34 @@ def test_a_line_below_the_level_is_dropped_and_one_at_it_is_written_whole(
     ]
     assert all(line["request_id"] == "req-1" for line in lines)
     assert all(line["logger"] == "exchange.access" and "timestamp" in line for line in lines)
+
+
+async def test_every_line_logged_while_a_request_is_served_carries_its_id_and_no_later_one(
+    log_stream: io.StringIO,
+) -> None:
+    """The request id the response echoes is on each line logged while it is served (the
+    access line included), in the request's task; a line logged afterwards has none."""
+    configure_logging("INFO", "json", stream=log_stream)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        get_logger("exchange.test").warning("inside")
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:  # pragma: no cover - the app reads no body
+        return {"type": "http.request", "body": b""}
+
+    scope = {"type": "http", "method": "GET", "path": "/x", "headers": []}
+    await RequestContext(app)(scope, receive, send)
+    get_logger("exchange.test").warning("after")
+    echoed = dict(sent[0]["headers"])[b"x-request-id"].decode()
+    lines = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    by_event = {line["event"]: line for line in lines}
+    assert by_event["inside"]["request_id"] == echoed
+    assert by_event["request"]["request_id"] == echoed
+    assert "request_id" not in by_event["after"]
