@@ -99,12 +99,17 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "alembic"):
+    for name in ("uvicorn", "uvicorn.error", "alembic"):
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
-    # Our own access log replaces uvicorn's (it carries the request id and timing).
-    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # Our own access log replaces uvicorn's (it carries the request id and timing), so
+    # uvicorn's has no handler and does not propagate: uvicorn then skips building its
+    # line's arguments (the path quoted, the client's address) for every response, which
+    # it does whenever the logger has a handler, whatever its level.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers[:] = []
+    access.propagate = False
     logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
 
 

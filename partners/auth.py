@@ -150,12 +150,13 @@ async def partner_caller(
             key_id, nonce, claim.seen_at, durable=method != "GET"
         )
 
+    with_body = (
+        IncomingRequest(method=method, path=path, query=query, headers=headers, body=body)
+        if body
+        else incoming
+    )
     try:
-        verified = await lean_verify_body(
-            checked,
-            IncomingRequest(method=method, path=path, query=query, headers=headers, body=body),
-            record_nonce=record_nonce,
-        )
+        verified = await lean_verify_body(checked, with_body, record_nonce=record_nonce)
     except ExchangeError as exc:
         metrics.SIGNATURE_FAILURES.labels(exc.code).inc()
         raise

@@ -4,7 +4,7 @@ This is the exchange's hot path, so it talks to asyncpg directly (prepared state
 cached per connection, no per-statement ORM work) and keeps round trips few and fixed
 per batch, whatever the batch size:
 
-    nonces       the signatures' (keyid, nonce) pairs, if any          1, only if signed
+    nonces       the signatures' (keyid, nonce) pairs, if any          0-1, only if signed
     claim        barrier + idempotency try-locks + stored responses   1 statement
     resolve      which member a hold or an original belongs to        1, only if needed
     lock         member rows in member_id order, partners' terms      1

@@ -110,3 +110,12 @@ async def test_every_line_logged_while_a_request_is_served_carries_its_id_and_no
     assert by_event["inside"]["request_id"] == echoed
     assert by_event["request"]["request_id"] == echoed
     assert "request_id" not in by_event["after"]
+
+
+def test_uvicorn_is_left_no_handler_for_its_own_access_lines(log_stream: io.StringIO) -> None:
+    """Ours replaces uvicorn's access line. uvicorn builds its line's arguments (the path
+    quoted, the client's address) for every response whenever its access logger has a
+    handler, at any level, so that logger must have none, even through its parents."""
+    configure_logging("INFO", "json", stream=log_stream)
+    assert not logging.getLogger("uvicorn.access").hasHandlers()
+    assert logging.getLogger("uvicorn.error").hasHandlers()  # uvicorn's other lines: ours
