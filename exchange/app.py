@@ -64,7 +64,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = create_engine(
             database_url,
-            pool_size=settings.db_pool_size,
+            pool_size=settings.db_connections,
             pool_timeout_s=settings.db_pool_timeout_s,
             lock_timeout_s=settings.db_lock_timeout_s,
         )

@@ -206,6 +206,7 @@ class Settings:
     group_commit_concurrency: int = 2
     group_commit_fill_min: int = 4
     group_commit_queue_max: int = 1000
+    batch_processors: int = 4
     workers: int = 1
     webhooks_allow_http: bool = False
     webhook_backoff_s: float = 30.0
@@ -224,6 +225,12 @@ class Settings:
     transfer_points_30d_max: int = 50_000
     expiry_reminder_days: tuple[int, ...] = (30, 7)
     trusted_proxies: TrustedProxies = _LOOPBACK_PROXIES
+
+    @property
+    def db_connections(self) -> int:
+        """The pool's size: `db_pool_size` for requests (and the chunks batches post), and
+        one more for each batch processor, which holds it while its batch is processing."""
+        return self.db_pool_size + self.batch_processors
 
     @property
     def authority(self) -> str:
@@ -286,6 +293,7 @@ _PARSERS: dict[str, Any] = {
     "group_commit_concurrency": lambda v: _positive_int(v, high=100),
     "group_commit_fill_min": lambda v: _positive_int(v, high=1000),
     "group_commit_queue_max": lambda v: _positive_int(v, high=100_000),
+    "batch_processors": lambda v: _positive_int(v, high=64),
     "workers": lambda v: _positive_int(v, high=64),
     "webhooks_allow_http": _boolean,
     "webhook_backoff_s": lambda v: float(_positive_int(v, high=3600)),
@@ -370,7 +378,8 @@ VARIABLES: tuple[Variable, ...] = (
         "db_pool_size",
         "10",
         "an integer 1-1000",
-        "Database connections per server process (the pool is bounded; no overflow).",
+        "Database connections per server process for requests and the chunks batches post "
+        "(the pool is bounded; no overflow), plus one per batch processor.",
     ),
     Variable(
         "EXCHANGE_DB_POOL_TIMEOUT_S",
@@ -451,6 +460,14 @@ VARIABLES: tuple[Variable, ...] = (
         "1000",
         "an integer 1-100000",
         "Postings waiting for a batch, per server process; beyond it: 503 and Retry-After.",
+    ),
+    Variable(
+        "EXCHANGE_BATCH_PROCESSORS",
+        "batch_processors",
+        "4",
+        "an integer 1-64",
+        "Batch files processed at once per server process. Each holds a database connection "
+        "of its own, on top of EXCHANGE_DB_POOL_SIZE, while its batch is processing.",
     ),
     Variable(
         "EXCHANGE_WORKERS",

@@ -125,7 +125,7 @@ def build_services(settings: Settings, engine: AsyncEngine, clock: Clock) -> Ser
         adjustments=AdjustmentService(engine, clock, ledger),
         members=MembersService(engine, clock, settings),
         scheduler=scheduler,
-        batches=BatchService(engine, clock, committer),
+        batches=BatchService(engine, clock, committer, processors=settings.batch_processors),
         webhooks=WebhookService(engine, clock, settings),
     )
 

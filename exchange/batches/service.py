@@ -16,8 +16,10 @@ Items posted before this (migration 0023) carry the ledger idempotency key
 
 One owner per batch across server processes: the processor holds the batch row locked
 (`FOR UPDATE SKIP LOCKED`) while it works; a crash releases the lock, and any process
-resumes the batch at its first pending item. Each process runs `in_flight` processors, so
-as many batches progress at once per process.
+resumes the batch at its first pending item. Each process runs `processors` of them
+(EXCHANGE_BATCH_PROCESSORS), so as many batches progress at once per process. Each holds
+its batch's lock on a connection the pool adds for it (`Settings.db_connections`), and
+takes one more from the pool the requests share while it posts a chunk.
 
 A stopping server lets each processor finish the chunk it is posting and record its
 results, then leaves the rest of the batch pending for the next start (`stop`): the
@@ -73,7 +75,7 @@ POLL_S = 1.0
 STALL_S = 0.2
 STOP_GRACE_S = 30.0  # a chunk takes milliseconds; this is for a database that stalls
 CHUNK_MAX = 250  # items per read, per ledger transaction and per results statement
-IN_FLIGHT_DEFAULT = 2  # batches processed at once per server process (2 connections each)
+PROCESSORS_DEFAULT = 4  # as EXCHANGE_BATCH_PROCESSORS's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,17 +109,18 @@ class BatchService:
         committer: GroupCommitter,
         *,
         chunk: int = CHUNK_MAX,
-        in_flight: int = IN_FLIGHT_DEFAULT,
+        processors: int = PROCESSORS_DEFAULT,
     ) -> None:
-        if chunk < 1 or in_flight < 1:
-            raise ValueError("chunk and in_flight must be at least 1")
+        if chunk < 1 or processors < 1:
+            raise ValueError("chunk and processors must be at least 1")
         self.engine = engine
         self.clock = clock
         self.committer = committer
         self.chunk = chunk
-        # Each processor holds one connection (its batch's lock) and uses one more at a
-        # time for its chunk: keep well within the pool the HTTP requests share.
-        self.in_flight = in_flight
+        # A chunk is one database transaction in one backend, so a processor uses at most
+        # one backend at a time: with 2, a 2-core machine stayed a third idle during
+        # batches (docs/performance.md, "Twenty-fifth round").
+        self.processors = processors
         self._wake = asyncio.Event()
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -208,7 +211,7 @@ class BatchService:
             self._stopping = False
             self._tasks = [
                 asyncio.create_task(self._run(), name=f"batch-processor-{n}")
-                for n in range(self.in_flight)
+                for n in range(self.processors)
             ]
 
     async def stop(self, grace_s: float = STOP_GRACE_S) -> None:

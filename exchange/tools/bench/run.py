@@ -255,7 +255,7 @@ def _start(run: Run) -> None:
         run.warnings.append(f"{run.data_dir} is on {fs}: fsync costs nothing there")
     inherited = {k: v for k, v in os.environ.items() if k not in BENCH_CONTROLLED}
     try:
-        pool_size = Settings.from_env(inherited).db_pool_size
+        pool_size = Settings.from_env(inherited).db_connections
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
     connections = max(200, options.workers * pool_size + options.clients + CONNECTIONS_SPARE)
@@ -489,6 +489,7 @@ def _document(
             "workers": options.workers,
             "http_server": options.server,
             "db_pool_size": settings.db_pool_size,
+            "batch_processors": settings.batch_processors,
             "group_commit_max": settings.group_commit_max,
             "inherited_settings": sorted(
                 k for k in os.environ if k.startswith("EXCHANGE_") and k not in BENCH_CONTROLLED
