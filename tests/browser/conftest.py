@@ -33,6 +33,7 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 WORKERS = 2
 POOL_SIZE = 4
+BATCH_PROCESSORS = 2  # each adds a connection to its worker's pool
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -101,7 +102,11 @@ def _make_data(base_url: str, admin_token: str) -> str:
 @pytest.fixture(scope="module")
 def exchange(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exchange]:
     data_dir, port = tmp_path_factory.mktemp("console") / "data", free_port()
-    env = server_env(EXCHANGE_DATA_DIR=str(data_dir), EXCHANGE_DB_POOL_SIZE=str(POOL_SIZE))
+    env = server_env(
+        EXCHANGE_DATA_DIR=str(data_dir),
+        EXCHANGE_DB_POOL_SIZE=str(POOL_SIZE),
+        EXCHANGE_BATCH_PROCESSORS=str(BATCH_PROCESSORS),
+    )
     process = subprocess.Popen(
         [*EXCHANGE, "serve", "--port", str(port), "--workers", str(WORKERS)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -17,7 +17,13 @@ from axe_playwright_python.sync_playwright import Axe
 from prometheus_client.parser import text_string_to_metric_families
 
 from partners.signing import generate_keypair
-from tests.browser.conftest import POOL_SIZE, WORKERS, Exchange, save_screenshot
+from tests.browser.conftest import (
+    BATCH_PROCESSORS,
+    POOL_SIZE,
+    WORKERS,
+    Exchange,
+    save_screenshot,
+)
 
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -208,7 +214,7 @@ def test_metrics_of_a_real_multi_worker_server_parse_and_add_up(exchange: Exchan
 
     # Both workers' counts, merged: however the server spread the 20 requests.
     assert total("exchange_http_requests_total", route="/health", status="200") >= 20
-    assert total("exchange_db_pool_size") == WORKERS * POOL_SIZE
+    assert total("exchange_db_pool_size") == WORKERS * (POOL_SIZE + BATCH_PROCESSORS)
     assert total("exchange_postings_total", type="earn") == 3
     assert total("exchange_postings_total", type="burn") == 3
     assert total("exchange_settlement_run_duration_seconds_count") == 1
