@@ -228,9 +228,10 @@ class Settings:
 
     @property
     def db_connections(self) -> int:
-        """The pool's size: `db_pool_size` for requests (and the chunks batches post), and
-        one more for each batch processor, which holds it while its batch is processing."""
-        return self.db_pool_size + self.batch_processors
+        """The pool's size: `db_pool_size` for requests, and two for each batch processor,
+        which holds one while its batch is processing (the batch's lock) and one more
+        while it posts a chunk. Busy processors never take a request's connection."""
+        return self.db_pool_size + 2 * self.batch_processors
 
     @property
     def authority(self) -> str:
@@ -378,8 +379,8 @@ VARIABLES: tuple[Variable, ...] = (
         "db_pool_size",
         "10",
         "an integer 1-1000",
-        "Database connections per server process for requests and the chunks batches post "
-        "(the pool is bounded; no overflow), plus one per batch processor.",
+        "Database connections per server process for requests (the pool is bounded; no "
+        "overflow); each batch processor adds two of its own.",
     ),
     Variable(
         "EXCHANGE_DB_POOL_TIMEOUT_S",
@@ -466,8 +467,9 @@ VARIABLES: tuple[Variable, ...] = (
         "batch_processors",
         "4",
         "an integer 1-64",
-        "Batch files processed at once per server process. Each holds a database connection "
-        "of its own, on top of EXCHANGE_DB_POOL_SIZE, while its batch is processing.",
+        "Batch files processed at once per server process. Each adds two database "
+        "connections to the process's pool (its batch's lock and the chunk it posts), on top "
+        "of EXCHANGE_DB_POOL_SIZE.",
     ),
     Variable(
         "EXCHANGE_WORKERS",

@@ -18,8 +18,8 @@ One owner per batch across server processes: the processor holds the batch row l
 (`FOR UPDATE SKIP LOCKED`) while it works; a crash releases the lock, and any process
 resumes the batch at its first pending item. Each process runs `processors` of them
 (EXCHANGE_BATCH_PROCESSORS), so as many batches progress at once per process. Each holds
-its batch's lock on a connection the pool adds for it (`Settings.db_connections`), and
-takes one more from the pool the requests share while it posts a chunk.
+its batch's lock on one connection and posts its chunks on one more; the pool adds both for
+it (`Settings.db_connections`), so busy processors never take a request's connection.
 
 A stopping server lets each processor finish the chunk it is posting and record its
 results, then leaves the rest of the batch pending for the next start (`stop`): the

@@ -33,7 +33,7 @@ CHROMIUM_ARGS = [
 ]  # fmt: skip
 WORKERS = 2
 POOL_SIZE = 4
-BATCH_PROCESSORS = 2  # each adds a connection to its worker's pool
+BATCH_PROCESSORS = 2  # each adds two connections to its worker's pool
 REPO = Path(__file__).resolve().parents[2]
 
 

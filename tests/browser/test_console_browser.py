@@ -214,7 +214,7 @@ def test_metrics_of_a_real_multi_worker_server_parse_and_add_up(exchange: Exchan
 
     # Both workers' counts, merged: however the server spread the 20 requests.
     assert total("exchange_http_requests_total", route="/health", status="200") >= 20
-    assert total("exchange_db_pool_size") == WORKERS * (POOL_SIZE + BATCH_PROCESSORS)
+    assert total("exchange_db_pool_size") == WORKERS * (POOL_SIZE + 2 * BATCH_PROCESSORS)
     assert total("exchange_postings_total", type="earn") == 3
     assert total("exchange_postings_total", type="burn") == 3
     assert total("exchange_settlement_run_duration_seconds_count") == 1

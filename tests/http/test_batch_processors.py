@@ -1,6 +1,6 @@
 """EXCHANGE_BATCH_PROCESSORS batch files progress at once per server process, and the pool
-holds a connection for each processor's batch on top of EXCHANGE_DB_POOL_SIZE: processors
-stuck on a locked row never leave a partner's requests without a connection."""
+adds two connections for each processor (its batch's lock, the chunk it posts) on top of
+EXCHANGE_DB_POOL_SIZE: processors stuck on a locked row never take a request's connection."""
 
 from __future__ import annotations
 
@@ -31,11 +31,11 @@ WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_ba
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    """Room for the processors' chunks and one request: a starved request would be a 503
-    after POOL_TIMEOUT_S; a lock timeout far beyond the test, so the chunks keep waiting."""
+    """One connection of the requests' own: a starved request would be a 503 after
+    POOL_TIMEOUT_S; a lock timeout far beyond the test, so the chunks keep waiting."""
     return dataclasses.replace(
         settings,
-        db_pool_size=PROCESSORS + 1,
+        db_pool_size=1,
         batch_processors=PROCESSORS,
         db_pool_timeout_s=POOL_TIMEOUT_S,
         db_lock_timeout_s=60,
