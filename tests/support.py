@@ -1,18 +1,22 @@
-"""Small helpers the tests share: partners, members, postings, the verify check, and
-waiting until a session waits for a lock."""
+"""Small helpers the tests share: partners, members, postings, the verify check, a
+member's row held by another session, and waiting until sessions wait for a lock."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.clock import Clock
+from exchange.db import libpq_url
 from exchange.errors import ExchangeError
 from exchange.service import Command, Idempotency, LedgerRequest, LedgerService, Outcome
 from exchange.verify import verify_ledger
@@ -89,11 +93,29 @@ _WAITING_FOR_A_LOCK = text(
 )
 
 
-async def until_a_session_waits_for_a_lock(engine: AsyncEngine, what: str = "a session") -> None:
-    """Return once another session of this database waits for a lock (within 5 s)."""
+async def until_a_session_waits_for_a_lock(
+    engine: AsyncEngine, what: str = "a session", *, sessions: int = 1
+) -> None:
+    """Return once `sessions` other sessions of this database wait for a lock (within 5 s)."""
+    waiting = 0
     for _ in range(500):
         async with engine.connect() as conn:
-            if await conn.scalar(_WAITING_FOR_A_LOCK):
-                return
+            waiting = await conn.scalar(_WAITING_FOR_A_LOCK) or 0
+        if waiting >= sessions:
+            return
         await asyncio.sleep(0.01)
-    raise AssertionError(f"{what} never waited for a lock")
+    raise AssertionError(f"{what}: {waiting} sessions waited for a lock, not {sessions}")
+
+
+@asynccontextmanager
+async def member_row_held(database_url: str, member_id: str) -> AsyncIterator[asyncpg.Transaction]:
+    """Another session (an operator's psql left inside BEGIN, a stuck job) holds the member's
+    row locked until the yielded transaction is rolled back or the block ends."""
+    holder = await asyncpg.connect(libpq_url(database_url))
+    try:
+        held = holder.transaction()
+        await held.start()
+        await holder.execute("SELECT 1 FROM members WHERE member_id = $1 FOR UPDATE", member_id)
+        yield held
+    finally:
+        await holder.close()

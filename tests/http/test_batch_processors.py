@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-import asyncpg
 import httpx
 import msgspec
 import pytest
@@ -15,18 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.clock import FrozenClock
 from exchange.config import Settings
-from exchange.db import libpq_url
 from tests.http.conftest import OnboardedPartner, PartnerFactory
 from tests.http.signed import signed
-from tests.support import assert_ledger_verifies
+from tests.support import assert_ledger_verifies, member_row_held, until_a_session_waits_for_a_lock
 
 PROCESSORS = 2
 POOL_TIMEOUT_S = 2
-
-_WAITING_FOR_A_LOCK = """
-SELECT count(*) FROM pg_stat_activity
-WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()
-"""
 
 
 @pytest.fixture
@@ -76,19 +69,10 @@ async def test_batches_progress_together_and_leave_requests_a_connection(
     grocer = await onboard("grocer")
     held = (await grocer.client.enrol_member(reference="held"))["member_id"]
     other = (await grocer.client.enrol_member(reference="other"))["member_id"]
-    holder = await asyncpg.connect(libpq_url(database_url))
-    try:
-        stuck = holder.transaction()
-        await stuck.start()
-        await holder.execute("SELECT 1 FROM members WHERE member_id = $1 FOR UPDATE", held)
+    async with member_row_held(database_url, held) as stuck:
         batch_ids = [await _upload(client, grocer, clock, f"i-{n}", held) for n in range(2)]
-        for _ in range(500):  # each processor's chunk reaches the held row
-            if await holder.fetchval(_WAITING_FOR_A_LOCK) == PROCESSORS:
-                break
-            await asyncio.sleep(0.02)
-        else:
-            waiting = await holder.fetchval(_WAITING_FOR_A_LOCK)
-            raise AssertionError(f"{waiting} chunks wait for the row, not {PROCESSORS}")
+        # Each processor's chunk reaches the held row.
+        await until_a_session_waits_for_a_lock(engine, "the chunks", sessions=PROCESSORS)
 
         # Every processor holds its batch and posts a chunk: a partner is still answered.
         earned = await asyncio.wait_for(
@@ -98,8 +82,6 @@ async def test_batches_progress_together_and_leave_requests_a_connection(
         assert (await asyncio.wait_for(grocer.client.balance(other), 10))["available"] == 7
         assert [await _status(client, grocer, clock, b) for b in batch_ids] == ["processing"] * 2
         await stuck.rollback()
-    finally:
-        await holder.close()
 
     for batch_id in batch_ids:
         for _ in range(400):

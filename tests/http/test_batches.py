@@ -12,6 +12,7 @@ import msgspec
 import pytest
 from litestar import Litestar
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from exchange.clock import FrozenClock
 from exchange.db import libpq_url
@@ -20,7 +21,7 @@ from exchange.wiring import Services
 from partners.audit import verify_transaction
 from tests.http.conftest import OnboardedPartner, PartnerFactory
 from tests.http.signed import signed
-from tests.support import assert_ledger_verifies
+from tests.support import assert_ledger_verifies, member_row_held, until_a_session_waits_for_a_lock
 
 
 @pytest.fixture
@@ -398,6 +399,7 @@ async def test_a_stopping_server_finishes_its_chunk_and_the_next_start_posts_the
     clock: FrozenClock,
     app: Litestar,
     database_url: str,
+    engine: AsyncEngine,
 ) -> None:
     """A graceful stop does not cancel database work midway: a processor whose chunk is
     waiting on the database finishes it and records its results, the rest of the batch
@@ -408,24 +410,13 @@ async def test_a_stopping_server_finishes_its_chunk_and_the_next_start_posts_the
         for n in range(600)
     ]  # three chunks of 250, 250 and 100
     services: Services = app.state.services
-    holder = await asyncpg.connect(libpq_url(database_url))
-    try:
-        held = holder.transaction()
-        await held.start()
-        await holder.execute("SELECT 1 FROM members WHERE member_id = $1 FOR UPDATE", member_id)
+    async with member_row_held(database_url, member_id) as held:
         batch_id = (await _submit(client, grocer, clock, items)).json()["batch_id"]
-        for _ in range(400):  # the first chunk waits for the member's row
-            if await holder.fetchval(_WAITING_FOR_A_LOCK):
-                break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("the first chunk never reached the held row")
+        await until_a_session_waits_for_a_lock(engine, "the first chunk")
         stopping = asyncio.create_task(services.batches.stop())
         await asyncio.sleep(0.3)
         assert not stopping.done(), "stop cancelled the chunk in flight instead of waiting"
         await held.rollback()
-    finally:
-        await holder.close()
     await asyncio.wait_for(stopping, 20)
 
     stopped = (await signed(client, grocer, clock, "GET", f"/v1/batches/{batch_id}")).json()
@@ -437,9 +428,3 @@ async def test_a_stopping_server_finishes_its_chunk_and_the_next_start_posts_the
     assert (done["posted"], done["rejected"]) == (600, 0)
     assert await _balance(grocer, member_id) == 600
     await assert_ledger_verifies(services.engine)
-
-
-_WAITING_FOR_A_LOCK = """
-SELECT count(*) > 0 FROM pg_stat_activity
-WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()
-"""

@@ -16,7 +16,7 @@ from exchange.clock import FrozenClock
 from exchange.db import libpq_url
 from tests.http.conftest import OnboardedPartner, PartnerFactory
 from tests.http.signed import signed
-from tests.support import assert_ledger_verifies
+from tests.support import assert_ledger_verifies, member_row_held
 
 
 async def _earn(
@@ -51,24 +51,20 @@ async def test_a_statement_cancelled_by_an_operator_is_a_503_and_the_retry_posts
 ) -> None:
     grocer = await onboard("grocer")
     member = (await grocer.client.enrol_member(reference="held"))["member_id"]
-    holder = await asyncpg.connect(libpq_url(database_url))
     observer = await asyncpg.connect(libpq_url(database_url))
+    # Hold the member's row, so the earn's statement is there to be cancelled.
     try:
-        # Hold the member's row, so the earn's statement is there to be cancelled.
-        stuck = holder.transaction()
-        await stuck.start()
-        await holder.execute("SELECT 1 FROM members WHERE member_id = $1 FOR UPDATE", member)
-        earn = asyncio.create_task(_earn(client, grocer, clock, member))
-        pid = await _backend_waiting_for_a_lock(observer)
-        assert await observer.fetchval("SELECT pg_cancel_backend($1)", pid)
-        answer = await asyncio.wait_for(earn, 30)
-        assert answer.status_code == 503, answer.text  # before: 500 internal_error
-        assert answer.json()["code"] == "service_unavailable"
-        assert "cancelled" in answer.json()["detail"]
-        assert answer.headers["Retry-After"]
-        await stuck.rollback()
+        async with member_row_held(database_url, member) as stuck:
+            earn = asyncio.create_task(_earn(client, grocer, clock, member))
+            pid = await _backend_waiting_for_a_lock(observer)
+            assert await observer.fetchval("SELECT pg_cancel_backend($1)", pid)
+            answer = await asyncio.wait_for(earn, 30)
+            assert answer.status_code == 503, answer.text  # before: 500 internal_error
+            assert answer.json()["code"] == "service_unavailable"
+            assert "cancelled" in answer.json()["detail"]
+            assert answer.headers["Retry-After"]
+            await stuck.rollback()
     finally:
-        await holder.close()
         await observer.close()
 
     assert (await grocer.client.balance(member))["available"] == 0  # nothing was written

@@ -19,7 +19,7 @@ from exchange.config import Settings
 from exchange.db import libpq_url
 from tests.http.conftest import OnboardedPartner, PartnerFactory
 from tests.http.signed import signed
-from tests.support import assert_ledger_verifies
+from tests.support import assert_ledger_verifies, member_row_held
 
 LOCK_TIMEOUT_S = 1
 
@@ -71,11 +71,7 @@ async def test_a_row_held_by_a_stuck_session_is_a_503_not_a_hang(
     grocer = await onboard("grocer")
     held = (await grocer.client.enrol_member(reference="held"))["member_id"]
     others = [(await grocer.client.enrol_member(reference=f"o{n}"))["member_id"] for n in range(5)]
-    holder = await asyncpg.connect(libpq_url(database_url))
-    try:
-        stuck = holder.transaction()
-        await stuck.start()
-        await holder.execute("SELECT 1 FROM members WHERE member_id = $1 FOR UPDATE", held)
+    async with member_row_held(database_url, held) as stuck:
         started = time.monotonic()
         # Sent together, so the group committer puts them in batches with the held member.
         answers = await asyncio.wait_for(
@@ -104,8 +100,6 @@ async def test_a_row_held_by_a_stuck_session_is_a_503_not_a_hang(
         ], said
         assert not [message for level, message in said if level == "ERROR"], said
         await stuck.rollback()
-    finally:
-        await holder.close()
 
     retried = await _earn(client, grocer, clock, held, "earn-held")
     assert retried.status_code == 201, retried.text
