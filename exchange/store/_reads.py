@@ -34,7 +34,9 @@ __all__ = ["book_columns", "book_of", "due_member_ids", "read_book"]
 # 0021): a member with no debt and no open hold leaves out its matured lots with points
 # that expire after `due_by`; `unloaded` is their points, and their sums on their soonest
 # expiry dates, in one pass. `tests/integration/test_partial_books.py` holds the
-# two to the whole book's answers.
+# two to the whole book's answers, and `tests/integration/test_book_draws.py` holds the
+# holds' branch to their own draws (in custom and generic plans; migration 0025 fenced
+# the same join in `ledger_books`, where a generic plan had read every draw).
 _LEFT_OUT = """{due_by}::timestamptz IS NOT NULL AND m.debt = 0
                AND NOT EXISTS (SELECT 1 FROM holds AS h
                                WHERE h.member_id = m.member_id AND h.status = 'open')
