@@ -54,11 +54,11 @@ class _MonotonicUUID7:
     batch tie-break ("oldest first") in the order the requests were applied.
 
     The random bits come from `os.urandom`, read `_POOL_WORDS` 64-bit words at a time: a
-    system call per id was two fifths of the generator's cost, and the generator a tenth
-    of a worker's samples while it posted batch files (docs/performance.md, "Twenty-sixth
-    round"). A child process forgets the words its parent read (`os.register_at_fork`),
-    so a worker forked from a process that made ids never repeats the words its parent
-    goes on to use. Not thread-safe, like the counter: ids are made on the event loop."""
+    system call per id was two fifths of the generator's cost (1.27 us an id against 0.75),
+    and a posting takes two ids (docs/performance.md, "Twenty-sixth round"). A child
+    process forgets the words its parent read (`os.register_at_fork`), so a worker forked
+    from a process that made ids never repeats the words its parent goes on to use. Not
+    thread-safe, like the counter: ids are made on the event loop."""
 
     _POOL_WORDS = 512
 
