@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from exchange.ids import new_id
+from exchange.ids import _MonotonicUUID7, new_id
 
 RANDOM_BITS = (1 << 62) - 1
 
@@ -23,13 +23,14 @@ def test_ids_are_uuid7_of_the_rfc_variant_and_strictly_increase() -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_never_repeats_the_random_bits_its_parent_goes_on_to_use() -> None:
-    new_id()  # the parent has read a pool of random words and used one or two
+    ids = _MonotonicUUID7()  # a fresh pool: never one that the first call happens to empty
+    ids()  # the parent has read a pool of random words and used one or two
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the child only
         try:
             os.close(read_end)
-            words = b"".join((new_id().int & RANDOM_BITS).to_bytes(8, "big") for _ in range(50))
+            words = b"".join((ids().int & RANDOM_BITS).to_bytes(8, "big") for _ in range(50))
             os.write(write_end, words)
         finally:
             os._exit(0)
@@ -38,6 +39,6 @@ def test_a_forked_child_never_repeats_the_random_bits_its_parent_goes_on_to_use(
         received = pipe.read()
     os.waitpid(child, 0)
     childs = {int.from_bytes(received[at : at + 8], "big") for at in range(0, len(received), 8)}
-    parents = {new_id().int & RANDOM_BITS for _ in range(50)}
+    parents = {ids().int & RANDOM_BITS for _ in range(50)}
     assert len(childs) == 50
     assert not childs & parents
