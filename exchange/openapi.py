@@ -28,6 +28,7 @@ tests/http/test_openapi.py` rewrites the file).
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -262,10 +263,21 @@ def _fill(refs: Refs) -> dict[str, Any]:
     )
     for (_, holder), schema in zip(refs, found[1:], strict=True):
         holder.update(schema)
+    for component in components.values():
+        _clean_description(component)
     problem_ref = found[0]["$ref"].rsplit("/", 1)[1]
     if problem_ref != "Problem":  # pragma: no cover - a second struct named Problem
         raise RuntimeError(f"the Problem schema is named {problem_ref}")
     return components
+
+
+def _clean_description(component: dict[str, Any]) -> None:
+    """A struct's docstring as its description, with the source's indentation removed.
+    msgspec 0.23 does this itself; 0.22 and earlier kept the indentation of every line but
+    the first. Either way the document (and docs/openapi.json) is the same."""
+    description = component.get("description")
+    if isinstance(description, str):
+        component["description"] = inspect.cleandoc(description)
 
 
 def _success(operation: dict[str, Any], spec: Api, refs: Refs) -> dict[str, dict[str, Any]]:

@@ -197,5 +197,26 @@ def test_a_handler_without_its_api_record_is_refused() -> None:
         document(bad)
 
 
+class _Described(msgspec.Struct, frozen=True):
+    """A body whose description runs
+    over two lines, indented as source is."""
+
+    name: str
+
+
+def test_a_struct_description_is_its_docstring_without_the_indentation() -> None:
+    """msgspec 0.22 kept the indentation of a docstring's later lines and 0.23 removes
+    it; the document must not depend on which one is installed."""
+
+    @get("/described", opt=api(body=_Described, responses={200: _Described}))
+    async def described() -> _Described:
+        return _Described("a")
+
+    schemas = document(Litestar([described], openapi_config=_config()))["components"]["schemas"]
+    assert schemas["_Described"]["description"] == (
+        "A body whose description runs\nover two lines, indented as source is."
+    )
+
+
 def _config() -> OpenAPIConfig:
     return OpenAPIConfig(title="t", version="1", render_plugins=[ContractRenderPlugin()])
