@@ -23,9 +23,9 @@ from tests.support import add_partner, enrol, post
 OTHER_BURNS = 40
 
 # As the posting path's transactions (exchange.store._connection): generic plans.
-_BEGIN = "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL plan_cache_mode = force_generic_plan"
+_BEGIN_PLANNED = "BEGIN; SET LOCAL enable_seqscan = off; SET LOCAL plan_cache_mode = {}"
+_BEGIN = _BEGIN_PLANNED.format("force_generic_plan")
 _BOOKS = "SELECT lots FROM ledger_books($1::text[], '{}', '{}', NULL)"
-_PLANS = "SET LOCAL plan_cache_mode = {}"
 _DRAWS_READ = """SELECT pg_stat_get_xact_tuples_returned('pk_allocations'::regclass)
                       + pg_stat_get_xact_tuples_returned('ix_allocations_lot_id'::regclass)"""
 
@@ -97,7 +97,7 @@ async def test_a_balance_read_reads_its_holds_draws_alone(
     since = clock.now() - timedelta(days=365)
     for plans in ("auto", "force_generic_plan"):
         async with driver_connection(engine) as conn:
-            await conn.execute("BEGIN; SET LOCAL enable_seqscan = off; " + _PLANS.format(plans))
+            await conn.execute(_BEGIN_PLANNED.format(plans))
             try:
                 for _ in range(2):
                     books, _ = await read_books_with_qualifying(
